@@ -1,0 +1,209 @@
+"""`edged inspect MODEL [--json] [--runtime NAME]`: what edged will do with a model.
+
+`--json` prints one object:
+
+* `model`: the path as given; `size_bytes`: file size;
+* `runtime`: `{"name", "version"}` of the TFLite runtime used to read details;
+* `needs_edgetpu`: true when the file holds `edgetpu-custom-op` (compiled for
+  the Edge TPU); `custom_ops`: every custom op name in the file;
+* `tensors_listed`: false when the runtime could not report tensor details
+  (then `note` says why and `inputs`/`outputs` are empty); `note`: null or a line;
+* `inputs`, `outputs`: lists in edged's order (outputs: the subgraph's declared
+  order, see `edged.model`), each tensor an object with
+  - `position` (place in that list), `index` (interpreter tensor index),
+    `name` (signature key when the model has a signature, else tensor name),
+    `tensor_name`, `shape` (list), `dtype` (numpy name);
+  - `quantization`: `{"kind": "none"}`, or `{"kind": "per_tensor", "scale",
+    "zero_point"}`, or `{"kind": "per_channel", "axis", "count", "min_scale",
+    "max_scale"}`;
+  - `float_range`: `[low, high]` the dtype represents after dequantization,
+    or null for float tensors;
+  - `formula`: how edged turns the values into floats;
+  - inputs only: `normalization` `{"mean": [...], "std": [...]}` (edged's
+    default pixel mapping) and `pixel_path` (`identity`, `xor`, `table`, or
+    null when the tensor cannot be fed from pixels, with `pixel_note`).
+
+Exit codes: 0 listed; 1 the file or runtime cannot be used (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from edged.model import ModelError, make_interpreter, ordered_tensors
+from edged.modelfile import ModelFileError, ModelFileInfo, check_runnable, read_model_file
+from edged.quantize import PixelQuantizer
+from edged.runtime import RUNTIME_ORDER, Runtime, RuntimeUnavailableError, select_runtime
+from edged.tensors import TensorError, TensorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    file: ModelFileInfo
+    runtime: Runtime
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    note: str | None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def build_report(path: str, runtime: Runtime) -> Report:
+    """Raises ModelFileError / ModelError (one line) when the model cannot be used at all."""
+    info = read_model_file(path)
+    if not info.needs_edgetpu:
+        # Unresolved non-Edge-TPU custom ops make the model unusable anywhere.
+        check_runnable(info, "cpu")
+    try:
+        interpreter = make_interpreter(runtime, info.path, None, None)
+    except (ValueError, RuntimeError) as exc:
+        if info.needs_edgetpu:
+            return Report(info, runtime, (), (), f"the runtime cannot list tensors without the "
+                          f"Edge TPU: {_one_line(exc)}")
+        raise ModelError(f"{info.path}: the runtime cannot load it: {_one_line(exc)}") from None
+    note = None
+    if info.needs_edgetpu:
+        # The details come from the file; allocation would fail on the custom op.
+        note = "compiled for the Edge TPU: run it with delegate = edgetpu"
+    else:
+        try:
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{info.path}: the runtime cannot prepare it: "
+                             f"{_one_line(exc)}") from None
+    try:
+        inputs = ordered_tensors(interpreter.get_input_details(), info.inputs,
+                                 info.input_keys(), info.path)
+        outputs = ordered_tensors(interpreter.get_output_details(), info.outputs,
+                                  info.output_keys(), info.path)
+    except TensorError as exc:
+        raise ModelError(f"{info.path}: {exc}") from None
+    return Report(info, runtime, inputs, outputs, note)
+
+
+def _quantization(t: TensorInfo) -> dict[str, Any]:
+    if not t.is_quantized:
+        return {"kind": "none"}
+    if not t.is_per_channel:
+        return {"kind": "per_tensor", "scale": t.scales[0], "zero_point": t.zero_points[0]}
+    return {"kind": "per_channel", "axis": t.quantized_dimension, "count": len(t.scales),
+            "min_scale": min(t.scales), "max_scale": max(t.scales)}
+
+
+def _tensor(position: int, t: TensorInfo, tensor_name: str, is_input: bool) -> dict[str, Any]:
+    rng = t.float_range()
+    out: dict[str, Any] = {
+        "position": position, "index": t.index, "name": t.name, "tensor_name": tensor_name,
+        "shape": list(t.shape), "dtype": t.dtype.name, "quantization": _quantization(t),
+        "float_range": list(rng) if rng else None, "formula": t.formula(),
+    }
+    if is_input:
+        try:
+            q = PixelQuantizer(t)
+            out["normalization"] = {"mean": list(q.normalization.mean),
+                                    "std": list(q.normalization.std)}
+            out["pixel_path"] = q.path
+        except (ValueError, TypeError) as exc:
+            out["normalization"], out["pixel_path"] = None, None
+            out["pixel_note"] = _one_line(exc)
+    return out
+
+
+def report_dict(r: Report, shown_path: str) -> dict[str, Any]:
+    names = r.file.tensor_names
+
+    def tensor_name(t: TensorInfo) -> str:
+        return names[t.index] if 0 <= t.index < len(names) else t.name
+
+    return {
+        "model": shown_path, "size_bytes": r.file.size,
+        "runtime": {"name": r.runtime.name, "version": r.runtime.version},
+        "needs_edgetpu": r.file.needs_edgetpu, "custom_ops": list(r.file.custom_ops),
+        "tensors_listed": bool(r.inputs or r.outputs), "note": r.note,
+        "inputs": [_tensor(i, t, tensor_name(t), True) for i, t in enumerate(r.inputs)],
+        "outputs": [_tensor(i, t, tensor_name(t), False) for i, t in enumerate(r.outputs)],
+    }
+
+
+def _fmt_quant(q: dict[str, Any]) -> str:
+    if q["kind"] == "none":
+        return "none"
+    if q["kind"] == "per_tensor":
+        return f"scale {q['scale']!r}, zero point {q['zero_point']}"
+    return (f"per-channel: {q['count']} scales along axis {q['axis']}, "
+            f"{q['min_scale']:.6g} .. {q['max_scale']:.6g}")
+
+
+def _fmt_nums(values: list[float]) -> str:
+    return ", ".join(f"{v + 0.0:.6g}" for v in values)  # + 0.0: no "-0"
+
+
+def _fmt_range(t: dict[str, Any]) -> str:
+    rng = t["float_range"]
+    if rng is None:
+        return "any (float tensor)"
+    if t["quantization"]["kind"] == "none":
+        return f"integers {int(rng[0])} .. {int(rng[1])}, never scaled"
+    return f"[{rng[0]:.6g}, {rng[1]:.6g}]"
+
+
+def format_text(d: dict[str, Any]) -> str:
+    edgetpu = ("REQUIRED (compiled for the Edge TPU: edgetpu-custom-op)"
+               if d["needs_edgetpu"] else "not needed (runs on the CPU)")
+    lines = [
+        f"model      {d['model']} ({d['size_bytes']} bytes)",
+        f"runtime    {d['runtime']['name']} {d['runtime']['version']}",
+        f"edge tpu   {edgetpu}",
+        f"custom ops {', '.join(d['custom_ops']) or 'none'}",
+    ]
+    if d["note"]:
+        lines.append(f"note       {d['note']}")
+    for kind in ("inputs", "outputs"):
+        lines.append("")
+        lines.append(f"{kind}:" if d[kind] else f"{kind}: (not available)")
+        for t in d[kind]:
+            shown = t["name"] + (f" (tensor {t['tensor_name']})"
+                                 if t["tensor_name"] != t["name"] else "")
+            lines += [
+                f"  [{t['position']}] {shown}",
+                f"      index {t['index']}  shape {t['shape']}  dtype {t['dtype']}",
+                f"      quantization  {_fmt_quant(t['quantization'])}",
+                f"      float range   {_fmt_range(t)}",
+                f"      edged applies {t['formula']}",
+            ]
+            if kind == "inputs":
+                norm = t["normalization"]
+                lines.append(
+                    f"      pixels        (p - [{_fmt_nums(norm['mean'])}]) / "
+                    f"[{_fmt_nums(norm['std'])}], path {t['pixel_path']}" if norm
+                    else f"      pixels        cannot be fed from pixels: {t['pixel_note']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        runtime = select_runtime(args.runtime)
+        report = build_report(args.model, runtime)
+    except (RuntimeUnavailableError, ModelFileError, ModelError) as exc:
+        print(f"edged inspect: {exc}", file=sys.stderr)
+        return 1
+    d = report_dict(report, args.model)
+    print(json.dumps(d, indent=2) if args.json else format_text(d))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "inspect", help="show a model's tensors and what edged does with them",
+        description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p.add_argument("model", help="path to a .tflite file")
+    p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    p.add_argument("--runtime", default="auto", choices=("auto", *RUNTIME_ORDER),
+                   help="TFLite runtime to use (default: the first installed)")
+    p.set_defaults(handler=run)

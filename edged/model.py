@@ -1,0 +1,201 @@
+"""`Model`: a loaded interpreter with its inputs and outputs in a fixed order.
+
+Output order is the subgraph's declared output order (`SubGraph.outputs` in
+the flatbuffer). Measured on ai_edge_litert 2.3: `get_output_details()`
+returns exactly that order (it iterates `OutputIndices()`), but that is NOT
+the order the model was built with: a Keras model with outputs
+`[zeta, alpha, mid]` converts to subgraph outputs `[alpha, zeta, mid]`,
+while its signature keys `output_0, output_1, output_2` keep the Keras order.
+So edged never relies on position alone: each output's `TensorInfo.name` is
+its signature output key when the model has a signature for subgraph 0, else
+the tensor name, and decoders should pick outputs by name (or shape).
+The order is checked against the file at load time and enforced, so it does
+not depend on which runtime reports the details.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edged.delegates import (
+    DelegateError,
+    DelegateKind,
+    DelegateSpec,
+    fall_back,
+    load_delegate,
+)
+from edged.modelfile import (
+    EDGETPU_CUSTOM_OP,
+    ModelFileError,
+    ModelFileInfo,
+    check_runnable,
+    read_model_file,
+)
+from edged.quantize import PixelQuantizer, dequantize
+from edged.runtime import Runtime
+from edged.tensors import TensorInfo
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or run; one line naming the file."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def ordered_tensors(details: Sequence[Mapping[str, Any]], order: Sequence[int],
+                    keys: Mapping[int, str], path: Path) -> tuple[TensorInfo, ...]:
+    """TensorInfos in the file's declared `order`, named by signature key where there is one."""
+    by_index = {int(d["index"]): d for d in details}
+    if sorted(by_index) != sorted(order):
+        raise ModelError(f"{path}: the runtime reports tensors {sorted(by_index)} but the file "
+                         f"declares {sorted(order)}")
+    infos = []
+    for index in order:
+        info = TensorInfo.from_detail(by_index[index])
+        if index in keys:
+            info = dataclasses.replace(info, name=keys[index])
+        infos.append(info)
+    return tuple(infos)
+
+
+def make_interpreter(runtime: Runtime, path: Path, delegate: Any | None,
+                     num_threads: int | None) -> Any:
+    """The runtime's Interpreter; raises the runtime's own ValueError/RuntimeError."""
+    kwargs: dict[str, Any] = {"model_path": str(path)}
+    if delegate is not None:
+        kwargs["experimental_delegates"] = [delegate]
+    if num_threads is not None:
+        kwargs["num_threads"] = num_threads
+    return runtime.interpreter_class(**kwargs)
+
+
+class Model:
+    """One model on one interpreter. Not thread-safe: one thread (the worker) uses it."""
+
+    def __init__(self, interpreter: Any, runtime: Runtime, file: ModelFileInfo, *,
+                 delegate_in_use: DelegateKind, fallback_reason: str | None,
+                 delegate: Any | None = None) -> None:
+        self._interpreter = interpreter
+        # Held so the delegate outlives the interpreter that uses it.
+        self._delegate = delegate
+        self.runtime = runtime
+        self.file = file
+        self.path = file.path
+        self.delegate_in_use: DelegateKind = delegate_in_use
+        self.fallback_reason = fallback_reason
+        self.inputs = ordered_tensors(interpreter.get_input_details(), file.inputs,
+                                      file.input_keys(), file.path)
+        self.outputs = ordered_tensors(interpreter.get_output_details(), file.outputs,
+                                       file.output_keys(), file.path)
+
+    @classmethod
+    def load(cls, path: str | Path, runtime: Runtime,
+             delegate_spec: DelegateSpec | None = None, *, single_input: bool = True) -> Model:
+        """Check the file, load the delegate (with the fallback policy), allocate.
+
+        Raises `ModelFileError`, `DelegateError` (fallback = fail) or `ModelError`,
+        each with a one-line message.
+        """
+        spec = delegate_spec or DelegateSpec()
+        info = read_model_file(path)
+        check_runnable(info, spec.kind)
+        delegate, interpreter, reason = None, None, None
+        if spec.kind != "cpu":
+            try:
+                delegate = load_delegate(spec, runtime)
+                interpreter = make_interpreter(runtime, info.path, delegate, spec.num_threads)
+            except DelegateError as exc:
+                reason = str(exc)
+            except (ValueError, RuntimeError) as exc:
+                reason = (f"{spec.describe()} delegate could not be applied to {info.path.name}: "
+                          f"{_one_line(exc)}")
+            if reason is not None:
+                delegate = None
+                reason = _fall_back_to_cpu(spec, info, reason)
+        if interpreter is None:
+            try:
+                interpreter = make_interpreter(runtime, info.path, None, spec.num_threads)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelError(f"{info.path}: the runtime cannot load it: "
+                                 f"{_one_line(exc)}") from None
+        try:
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{info.path}: the runtime cannot prepare it: "
+                             f"{_one_line(exc)}") from None
+        kind: DelegateKind = spec.kind if delegate is not None else "cpu"
+        model = cls(interpreter, runtime, info, delegate_in_use=kind, fallback_reason=reason,
+                    delegate=delegate)
+        if single_input and len(model.inputs) != 1:
+            names = ", ".join(repr(t.name) for t in model.inputs)
+            raise ModelError(f"{info.path}: has {len(model.inputs)} inputs ({names}); edged "
+                             "feeds one image tensor: use a model with a single input")
+        return model
+
+    def set_input_pixels(self, pixels: NDArray[np.uint8], quantizer: PixelQuantizer) -> None:
+        """Quantize `pixels` straight into the interpreter's input buffer.
+
+        The `tensor()` view is dropped before returning: the runtime refuses
+        to `invoke()` while a view into its memory is alive.
+        """
+        t = self.inputs[0]
+        if quantizer.tensor != t:
+            raise ModelError(f"{self.path}: pixel quantizer was built for tensor "
+                             f"{quantizer.tensor.name!r}, not input {t.name!r}")
+        if pixels.size != t.size:
+            raise ModelError(f"{self.path}: pixels of shape {list(pixels.shape)} do not fit "
+                             f"input {t.name!r} of shape {list(t.shape)}")
+        view = self._interpreter.tensor(t.index)()
+        try:
+            quantizer(pixels, out=view)
+        finally:
+            del view
+
+    def invoke(self) -> None:
+        try:
+            self._interpreter.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.path}: inference failed: {_one_line(exc)}") from None
+
+    def raw_outputs(self) -> list[NDArray[Any]]:
+        """Each output as the model produced it (copies), in `outputs` order."""
+        return [np.array(self._interpreter.get_tensor(t.index)) for t in self.outputs]
+
+    def copy_raw_outputs(self, into: list[NDArray[Any]]) -> None:
+        """Copy each raw output into a caller's buffer (the worker's shared slot), one copy."""
+        for dst, t in zip(into, self.outputs, strict=True):
+            view = self._interpreter.tensor(t.index)()
+            try:
+                np.copyto(dst, view)
+            finally:
+                del view
+
+    def dequantized_outputs(self) -> list[NDArray[Any]]:
+        """Each output in real values, with that output's own parameters."""
+        return [dequantize(q, t) for q, t in zip(self.raw_outputs(), self.outputs, strict=True)]
+
+    def run(self, pixels: NDArray[np.uint8], quantizer: PixelQuantizer) -> list[NDArray[Any]]:
+        self.set_input_pixels(pixels, quantizer)
+        self.invoke()
+        return self.dequantized_outputs()
+
+    def describe(self) -> str:
+        return f"{self.path.name} on {self.runtime.describe()}, delegate {self.delegate_in_use}"
+
+
+def _fall_back_to_cpu(spec: DelegateSpec, info: ModelFileInfo, reason: str) -> str:
+    """Apply the fallback policy, refusing first what the CPU cannot run."""
+    if spec.fallback == "cpu" and info.needs_edgetpu:
+        raise ModelFileError(f"{info.path}: compiled for the Edge TPU ({EDGETPU_CUSTOM_OP}) "
+                             f"and cannot run on the CPU: {reason}")
+    if spec.fallback == "cpu":
+        check_runnable(info, "cpu")
+    return fall_back(spec, reason)

@@ -1,0 +1,365 @@
+"""Reading a `.tflite` file ourselves, before the runtime does.
+
+The runtimes report a damaged or unsuitable model late and badly: a truncated
+file can crash the process, an Edge TPU model on the CPU fails only at
+`allocate_tensors()` with a message about "unresolved custom op". So edged
+reads the flatbuffer first, with a small reader that checks every offset it
+follows against the file size, and turns each problem into one line naming
+the file. We do not use the generated schema module: `tflite_runtime` does not
+ship it, and it trusts its input.
+
+Only the parts edged needs are read (operator codes, subgraph inputs, outputs,
+tensors, operators, buffers, signature defs), but those are read completely,
+so a structural error anywhere in them is found. Weights are not checked:
+a flipped bit in a weight gives a wrong answer, not a crash.
+
+Schema field numbers are from tensorflow/lite/schema/schema.fbs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+FILE_IDENTIFIER = b"TFL3"
+BUILTIN_CUSTOM = 32  # BuiltinOperator.CUSTOM
+# Custom ops every runtime's BuiltinOpResolver registers itself
+# (tensorflow/lite/core/kernels/register.cc): not "unresolved".
+RUNTIME_CUSTOM_OPS = frozenset({"TFLite_Detection_PostProcess", "Mfcc", "AudioSpectrogram",
+                                "NumericVerify"})
+# Anything bigger cannot be a flatbuffer (32-bit offsets), and refusing it
+# keeps a mistaken path (a video file, /dev/zero) from being read into memory.
+MAX_FILE_BYTES = 2**31 - 1
+_MAX_TENSOR_TYPE = 127  # TensorType is an int8 enum; newer schemas add values
+
+DelegateKind = Literal["cpu", "edgetpu", "external"]
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, with a one-line reason naming the file."""
+
+
+class _MalformedError(Exception):
+    """Internal: a structural problem, turned into `ModelFileError` with the path."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureInfo:
+    """One SignatureDef: its key and the tensor index behind each input/output name."""
+
+    key: str
+    subgraph_index: int
+    inputs: tuple[tuple[str, int], ...]
+    outputs: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFileInfo:
+    """What the file itself says, independent of any runtime."""
+
+    path: Path
+    size: int
+    schema_version: int
+    custom_ops: tuple[str, ...]
+    subgraph_count: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    tensor_names: tuple[str, ...]
+    signatures: tuple[SignatureInfo, ...]
+
+    @property
+    def needs_edgetpu(self) -> bool:
+        return EDGETPU_CUSTOM_OP in self.custom_ops
+
+    def output_keys(self) -> dict[int, str]:
+        """Tensor index -> signature output key, from the signature of subgraph 0."""
+        for sig in self.signatures:
+            if sig.subgraph_index == 0:
+                return {index: name for name, index in sig.outputs}
+        return {}
+
+    def input_keys(self) -> dict[int, str]:
+        for sig in self.signatures:
+            if sig.subgraph_index == 0:
+                return {index: name for name, index in sig.inputs}
+        return {}
+
+
+class _Reader:
+    """Bounds-checked access to flatbuffer tables, vectors and strings."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+        # Every element of every vector we walk is read once; in a sound file
+        # they occupy distinct bytes, so more visits than bytes means offsets
+        # that point back at the same data (a corrupt file could otherwise
+        # make the walk quadratic).
+        self.budget = self.size + 1024
+
+    def spend(self, n: int, what: str) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            raise _MalformedError(f"{what}: offsets refer to the same data repeatedly: corrupt")
+
+    def _need(self, pos: int, n: int, what: str) -> None:
+        if pos < 0 or n < 0 or pos + n > self.size:
+            raise _MalformedError(f"{what} at offset {pos} runs past the end of the file "
+                             f"({self.size} bytes): truncated or corrupt")
+
+    def u8(self, pos: int, what: str) -> int:
+        self._need(pos, 1, what)
+        return self.data[pos]
+
+    def u16(self, pos: int, what: str) -> int:
+        self._need(pos, 2, what)
+        value: int = struct.unpack_from("<H", self.data, pos)[0]
+        return value
+
+    def u32(self, pos: int, what: str) -> int:
+        self._need(pos, 4, what)
+        value: int = struct.unpack_from("<I", self.data, pos)[0]
+        return value
+
+    def i32(self, pos: int, what: str) -> int:
+        self._need(pos, 4, what)
+        value: int = struct.unpack_from("<i", self.data, pos)[0]
+        return value
+
+    def deref(self, pos: int, what: str) -> int:
+        """Follow the uoffset stored at `pos`."""
+        target = pos + self.u32(pos, what)
+        self._need(target, 4, what)
+        return target
+
+    def table(self, pos: int, what: str) -> _Table:
+        vtable = pos - self.i32(pos, what)
+        vt_size = self.u16(vtable, f"{what} vtable")
+        table_size = self.u16(vtable + 2, f"{what} vtable")
+        if vt_size < 4 or vt_size % 2:
+            raise _MalformedError(f"{what}: bad vtable size {vt_size}")
+        self._need(vtable, vt_size, f"{what} vtable")
+        self._need(pos, max(table_size, 4), what)
+        return _Table(self, pos, vtable, vt_size=vt_size, table_size=table_size, what=what)
+
+
+class _Table:
+    def __init__(self, r: _Reader, pos: int, vtable: int, *, vt_size: int, table_size: int,
+                 what: str) -> None:
+        self.r, self.pos, self.vtable = r, pos, vtable
+        self.vt_size, self.table_size, self.what = vt_size, table_size, what
+
+    def _field(self, slot: int, width: int) -> int | None:
+        """Absolute position of field `slot`, or None when absent."""
+        entry = 4 + 2 * slot
+        if entry + 2 > self.vt_size:
+            return None
+        offset = self.r.u16(self.vtable + entry, self.what)
+        if offset == 0:
+            return None
+        if offset + width > self.table_size:
+            raise _MalformedError(f"{self.what}: field {slot} lies outside its table")
+        return self.pos + offset
+
+    def scalar(self, slot: int, fmt: str, default: int) -> int:
+        width = struct.calcsize("<" + fmt)
+        pos = self._field(slot, width)
+        if pos is None:
+            return default
+        self.r._need(pos, width, self.what)
+        value: int = struct.unpack_from("<" + fmt, self.r.data, pos)[0]
+        return value
+
+    def vector(self, slot: int, elem_size: int, what: str) -> tuple[int, int]:
+        """(position of the first element, length); (0, 0) when absent."""
+        pos = self._field(slot, 4)
+        if pos is None:
+            return 0, 0
+        start = self.r.deref(pos, what)
+        length = self.r.u32(start, what)
+        # Checking the whole extent here bounds every loop over the vector
+        # by the file size: a corrupt length cannot make us spin.
+        self.r._need(start + 4, length * elem_size, what)
+        self.r.spend(length, what)
+        return start + 4, length
+
+    def string(self, slot: int, what: str) -> str:
+        start, length = self.vector(slot, 1, what)
+        if not length:
+            return ""
+        raw = self.r.data[start:start + length]
+        return raw.decode("utf-8", errors="replace")
+
+    def ints(self, slot: int, what: str) -> tuple[int, ...]:
+        start, length = self.vector(slot, 4, what)
+        return struct.unpack_from(f"<{length}i", self.r.data, start) if length else ()
+
+    def tables(self, slot: int, what: str) -> list[_Table]:
+        start, length = self.vector(slot, 4, what)
+        return [self.r.table(self.r.deref(start + 4 * i, what), f"{what}[{i}]")
+                for i in range(length)]
+
+
+def _operator_code(t: _Table) -> tuple[int, str]:
+    # Schema rule: the real code is the larger of the deprecated int8 field and
+    # the int32 field (old files fill only the first, new ones both).
+    deprecated = t.scalar(0, "b", 0)
+    builtin = t.scalar(3, "i", 0)
+    code = max(deprecated, builtin)
+    return code, t.string(1, f"{t.what}.custom_code") if code == BUILTIN_CUSTOM else ""
+
+
+def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int) -> tuple[
+        tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
+    tensors = sg.tables(0, f"{sg.what}.tensors")
+    names = []
+    for t in tensors:
+        t.ints(0, f"{t.what}.shape")
+        if not 0 <= t.scalar(1, "b", 0) <= _MAX_TENSOR_TYPE:
+            raise _MalformedError(f"{t.what}: unknown tensor type")
+        if t.scalar(2, "I", 0) >= max(n_buffers, 1):
+            raise _MalformedError(f"{t.what}: buffer index out of range")
+        names.append(t.string(3, f"{t.what}.name"))
+        quantization = t._field(4, 4)
+        if quantization is not None:
+            q = t.r.table(t.r.deref(quantization, f"{t.what}.quantization"),
+                          f"{t.what}.quantization")
+            q.vector(2, 4, f"{q.what}.scale")
+            q.vector(3, 8, f"{q.what}.zero_point")
+    n = len(tensors)
+
+    def indices(slot: int, what: str, allow_optional: bool) -> tuple[int, ...]:
+        values = sg.ints(slot, what)
+        low = -1 if allow_optional else 0  # -1 marks an omitted optional operator input
+        if any(not low <= v < n for v in values):
+            raise _MalformedError(f"{what}: tensor index out of range (model has {n} tensors)")
+        return values
+
+    inputs = indices(1, f"{sg.what}.inputs", False)
+    outputs = indices(2, f"{sg.what}.outputs", False)
+    for op in sg.tables(3, f"{sg.what}.operators"):
+        if op.scalar(0, "I", 0) >= n_opcodes:
+            raise _MalformedError(f"{op.what}: operator code index out of range")
+        op_inputs, op_outputs = op.ints(1, f"{op.what}.inputs"), op.ints(2, f"{op.what}.outputs")
+        if any(not -1 <= v < n for v in op_inputs + op_outputs):
+            raise _MalformedError(f"{op.what}: tensor index out of range (model has {n} tensors)")
+    return inputs, outputs, tuple(names)
+
+
+def _signature(t: _Table, subgraph_count: int) -> SignatureInfo:
+    def pairs(slot: int, what: str) -> tuple[tuple[str, int], ...]:
+        return tuple((m.string(0, f"{m.what}.name"), m.scalar(1, "I", 0))
+                     for m in t.tables(slot, what))
+
+    sig = SignatureInfo(key=t.string(2, f"{t.what}.signature_key"),
+                        subgraph_index=t.scalar(4, "I", 0),
+                        inputs=pairs(0, f"{t.what}.inputs"),
+                        outputs=pairs(1, f"{t.what}.outputs"))
+    if sig.subgraph_index >= subgraph_count:
+        raise _MalformedError(f"{t.what}: subgraph index out of range")
+    return sig
+
+
+def parse_model(data: bytes, path: Path) -> ModelFileInfo:
+    """Parse flatbuffer bytes; raises only `ModelFileError`."""
+    try:
+        return _parse(data, path)
+    except _MalformedError as exc:
+        raise ModelFileError(f"{path}: not a valid TFLite model: {exc}") from None
+    except (struct.error, RecursionError, OverflowError, MemoryError) as exc:
+        # Belt and braces: every read is bounds-checked above, so these
+        # would mean a bug here, but the caller's contract is one error type.
+        raise ModelFileError(f"{path}: not a valid TFLite model: {exc}") from None
+
+
+def _parse(data: bytes, path: Path) -> ModelFileInfo:
+    if len(data) < 8:
+        raise _MalformedError(f"only {len(data)} bytes, too short for a flatbuffer")
+    if data[4:8] != FILE_IDENTIFIER:
+        raise ModelFileError(
+            f"{path}: not a TFLite model (file identifier {data[4:8]!r}, expected "
+            f"{FILE_IDENTIFIER!r} at bytes 4..8)")
+    r = _Reader(data)
+    model = r.table(r.deref(0, "root table"), "model")
+    version = model.scalar(0, "I", 0)
+    n_buffers = model.vector(4, 4, "model.buffers")[1]
+    for b in model.tables(4, "model.buffers"):
+        b.vector(0, 1, f"{b.what}.data")
+    opcodes = [_operator_code(t) for t in model.tables(1, "model.operator_codes")]
+    subgraphs = model.tables(2, "model.subgraphs")
+    if not subgraphs:
+        raise _MalformedError("the model has no subgraphs")
+    main = None
+    for sg in subgraphs:
+        checked = _check_subgraph(sg, len(opcodes), n_buffers)
+        main = main or checked
+    assert main is not None
+    inputs, outputs, names = main
+    signatures = tuple(_signature(t, len(subgraphs))
+                       for t in model.tables(7, "model.signature_defs"))
+    custom = tuple(dict.fromkeys(name or "<unnamed>" for code, name in opcodes
+                                 if code == BUILTIN_CUSTOM))
+    return ModelFileInfo(path=path, size=len(data), schema_version=version, custom_ops=custom,
+                         subgraph_count=len(subgraphs), inputs=inputs, outputs=outputs,
+                         tensor_names=names, signatures=signatures)
+
+
+def read_model_file(path: str | Path) -> ModelFileInfo:
+    """Read and structurally check a model file; raises only `ModelFileError`."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            raise ModelFileError(f"{p}: model file not found")
+        if not p.is_file():
+            raise ModelFileError(f"{p}: not a regular file")
+        size = p.stat().st_size
+        if size == 0:
+            raise ModelFileError(f"{p}: model file is empty")
+        if size > MAX_FILE_BYTES:
+            raise ModelFileError(f"{p}: {size} bytes is too large for a TFLite flatbuffer")
+        data = p.read_bytes()
+    except PermissionError:
+        raise ModelFileError(f"{p}: cannot read model file: permission denied") from None
+    except OSError as exc:
+        raise ModelFileError(f"{p}: cannot read model file: {exc.strerror or exc}") from None
+    if not data:  # emptied between stat and read
+        raise ModelFileError(f"{p}: model file is empty")
+    return parse_model(data, p)
+
+
+def check_runnable(info: ModelFileInfo, delegate: DelegateKind) -> None:
+    """Refuse custom ops nothing will resolve with this delegate.
+
+    An external delegate may implement any custom op, so nothing is refused
+    for it; the runtime says so at allocation if it does not.
+    """
+    if delegate == "external":
+        return
+    if info.needs_edgetpu and delegate != "edgetpu":
+        raise ModelFileError(
+            f"{info.path}: compiled for the Edge TPU ({EDGETPU_CUSTOM_OP}): "
+            "set delegate = edgetpu, or use the CPU model")
+    unresolved = [op for op in info.custom_ops
+                  if op != EDGETPU_CUSTOM_OP and op not in RUNTIME_CUSTOM_OPS]
+    if unresolved:
+        names = ", ".join(repr(op) for op in unresolved)
+        plural = "s" if len(unresolved) > 1 else ""
+        if any(op.startswith("Flex") for op in unresolved):
+            raise ModelFileError(
+                f"{info.path}: uses TensorFlow (Flex) op{plural} {names}, which the TFLite "
+                "runtimes edged supports cannot run: re-convert with builtin ops only")
+        raise ModelFileError(
+            f"{info.path}: uses custom op{plural} {names} that the TFLite runtime cannot "
+            "resolve: re-convert the model with builtin ops only, or use a delegate "
+            "that provides them")
+
+
+def check_model_file(path: str | Path, delegate: DelegateKind = "cpu") -> ModelFileInfo:
+    """`read_model_file` followed by `check_runnable`."""
+    info = read_model_file(path)
+    check_runnable(info, delegate)
+    return info
+

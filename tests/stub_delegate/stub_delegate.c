@@ -1,0 +1,94 @@
+/*
+ * A stand-in for libedgetpu.so.1 in tests: a TFLite external-delegate plugin
+ * that claims no nodes, so the model runs on the CPU kernels while loading,
+ * option passing and fallback go through the runtime's real load_delegate.
+ *
+ * Options it understands (all others are only recorded):
+ *   record=PATH   append "key=value\n" for every option, then "created\n";
+ *                 "destroyed\n" is appended when the delegate is destroyed.
+ *   fail=1        return NULL from create, after reporting an error.
+ * The environment variable STUB_DELEGATE_FAIL=1 also makes create fail, for
+ * callers that cannot add options (edged passes only "device" to the Edge TPU).
+ * STUB_DELEGATE_RECORD=PATH is the default for record=.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Layout of TfLiteDelegate from tensorflow/lite/core/c/common.h. Fields are
+ * only ever appended there, and the runtime reads no further than these. */
+typedef int TfLiteStatus; /* kTfLiteOk == 0 */
+typedef struct TfLiteDelegate {
+    void *data_;
+    TfLiteStatus (*Prepare)(void *context, struct TfLiteDelegate *delegate);
+    TfLiteStatus (*CopyFromBufferHandle)(void *, struct TfLiteDelegate *, int, void *);
+    TfLiteStatus (*CopyToBufferHandle)(void *, struct TfLiteDelegate *, int, void *);
+    void (*FreeBufferHandle)(void *, struct TfLiteDelegate *, int *);
+    int64_t flags;
+    void *opaque_delegate_builder; /* must stay NULL: non-NULL takes precedence over Prepare */
+} TfLiteDelegate;
+
+typedef struct {
+    char record[4096];
+} StubData;
+
+static TfLiteStatus stub_prepare(void *context, TfLiteDelegate *delegate) {
+    (void)context;
+    (void)delegate;
+    return 0; /* replaces no nodes */
+}
+
+static void append(const char *path, const char *text) {
+    if (!path[0]) return;
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t num,
+                                              void (*report_error)(const char *)) {
+    /* The Python side declares num as a C int; keep only those bits. */
+    int n = (int)(unsigned int)num;
+    const char *record = getenv("STUB_DELEGATE_RECORD");
+    const char *env_fail = getenv("STUB_DELEGATE_FAIL");
+    int fail = env_fail && strcmp(env_fail, "1") == 0;
+    for (int i = 0; i < n; i++) {
+        if (strcmp(keys[i], "record") == 0) record = values[i];
+        if (strcmp(keys[i], "fail") == 0 && strcmp(values[i], "1") == 0) fail = 1;
+    }
+    StubData *data = calloc(1, sizeof(StubData));
+    if (!data) return NULL;
+    if (record) snprintf(data->record, sizeof(data->record), "%s", record);
+    for (int i = 0; i < n; i++) {
+        char line[1024];
+        snprintf(line, sizeof(line), "%s=%s\n", keys[i], values[i]);
+        append(data->record, line);
+    }
+    if (fail) {
+        append(data->record, "failed\n");
+        free(data);
+        if (report_error) report_error("stub delegate: told to fail");
+        return NULL;
+    }
+    TfLiteDelegate *delegate = calloc(1, sizeof(TfLiteDelegate));
+    if (!delegate) {
+        free(data);
+        return NULL;
+    }
+    delegate->data_ = data;
+    delegate->Prepare = stub_prepare;
+    append(data->record, "created\n");
+    return delegate;
+}
+
+void tflite_plugin_destroy_delegate(TfLiteDelegate *delegate) {
+    if (!delegate) return;
+    StubData *data = delegate->data_;
+    if (data) {
+        append(data->record, "destroyed\n");
+        free(data);
+    }
+    free(delegate);
+}
