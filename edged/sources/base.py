@@ -1,0 +1,142 @@
+"""The frame sources' shared vocabulary: `Frame`, `FrameSource`, `SourceError`, pacing."""
+
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, cast, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+Pixels = NDArray[np.uint8]
+
+
+class SourceError(Exception):
+    """A source could not open or read; the message is one line naming the source."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One captured frame.
+
+    `seq` increases by one per frame delivered by a `ResilientSource`, across
+    reopens, so a gap in a consumer's seqs means frames dropped downstream.
+    `captured_at` is wall-clock (`time.time()`, for payloads) and
+    `captured_mono` the monotonic clock (`time.monotonic()`, for latencies),
+    both taken when the driver handed the frame over. `origin` says where the
+    frame came from when that is finer than `source` (the image file of a
+    folder source, the frame number of a video file).
+    """
+
+    pixels: Pixels
+    seq: int
+    captured_at: float
+    captured_mono: float
+    source: str
+    origin: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """A driver for one kind of source. Not thread-safe except for `abort`.
+
+    `read` returns the next frame's pixels (RGB uint8, or HxW grey), None when
+    a finite source has ended, and raises `SourceError` on failure. It must
+    return within the driver's read timeout, so a stalled device never blocks
+    the capture thread forever.
+    """
+
+    name: str
+    """Human-readable and safe to log: credentials in URLs are redacted."""
+
+    @property
+    def delivered_size(self) -> tuple[int, int] | None:
+        """(height, width) of the frames once known (after `open`), else None."""
+        ...
+
+    @property
+    def skipped(self) -> int:
+        """Frames skipped because they could not be decoded (corrupt JPEG, bad file)."""
+        ...
+
+    @property
+    def origin(self) -> str | None:
+        """Where the last frame came from, finer than `name` (file, frame number)."""
+        ...
+
+    def open(self) -> None: ...
+
+    def read(self) -> Pixels | None: ...
+
+    def close(self) -> None:
+        """Release everything; idempotent; never raises."""
+        ...
+
+    def abort(self) -> None:
+        """From another thread: make a blocked `read` return soon. Best effort."""
+        ...
+
+
+class Pacer:
+    """Holds a finite source to a frame rate; waits can be cut short by `abort`.
+
+    `fps <= 0` means unpaced. The schedule is absolute (due times advance by
+    one interval) so jitter in the read does not accumulate; after a stall
+    it restarts from now rather than bursting to catch up.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.interval = 1.0 / fps if fps > 0 else 0.0
+        self._due = 0.0
+        self._aborted = threading.Event()
+
+    def reset(self) -> None:
+        self._due = 0.0
+        self._aborted.clear()
+
+    def abort(self) -> None:
+        self._aborted.set()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def wait(self) -> bool:
+        """Sleep until the next frame is due; False when aborted."""
+        if self.interval == 0.0:
+            return not self._aborted.is_set()
+        now = time.monotonic()
+        if self._due == 0.0 or now - self._due > self.interval:
+            self._due = now
+        delay = self._due - now
+        self._due += self.interval
+        if delay > 0:
+            return not self._aborted.wait(delay)
+        return not self._aborted.is_set()
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:secret@host/...` -> `scheme://user:***@host/...` for logs and status."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
+def as_pixels(array: Any) -> Pixels:
+    """OpenCV's stubs type results as MatLike; the arrays edged handles are uint8."""
+    return cast(Pixels, array)
+

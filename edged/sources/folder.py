@@ -1,0 +1,116 @@
+"""An image folder as a camera: PNG/JPEG/BMP files in natural sort order.
+
+The folder is listed when opened and again at each loop, so files added while
+running are picked up. An unreadable or corrupt file is skipped with one
+warning line naming it (once per file, not once per loop) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import cv2
+
+from edged.sources.base import Pacer, Pixels, SourceError, as_pixels
+
+log = logging.getLogger("edged.sources")
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """frame2.png before frame10.png; digits compare as numbers."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower())
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir()
+                   if p.suffix.lower() in EXTENSIONS and p.is_file()),
+                  key=lambda p: natural_key(p.name))
+
+
+class FolderSource:
+    """Images of `path`, in order, at `fps` (0 = as fast as read); `loop` restarts."""
+
+    def __init__(self, path: str | Path, loop: bool = True, fps: float = 10.0) -> None:
+        self.path = Path(path)
+        self.name = f"folder:{self.path}"
+        self.loop = loop
+        self._pacer = Pacer(fps)
+        self._files: list[Path] = []
+        self._next = 0
+        self._size: tuple[int, int] | None = None
+        self._skipped = 0
+        self._warned: set[Path] = set()
+        self._origin: str | None = None
+        self._opened = False
+
+    @property
+    def delivered_size(self) -> tuple[int, int] | None:
+        return self._size
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped
+
+    @property
+    def origin(self) -> str | None:
+        return self._origin
+
+    def _list(self) -> list[Path]:
+        if not self.path.is_dir():
+            raise SourceError(f"image folder not found: {self.path}")
+        try:
+            files = list_images(self.path)
+        except OSError as e:
+            raise SourceError(f"image folder {self.path}: cannot list: {e.strerror}") from e
+        if not files:
+            raise SourceError(f"image folder {self.path}: no {'/'.join(EXTENSIONS)} files")
+        return files
+
+    def open(self) -> None:
+        self._files = self._list()
+        self._next = 0
+        self._pacer.reset()
+        self._opened = True
+
+    def read(self) -> Pixels | None:
+        if not self._opened:
+            raise SourceError(f"{self.name}: read before open")
+        decoded_this_pass = False
+        tried = 0
+        while True:
+            if self._next >= len(self._files):
+                if not self.loop:
+                    return None
+                self._files = self._list()
+                self._next = 0
+            path = self._files[self._next]
+            self._next += 1
+            tried += 1
+            # imread returns None for missing, unreadable and corrupt files alike.
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is not None:
+                decoded_this_pass = True
+                break
+            self._skipped += 1
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("image folder %s: skipping unreadable image %s", self.path, path)
+            if not decoded_this_pass and tried >= len(self._files):
+                raise SourceError(f"image folder {self.path}: no readable images")
+        if not self._pacer.wait():
+            return None
+        self._origin = path.name
+        rgb = as_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        return rgb
+
+    def close(self) -> None:
+        self._opened = False
+
+    def abort(self) -> None:
+        self._pacer.abort()

@@ -1,0 +1,293 @@
+"""MJPEG over HTTP (`multipart/x-mixed-replace`), read with `http.client`.
+
+Why not OpenCV's FFMPEG backend, which can read these streams: one corrupt
+JPEG part ends its whole stream (a reconnect and lost frames for one bad
+frame), and its blocking read cannot be interrupted from another thread.
+Here a corrupt part is skipped and counted, every socket operation is bounded
+by `read_timeout`, and `abort` shuts the socket down so a read in progress
+returns at once. A URL that answers with a single `image/jpeg` is polled as a
+snapshot camera (one request per frame).
+
+Credentials in the URL (`http://user:pass@host/`) are sent as HTTP Basic auth
+and never appear in `name`, logs or errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from edged.sources.base import Pixels, SourceError, as_pixels, redact_url
+
+log = logging.getLogger("edged.sources")
+
+MAX_PART_BYTES = 16 * 1024 * 1024
+MAX_HEADER_LINES = 64
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# One warning per this many seconds about corrupt parts: a camera with a bad
+# cable can send thousands and must not flood the journal.
+CORRUPT_LOG_INTERVAL = 60.0
+
+
+def boundary_of(content_type: str) -> str | None:
+    """The multipart boundary from a Content-Type header, without leading dashes."""
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "boundary":
+            value = value.strip().strip('"')
+            # Some cameras put the dashes in the header too; the body has two more.
+            return value[2:] if value.startswith("--") else value
+    return None
+
+
+class HttpMjpegSource:
+    """Frames from an HTTP MJPEG stream or a JPEG snapshot URL.
+
+    `decode_scale` 2/4/8 decodes JPEGs at that fraction of their size (libjpeg
+    DCT scaling): far cheaper than decoding full size and resizing afterwards
+    when the stream is much larger than the model input.
+    """
+
+    def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
+                 decode_scale: Literal[1, 2, 4, 8] = 1, verify_tls: bool = True) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+            raise SourceError(f"not an http(s) URL: {redact_url(url)}")
+        if decode_scale not in _REDUCED:
+            raise SourceError(f"decode_scale must be 1, 2, 4 or 8, got {decode_scale!r}")
+        self.url = url
+        self.name = f"http:{redact_url(url)}"
+        self._parsed = parsed
+        self.open_timeout, self.read_timeout = open_timeout, read_timeout
+        self._flag = _REDUCED[decode_scale]
+        self.verify_tls = verify_tls
+        self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None
+        self._resp: http.client.HTTPResponse | None = None
+        self._boundary: bytes | None = None
+        self._snapshot = False
+        self._size: tuple[int, int] | None = None
+        self._skipped = 0
+        self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._opened = False
+
+    @property
+    def delivered_size(self) -> tuple[int, int] | None:
+        return self._size
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped
+
+    @property
+    def origin(self) -> str | None:
+        return None
+
+    def _request(self) -> http.client.HTTPResponse:
+        p = self._parsed
+        conn: http.client.HTTPConnection
+        if p.scheme.lower() == "https":
+            ctx = ssl.create_default_context()
+            if not self.verify_tls:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(p.hostname or "", p.port, timeout=self.open_timeout,
+                                               context=ctx)
+        else:
+            conn = http.client.HTTPConnection(p.hostname or "", p.port, timeout=self.open_timeout)
+        headers = {"Accept": "multipart/x-mixed-replace, image/jpeg", "Connection": "close"}
+        if p.username is not None:
+            cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode("ascii")
+        path = p.path or "/"
+        if p.query:
+            path += "?" + p.query
+        with self._lock:
+            if self._aborted:
+                raise SourceError(f"{self.name}: aborted")
+            self._conn = conn
+        try:
+            conn.request("GET", path, headers=headers)
+            # Keep the socket: getresponse() drops the connection's reference to it
+            # when the server says it will close, but the response still reads it.
+            with self._lock:
+                self._sock = conn.sock
+            if self._aborted:
+                raise SourceError(f"{self.name}: aborted")
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            raise SourceError(f"{self.name}: {_describe(e, self.open_timeout)}") from e
+        if resp.status != 200:
+            resp.close()
+            raise SourceError(f"{self.name}: HTTP {resp.status} {resp.reason}")
+        if self._sock is not None:
+            self._sock.settimeout(self.read_timeout)
+        return resp
+
+    def open(self) -> None:
+        self.close()
+        self._aborted = False
+        resp = self._request()
+        content_type = resp.getheader("Content-Type", "")
+        media = content_type.split(";")[0].strip().lower()
+        if media.startswith("multipart/"):
+            boundary = boundary_of(content_type)
+            if not boundary:
+                raise SourceError(f"{self.name}: multipart response without a boundary")
+            self._boundary = b"--" + boundary.encode("latin-1")
+            self._snapshot = False
+        elif media == "image/jpeg":
+            self._snapshot = True
+        else:
+            raise SourceError(f"{self.name}: Content-Type {media or 'missing'} is not MJPEG; "
+                              f"set http_reader = \"ffmpeg\" for other streams")
+        self._resp = resp
+        self._opened = True
+
+    def _readline(self) -> bytes:
+        assert self._resp is not None
+        line = self._resp.readline(65537)
+        if not line:
+            raise SourceError(f"{self.name}: connection closed by the server")
+        return line
+
+    def _next_part(self) -> bytes:
+        """The body of the next multipart part."""
+        assert self._boundary is not None and self._resp is not None
+        skipped_bytes = 0
+        while True:
+            line = self._readline()
+            if line.startswith(self._boundary):
+                break
+            skipped_bytes += len(line)
+            if skipped_bytes > MAX_PART_BYTES:
+                raise SourceError(f"{self.name}: no multipart boundary in {MAX_PART_BYTES} bytes")
+        length: int | None = None
+        for _ in range(MAX_HEADER_LINES):
+            line = self._readline().strip()
+            if not line:
+                break
+            key, _, value = line.decode("latin-1").partition(":")
+            if key.strip().lower() == "content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    length = None
+        else:
+            raise SourceError(f"{self.name}: part headers do not end")
+        if length is not None:
+            if not 0 <= length <= MAX_PART_BYTES:
+                raise SourceError(f"{self.name}: part of {length} bytes is over the "
+                                  f"{MAX_PART_BYTES} byte limit")
+            body = self._resp.read(length)
+            if len(body) < length:
+                raise SourceError(f"{self.name}: connection closed by the server mid-frame")
+            return body
+        # No Content-Length: the part runs to the next boundary line.
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            peek = self._resp.peek(len(self._boundary))[:len(self._boundary)]
+            if peek.startswith(self._boundary):
+                body = b"".join(chunks)
+                return body[:-2] if body.endswith(b"\r\n") else body
+            line = self._readline()
+            chunks.append(line)
+            total += len(line)
+            if total > MAX_PART_BYTES:
+                raise SourceError(f"{self.name}: part over the {MAX_PART_BYTES} byte limit")
+
+    def _decode(self, data: bytes) -> Pixels | None:
+        if not data:
+            return None
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), self._flag)
+        if bgr is None:
+            return None
+        return as_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+    def read(self) -> Pixels | None:
+        if not self._opened:
+            raise SourceError(f"{self.name}: read before open")
+        try:
+            while True:
+                data = self._snapshot_body() if self._snapshot else self._next_part()
+                rgb = self._decode(data)
+                if rgb is None:
+                    self._corrupt(len(data))
+                    continue
+                self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
+                return rgb
+        except (OSError, http.client.HTTPException) as e:
+            if self._aborted:
+                return None
+            raise SourceError(f"{self.name}: {_describe(e, self.read_timeout)}") from e
+        except SourceError:
+            if self._aborted:
+                return None
+            raise
+
+    def _snapshot_body(self) -> bytes:
+        # The response from open() serves the first frame; later ones ask again.
+        resp = self._resp or self._request()
+        self._resp = None
+        try:
+            data = resp.read(MAX_PART_BYTES + 1)
+        finally:
+            resp.close()
+        if len(data) > MAX_PART_BYTES:
+            raise SourceError(f"{self.name}: image over {MAX_PART_BYTES} bytes")
+        return data
+
+    def _corrupt(self, size: int) -> None:
+        self._skipped += 1
+        now = time.monotonic()
+        if now - self._last_corrupt_log >= CORRUPT_LOG_INTERVAL:
+            self._last_corrupt_log = now
+            log.warning("%s: skipped a corrupt JPEG part (%d bytes); %d skipped so far",
+                        self.name, size, self._skipped)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._sock = None
+        resp, self._resp = self._resp, None
+        self._opened = False
+        for thing in (resp, conn):
+            if thing is not None:
+                # Closing a dead socket must not stop a reopen.
+                with contextlib.suppress(Exception):
+                    thing.close()
+
+    def abort(self) -> None:
+        # shutdown() (unlike close()) wakes a recv() blocked in another thread.
+        with self._lock:
+            self._aborted = True
+            sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _describe(e: BaseException, timeout: float) -> str:
+    if isinstance(e, TimeoutError | socket.timeout):
+        return f"no data for {timeout:g} s (timed out)"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, http.client.HTTPException):
+        return f"bad HTTP response ({type(e).__name__})"
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return str(text).splitlines()[0]
