@@ -23,3 +23,6 @@ def shared_models() -> Path:
 @pytest.fixture(scope="session")
 def test_models() -> Path:
     return TEST_MODELS
+
+# The real-mosquitto fixtures (mosquitto, mosquitto_factory, tls_files) for every test.
+pytest_plugins = ["broker"]
