@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "edged.inspect",
     "listen": "edged.listen",
     "bench": "edged.bench",
+    "demo": "edged.demo",
 }
 
 

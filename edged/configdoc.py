@@ -142,7 +142,7 @@ def field_lines(name: str, info: FieldInfo) -> list[str]:
 
 
 def generate() -> str:
-    from edged.config import Config  # noqa: PLC0415 - after SECTIONS, same module
+    from edged.config import Config
 
     out = [HEADER]
     for section, model in SECTIONS.items():

@@ -1,0 +1,344 @@
+"""`edged check-config FILE`: every problem with a config, one line each.
+
+Beyond what the file says (syntax, types, ranges, cross-field rules), it
+looks at what the file points to, because that is where deployments fail:
+the model and labels files, the Edge TPU model, the password source, the TLS
+files (parsed, and the client key matched to its certificate), the delegate
+library, and the model's outputs against the JSON size limit and the
+decoder. Exit 0 when the daemon would start with this file, 1 otherwise;
+warnings (secrets readable by others, ...) are printed but do not fail.
+
+It never opens the Edge TPU itself: a running daemon holds the device, and
+a check before `systemctl reload` must not disturb it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edged.config import Config, ConfigError, ConfigFile, config_warnings, read_config
+from edged.configtext import os_error
+from edged.tensors import TensorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What a check found, each a complete line; `errors` fail it, `warnings` do not."""
+
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass
+class Report:
+    """Collects findings while the checks run."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def result(self) -> CheckResult:
+        return CheckResult(tuple(self.errors), tuple(self.warnings), tuple(self.notes))
+
+
+def check_config(path: str | Path) -> CheckResult:
+    """Load `path` and check everything it refers to. Never raises for bad input."""
+    report = Report()
+    try:
+        cf = read_config(path)
+    except ConfigError as exc:
+        report.errors.extend(exc.problems)
+        return report.result()
+    _look(cf, report)
+    return report.result()
+
+
+def _look(cf: ConfigFile, report: Report) -> None:
+    report.warnings.extend(config_warnings(cf.path, cf.config))
+    _check_source(cf, report)
+    outputs, inputs = _check_models(cf, report)
+    _check_labels(cf, report)
+    _check_password(cf, report)
+    _check_tls(cf, report)
+    _check_delegate_library(cf, report)
+    if outputs is not None:
+        _check_outputs(cf, outputs, report)
+    if inputs:
+        _check_normalization(cf, inputs[0], report)
+
+
+def _check_source(cf: ConfigFile, report: Report) -> None:
+    source = cf.config.source
+    if source.kind in ("video", "folder"):
+        path = Path(source.uri)
+        want_dir = source.kind == "folder"
+        if not path.exists():
+            report.errors.append(cf.problem("source.uri", f"{path}: not found"))
+        elif want_dir != path.is_dir():
+            kind = "a directory" if want_dir else "a file"
+            report.errors.append(cf.problem("source.uri", f"{path}: is not {kind}"))
+    elif source.kind == "v4l2" and source.uri.startswith("/dev/") and not Path(
+            source.uri).exists():
+        # A USB camera may be plugged in later; the daemon waits for it.
+        report.warnings.append(cf.problem("source.uri", f"{source.uri} does not exist now "
+                                          "(edged will keep retrying)", warning=True))
+
+
+def _check_models(cf: ConfigFile, report: Report
+                  ) -> tuple[tuple[TensorInfo, ...] | None, tuple[TensorInfo, ...]]:
+    """Check the model files; return the CPU model's outputs and inputs when it loads."""
+    from edged.modelfile import ModelFileError, check_runnable, read_model_file
+
+    config = cf.config
+    inference = config.inference
+    on_tpu = inference.delegate == "edgetpu"
+    cpu_model = Path(config.model.path)
+    if on_tpu and config.model.edgetpu_path is not None:
+        try:
+            check_runnable(read_model_file(config.model.edgetpu_path), "edgetpu")
+        except ModelFileError as exc:
+            report.errors.append(cf.problem("model.edgetpu_path", str(exc)))
+    try:
+        info = read_model_file(cpu_model)
+    except ModelFileError as exc:
+        report.errors.append(cf.problem("model.path", str(exc)))
+        return None, ()
+    uses_path_on_tpu = on_tpu and config.model.edgetpu_path is None
+    try:
+        check_runnable(info, "edgetpu" if uses_path_on_tpu else inference.delegate)
+    except ModelFileError as exc:
+        report.errors.append(cf.problem("model.path", str(exc)))
+        return None, ()
+    if info.needs_edgetpu:
+        if inference.fallback == "cpu":
+            report.warnings.append(cf.problem(
+                "model.path", f"{cpu_model} runs only on the Edge TPU, so fallback = \"cpu\" "
+                "has nothing to fall back to: set model.edgetpu_path to it and model.path to "
+                "the CPU model", warning=True))
+        report.notes.append("model outputs not checked (the model runs only on the Edge TPU)")
+        return None, ()
+    return _load_tensors(cf, cpu_model, report)
+
+
+def _load_tensors(cf: ConfigFile, path: Path, report: Report
+                  ) -> tuple[tuple[TensorInfo, ...] | None, tuple[TensorInfo, ...]]:
+    from edged.model import Model, ModelError
+    from edged.modelfile import ModelFileError
+    from edged.runtime import RuntimeUnavailableError, select_runtime
+
+    try:
+        runtime = select_runtime(cf.config.inference.runtime)
+    except RuntimeUnavailableError as exc:
+        report.errors.append(cf.problem("inference.runtime", str(exc)))
+        return None, ()
+    try:
+        # The CPU is enough to learn the tensors, and leaves the Edge TPU alone.
+        model = Model.load(path, runtime)
+    except (ModelError, ModelFileError) as exc:
+        report.errors.append(cf.problem("model.path", str(exc)))
+        return None, ()
+    return model.outputs, model.inputs
+
+
+def _check_labels(cf: ConfigFile, report: Report) -> None:
+    if cf.config.model.labels is None:
+        return
+    from edged.decode.labels import LabelsError, load_labels
+
+    try:
+        load_labels(cf.config.model.labels)
+    except LabelsError as exc:
+        report.errors.append(cf.problem("model.labels", str(exc)))
+
+
+def _check_password(cf: ConfigFile, report: Report) -> None:
+    mqtt = cf.config.mqtt
+    try:
+        mqtt.resolve_password()
+    except ConfigError as exc:
+        key, _, message = exc.problems[0].partition(": ")
+        if key == "mqtt.password_env":
+            # The service's environment (EnvironmentFile=, LoadCredential=) is not ours.
+            report.warnings.append(cf.problem(key, message + " in this shell; make sure the "
+                                              "service's environment sets it", warning=True))
+        else:
+            report.errors.append(cf.problem(key, message))
+
+
+def _pem(path: Path, marker: str) -> str | None:
+    """A one-line reason `path` is not a readable PEM file holding `marker`, or None."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except (OSError, ValueError) as exc:
+        return f"cannot read {path}: {os_error(exc)}"
+    if marker not in text:
+        return f"{path}: no {marker.strip('-').strip()} block (not a PEM file?)"
+    if "ENCRYPTED" in text and "PRIVATE KEY" in marker:
+        return f"{path}: the key is encrypted; edged needs it unencrypted (and chmod 600)"
+    return None
+
+
+def _check_tls(cf: ConfigFile, report: Report) -> None:
+    mqtt = cf.config.mqtt
+    if not mqtt.tls:
+        return
+    context = ssl.create_default_context()
+    if mqtt.ca_file is not None:
+        problem = _pem(Path(mqtt.ca_file), "-----BEGIN CERTIFICATE-----")
+        if problem is None:
+            try:
+                context.load_verify_locations(cafile=str(mqtt.ca_file))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problem = f"{mqtt.ca_file}: not a usable CA certificate ({_ssl_reason(exc)})"
+        if problem:
+            report.errors.append(cf.problem("mqtt.ca_file", problem))
+    if mqtt.cert_file is None or mqtt.key_file is None:
+        return
+    cert_problem = _pem(Path(mqtt.cert_file), "-----BEGIN CERTIFICATE-----")
+    key_problem = _pem(Path(mqtt.key_file), "PRIVATE KEY-----")
+    if cert_problem:
+        report.errors.append(cf.problem("mqtt.cert_file", cert_problem))
+    if key_problem:
+        report.errors.append(cf.problem("mqtt.key_file", key_problem))
+    if cert_problem or key_problem:
+        return
+    try:
+        # An empty password makes an encrypted key fail instead of prompting on the tty.
+        context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file), password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = _ssl_reason(exc)
+        if "KEY_VALUES_MISMATCH" in reason:
+            reason = f"{mqtt.key_file} is not the key of {mqtt.cert_file}"
+        report.errors.append(cf.problem("mqtt.key_file", reason))
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.strerror or exc)
+    return os_error(exc)
+
+
+def _check_delegate_library(cf: ConfigFile, report: Report) -> None:
+    inference = cf.config.inference
+    if inference.delegate == "cpu":
+        return
+    key = "inference.edgetpu_library" if inference.delegate == "edgetpu" \
+        else "inference.external_library"
+    library = inference.edgetpu_library if inference.delegate == "edgetpu" \
+        else inference.external_library
+    try:
+        # dlopen only: the plugin is not created, so no device is opened.
+        handle = ctypes.CDLL(library)
+        problem = None if hasattr(handle, "tflite_plugin_create_delegate") else (
+            f"{library} is not a TFLite delegate plugin (no tflite_plugin_create_delegate)")
+    except OSError as exc:
+        hint = " (apt install libedgetpu1-std)" if inference.delegate == "edgetpu" else ""
+        detail = " ".join(str(exc).split()).removeprefix(f"{library}: ")
+        problem = f"cannot load {library}: {detail}{hint}"
+    if problem is None:
+        return
+    if inference.fallback == "cpu":
+        report.warnings.append(cf.problem(key, problem + "; edged would run on the CPU "
+                                          "(fallback = \"cpu\")", warning=True))
+    else:
+        report.errors.append(cf.problem(key, problem))
+
+
+def _suggest_decoder(outputs: tuple[TensorInfo, ...]) -> str:
+    from edged.decode.dispatch import infer_kind
+    from edged.decode.results import DecodeError
+
+    try:
+        kind, _ = infer_kind(outputs)
+    except DecodeError:
+        return "a decoder"
+    return f'output.decoder = "{kind}"'
+
+
+def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Report) -> None:
+    out = cf.config.output
+    if out.decoder != "none":
+        from edged.decode.dispatch import decode_kind
+        from edged.decode.results import DecodeError
+
+        try:
+            kind, reason = decode_kind(out.decoder, outputs)
+            if out.decoder == "auto":
+                report.notes.append(f"decoder auto: {kind} ({reason})")
+        except DecodeError as exc:
+            report.errors.append(cf.problem("output.decoder", str(exc)))
+    if out.encoding != "json" or not out.include_raw:
+        return
+    total = sum(o.size for o in outputs)
+    if total <= out.max_values:
+        return
+    biggest = max(outputs, key=lambda o: o.size)
+    decoder = _suggest_decoder(outputs) if out.decoder == "none" else "the decoder"
+    report.errors.append(cf.problem(
+        "output.max_values",
+        f"the model's outputs have {total} values (largest: {biggest.name!r} "
+        f"{list(biggest.shape)} {biggest.dtype}), more than max_values = {out.max_values} "
+        f'allows in one JSON message: set output.encoding = "binary", or {decoder} with '
+        f"output.include_raw = false, or raise max_values"))
+
+
+def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> None:
+    from edged.quantize import input_channels
+
+    channels = input_channels(tensor)
+    for key in ("mean", "std"):
+        values = getattr(cf.config.preprocess, key)
+        if len(values) not in (0, 1, channels):
+            report.errors.append(cf.problem(
+                f"preprocess.{key}", f"{len(values)} values, but the model input "
+                f"{tensor.name!r} {list(tensor.shape)} has {channels} channel"
+                f"{'s' if channels != 1 else ''}: give "
+                f"{'1' if channels == 1 else f'1 or {channels}'}"))
+
+
+def summary(config: Config) -> str:
+    """What the daemon would do with this config, in one line."""
+    model = Path(config.model.path).name
+    inference = config.inference
+    where = inference.delegate if inference.delegate != "edgetpu" else (
+        f"edgetpu {inference.edgetpu_device or '(first found)'}")
+    scheme = "mqtts" if config.mqtt.tls else "mqtt"
+    return (f"source {config.source.kind}, model {model} on {where}, "
+            f"{scheme}://{config.mqtt.host}:{config.mqtt.port}/{config.topic_base}")
+
+
+def main(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    report = check_config(path)
+    for line in (*report.errors, *report.warnings):
+        print(line)
+    if report.errors:
+        count = len(report.errors)
+        print(f"{path}: {count} problem{'s' if count > 1 else ''}")
+        return 1
+    try:
+        config = read_config(path).config
+    except ConfigError:  # pragma: no cover - changed under our feet
+        return 1
+    for note in report.notes:
+        print(f"{path}: note: {note}")
+    print(f"{path}: OK ({summary(config)})")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check-config", help="check a config file and everything it refers to",
+        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("file", help="the TOML config file, e.g. /etc/edged/edged.toml")
+    parser.set_defaults(handler=main)

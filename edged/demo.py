@@ -1,0 +1,157 @@
+"""`edged demo`: the daemon on the bundled digits model and frames, results printed live.
+
+Starts a private mosquitto on a free loopback port (nothing is exposed beyond
+127.0.0.1), runs `edged run` as a real child process against it, subscribes,
+prints each result as it arrives, then stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+DATA = Path(__file__).resolve().parent / "data"
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the daemon on the bundled model and print results",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--count", type=int, default=20, help="results to print before stopping")
+    p.add_argument("--fps", type=float, default=5.0, help="frames per second to infer")
+    p.set_defaults(handler=_demo)
+
+
+def find_mosquitto() -> str | None:
+    found = shutil.which("mosquitto")
+    return found or next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def demo_config(port: int, fps: float) -> str:
+    return f"""\
+# Written by `edged demo`.
+[device]
+id = "demo"
+[source]
+kind = "folder"
+uri = "{DATA / 'frames'}"
+loop = true
+fps = {fps}
+[model]
+path = "{DATA / 'digits_int8.tflite'}"
+labels = "{DATA / 'digits_labels.txt'}"
+[inference]
+num_threads = 1
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+[output]
+decoder = "classification"
+top_k = 3
+min_score = 0.05
+stats_interval_s = 5
+"""
+
+
+def _print_result(payload: bytes | bytearray) -> None:
+    doc = orjson.loads(payload)
+    lat = (doc["published_at"] - doc["captured_at"]) * 1000
+    top = ", ".join(f"{c['label']} {c['score']:.3f}" for c in (doc.get("decoded") or {})
+                    .get("classes", []))
+    out = doc["outputs"][0]
+    floats = " ".join(f"{v:.4f}" for v in out["data"][0])
+    print(f"seq {doc['seq']:>4}  {lat:6.1f} ms  top: {top}\n"
+          f"          {out['name']} {out['dtype']} {out['quantization']['kind']} "
+          f"-> floats [{floats}]", flush=True)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    mosquitto = find_mosquitto()
+    if mosquitto is None:
+        print("edged demo: mosquitto is not installed: run scripts/setup.sh "
+              "(or apt-get install mosquitto)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="edged-demo-") as tmp:
+        port = free_port()
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                        f"persistence false\n{'user root' if os.geteuid() == 0 else ''}\n")
+        broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        daemon: subprocess.Popen[bytes] | None = None
+        try:
+            if not wait_for_port(port):
+                print("edged demo: mosquitto did not start", file=sys.stderr)
+                return 1
+            print(f"broker: private mosquitto on 127.0.0.1:{port}", flush=True)
+            got = threading.Semaphore(0)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edged-demo-sub")
+
+            def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+                if msg.topic.endswith("/results"):
+                    _print_result(msg.payload)
+                    got.release()
+                elif msg.topic.endswith("/status"):
+                    print(f"status: {orjson.loads(msg.payload)['state']}", flush=True)
+
+            client.on_message = on_message
+            client.connect("127.0.0.1", port)
+            client.subscribe("edged/demo/#", qos=1)
+            client.loop_start()
+            cfg = Path(tmp) / "edged.toml"
+            cfg.write_text(demo_config(port, args.fps))
+            print(f"daemon: edged run --config {cfg}", flush=True)
+            daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config",
+                                       str(cfg)])
+            for _ in range(args.count):
+                if not got.acquire(timeout=30) or daemon.poll() is not None:
+                    print("edged demo: no result within 30 s", file=sys.stderr)
+                    return 1
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(10)
+            time.sleep(0.3)  # let the explicit `offline` arrive
+            client.loop_stop()
+            print(f"daemon stopped cleanly (exit {code})" if code == 0 else
+                  f"daemon exited with {code}", flush=True)
+            return 0 if code == 0 else 1
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            if daemon is not None and daemon.poll() is None:
+                daemon.terminate()
+                daemon.wait(10)
+            broker.terminate()
+            broker.wait(5)

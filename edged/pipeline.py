@@ -1,0 +1,177 @@
+"""The per-frame loop: latest frame -> preprocess -> worker -> dequantize -> decode -> publish.
+
+Two slots overlap the stages: while the worker invokes the model on one
+slot, this thread preprocesses the next frame into the other and then
+dequantizes, decodes, encodes and hands off the previous result, so the
+model's invoke time is the bottleneck. Capture runs ahead on its own thread
+into a one-slot buffer; publishing is a non-blocking hand-off to the MQTT
+thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edged.quantize import dequantize
+from edged.stats import StageTimes, Stats
+from edged.supervisor import ModelLoadError, Supervisor, WorkerError, wait_backoff
+from edged.tensors import TensorInfo
+
+log = logging.getLogger(__name__)
+
+
+class FrameLike(Protocol):
+    @property
+    def pixels(self) -> NDArray[np.uint8]: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def captured_at(self) -> float: ...
+    @property
+    def captured_mono(self) -> float: ...
+
+
+class FrameFeed(Protocol):
+    def get(self, timeout: float) -> FrameLike | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One inferred frame, ready to encode."""
+
+    frame_seq: int
+    captured_at: float
+    captured_mono: float
+    outputs: tuple[NDArray[Any], ...]
+    raw_outputs: tuple[NDArray[Any], ...]
+    tensors: tuple[TensorInfo, ...]
+    geometry: Any
+    times: StageTimes
+
+
+Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]
+"""(frame pixels, destination buffer) -> geometry mapping model coordinates to the frame."""
+
+Deliver = Callable[[Result], None]
+"""Decode, encode and hand the result to the publisher; runs on the pipeline thread."""
+
+
+@dataclass
+class _InFlight:
+    slot: int
+    frame: FrameLike
+    geometry: Any
+    preprocess_us: int
+
+
+class Pipeline:
+    def __init__(self, feed: FrameFeed, preprocess: Preprocess, supervisor: Supervisor,
+                 deliver: Deliver, stats: Stats, *, max_fps: float = 0.0) -> None:
+        self.feed = feed
+        self.preprocess = preprocess
+        self.supervisor = supervisor
+        self.deliver = deliver
+        self.stats = stats
+        self.min_interval_s = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.heartbeat = time.monotonic()
+        self.deliver_errors = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def set_deliver(self, deliver: Deliver) -> None:
+        """Swap the decode/encode stage (a reload of output settings), between frames."""
+        self.deliver = deliver
+
+    def run(self) -> None:
+        """Run until stop(); worker failures are recovered here, never raised."""
+        while not self._stop.is_set():
+            try:
+                self._run_frames()
+            except WorkerError:
+                self._recover()
+
+    def _recover(self) -> None:
+        while not self._stop.is_set():
+            delay = self.supervisor.next_backoff_s()
+            log.warning("restarting the inference worker in %.1f s", delay)
+            wait_backoff(delay, self._beat_and_check_stop)
+            if self._stop.is_set():
+                return
+            try:
+                info = self.supervisor.restart()
+            except (WorkerError, ModelLoadError):
+                continue
+            log.info("inference worker %d running on %s", info.pid, info.delegate)
+            return
+
+    def _beat_and_check_stop(self) -> bool:
+        self.heartbeat = time.monotonic()
+        return self._stop.is_set()
+
+    def _next_frame(self, slot: int) -> _InFlight | None:
+        frame = self.feed.get(timeout=0.25)
+        self.heartbeat = time.monotonic()
+        if frame is None:
+            return None
+        t0 = time.perf_counter_ns()
+        geometry = self.preprocess(frame.pixels, self.supervisor.pixels(slot))
+        return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000)
+
+    def _run_frames(self) -> None:
+        pending: _InFlight | None = None
+        next_due = 0.0
+        while not self._stop.is_set():
+            slot = 0 if pending is None else pending.slot ^ 1
+            if self.min_interval_s:
+                wait_backoff(next_due - time.monotonic(), self._beat_and_check_stop)
+            ahead = self._next_frame(slot)
+            if pending is None:
+                if ahead is not None:
+                    self.supervisor.submit(ahead.slot)
+                    next_due = time.monotonic() + self.min_interval_s
+                pending = ahead
+                continue
+            done = self.supervisor.wait(pending.slot)
+            if ahead is not None:
+                # Start the next invoke before delivering this one: they overlap.
+                self.supervisor.submit(ahead.slot)
+                next_due = time.monotonic() + self.min_interval_s
+            self._finish(pending, done.quantize_us, done.invoke_us)
+            pending = ahead
+
+    def _finish(self, job: _InFlight, quantize_us: int, invoke_us: int) -> None:
+        info = self.supervisor.info
+        assert info is not None
+        t0 = time.perf_counter_ns()
+        raw = tuple(self.supervisor.raw_outputs(job.slot))
+        floats = tuple(dequantize(r, t) for r, t in zip(raw, info.outputs, strict=True))
+        dequantize_us = (time.perf_counter_ns() - t0) // 1000
+        frame = job.frame
+        times = StageTimes(
+            capture_age=int((time.monotonic() - frame.captured_mono) * 1e6),
+            preprocess=job.preprocess_us, quantize=quantize_us, invoke=invoke_us,
+            dequantize=dequantize_us,
+        )
+        result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
+                        info.outputs, job.geometry, times)
+        try:
+            self.deliver(result)
+        except Exception as exc:
+            self.deliver_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if self.deliver_errors <= 3 or self.deliver_errors % 1000 == 0:
+                log.error("result %d not delivered (%d so far): %s", frame.seq,
+                          self.deliver_errors, self.last_error)
+        latency_us = int((time.monotonic() - frame.captured_mono) * 1e6)
+        self.stats.record(times, latency_us)

@@ -1,0 +1,290 @@
+"""The daemon's side of the inference worker: start it, feed it, restart it.
+
+A worker that dies (SIGKILL, SIGABRT from libedgetpu, SIGSEGV) or hangs past
+the invoke deadline is killed and started again with exponential backoff;
+after `cpu_fallback_after` failures in a row on an accelerator, and when the
+fallback policy allows it, the next worker runs on the CPU. Only the pipeline
+thread calls into a `Supervisor`; MQTT and the watchdog run on other threads
+and carry on meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from edged.tensors import TensorInfo
+from edged.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, send
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = 60.0  # an Edge TPU model's first load uploads its weights over USB
+
+
+class ModelLoadError(RuntimeError):
+    """The worker could not load the model: a problem with the file or the setup."""
+
+
+class WorkerError(RuntimeError):
+    """The worker died, hung or broke the protocol; it has been killed."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the running worker loaded, as it reported it."""
+
+    pid: int
+    runtime: str
+    delegate: str
+    delegate_note: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    pixel_path: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
+        return cls(int(m["pid"]), str(m["runtime"]), str(m["delegate"]),
+                   str(m.get("delegate_note", "")),
+                   tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
+                   tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
+                   str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]))
+
+
+@dataclass(frozen=True)
+class Done:
+    slot: int
+    quantize_us: int
+    invoke_us: int
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "hung"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class Supervisor:
+    """Owns one worker process at a time and the shared memory it works in."""
+
+    def __init__(self, params: WorkerParams, *, slots: int = 2, invoke_timeout_s: float = 5.0,
+                 restart_backoff_s: float = 0.2, restart_backoff_max_s: float = 30.0,
+                 cpu_fallback_after: int = 3, cpu_model_path: str | None = None) -> None:
+        self.params = params
+        self.slots = slots
+        self.invoke_timeout_s = invoke_timeout_s
+        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = restart_backoff_max_s
+        self.cpu_fallback_after = cpu_fallback_after
+        self.cpu_model_path = cpu_model_path or params.model_path
+        self.info: ModelInfo | None = None
+        self.layout: Layout | None = None
+        self.restarts = 0
+        self.consecutive_failures = 0
+        self.last_failure = ""
+        self.state = "stopped"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._memfd = -1
+        self._buf: mmap.mmap | None = None
+        self._pixels: list[NDArray[np.uint8]] = []
+        self._outputs: list[list[NDArray[Any]]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> ModelInfo:
+        """Start a worker and wait until it has loaded the model and mapped the slots.
+
+        Raises ModelLoadError when the worker reports that the model cannot be
+        loaded, WorkerError when it dies or stalls while loading.
+        """
+        self.state = "starting"
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "edged.worker", str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self._sock = parent
+        send(parent, {"op": "load", **_params_dict(self.params)})
+        message = self._receive(LOAD_TIMEOUT_S, "loading the model")
+        if message.get("op") == "error":
+            self._reap()
+            self.state = "failed"
+            raise ModelLoadError(str(message.get("message", "worker failed to load the model")))
+        info = ModelInfo.from_ready(message)
+        self._map(info)
+        self.info = info
+        self.state = "running"
+        return info
+
+    def _map(self, info: ModelInfo) -> None:
+        layout = Layout.plan(self.slots, pixel_shape(info.inputs[0]), info.outputs)
+        if layout != self.layout:
+            # A different model (CPU fallback) may have other shapes: new memory.
+            self._unmap()
+            self._memfd = os.memfd_create("edged-slots", os.MFD_CLOEXEC)
+            os.ftruncate(self._memfd, layout.size)
+            self._buf = mmap.mmap(self._memfd, layout.size)
+            self.layout = layout
+            self._pixels = [layout.pixels(self._buf, s) for s in range(self.slots)]
+            self._outputs = [layout.raw_outputs(self._buf, s) for s in range(self.slots)]
+        assert self._sock is not None
+        send(self._sock, {"op": "attach", "layout": layout.to_dict()}, [self._memfd])
+
+    def _unmap(self) -> None:
+        self._pixels, self._outputs = [], []
+        if self._buf is not None:
+            # BufferError: a caller still holds a view; the mapping goes when it does.
+            with contextlib.suppress(BufferError):
+                self._buf.close()
+            self._buf = None
+        if self._memfd >= 0:
+            os.close(self._memfd)
+            self._memfd = -1
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                send(self._sock, {"op": "stop"})
+        self._reap(grace_s=1.0)
+        self._unmap()
+        self.state = "stopped"
+
+    def _reap(self, grace_s: float = 0.0) -> int | None:
+        code = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(grace_s) if grace_s else self._proc.poll()
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        return code
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- per frame ---------------------------------------------------------------------
+
+    def pixels(self, slot: int) -> NDArray[np.uint8]:
+        """The slot's pixel buffer: preprocess writes the next frame straight into it."""
+        return self._pixels[slot]
+
+    def raw_outputs(self, slot: int) -> list[NDArray[Any]]:
+        """The slot's raw output tensors, valid until the slot is submitted again."""
+        return self._outputs[slot]
+
+    def submit(self, slot: int) -> None:
+        assert self._sock is not None
+        try:
+            send(self._sock, {"op": "infer", "slot": slot})
+        except OSError:
+            raise self._failed(f"worker {self._exit_description()} before a frame was sent"
+                               ) from None
+
+    def wait(self, slot: int) -> Done:
+        message = self._receive(self.invoke_timeout_s, "inference")
+        if message.get("op") != "done" or message.get("slot") != slot:
+            raise self._failed(f"worker protocol error: unexpected {message.get('op')!r}")
+        self.consecutive_failures = 0
+        return Done(slot, int(message["quantize_us"]), int(message["invoke_us"]))
+
+    def _receive(self, timeout_s: float, doing: str) -> dict[str, Any]:
+        assert self._sock is not None and self._proc is not None
+        ready, _, _ = select.select([self._sock], [], [], timeout_s)
+        if not ready:
+            raise self._failed(f"worker hung: no answer within {timeout_s:g} s while {doing}")
+        try:
+            data = self._sock.recv(MAX_PACKET)
+        except OSError:
+            data = b""
+        if not data:
+            raise self._failed(f"worker {self._exit_description()} while {doing}")
+        message: dict[str, Any] = orjson.loads(data)
+        return message
+
+    def _exit_description(self) -> str:
+        """How the worker ended, once its socket has closed."""
+        assert self._proc is not None
+        try:
+            return _describe_exit(self._proc.wait(1.0))
+        except subprocess.TimeoutExpired:
+            return "closed its socket"
+
+    def _failed(self, why: str) -> WorkerError:
+        self._reap()
+        self.consecutive_failures += 1
+        self.last_failure = why
+        self.state = "restarting"
+        log.error("%s", why)
+        return WorkerError(why)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def next_backoff_s(self) -> float:
+        n = max(self.consecutive_failures - 1, 0)
+        return float(min(self.restart_backoff_max_s, self.restart_backoff_s * (2 ** min(n, 16))))
+
+    def should_fall_back(self) -> bool:
+        return (self.params.delegate != "cpu" and self.params.fallback == "cpu"
+                and self.consecutive_failures >= self.cpu_fallback_after)
+
+    def restart(self) -> ModelInfo:
+        """Start a replacement worker (the caller has waited `next_backoff_s()`)."""
+        if self.should_fall_back():
+            log.warning("worker failed %d times on %s: falling back to the CPU with %s",
+                        self.consecutive_failures, self.params.delegate, self.cpu_model_path)
+            self.params = replace(self.params, delegate="cpu", model_path=self.cpu_model_path)
+        self.restarts += 1
+        try:
+            return self.start()
+        except WorkerError:
+            raise
+        except ModelLoadError as exc:
+            # After a restart a load error counts as one more failure, not the end:
+            # a USB device may come back.
+            raise self._failed(str(exc)) from None
+
+
+def _params_dict(params: WorkerParams) -> dict[str, Any]:
+    d = dict(params.__dict__)
+    d["mean"], d["std"] = list(params.mean), list(params.std)
+    return d
+
+
+def wait_backoff(seconds: float, deadline_check: Any = None) -> None:
+    """Sleep in small steps so a stop request is seen promptly."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if deadline_check is not None and deadline_check():
+            return
+        time.sleep(min(left, 0.05))

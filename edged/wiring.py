@@ -1,0 +1,172 @@
+"""Build each stage from its config section. No threads are started here.
+
+Kept apart from `daemon.py` so a reload can rebuild exactly the stages whose
+section changed, with the same functions that built them at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edged.config import Config
+from edged.decode.dispatch import (
+    DecodeSettings,
+    decode,
+    decode_kind,
+    decoded_json,
+    prepare_labels,
+)
+from edged.decode.labels import load_labels
+from edged.decode.results import ClassFilter
+from edged.payload import Result as Payload
+from edged.payload import encode_result_binary, encode_result_json, outputs_from
+from edged.pipeline import Result
+from edged.preprocess import Preprocessor
+from edged.publish import Publisher
+from edged.publish_setup import PublisherSettings, TlsSettings
+from edged.sources import open_source
+from edged.sources.capture import CaptureThread
+from edged.sources.resilient import ResilientSource
+from edged.supervisor import ModelInfo, Supervisor
+from edged.worker import WorkerParams
+
+log = logging.getLogger(__name__)
+
+# Config kinds name what the user has; the drivers are fewer.
+_DRIVER = {"v4l2": "opencv", "stream": "opencv", "video": "opencv"}
+# Files are not real time: every frame is inferred, none dropped.
+_LOSSLESS = {"video", "folder"}
+
+
+def build_capture(cfg: Config, input_size: tuple[int, int]) -> CaptureThread:
+    s = cfg.source
+    kind = _DRIVER.get(s.kind, s.kind)
+    params: dict[str, Any]
+    if kind == "synthetic":
+        params = {"size": (s.height, s.width), "fps": s.fps}
+    elif kind == "folder":
+        params = {"path": s.uri, "loop": s.loop, "fps": s.fps}
+    elif kind == "picamera2":
+        # The ISP scales the lores stream to the model's input: no CPU resize. The
+        # main stream is left to the source, which keeps the model's aspect ratio
+        # so the ISP crops rather than stretches.
+        params = {"size": input_size if s.lores else (s.height, s.width), "fps": s.fps}
+    else:
+        params = {"uri": s.uri, "width": s.width, "height": s.height, "fps": s.fps,
+                  "loop": s.loop}
+    source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
+                             max_backoff=s.reopen_backoff_max_s)
+    return CaptureThread(source, lossless=s.kind in _LOSSLESS)
+
+
+def worker_params(cfg: Config) -> WorkerParams:
+    inf, model = cfg.inference, cfg.model
+    path = model.edgetpu_path if inf.delegate == "edgetpu" and model.edgetpu_path else model.path
+    return WorkerParams(
+        model_path=str(path), runtime=inf.runtime, delegate=inf.delegate,
+        num_threads=inf.num_threads, edgetpu_device=inf.edgetpu_device,
+        edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
+        external_options=dict(inf.external_options), fallback=inf.fallback,
+        mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
+    )
+
+
+def build_supervisor(cfg: Config) -> Supervisor:
+    inf = cfg.inference
+    return Supervisor(
+        worker_params(cfg), invoke_timeout_s=inf.invoke_timeout_s,
+        restart_backoff_s=inf.restart_backoff_s, restart_backoff_max_s=inf.restart_backoff_max_s,
+        cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
+    )
+
+
+def input_size(info: ModelInfo) -> tuple[int, int]:
+    shape = info.inputs[0].shape
+    return (shape[1], shape[2]) if len(shape) >= 3 else (1, shape[-1])
+
+
+def build_preprocess(cfg: Config, info: ModelInfo
+                     ) -> Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]:
+    p = cfg.preprocess
+    shape = info.inputs[0].shape
+    channels = shape[3] if len(shape) == 4 else 1
+    pre = Preprocessor(input_size(info), channels, mode=p.resize, pad_value=p.pad_value,
+                       color_order=p.color_order)
+
+    def preprocess(pixels: NDArray[np.uint8], dst: NDArray[np.uint8]) -> Any:
+        np.copyto(dst, pre(pixels).reshape(dst.shape))
+        return pre.geometry
+
+    return preprocess
+
+
+def build_publisher(cfg: Config) -> Publisher:
+    m = cfg.mqtt
+    tls = None
+    if m.tls:
+        # No CA file: the system trust store (never "no verification").
+        tls = TlsSettings(ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
+    return Publisher(PublisherSettings(
+        device_id=cfg.device.id, host=m.host, port=m.port, prefix=m.topic_prefix,
+        client_id=cfg.client_id, protocol=m.protocol, keepalive_s=m.keepalive_s,
+        username=m.username or None, password=m.resolve_password(), tls=tls,
+        results_qos=m.qos_results, results_retain=m.retain_results,
+        status_qos=m.qos_status, stats_qos=m.qos_status,
+        message_expiry_s=m.message_expiry_s or None, queue_size=m.queue_size,
+        backoff_min_s=m.reconnect_min_s, backoff_max_s=m.reconnect_max_s,
+    ))
+
+
+def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
+                  on_published: Callable[[], None]) -> Callable[[Result], None]:
+    """Decode (as configured), encode and hand off one result."""
+    info = supervisor.info
+    assert info is not None
+    out = cfg.output
+    kind, reason = decode_kind(out.decoder, info.outputs)
+    if out.decoder == "auto":
+        log.info("decoder auto: %s (%s)", kind, reason)
+    labels = load_labels(cfg.model.labels) if cfg.model.labels else None
+    if labels is not None:
+        labels = prepare_labels(kind, labels, info.outputs)
+        for note in labels.notes:
+            log.info("labels: %s", note)
+    settings = DecodeSettings(
+        min_score=out.min_score, top_k=out.top_k, iou_threshold=out.nms_iou,
+        min_box_area=out.min_box_area,
+        classes=ClassFilter.of(out.classes_keep, out.classes_ignore))
+    height, width = input_size(info)
+    encode = encode_result_binary if out.encoding == "binary" else encode_result_json
+    device_id = cfg.device.id
+
+    def deliver(result: Result) -> None:
+        t0 = time.perf_counter_ns()
+        decoded = None
+        if kind != "none":
+            geometry = result.geometry
+            decoded = decoded_json(kind, decode(
+                kind, result.raw_outputs, result.tensors, settings=settings,
+                input_wh=(width, height), geometry=geometry, labels=labels,
+                content_box=getattr(geometry, "content", None)))
+        t1 = time.perf_counter_ns()
+        timings = result.times.as_dict()
+        timings["decode"] = (t1 - t0) // 1000
+        payload = encode(Payload(
+            device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
+            # Read per result: a CPU fallback changes both.
+            model=Path(supervisor.params.model_path).name,
+            delegate=supervisor.info.delegate if supervisor.info else "",
+            outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
+            timings_us=timings, decoded=decoded,
+        ))
+        publisher.publish_result(payload)
+        on_published()
+
+    return deliver
