@@ -160,7 +160,9 @@ class TensorInfo:
         if self.kind == "integer":
             return "passed through (integer, not quantized)"
         if not self.is_per_channel:
-            return f"(q - {self.zero_points[0]}) * {self.scales[0]!r}"
+            zp = self.zero_points[0]
+            shifted = f"q + {-zp}" if zp < 0 else f"q - {zp}"
+            return f"({shifted}) * {self.scales[0]!r}"
         return (f"(q - zero_point[c]) * scale[c], c = index along axis "
                 f"{self.quantized_dimension}")
 

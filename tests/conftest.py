@@ -26,3 +26,23 @@ def test_models() -> Path:
 
 # The real-mosquitto fixtures (mosquitto, mosquitto_factory, tls_files) for every test.
 pytest_plugins = ["broker"]
+
+
+# A skip is fine when a machine lacks what a test needs (the shared models, a
+# tool); a skip that hides an error (an import that failed) is a failure in CI.
+_SKIP_IS_ERROR = ("could not import", "No module named", "Error", "error", "not generated",
+                  "not present yet")
+_bad_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if any(word in reason for word in _SKIP_IS_ERROR):
+            _bad_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _bad_skips and os.environ.get("CI"):
+        print("\nskipped by error (fails in CI):\n  " + "\n  ".join(_bad_skips))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
