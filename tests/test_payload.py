@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-import timeit
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from ai_edge_litert.interpreter import Interpreter
 
 from edged.payload import (
     BINARY_MAGIC,
-    Output,
     PayloadError,
     Result,
     decode_result,
@@ -197,25 +195,3 @@ def test_status_and_stats_payloads_match_their_schemas() -> None:
 def test_device_id_must_be_one_topic_level(bad: str) -> None:
     with pytest.raises(PayloadError, match="must be one topic level"):
         validate_device_id(bad)
-
-
-def test_encoding_a_1001_class_output_is_fast() -> None:
-    """[1,1001] float32 (a MobileNet head): JSON under 30 us, binary under 15 us
-    (best of several runs, so a busy machine measures the code, not the load)."""
-    info = TensorInfo(0, "logits", (1, 1001), np.uint8, scales=(1 / 256,), zero_points=(0,))
-    q = np.random.default_rng(1).integers(0, 256, (1, 1001)).astype(np.uint8)
-    result = Result("cam-1", 1, time.time(), "mobilenet.tflite", "cpu",
-                    (Output(info, dequantize(q, info)),), {"invoke": 5000})
-    best_json = best_bin = float("inf")
-    for _ in range(3):  # a shared CI machine: keep the quietest of many short runs
-        best_json = min(best_json, *timeit.repeat(lambda: encode_result_json(result, 1.0),
-                                                  number=200, repeat=10))
-        best_bin = min(best_bin, *timeit.repeat(lambda: encode_result_binary(result, 1.0),
-                                                number=200, repeat=10))
-        if best_json / 200 < 30e-6 and best_bin / 200 < 15e-6:
-            break
-    best_json, best_bin = best_json / 200, best_bin / 200
-    print(f"encode [1,1001] float32: json {best_json * 1e6:.1f} us, "
-          f"binary {best_bin * 1e6:.1f} us")
-    assert best_json < 30e-6
-    assert best_bin < 15e-6

@@ -192,7 +192,8 @@ def test_publish_result_never_blocks_while_the_broker_is_away(tmp_path: Path) ->
         per_call = (time.perf_counter() - t0) / 20_000
         c = pub.counters()
         assert (c.queued, c.dropped) == (100, 19_900)
-        assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per publish_result"
+        # A guard against blocking (a connect attempt takes seconds), not a speed test.
+        assert per_call < 1e-3, f"{per_call * 1e6:.1f} us per publish_result"
         time.sleep(0.5)
         c = pub.counters()
         assert c.last_error == "connection refused"
