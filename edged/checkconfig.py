@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import Config, ConfigError, ConfigFile, config_warnings, read_config
+from edged.configsections import OutputConfig
 from edged.configtext import os_error
 from edged.tensors import TensorInfo
 
@@ -268,28 +269,46 @@ def _suggest_decoder(outputs: tuple[TensorInfo, ...]) -> str:
 def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Report) -> None:
     out = cf.config.output
     if out.decoder != "none":
-        from edged.decode.dispatch import decode_kind
+        from edged.decode.dispatch import decode_kind, ssd_names_for
         from edged.decode.results import DecodeError
+        from edged.modelfile import ModelFileError, read_model_file
 
         try:
-            kind, reason = decode_kind(out.decoder, outputs)
+            from_file = read_model_file(cf.config.model.path).ssd_outputs
+        except ModelFileError:  # read fine a moment ago: changed under our feet
+            from_file = {}
+        names, source = ssd_names_for(out.ssd_outputs, from_file)
+        try:
+            kind, reason = decode_kind(out.decoder, outputs, names)
             if out.decoder == "auto":
                 report.notes.append(f"decoder auto: {kind} ({reason})")
+            if kind == "detection" and names:
+                report.notes.append(f"detection: SSD {source}")
         except DecodeError as exc:
-            report.errors.append(cf.problem("output.decoder", str(exc)))
+            key = ("output.ssd_outputs" if out.ssd_outputs and "SSD output names" in str(exc)
+                   else "output.decoder")
+            report.errors.append(cf.problem(key, str(exc)))
+    problem = too_large_for_json(outputs, out)
+    if problem is not None:
+        report.errors.append(cf.problem("output.max_values", problem))
+
+
+def too_large_for_json(outputs: tuple[TensorInfo, ...], out: OutputConfig) -> str | None:
+    """Why these outputs cannot go in one JSON message as configured, or None.
+
+    The daemon refuses to start on the same message: check-config only says it earlier.
+    """
     if out.encoding != "json" or not out.include_raw:
-        return
+        return None
     total = sum(o.size for o in outputs)
     if total <= out.max_values:
-        return
+        return None
     biggest = max(outputs, key=lambda o: o.size)
     decoder = _suggest_decoder(outputs) if out.decoder == "none" else "the decoder"
-    report.errors.append(cf.problem(
-        "output.max_values",
-        f"the model's outputs have {total} values (largest: {biggest.name!r} "
-        f"{list(biggest.shape)} {biggest.dtype}), more than max_values = {out.max_values} "
-        f'allows in one JSON message: set output.encoding = "binary", or {decoder} with '
-        f"output.include_raw = false, or raise max_values"))
+    return (f"the model's outputs have {total} values (largest: {biggest.name!r} "
+            f"{list(biggest.shape)} {biggest.dtype}), more than max_values = {out.max_values} "
+            f'allows in one JSON message: set output.encoding = "binary", or {decoder} with '
+            f"output.include_raw = false, or raise max_values")
 
 
 def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> None:

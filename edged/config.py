@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from edged.configintegrations import HomeAssistantConfig, MetricsConfig
 from edged.configsections import (
     DeviceConfig,
     InferenceConfig,
@@ -75,6 +76,12 @@ class Config(Section):
         default_factory=OutputConfig, description="What a result message contains.")
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Logging, to stderr (journald under systemd).")
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery (off unless enabled).")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Prometheus metrics as a textfile for node_exporter (no HTTP port).")
 
     @property
     def client_id(self) -> str:
@@ -92,6 +99,8 @@ SECTIONS: dict[str, type[Section]] = {
 }
 # Names people reach for that are not ours (issue text, other tools).
 _SECTION_ALIASES = {"camera": "source", "broker": "mqtt", "log": "logging",
+                    "home_assistant": "homeassistant", "hass": "homeassistant",
+                    "prometheus": "metrics",
                     "decoder": "output", "delegate": "inference", "tpu": "inference"}
 
 

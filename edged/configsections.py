@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from edged.configtext import ConfigError, os_error, show
+from edged.modelfile import SSD_ROLES
 
 
 def _to_path(value: Any) -> Any:
@@ -402,6 +403,14 @@ class OutputConfig(Section):
         "Never report these labels."))
     min_box_area: float = Field(default=0.0, ge=0, description=(
         "detection: smaller boxes (area in frame pixels) are not reported."))
+    ssd_outputs: dict[str, str] = Field(default_factory=dict, description=(
+        "detection: which output is which of an SSD post-process head, by the names edged "
+        "inspect shows, e.g. {boxes = \"...\", classes = \"...\", scores = \"...\", count = "
+        "\"...\"}. Needed only when the model file has no TFLite_Detection_PostProcess op to "
+        "tell (empty = from the model file)."))
+    segmentation_mask: int = Field(default=0, ge=0, le=1024, description=(
+        "segmentation: also publish the class map, downscaled so its longer side is at most "
+        "this many pixels, one uint8 class id per pixel (0 = no mask)."))
     stats_interval_s: float = Field(default=10.0, ge=1, le=86400, description=(
         "Seconds between retained stats messages (fps, timings, drops, delegate)."))
 
@@ -412,8 +421,26 @@ class OutputConfig(Section):
             problems.append(("include_raw", 'false with decoder = "none" would publish nothing'))
         if self.classes_keep and self.classes_ignore:
             problems.append(("classes_ignore", "set classes_keep or classes_ignore, not both"))
+        if self.ssd_outputs:
+            problems.extend(("ssd_outputs", p) for p in _ssd_output_problems(self.ssd_outputs))
         _cross(problems)
         return self
+
+
+def _ssd_output_problems(names: dict[str, str]) -> list[str]:
+    roles = ", ".join(SSD_ROLES)
+    problems = [f"unknown role {k!r} (the roles are {roles})" for k in names
+                if k not in SSD_ROLES]
+    missing = [r for r in SSD_ROLES if r not in names]
+    if missing:
+        problems.append(f"no tensor for {', '.join(missing)} (name all four: {roles})")
+    problems += [f"{k}: empty tensor name" for k, v in names.items() if not v]
+    seen: dict[str, str] = {}
+    for k, v in names.items():
+        if v and v in seen:
+            problems.append(f"{seen[v]} and {k} name the same tensor {v!r}")
+        seen.setdefault(v, k)
+    return problems
 
 
 def _lower(value: Any) -> Any:

@@ -13,22 +13,28 @@ stage on this configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from edged import wiring
-from edged.config import Config, ConfigError, config_warnings, load_config
+from edged.checkconfig import too_large_for_json
+from edged.config import Config, ConfigError, config_warnings, load_config, read_config
+from edged.discovery import Discovery, discovery_config
 from edged.logsetup import register_secret, setup_logging
+from edged.metrics import Textfile
 from edged.notify import HealthCheck, Notifier, ProgressMonitor, WatchdogGate
-from edged.pipeline import Pipeline
+from edged.pipeline import Deliver, Pipeline, Preprocess
 from edged.publish import Publisher
+from edged.reload import ReloadPlan, plan_reload, preflight
 from edged.sources.capture import CaptureThread
 from edged.stats import Stats
 from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, WorkerError, wait_backoff
@@ -38,6 +44,7 @@ log = logging.getLogger("edged")
 DEFAULT_CONFIG = "/etc/edged/edged.toml"
 EX_CONFIG = 78  # sysexits: the unit's RestartPreventExitStatus stops a restart loop on it
 TICK_S = 0.5
+LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before `edged run` gives up
 
 
 def register(sub: Any) -> None:
@@ -71,6 +78,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.ready_sent = False
         self.reload_error = ""
+        self.exit_code = 0
         self.capture: CaptureThread | None = None
         self.supervisor: Supervisor | None = None
         self.publisher: Publisher | None = None
@@ -78,6 +86,9 @@ class Daemon:
         self.pipeline_thread: threading.Thread | None = None
         self._first_result = threading.Event()
         self._frames = ProgressMonitor(window=10.0)
+        self._frames_lost_before = 0  # by pipelines replaced on reload
+        self.discovery: Discovery | None = None
+        self._textfile: Textfile | None = None
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -87,13 +98,24 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
         try:
-            self.publisher = wiring.build_publisher(self.cfg)
-            self.publisher.start()
+            self._start_publisher()
             self._start_worker()
+            assert self.info is not None
+            too_large = too_large_for_json(self.info.outputs, self.cfg.output)
+            if too_large is not None:
+                log.error("%s: output.max_values: %s", self.path, too_large)
+                self._shutdown()
+                return EX_CONFIG
+            self._announce()
             self._start_capture()
             self._start_pipeline()
+        except ConfigError as exc:  # e.g. password_env names an unset variable
+            for line in exc.problems:
+                log.error("%s", line)
+            self._shutdown()
+            return EX_CONFIG
         except (ModelLoadError, ValueError, OSError) as exc:
-            log.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.error("%s", _first_line(exc))
             self._shutdown()
             return 1
         log.info("edged running: %s", self._status_line())
@@ -102,20 +124,29 @@ class Daemon:
         finally:
             self.notifier.stopping("stopping")
             self._shutdown()
-        return 0
+        return self.exit_code
 
-    def _start_worker(self) -> None:
-        self.supervisor = sup = wiring.build_supervisor(self.cfg)
+    def _start_worker(self, cfg: Config | None = None) -> None:
+        self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
         attempt = sup.start
+        cpu_deaths = 0
         while True:
             try:
                 info = attempt()
                 break
-            except WorkerError:
+            except WorkerError as exc:
                 # Died while loading (libedgetpu can abort): back off and retry,
                 # towards the CPU when the fallback policy allows it.
                 if self.stop_requested.is_set():
                     raise ModelLoadError("stopped while the worker was starting") from None
+                # On the CPU the same file kills it the same way every time (a
+                # damaged model the runtime crashes on): say so once and exit,
+                # systemd's Restart= retries later, instead of looping here.
+                cpu_deaths += sup.params.delegate == "cpu"
+                if cpu_deaths >= LOAD_DEATHS_MAX:
+                    raise ModelLoadError(
+                        f"{sup.params.model_path}: {exc} ({cpu_deaths} times in a row): the "
+                        "file is corrupt or the runtime cannot handle it") from None
                 wait_backoff(sup.next_backoff_s(), self.stop_requested.is_set)
                 attempt = sup.restart
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
@@ -133,11 +164,14 @@ class Daemon:
         assert self.info is not None
         self.capture = wiring.build_capture(self.cfg, wiring.input_size(self.info)).start()
 
-    def _start_pipeline(self) -> None:
+    def _start_pipeline(self, stages: tuple[Preprocess | None, Deliver | None] = (None, None)
+                        ) -> None:
         assert self.capture and self.supervisor and self.info and self.publisher
+        pre, deliver = stages
         self.pipeline = Pipeline(
-            self.capture.buffer, wiring.build_preprocess(self.cfg, self.info), self.supervisor,
-            wiring.build_deliver(self.cfg, self.supervisor, self.publisher, self._on_published),
+            self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
+            self.supervisor, deliver or wiring.build_deliver(
+                self.cfg, self.supervisor, self.publisher, self._on_published),
             self.stats, max_fps=self.cfg.inference.max_fps)
         self.pipeline_thread = threading.Thread(target=self.pipeline.run, name="edged-pipeline",
                                                 daemon=True)
@@ -146,7 +180,10 @@ class Daemon:
     def _stop_pipeline(self) -> None:
         if self.pipeline is not None and self.pipeline_thread is not None:
             self.pipeline.stop()
-            self.pipeline_thread.join(5.0)
+            # It may be waiting for the frame in flight: up to the invoke deadline.
+            self.pipeline_thread.join(max(5.0, self.cfg.inference.invoke_timeout_s + 1.0))
+        if self.pipeline is not None:
+            self._frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.pipeline_thread = None
 
     def _shutdown(self) -> None:
@@ -158,7 +195,7 @@ class Daemon:
             self.supervisor.stop()
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
-            self.publisher.publish_stats(self.figures())
+            self._report(up=False)
             self.publisher.stop()
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -176,9 +213,11 @@ class Daemon:
     def _housekeeping(self) -> None:
         assert self.publisher is not None
         gate = WatchdogGate(self.notifier, [
-            HealthCheck("no frames inferred recently", self._frames),
+            HealthCheck("no frames inferred recently", self._frames_progressing),
             HealthCheck("pipeline thread stalled", self._pipeline_alive),
-            HealthCheck("MQTT network thread dead", self.publisher.network_alive),
+            # Through self: a reload may replace the publisher.
+            HealthCheck("MQTT network thread dead",
+                        lambda: self.publisher is not None and self.publisher.network_alive()),
         ])
         next_stats = 0.0
         next_status = 0.0
@@ -190,14 +229,22 @@ class Daemon:
                 self.ready_sent = True
                 self.notifier.ready(self._status_line())
                 log.info("ready: first result published")
+            shown = gate.failing
             gate.tick()
             now = time.monotonic()
-            if now >= next_status:
+            # A health change is told at once, not at the next 5 s refresh.
+            if now >= next_status or gate.failing != shown:
                 self.notifier.status(self._status_line(gate.failing))
                 next_status = now + 5.0
             if now >= next_stats:
-                self.publisher.publish_stats(self.figures())
+                self._report()
                 next_stats = now + self.cfg.output.stats_interval_s
+
+    def _frames_progressing(self) -> bool:
+        # A finite source that ended (video or folder, loop = false) is done on
+        # purpose: withholding the watchdog would make systemd restart and replay it.
+        cap = self.capture
+        return self._frames() or (cap is not None and cap.source.state == "ended")
 
     def _pipeline_alive(self) -> bool:
         p, t = self.pipeline, self.pipeline_thread
@@ -211,16 +258,27 @@ class Daemon:
         src = cap.source.status() if cap else None
         snap.update({
             "frames_dropped": cap.buffer.dropped if cap else 0,
+            # Taken by a dying worker: in flight, never inferred, never published.
+            "frames_lost": self._frames_lost_before + (
+                self.pipeline.frames_lost if self.pipeline else 0),
             "results_queued": counters.queued if counters else 0,
             "results_dropped": counters.dropped if counters else 0,
             "results_published": counters.published if counters else 0,
+            # Refused by the broker (MQTT 5 PUBACK: ACL, size) or too big to send at all.
+            "results_rejected": counters.rejected if counters else 0,
+            "results_too_large": counters.too_large if counters else 0,
+            "mqtt_connects": counters.connects if counters else 0,
+            "mqtt_connect_failures": counters.connect_failures if counters else 0,
             "delegate": self.info.delegate if self.info else "none",
             "worker_state": sup.state if sup else "stopped",
             "worker_restarts": sup.restarts if sup else 0,
             "worker_pid": (sup.pid or 0) if sup else 0,
+            # Why the worker was last restarted; kept after it recovers (last_error is not).
+            "worker_last_failure": sup.last_failure if sup else "",
             "broker": "connected" if counters and counters.connected else "disconnected",
             "source": src.state if src else "stopped",
             "source_reopens": src.reopen_count if src else 0,
+            "frames_skipped": src.skipped if src else 0,  # corrupt frames the source threw away
             "last_error": self._last_error(),
             "config_reload": f"failed: {self.reload_error}" if self.reload_error else "ok",
         })
@@ -238,8 +296,12 @@ class Daemon:
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
         f = self.figures()
+        broker = f["broker"]
+        why = self.publisher.counters().last_error if self.publisher else None
+        if broker != "connected" and why:
+            broker += f" ({why})"  # e.g. the TLS or authentication failure, as logged
         line = (f"{f['fps']:.1f} fps, invoke p50 {f['invoke_ms_p50']:.1f} ms, "
-                f"delegate {f['delegate']}, broker {f['broker']}, source {f['source']}")
+                f"delegate {f['delegate']}, broker {broker}, source {f['source']}")
         if f["worker_state"] != "running":
             line += f", worker {f['worker_state']}"
         if failing:
@@ -254,68 +316,153 @@ class Daemon:
         setup_logging(cfg.logging.level)
         for warning in config_warnings(self.path, cfg):
             log.warning("%s", warning)
-        secret = cfg.mqtt.resolve_password()
-        if secret:
-            register_secret(secret)
+        # An unreadable password source is reported where the publisher is built.
+        with contextlib.suppress(ConfigError):
+            secret = cfg.mqtt.resolve_password()
+            if secret:
+                register_secret(secret)
 
     def _reload(self) -> None:
-        self.notifier.reloading("reloading configuration")
+        """SIGHUP: check the file; apply what changed, or keep running on the old config."""
+        # Before READY=1 systemd is still waiting for the start: no reload to announce.
+        if self.ready_sent:
+            self.notifier.reloading(f"reloading {self.path}")
         try:
-            new = load_config(self.path)
+            cf = read_config(self.path)
+            plan = plan_reload(self.cfg, cf.config)
+            problems = preflight(cf, plan)
+            if problems:
+                raise ConfigError(problems)
+            log.info("reload: changed: %s; restarting: %s",
+                     ", ".join(plan.changed) or "nothing", plan.restarts())
+            self._apply(cf.config, plan)
         except ConfigError as exc:
-            for line in exc.problems:
-                log.error("reload: %s", line)
-            self.reload_error = f"{len(exc.problems)} problem(s), kept the running config: " \
-                                f"{exc.problems[0]}"
-            self.notifier.ready(self._status_line())
-            self._publish_stats_now()
-            return
-        old, self.cfg = self.cfg, new
-        changed = {name for name in type(new).model_fields
-                   if getattr(old, name) != getattr(new, name)}
-        log.info("reload: changed sections: %s", ", ".join(sorted(changed)) or "none")
-        self.reload_error = ""
-        try:
-            self._apply(changed)
+            self._reload_failed(exc.problems)
         except (ModelLoadError, ValueError, OSError) as exc:
-            # Half-applied is worse than old: go back to what ran.
-            log.error("reload: %s; going back to the previous config", exc)
-            self.cfg = old
-            self.reload_error = str(exc).splitlines()[0]
-            self._apply(changed)
-        self.notifier.ready(self._status_line())
-        self._publish_stats_now()
+            self._reload_failed((_first_line(exc),))
+        else:
+            self.reload_error = ""
+            log.info("reload: applied")
+        if self.ready_sent:
+            self.notifier.ready(self._status_line())
+        self._report()
 
-    def _apply(self, changed: set[str]) -> None:
-        if "logging" in changed:
-            self._apply_logging(self.cfg)
-        restart_worker = bool(changed & {"model", "inference"}) or (
-            "preprocess" in changed and self._normalization_changed())
-        restart_capture = "source" in changed
-        if not changed:
-            return
-        self._stop_pipeline()
-        if changed & {"mqtt", "device"}:
+    def _reload_failed(self, problems: Sequence[str]) -> None:
+        for line in problems:
+            log.error("reload: %s", line)
+        self.reload_error = f"{len(problems)} problem(s), kept the running config: {problems[0]}"
+        log.error("reload failed: still running with the previous config")
+
+    def _apply(self, new: Config, plan: ReloadPlan) -> None:
+        """Build every changed part first, then swap them in: a failure to build
+        leaves the running parts untouched (the worker, which cannot be built
+        beside the running one on an Edge TPU, is restored instead)."""
+        assert self.publisher is not None and self.info is not None
+        old_size = wiring.input_size(self.info)
+        publisher = wiring.build_publisher(new) if plan.publisher else None
+        try:
+            if plan.worker:
+                self._replace_worker(new)
+            try:
+                stages = self._build_stages(new, plan, publisher or self.publisher)
+                # The Pi camera's ISP scales to the model input: a new input size reopens it.
+                resize = new.source.kind == "picamera2" and wiring.input_size(self.info) != old_size
+                capture = wiring.build_capture(new, wiring.input_size(self.info)) \
+                    if plan.source or resize else None
+            except BaseException:
+                if plan.worker:
+                    self._restore_worker()
+                raise
+        except BaseException:
+            if publisher is not None:
+                publisher.stop()  # never started: this only closes its sockets
+            raise
+        self.cfg = new
+        if self.pipeline is not None:  # kept running: new stages take over between frames
+            if stages[0] is not None:
+                self.pipeline.preprocess = stages[0]
+            if stages[1] is not None:
+                self.pipeline.set_deliver(stages[1])
+        if publisher is not None:
             assert self.publisher is not None
             self.publisher.stop()
-            self.publisher = wiring.build_publisher(self.cfg)
-            self.publisher.start()
-        if restart_worker:
-            assert self.supervisor is not None
+            publisher.take_over(self.publisher)  # queued results and counters carry over
+            self._start_publisher(publisher)
+        if capture is not None:
+            old, self.capture = self.capture, capture
+            if self.pipeline is not None:
+                self.pipeline.feed = capture.buffer  # waits on the new, empty buffer meanwhile
+            if old is not None:
+                old.stop()
+            capture.start()
+        if self.pipeline is None:
+            self._start_pipeline(stages)
+        self._apply_logging(new)
+        self._announce()
+
+    def _build_stages(self, new: Config, plan: ReloadPlan, publisher: Publisher
+                      ) -> tuple[Preprocess | None, Deliver | None]:
+        assert self.supervisor is not None and self.info is not None
+        too_large = too_large_for_json(self.info.outputs, new.output) if plan.deliver else None
+        if too_large is not None:
+            raise ConfigError([f"{self.path}: output.max_values: {too_large}"])
+        return (wiring.build_preprocess(new, self.info) if plan.preprocess else None,
+                wiring.build_deliver(new, self.supervisor, publisher, self._on_published)
+                if plan.deliver else None)
+
+    def _replace_worker(self, new: Config) -> None:
+        assert self.supervisor is not None
+        self._stop_pipeline()
+        self.supervisor.stop()
+        try:
+            self._start_worker(new)
+        except ModelLoadError:
+            self._restore_worker()
+            raise
+
+    def _restore_worker(self) -> None:
+        """After a failed reload: the running config's worker and pipeline again."""
+        if self.supervisor is not None:
             self.supervisor.stop()
-            self._start_worker()
-        if restart_capture:
-            assert self.capture is not None
-            self.capture.stop()
-            self._start_capture()
+        try:
+            self._start_worker(self.cfg)
+        except ModelLoadError as exc:
+            log.error("reload: the previous model does not load any more either (%s); "
+                      "exiting", _first_line(exc))
+            self.exit_code = 1
+            self.stop_requested.set()
+            raise
         self._start_pipeline()
 
-    def _normalization_changed(self) -> bool:
-        assert self.supervisor is not None
-        params = wiring.worker_params(self.cfg)
-        return (params.mean, params.std) != (self.supervisor.params.mean,
-                                             self.supervisor.params.std)
+    # -- integrations: Home Assistant discovery, Prometheus textfile -------------------
 
-    def _publish_stats_now(self) -> None:
+    def _start_publisher(self, publisher: Publisher | None = None) -> None:
+        self.publisher = publisher or wiring.build_publisher(self.cfg)
+        # Before start: it subscribes on every connect.
+        self.discovery = Discovery(self.publisher, self.cfg)
+        self.publisher.start()
+        self._announce()
+
+    def _announce(self) -> None:
+        info, sup = self.info, self.supervisor
+        if self.discovery is None or info is None or sup is None:
+            return
+        kind = wiring.decoder_kind(self.cfg, info)
+        self.discovery.announce(discovery_config(
+            self.cfg, model=Path(sup.params.model_path).name, decoder=kind))
+
+    def _report(self, up: bool = True) -> None:
+        """One set of figures to the stats topic and the metrics textfile."""
+        figures = self.figures()
         if self.publisher is not None:
-            self.publisher.publish_stats(self.figures())
+            self.publisher.publish_stats(figures)
+        path = self.cfg.metrics.textfile
+        if path is not None:
+            if self._textfile is None or self._textfile.path != path:
+                self._textfile = Textfile(path)
+            model = Path(self.supervisor.params.model_path).name if self.supervisor else ""
+            self._textfile.write(self.cfg.device.id, figures, up=up, model=model)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

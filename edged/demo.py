@@ -1,13 +1,16 @@
 """`edged demo`: the daemon on the bundled digits model and frames, results printed live.
 
 Starts a private mosquitto on a free loopback port (nothing is exposed beyond
-127.0.0.1), runs `edged run` as a real child process against it, subscribes,
-prints each result as it arrives, then stops everything cleanly.
+127.0.0.1), or, when mosquitto is not installed, the embedded demo broker
+(`edged.minibroker`, also loopback only); runs `edged run` as a real child
+process against it, subscribes, prints each result as it arrives, then stops
+everything cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -24,11 +27,15 @@ import orjson
 
 DATA = Path(__file__).resolve().parent / "data"
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+BROKER_ENV = "EDGED_DEMO_BROKER"
+BROKER_HELP = (f"environment: {BROKER_ENV}=auto|embedded|mosquitto chooses the broker: auto "
+               "(default) runs mosquitto when installed, else the embedded pure-Python demo "
+               "broker; both listen on 127.0.0.1 only.")
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the daemon on the bundled model and print results",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__.split("\n\n")[0], epilog=BROKER_HELP)
     p.add_argument("--count", type=int, default=20, help="results to print before stopping")
     p.add_argument("--fps", type=float, default=5.0, help="frames per second to infer")
     p.set_defaults(handler=_demo)
@@ -44,6 +51,42 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
+    """Port of a private loopback broker that `stack` stops, or None (reason
+    printed). Prints the demo's first line: which broker it uses."""
+    from edged.minibroker import MiniBroker
+
+    choice = os.environ.get(BROKER_ENV, "auto")
+    if choice not in ("auto", "embedded", "mosquitto"):
+        print(f"edged demo: {BROKER_ENV}={choice!r}: must be auto, embedded or mosquitto",
+              file=sys.stderr)
+        return None
+    mosquitto = None if choice == "embedded" else find_mosquitto()
+    if mosquitto is None and choice == "mosquitto":
+        print("edged demo: mosquitto is not installed: run scripts/setup.sh "
+              "(or apt-get install mosquitto)", file=sys.stderr)
+        return None
+    if mosquitto is None:
+        port = stack.enter_context(MiniBroker()).port
+        why = "mosquitto not found" if choice == "auto" else f"{BROKER_ENV}=embedded"
+        print(f"broker: embedded Python MQTT broker on 127.0.0.1:{port} ({why}; demo only)",
+              flush=True)
+        return port
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    f"persistence false\n{'user root' if os.geteuid() == 0 else ''}\n")
+    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    stack.callback(broker.wait, 5)
+    stack.callback(broker.terminate)
+    if not wait_for_port(port):
+        print("edged demo: mosquitto did not start", file=sys.stderr)
+        return None
+    print(f"broker: private mosquitto on 127.0.0.1:{port}", flush=True)
+    return port
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0) -> bool:
@@ -99,24 +142,13 @@ def _demo(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    mosquitto = find_mosquitto()
-    if mosquitto is None:
-        print("edged demo: mosquitto is not installed: run scripts/setup.sh "
-              "(or apt-get install mosquitto)", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory(prefix="edged-demo-") as tmp:
-        port = free_port()
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                        f"persistence false\n{'user root' if os.geteuid() == 0 else ''}\n")
-        broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+    with (tempfile.TemporaryDirectory(prefix="edged-demo-") as tmp,
+          contextlib.ExitStack() as stack):
+        port = _start_broker(Path(tmp), stack)
+        if port is None:
+            return 1
         daemon: subprocess.Popen[bytes] | None = None
         try:
-            if not wait_for_port(port):
-                print("edged demo: mosquitto did not start", file=sys.stderr)
-                return 1
-            print(f"broker: private mosquitto on 127.0.0.1:{port}", flush=True)
             got = threading.Semaphore(0)
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edged-demo-sub")
 
@@ -153,5 +185,3 @@ def _demo(args: argparse.Namespace) -> int:
             if daemon is not None and daemon.poll() is None:
                 daemon.terminate()
                 daemon.wait(10)
-            broker.terminate()
-            broker.wait(5)

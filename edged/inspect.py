@@ -29,12 +29,18 @@ Exit codes: 0 listed; 1 the file or runtime cannot be used (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import os
+import select
+import signal
 import sys
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from edged.model import ModelError, make_interpreter, ordered_tensors
+from edged.model import ModelError, make_interpreter, ordered_tensors, require_tensor_data
 from edged.modelfile import ModelFileError, ModelFileInfo, check_runnable, read_model_file
 from edged.quantize import PixelQuantizer
 from edged.runtime import RUNTIME_ORDER, Runtime, RuntimeUnavailableError, select_runtime
@@ -84,6 +90,8 @@ def build_report(path: str, runtime: Runtime) -> Report:
                                   info.output_keys(), info.path)
     except TensorError as exc:
         raise ModelError(f"{info.path}: {exc}") from None
+    if not info.needs_edgetpu:
+        require_tensor_data(interpreter, inputs + outputs, info.path)
     return Report(info, runtime, inputs, outputs, note)
 
 
@@ -186,14 +194,77 @@ def format_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+LOAD_TIMEOUT_S = 120.0
+
+
+def _child_report(model: str, runtime: Runtime, write_fd: int) -> int:
+    try:
+        try:
+            out: dict[str, Any] = {"report": report_dict(build_report(model, runtime), model)}
+        except (ModelFileError, ModelError) as exc:
+            out = {"error": str(exc)}
+        with os.fdopen(write_fd, "wb") as f:
+            f.write(json.dumps(out).encode())
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 70
+
+
+def guarded_report(model: str, runtime: Runtime, timeout_s: float = LOAD_TIMEOUT_S
+                   ) -> dict[str, Any]:
+    """`report_dict(build_report(...))` computed in a forked child.
+
+    A damaged file can pass `edged.modelfile`'s checks and still crash the
+    runtime (a corrupt custom-op option blob, found by
+    tests/test_faults_models.py); then only the child dies, and this says so
+    in one line.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        faulthandler.disable()  # a crash is reported by the parent, in one line
+        os._exit(_child_report(model, runtime, write_fd))
+    os.close(write_fd)
+    chunks, deadline = [], time.monotonic() + timeout_s
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise ModelError(f"{model}: the runtime did not finish loading it within "
+                                 f"{timeout_s:g} s")
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    status = os.waitpid(pid, 0)[1]
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        raise ModelError(f"{model}: the runtime crashed ({name}) loading it: the file is "
+                         "corrupt or uses something the runtime cannot handle")
+    if os.WEXITSTATUS(status) != 0:
+        raise ModelError(f"{model}: internal error while inspecting it "
+                         f"(exit {os.WEXITSTATUS(status)}, see above)")
+    result: dict[str, Any] = json.loads(b"".join(chunks))
+    if "error" in result:
+        raise ModelError(result["error"])
+    report: dict[str, Any] = result["report"]
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         runtime = select_runtime(args.runtime)
-        report = build_report(args.model, runtime)
+        read_model_file(args.model)  # pure Python: most damage is refused without a fork
+        d = guarded_report(args.model, runtime)
     except (RuntimeUnavailableError, ModelFileError, ModelError) as exc:
         print(f"edged inspect: {exc}", file=sys.stderr)
         return 1
-    d = report_dict(report, args.model)
     print(json.dumps(d, indent=2) if args.json else format_text(d))
     return 0
 

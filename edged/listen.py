@@ -1,7 +1,13 @@
 """`edged listen`: subscribe to results and print them, one line each.
 
     edged listen --host broker.lan --device cam-1
+    edged listen --kind detection                     # only results a detector decoded
     edged listen --json | jq .outputs[0].data        # raw JSON, one document a line
+    edged listen --protocol 5 --share workers        # one of N consumers sharing the load
+
+Each line: the device's result rate, device, sequence number, capture-to-
+publish latency, model@delegate, then the decoded answer (top classes,
+objects, pose score, largest segments) or the largest raw output values.
 
 JSON and binary results are both decoded. `--status` adds the status and
 stats topics. Exit codes: 0 after `--count` results, `--timeout` or Ctrl-C;
@@ -33,6 +39,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--prefix", default="edged", help="topic prefix (default: edged)")
     p.add_argument("--device", default="+", help="device id (default: all devices)")
+    p.add_argument("--kind", action="append", default=[],
+                   choices=("none", "classification", "detection", "pose", "segmentation"),
+                   help="only results of this decoder kind (repeatable; none = not decoded)")
+    p.add_argument("--share", metavar="GROUP", help="subscribe as a member of this MQTT shared "
+                   "subscription group ($share/GROUP/...): the broker splits results between "
+                   "the group's members")
+    p.add_argument("--outputs", action="store_true",
+                   help="with decoded results, also show the raw output values")
     p.add_argument("--topic", action="append", default=[],
                    help="subscribe to this topic instead (repeatable; wildcards allowed)")
     p.add_argument("--status", action="store_true", help="also print status and stats")
@@ -53,6 +67,8 @@ class _Listener:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.topics: list[str] = list(args.topic) or [f"{args.prefix}/{args.device}/results"]
+        if args.share:
+            self.topics = [f"$share/{args.share}/{t}" for t in self.topics]
         if args.status and not args.topic:
             self.topics += [f"{args.prefix}/{args.device}/status",
                             f"{args.prefix}/{args.device}/stats"]
@@ -91,10 +107,19 @@ class _Listener:
         except PayloadError as exc:
             print(f"{topic}: {exc}", file=sys.stderr, flush=True)
             return
+        decoded = doc.get("decoded")
+        kind = decoded.get("kind", "none") if isinstance(decoded, dict) else "none"
+        if self.args.kind and kind not in self.args.kind:
+            return
+        fps = self._fps(str(doc.get("device_id", topic)))
         if self.args.json:
             line = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        elif isinstance(decoded, dict):
+            shown = {k: v for k, v in doc.items() if k != "decoded"}
+            if not self.args.outputs:
+                shown["outputs"] = []
+            line = f"{fps}  {summarize(shown, self.args.top)}  {decoded_text(decoded)}"
         else:
-            fps = self._fps(str(doc.get("device_id", topic)))
             line = f"{fps}  {summarize(doc, self.args.top)}"
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -113,9 +138,40 @@ class _Listener:
         return f"{fps:5.1f} fps"
 
 
+def _name(item: dict[str, Any]) -> str:
+    label = item.get("label")
+    return str(label if label is not None else item.get("label_id", "?"))
+
+
+def decoded_text(decoded: dict[str, Any], top: int = 3) -> str:
+    """The decoded answer in a few words: `7 0.98, 1 0.01` / `3 objects: ...`."""
+    kind = decoded.get("kind")
+    if kind == "classification":
+        items = decoded.get("classes") or []
+        return ", ".join(f"{_name(c)} {c.get('score', 0):.2f}" for c in items[:top]) or "no class"
+    if kind == "detection":
+        dets = decoded.get("detections") or []
+        counts: dict[str, int] = {}
+        for d in dets:
+            counts[_name(d)] = counts.get(_name(d), 0) + 1
+        per = ", ".join(f"{n} x{c}" for n, c in sorted(counts.items(), key=lambda x: -x[1]))
+        return f"{len(dets)} objects" + (f": {per}" if per else "")
+    if kind == "pose":
+        poses = decoded.get("poses") or []
+        return f"pose {poses[0].get('score', 0):.2f}" if poses else "no pose"
+    if kind == "segmentation":
+        items = decoded.get("classes") or []
+        return ", ".join(f"{_name(c)} {100 * c.get('fraction', 0):.0f}%" for c in items[:top])
+    return str(kind)
+
+
 def run(args: argparse.Namespace) -> int:
     listener = _Listener(args)
     v5 = args.protocol == "5"
+    if args.share and any(c in args.share for c in "/+#"):
+        print(f"edged listen: --share {args.share!r}: a group name has no '/', '+' or '#'",
+              file=sys.stderr)
+        return 2
     client = mqtt.Client(CallbackAPIVersion.VERSION2,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
     client.suppress_exceptions = True

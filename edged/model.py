@@ -66,6 +66,21 @@ def ordered_tensors(details: Sequence[Mapping[str, Any]], order: Sequence[int],
     return tuple(infos)
 
 
+def require_tensor_data(interpreter: Any, tensors: Sequence[TensorInfo], path: Path) -> None:
+    """Raise ModelError unless every tensor has memory once allocated.
+
+    A damaged file whose operators are gone allocates fine, but its outputs
+    have no memory: the first frame would fail, in every worker.
+    """
+    for t in tensors:
+        try:
+            view = interpreter.tensor(t.index)()
+            del view  # a live view would block invoke()
+        except ValueError as exc:
+            raise ModelError(f"{path}: tensor {t.name!r} has no data after allocation "
+                             f"({_one_line(exc)}): corrupt") from None
+
+
 def make_interpreter(runtime: Runtime, path: Path, delegate: Any | None,
                      num_threads: int | None) -> Any:
     """The runtime's Interpreter; raises the runtime's own ValueError/RuntimeError."""
@@ -138,6 +153,7 @@ class Model:
             names = ", ".join(repr(t.name) for t in model.inputs)
             raise ModelError(f"{info.path}: has {len(model.inputs)} inputs ({names}); edged "
                              "feeds one image tensor: use a model with a single input")
+        require_tensor_data(interpreter, model.inputs + model.outputs, info.path)
         return model
 
     def set_input_pixels(self, pixels: NDArray[np.uint8], quantizer: PixelQuantizer) -> None:

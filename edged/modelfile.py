@@ -18,8 +18,10 @@ Schema field numbers are from tensorflow/lite/schema/schema.fbs.
 
 from __future__ import annotations
 
+import math
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,11 +30,16 @@ FILE_IDENTIFIER = b"TFL3"
 BUILTIN_CUSTOM = 32  # BuiltinOperator.CUSTOM
 # Custom ops every runtime's BuiltinOpResolver registers itself
 # (tensorflow/lite/core/kernels/register.cc): not "unresolved".
-RUNTIME_CUSTOM_OPS = frozenset({"TFLite_Detection_PostProcess", "Mfcc", "AudioSpectrogram",
-                                "NumericVerify"})
+SSD_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+RUNTIME_CUSTOM_OPS = frozenset({SSD_POSTPROCESS_OP, "Mfcc", "AudioSpectrogram", "NumericVerify"})
+# The post-process op's outputs, in the order the op writes them (its kernel's
+# fixed output list; the tensor names are whatever the converter chose).
+SSD_ROLES = ("boxes", "classes", "scores", "count")
 # Anything bigger cannot be a flatbuffer (32-bit offsets), and refusing it
 # keeps a mistaken path (a video file, /dev/zero) from being read into memory.
 MAX_FILE_BYTES = 2**31 - 1
+# TensorType (UINT8, INT16, INT8) -> the zero points its quantized values allow.
+_ZERO_POINT_RANGE = {3: (0, 255), 7: (-32768, 32767), 9: (-128, 127)}
 _MAX_TENSOR_TYPE = 127  # TensorType is an int8 enum; newer schemas add values
 
 DelegateKind = Literal["cpu", "edgetpu", "external"]
@@ -69,6 +76,9 @@ class ModelFileInfo:
     outputs: tuple[int, ...]
     tensor_names: tuple[str, ...]
     signatures: tuple[SignatureInfo, ...]
+    # Role -> tensor index of the SSD post-process op's outputs, when the model
+    # has that op and all four outputs are model outputs; empty otherwise.
+    ssd_outputs: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def needs_edgetpu(self) -> bool:
@@ -190,8 +200,12 @@ class _Table:
         start, length = self.vector(slot, 1, what)
         if not length:
             return ""
-        raw = self.r.data[start:start + length]
-        return raw.decode("utf-8", errors="replace")
+        try:
+            # Flatbuffer strings are UTF-8, and the runtimes' Python wrappers
+            # decode tensor names strictly: a damaged one fails there, untidily.
+            return self.r.data[start:start + length].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _MalformedError(f"{what}: not UTF-8 ({exc.reason}): corrupt") from None
 
     def ints(self, slot: int, what: str) -> tuple[int, ...]:
         start, length = self.vector(slot, 4, what)
@@ -212,12 +226,42 @@ def _operator_code(t: _Table) -> tuple[int, str]:
     return code, t.string(1, f"{t.what}.custom_code") if code == BUILTIN_CUSTOM else ""
 
 
-def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int) -> tuple[
-        tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
+def _check_quantization(q: _Table, tensor_type: int, name: str) -> None:
+    # The runtime trusts these values, and its kernels abort (a zero scale
+    # fails a CHECK) or crash (a zero point outside the type indexes past a
+    # table): both found by mutating the test models (tests/test_faults_models.py).
+    start, n = q.vector(2, 4, f"{q.what}.scale")
+    scales = struct.unpack_from(f"<{n}f", q.r.data, start) if n else ()
+    start, nz = q.vector(3, 8, f"{q.what}.zero_point")
+    zero_points = struct.unpack_from(f"<{nz}q", q.r.data, start) if nz else ()
+    low, high = _ZERO_POINT_RANGE.get(tensor_type, (None, None))
+    if any(not 0.0 <= s < math.inf for s in scales) or (low is not None and 0.0 in scales):
+        raise _MalformedError(f"{q.what} of tensor {name!r}: scale "
+                              f"{next(s for s in scales if not 0.0 < s < math.inf)} is not "
+                              "finite and > 0: corrupt")
+    if low is not None and zero_points and not scales:
+        # Scales zeroed away: a quantized kernel fed this tensor aborts the runtime.
+        raise _MalformedError(f"{q.what} of tensor {name!r}: zero points without scales: "
+                              "corrupt")
+    if low is not None and scales and any(not low <= z <= high for z in zero_points):
+        raise _MalformedError(f"{q.what} of tensor {name!r}: zero point "
+                              f"{next(z for z in zero_points if not low <= z <= high)} is "
+                              f"outside [{low}, {high}]: corrupt")
+
+
+def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int,
+                    constant_buffers: set[int]) -> tuple[
+        tuple[int, ...], tuple[int, ...], tuple[str, ...], tuple[tuple[int, tuple[int, ...]], ...]]:
     tensors = sg.tables(0, f"{sg.what}.tensors")
-    names = []
-    for t in tensors:
-        t.ints(0, f"{t.what}.shape")
+    names, constants = [], set()
+    for i, t in enumerate(tensors):
+        shape = t.ints(0, f"{t.what}.shape")
+        # A flipped high bit in a dimension makes the runtime try to allocate
+        # gigabytes (it stalls or is OOM-killed).
+        if any(d < 0 for d in shape) or math.prod(shape) > MAX_FILE_BYTES:
+            raise _MalformedError(f"{t.what}: impossible shape {list(shape)}: corrupt")
+        if t.scalar(2, "I", 0) in constant_buffers:
+            constants.add(i)
         if not 0 <= t.scalar(1, "b", 0) <= _MAX_TENSOR_TYPE:
             raise _MalformedError(f"{t.what}: unknown tensor type")
         if t.scalar(2, "I", 0) >= max(n_buffers, 1):
@@ -227,8 +271,7 @@ def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int) -> tuple[
         if quantization is not None:
             q = t.r.table(t.r.deref(quantization, f"{t.what}.quantization"),
                           f"{t.what}.quantization")
-            q.vector(2, 4, f"{q.what}.scale")
-            q.vector(3, 8, f"{q.what}.zero_point")
+            _check_quantization(q, t.scalar(1, "b", 0), names[-1])
     n = len(tensors)
 
     def indices(slot: int, what: str, allow_optional: bool) -> tuple[int, ...]:
@@ -240,13 +283,38 @@ def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int) -> tuple[
 
     inputs = indices(1, f"{sg.what}.inputs", False)
     outputs = indices(2, f"{sg.what}.outputs", False)
+    # A tensor with data lives in the read-only mapped file: the runtime
+    # crashes (SIGSEGV) when an operator or the caller writes to it.
+    written = [v for v in inputs if v in constants]
+    ops = []
     for op in sg.tables(3, f"{sg.what}.operators"):
         if op.scalar(0, "I", 0) >= n_opcodes:
             raise _MalformedError(f"{op.what}: operator code index out of range")
         op_inputs, op_outputs = op.ints(1, f"{op.what}.inputs"), op.ints(2, f"{op.what}.outputs")
         if any(not -1 <= v < n for v in op_inputs + op_outputs):
             raise _MalformedError(f"{op.what}: tensor index out of range (model has {n} tensors)")
-    return inputs, outputs, tuple(names)
+        written += [v for v in op_outputs if v in constants]
+        ops.append((op.scalar(0, "I", 0), op_outputs))
+    if written:
+        raise _MalformedError(f"{sg.what}.tensors[{written[0]}] ({names[written[0]]!r}) holds "
+                              "constant data but is written to: corrupt")
+    return inputs, outputs, tuple(names), tuple(ops)
+
+
+def _ssd_roles(opcodes: list[tuple[int, str]], ops: tuple[tuple[int, tuple[int, ...]], ...],
+               outputs: tuple[int, ...]) -> dict[str, int]:
+    """The SSD post-process op's outputs by role, when they are the model's outputs.
+
+    TF2 exports name these outputs `StatefulPartitionedCall:N` in an order of the
+    converter's choosing, and classes and scores share a shape: the op's own
+    output list is the only reliable way to tell them apart.
+    """
+    for code_index, op_outputs in ops:
+        code, name = opcodes[code_index]
+        if (code == BUILTIN_CUSTOM and name == SSD_POSTPROCESS_OP
+                and len(op_outputs) == len(SSD_ROLES) and set(op_outputs) <= set(outputs)):
+            return dict(zip(SSD_ROLES, op_outputs, strict=True))
+    return {}
 
 
 def _signature(t: _Table, subgraph_count: int) -> SignatureInfo:
@@ -286,25 +354,27 @@ def _parse(data: bytes, path: Path) -> ModelFileInfo:
     model = r.table(r.deref(0, "root table"), "model")
     version = model.scalar(0, "I", 0)
     n_buffers = model.vector(4, 4, "model.buffers")[1]
-    for b in model.tables(4, "model.buffers"):
-        b.vector(0, 1, f"{b.what}.data")
+    # Buffers with data (inline, or `offset`/`size` past the flatbuffer in big files).
+    constant_buffers = {i for i, b in enumerate(model.tables(4, "model.buffers"))
+                        if b.vector(0, 1, f"{b.what}.data")[1] or b.scalar(2, "Q", 0)}
     opcodes = [_operator_code(t) for t in model.tables(1, "model.operator_codes")]
     subgraphs = model.tables(2, "model.subgraphs")
     if not subgraphs:
         raise _MalformedError("the model has no subgraphs")
     main = None
     for sg in subgraphs:
-        checked = _check_subgraph(sg, len(opcodes), n_buffers)
+        checked = _check_subgraph(sg, len(opcodes), n_buffers, constant_buffers)
         main = main or checked
     assert main is not None
-    inputs, outputs, names = main
+    inputs, outputs, names, ops = main
     signatures = tuple(_signature(t, len(subgraphs))
                        for t in model.tables(7, "model.signature_defs"))
     custom = tuple(dict.fromkeys(name or "<unnamed>" for code, name in opcodes
                                  if code == BUILTIN_CUSTOM))
     return ModelFileInfo(path=path, size=len(data), schema_version=version, custom_ops=custom,
                          subgraph_count=len(subgraphs), inputs=inputs, outputs=outputs,
-                         tensor_names=names, signatures=signatures)
+                         tensor_names=names, signatures=signatures,
+                         ssd_outputs=_ssd_roles(opcodes, ops, outputs))
 
 
 def read_model_file(path: str | Path) -> ModelFileInfo:

@@ -36,7 +36,19 @@ ResizeMode = Literal["stretch", "letterbox", "crop"]
 ColorOrder = Literal["rgb", "bgr"]
 Interpolation = Literal["auto", "area", "linear", "nearest"]
 MODES = ("stretch", "letterbox", "crop")
+_MAX_PLANS = 4  # frame sizes kept planned at once (a folder of mixed sizes)
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
+def leave_cores_to_the_model() -> None:
+    """Run OpenCV's resize and LUT on the calling thread only.
+
+    Its default pool (one thread per core) fights the interpreter's threads
+    for the same cores: measured by `edged bench`, a 224x224x3 table lookup
+    took 3x longer with the pool than without it, and every invoke it
+    overlapped was slowed. Per process; call it where edged runs beside a model.
+    """
+    cv2.setNumThreads(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +183,7 @@ class Preprocessor:
         else:
             self._pad = tuple(rgb_pad[::-1]) if color_order == "bgr" else tuple(rgb_pad)
         self._plan: Plan | None = None
+        self._plans: dict[tuple[int, ...], Plan] = {}
         if frame_size is not None:
             self._plan = self.plan((int(frame_size[0]), int(frame_size[1]), 3))
 
@@ -235,15 +248,31 @@ class Preprocessor:
         # The pad in the frame's (RGB) order, before any colour conversion.
         return tuple(self._pad[::-1]) if self.color_order == "bgr" else self._pad
 
-    def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.uint8]:
-        """Model-input pixels (H, W, C) for one RGB (or grey) frame."""
+    def __call__(self, pixels: NDArray[np.uint8], out: NDArray[np.uint8] | None = None
+                 ) -> NDArray[np.uint8]:
+        """Model-input pixels (H, W, C) for one RGB (or grey) frame.
+
+        With `out` (C-contiguous, the input's size in any shape: the worker's
+        slot), the pixels are written there and `out` is returned; a stretch or
+        crop without colour conversion resizes straight into it, with no copy.
+        """
+        if out is not None and not out.flags.c_contiguous:
+            raise ValueError("preprocess: the output buffer must be C-contiguous")
         plan = self._plan
         if plan is None or pixels.shape != plan.frame_shape:
-            if plan is not None:
-                log.info("frame size changed from %s to %s: preprocessing replanned",
-                         plan.frame_shape, pixels.shape)
-            plan = self._plan = self.plan(tuple(pixels.shape))
+            plan = self._plans.get(pixels.shape)
+            if plan is None:
+                # A folder of mixed sizes alternates: plan each size once, log it once.
+                if self._plans:
+                    log.info("frame size %s: preprocessing planned for it too", pixels.shape)
+                if len(self._plans) >= _MAX_PLANS:
+                    self._plans.pop(next(iter(self._plans)))
+                plan = self._plans[pixels.shape] = self.plan(tuple(pixels.shape))
+            self._plan = plan
         if plan.passthrough:
+            if out is not None:
+                np.copyto(out.reshape(pixels.shape), pixels)
+                return out
             if pixels.flags.c_contiguous:
                 return pixels if pixels.ndim == 3 else pixels.reshape(*pixels.shape, 1)
             np.copyto(plan.output.reshape(pixels.shape), pixels)
@@ -252,12 +281,21 @@ class Preprocessor:
             pixels = pixels[..., 0]
         x0, y0, x1, y1 = plan.window
         src = pixels[y0:y1, x0:x1]
-        if src.shape[:2] == plan.resized.shape[:2]:
-            np.copyto(plan.resized, src)  # same size, colour work only
+        # The frame fills the whole input and needs no conversion: resize into `out`.
+        direct = (out is not None and plan.convert is None
+                  and plan.resized.shape[:2] == plan.output.shape[:2])
+        resized = out.reshape(plan.resized.shape) if direct and out is not None else plan.resized
+        if src.shape[:2] == resized.shape[:2]:
+            np.copyto(resized, src)  # same size, colour work only
         else:
-            cv2.resize(src, (plan.resized.shape[1], plan.resized.shape[0]), dst=plan.resized,
+            cv2.resize(src, (resized.shape[1], resized.shape[0]), dst=resized,
                        interpolation=plan.interpolation)
+        if direct and out is not None:
+            return out
         if plan.convert is not None:
             out2d = plan.output if self.channels == 3 else plan.output[..., 0]
             cv2.cvtColor(plan.resize_buffer, plan.convert, dst=out2d)
+        if out is not None:
+            np.copyto(out.reshape(plan.output.shape), plan.output)
+            return out
         return plan.output

@@ -57,12 +57,14 @@ from edged.publish_setup import (
     reason_text,
     result_properties,
     socket_error_text,
+    tls_hint,
 )
 
 __all__ = ["Publisher", "PublisherCounters", "PublisherError", "PublisherSettings",
            "TlsSettings", "describe_error"]
 
 log = logging.getLogger(__name__)
+FLAP_S = 5.0  # a connection lost sooner than this after CONNACK counts as flapping
 
 class Publisher:
     """Thread-safe front: `publish_result` and `publish_stats` from any thread."""
@@ -78,6 +80,11 @@ class Publisher:
         self._lock = threading.Lock()
         self._queue: deque[bytes] = deque(maxlen=s.queue_size)
         self._pending_stats: bytes | None = None
+        # Retained "control" messages (e.g. Home Assistant discovery): never dropped,
+        # sent before results; hooks and watches are renewed on every connect.
+        self._control: deque[tuple[str, bytes]] = deque()
+        self._connect_hooks: list[Callable[[], None]] = []
+        self._watches: dict[str, Callable[[bytes], None]] = {}
         self._n = dict.fromkeys(("published", "acked", "rejected", "dropped", "too_large",
                                  "connects", "connect_failures"), 0)
         self._last_error: str | None = None
@@ -90,6 +97,12 @@ class Publisher:
         self._offline_done = False
         self._connected = False
         self._logged_failures: set[str] = set()  # since the last good connection
+        # A broker that drops us right after every connect (an oversized packet
+        # it will not take, re-sent on each reconnect) would log two lines every
+        # few milliseconds: while connections stay that short, each reason is
+        # logged once; `connects` in the counters tells how often.
+        self._connected_at = 0.0
+        self._flapping = False
         self._sock_error: str | None = None
         self._drop_logged = False
         self._server_max = 0
@@ -101,12 +114,14 @@ class Publisher:
         self._wake_pending = False
         self._thread: threading.Thread | None = None
         self._crashed: str | None = None
+        self._successor: Publisher | None = None  # set by a reload's take_over()
         self.client_id = s.client_id or f"edged-{s.device_id}"
         self._client = make_client(s, self.client_id, self.status_topic)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_log = self._on_log
+        self._client.on_message = self._on_message
         self._props = result_properties(s)
 
     # --------------------------------------------------- any-thread API
@@ -126,10 +141,15 @@ class Publisher:
             self._too_large(len(payload), f"max_payload_bytes {limit}")
             return
         with self._lock:
-            full = len(self._queue) == self._queue.maxlen
+            successor = self._successor
+            full = successor is None and len(self._queue) == self._queue.maxlen
             if full:
                 self._n["dropped"] += 1  # deque(maxlen) discards the oldest on append
-            self._queue.append(payload)
+            if successor is None:
+                self._queue.append(payload)
+        if successor is not None:  # raced a reload's hand-over: the new connection takes it
+            successor.publish_result(payload)
+            return
         if full and not self._drop_logged:
             self._drop_logged = True
             log.warning("MQTT: result queue full (%d): dropping the oldest until the broker "
@@ -152,6 +172,25 @@ class Publisher:
             self._pending_stats = payload
         self._wake()
 
+    def publish_control(self, topic: str, payload: bytes) -> None:
+        """Queue one retained message (QoS of the status topic) for a topic of
+        the caller's; sent ahead of results, never dropped. Any thread."""
+        with self._lock:
+            self._control.append((topic, payload))
+        self._wake()
+
+    def add_connect_hook(self, hook: Callable[[], None]) -> None:
+        """`hook()` runs on the network thread after every successful connect
+        (and right away when connected now); it should only queue messages."""
+        self._connect_hooks.append(hook)
+        if self._connected:
+            hook()
+
+    def watch(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Subscribe to `topic` (QoS 1) on every connect; `handler(payload)`
+        runs on the network thread for each message. Set before `start`."""
+        self._watches[topic] = handler
+
     def stop(self, timeout: float = 2.0) -> None:
         """Deliver what can be delivered within `drain_timeout_s`, publish
         `offline`, disconnect cleanly (so the broker drops the will)."""
@@ -161,6 +200,39 @@ class Publisher:
             self._close_wake()
         else:
             self._thread.join(timeout)
+
+    def take_over(self, old: Publisher) -> None:
+        """A reload's new connection inherits what the stopped `old` still holds.
+
+        Queued results go ahead of this queue's (they are older), counters
+        carry on from old's, and results that reach `old` from now on are
+        forwarded here: a reload during a broker outage loses nothing silently.
+        Call after `old.stop()` and before `start()`.
+        """
+        try:
+            # Sent but not acknowledged when `old` lost its broker: paho would
+            # re-send them after a reconnect that `old` will not make now.
+            unacked = [bytes(m.payload) for m in list(old._client._out_messages.values())
+                       if m.topic == old.results_topic]
+        except (AttributeError, RuntimeError):
+            unacked = []
+        with old._lock:
+            carried, counts = unacked + list(old._queue), dict(old._n)
+            counts["published"] -= len(unacked)  # counted again when this one sends them
+            control = list(old._control)
+            old._queue.clear()
+            old._control.clear()
+            old._successor = self
+        with self._lock:
+            merged = carried + list(self._queue)
+            overflow = max(0, len(merged) - self.settings.queue_size)
+            self._queue.clear()
+            self._queue.extend(merged[overflow:])
+            for key, value in counts.items():
+                self._n[key] += value
+            self._n["dropped"] += overflow
+            self._control.extendleft(reversed(control))
+        self._wake()
 
     def counters(self) -> PublisherCounters:
         with self._lock:
@@ -216,8 +288,9 @@ class Publisher:
                     if self._n["connects"] > connects:
                         attempt = 0
                     elif self._n["connect_failures"] == failures and not self._stop.is_set():
-                        self._failure("connection closed before CONNACK: "
-                                      f"{self._sock_error or 'no reason given'}")
+                        why = self._sock_error or "no reason given"
+                        self._failure(f"connection closed before CONNACK: {why}"
+                                      + tls_hint(self.settings, why, handshake=False))
                 if self._stop.is_set():
                     break
                 self._state = "disconnected"
@@ -252,7 +325,8 @@ class Publisher:
         try:
             self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except Exception as exc:
-            self._failure(describe_error(exc))
+            why = describe_error(exc)
+            self._failure(why + tls_hint(s, why, handshake=True))
             return False
         return True
 
@@ -343,10 +417,18 @@ class Publisher:
     def _pump(self) -> None:
         """Feed paho from our queue while its window and the socket have room."""
         client, s = self._client, self.settings
+        while self._control and not client.want_write():
+            with self._lock:
+                topic, body = self._control.popleft()
+            client.publish(topic, body, qos=s.status_qos, retain=True)
         if self._stats_mid is None and self._pending_stats is not None:
             with self._lock:
                 stats, self._pending_stats = self._pending_stats, None
-            if stats is not None:
+            if stats is not None and self._server_max and len(stats) + 128 > self._server_max:
+                # Sending it would cost the connection (MQTT 5 brokers announce their limit).
+                self._too_large(len(stats), f"the broker's maximum packet size "
+                                f"{self._server_max} (stats)")
+            elif stats is not None:
                 info = client.publish(self.stats_topic, stats, qos=s.stats_qos,
                                       retain=s.stats_retain)
                 if s.stats_qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -395,10 +477,12 @@ class Publisher:
             self._n["connects"] += 1
             failures = self._n["connect_failures"]
             self._last_error = None
-        log.info("MQTT: connected to %s:%d as %s%s", self.settings.host, self.settings.port,
-                 self.client_id,
-                 f" ({failures} failed attempts so far)" if self._logged_failures else "")
-        self._logged_failures.clear()
+        self._connected_at = time.monotonic()
+        if not self._flapping:
+            log.info("MQTT: connected to %s:%d as %s%s", self.settings.host,
+                     self.settings.port, self.client_id,
+                     f" ({failures} failed attempts so far)" if self._logged_failures else "")
+            self._logged_failures.clear()
         self._drop_logged = False
         # MQTT 5 brokers may announce the largest packet they accept; a bigger
         # one would cost the connection, so such results are not sent at all.
@@ -409,6 +493,16 @@ class Publisher:
                               qos=self.settings.status_qos, retain=True)
         if self.settings.status_qos:
             self._inflight[info.mid] = "status"
+        if self._watches:
+            client.subscribe([(topic, 1) for topic in self._watches])
+        for hook in self._connect_hooks:
+            hook()
+
+    @guarded(log)
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        handler = self._watches.get(msg.topic)
+        if handler is not None:
+            handler(bytes(msg.payload))
 
     @guarded(log)
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
@@ -423,8 +517,17 @@ class Publisher:
         with self._lock:
             self._last_error = f"connection lost: {reason}"
             queued = len(self._queue)
-        log.warning("MQTT %s:%d: connection lost (%s); %d results queued, retrying with backoff",
-                    self.settings.host, self.settings.port, reason, queued)
+        self._flapping = time.monotonic() - self._connected_at < FLAP_S
+        if not self._flapping:
+            self._logged_failures.clear()  # it had been working: this loss is news
+        if self._last_error in self._logged_failures:
+            return
+        if self._flapping:
+            self._logged_failures.add(self._last_error)
+        log.warning("MQTT %s:%d: connection lost (%s); %d results queued, retrying with backoff%s",
+                    self.settings.host, self.settings.port, reason, queued,
+                    " (dropped right after connecting: logged once while that goes on)"
+                    if self._flapping else "")
 
     @guarded(log)
     def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, rc: ReasonCode,

@@ -119,6 +119,24 @@ def describe_error(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def tls_hint(s: PublisherSettings, reason: str, *, handshake: bool) -> str:
+    """What to check when a TLS connection was cut off before the broker answered.
+
+    OpenSSL reports a missing client certificate as an EOF or a reset as often
+    as with the "certificate required" alert, and a plain-text listener as a
+    reset: the bare reason would not tell the operator which file to fix."""
+    text = reason.lower()
+    if s.tls is None or not any(w in text for w in ("reset", "eof", "certificate required")):
+        return ""
+    hints = []
+    if handshake and "certificate required" not in text:
+        hints.append(f"is port {s.port} a TLS listener?")
+    if s.tls.cert_file is None:
+        hints.append("does the broker require a client certificate (mqtt.cert_file, "
+                     "mqtt.key_file)?")
+    return f" ({' Or '.join(hints)})" if hints else ""
+
+
 def check_settings(s: PublisherSettings) -> None:
     """What the type hints cannot say; one line naming the key."""
     validate_device_id(s.device_id)
@@ -187,9 +205,10 @@ def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> mqtt
     )
     client.suppress_exceptions = True
     client.connect_timeout = s.connect_timeout_s
-    # Our window plus the status and stats messages, so paho never parks a
-    # message in its own queue (it re-sends nothing after a parked one on reconnect).
-    client.max_inflight_messages_set(s.max_inflight + 2)
+    # Our window plus the status, stats and a couple of control (discovery)
+    # messages, so paho never parks a message in its own queue (it re-sends
+    # nothing after a parked one on reconnect).
+    client.max_inflight_messages_set(s.max_inflight + 4)
     client.will_set(status_topic, encode_status(s.device_id, "offline", "connection lost"),
                     qos=s.status_qos, retain=True)
     if s.username is not None:

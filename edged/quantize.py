@@ -18,6 +18,7 @@ which promote mixed scalar/array types differently, give the same bits.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -88,10 +89,25 @@ def dequantize(values: ArrayLike, t: TensorInfo) -> NDArray[Any]:
     q: NDArray[Any] = np.asarray(values)
     if not t.is_quantized:
         return q
+    if q.dtype.itemsize == 1 and q.dtype.kind in "iu" and not t.is_per_channel:
+        # The common 8-bit output: one look-up per value in a table computed the
+        # same way below, so the same bits at a fifth of the time (`edged bench`).
+        table = _dequantize_table(q.dtype, t.scales[0], t.zero_points[0])
+        out: NDArray[np.float32] = np.take(table, q.view(np.uint8))
+        return out
     scale, zero_point = _channel_params(t, q.ndim)
     # int64 first: `q - zero_point` in int8 wraps around (-128 - 127).
     real: NDArray[np.float64] = (q.astype(np.int64) - zero_point) * scale
     return real.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _dequantize_table(dtype: np.dtype[Any], scale: float, zero_point: int) -> NDArray[np.float32]:
+    """Every 8-bit value of `dtype`, dequantized, indexed by its bits read as uint8."""
+    q = np.arange(256, dtype=np.uint8).view(dtype).astype(np.int64)
+    table: NDArray[np.float32] = ((q - zero_point) * scale).astype(np.float32)
+    table.flags.writeable = False
+    return table
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ class ModelInfo:
     pixel_path: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # SSD post-process outputs by role (tensor index), from the model file's op.
+    ssd_outputs: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
@@ -63,7 +66,8 @@ class ModelInfo:
                    str(m.get("delegate_note", "")),
                    tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
                    tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
-                   str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]))
+                   str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
+                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,10 @@ class Supervisor:
         if self.should_fall_back():
             log.warning("worker failed %d times on %s: falling back to the CPU with %s",
                         self.consecutive_failures, self.params.delegate, self.cpu_model_path)
-            self.params = replace(self.params, delegate="cpu", model_path=self.cpu_model_path)
+            # The external delegate's library and options mean nothing on the CPU
+            # (and the CPU spec refuses them): drop them with the delegate.
+            self.params = replace(self.params, delegate="cpu", model_path=self.cpu_model_path,
+                                  external_library="", external_options={})
         self.restarts += 1
         try:
             return self.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,20 @@ from numpy.typing import NDArray
 
 from edged.config import Config
 from edged.decode.dispatch import (
+    DecoderKind,
     DecodeSettings,
     decode,
     decode_kind,
     decoded_json,
     prepare_labels,
+    ssd_names_for,
 )
-from edged.decode.labels import load_labels
+from edged.decode.labels import Labels, load_labels
 from edged.decode.results import ClassFilter
 from edged.payload import Result as Payload
 from edged.payload import encode_result_binary, encode_result_json, outputs_from
 from edged.pipeline import Result
-from edged.preprocess import Preprocessor
+from edged.preprocess import Preprocessor, leave_cores_to_the_model
 from edged.publish import Publisher
 from edged.publish_setup import PublisherSettings, TlsSettings
 from edged.sources import open_source
@@ -61,8 +64,10 @@ def build_capture(cfg: Config, input_size: tuple[int, int]) -> CaptureThread:
     else:
         params = {"uri": s.uri, "width": s.width, "height": s.height, "fps": s.fps,
                   "loop": s.loop}
+    # A video or folder with loop = false ends for good: reopening would replay it.
     source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
-                             max_backoff=s.reopen_backoff_max_s)
+                             max_backoff=s.reopen_backoff_max_s,
+                             reopen_on_end=s.loop or s.kind not in _LOSSLESS)
     return CaptureThread(source, lossless=s.kind in _LOSSLESS)
 
 
@@ -99,9 +104,10 @@ def build_preprocess(cfg: Config, info: ModelInfo
     channels = shape[3] if len(shape) == 4 else 1
     pre = Preprocessor(input_size(info), channels, mode=p.resize, pad_value=p.pad_value,
                        color_order=p.color_order)
+    leave_cores_to_the_model()  # the worker's interpreter threads own the cores
 
     def preprocess(pixels: NDArray[np.uint8], dst: NDArray[np.uint8]) -> Any:
-        np.copyto(dst, pre(pixels).reshape(dst.shape))
+        pre(pixels, out=dst)  # straight into the worker's slot
         return pre.geometry
 
     return preprocess
@@ -124,36 +130,79 @@ def build_publisher(cfg: Config) -> Publisher:
     ))
 
 
+def decoder_kind(cfg: Config, info: ModelInfo) -> str:
+    """What `output.decoder` resolves to for this model ("none" when it cannot:
+    `build_deliver` reports why)."""
+    ssd_names, _ = ssd_names_for(cfg.output.ssd_outputs, info.ssd_outputs)
+    try:
+        return decode_kind(cfg.output.decoder, info.outputs, ssd_names)[0]
+    except ValueError:
+        return "none"
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoder as set up for one loaded model."""
+
+    info: ModelInfo
+    kind: DecoderKind
+    settings: DecodeSettings
+    labels: Labels | None
+    input_wh: tuple[int, int]
+
+
+def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
+                   announce: bool = True) -> Decoding:
+    """Resolve the decoder for `info`'s outputs; DecodeError (one line) if it does not fit."""
+    out = cfg.output
+    ssd_names, ssd_source = ssd_names_for(out.ssd_outputs, info.ssd_outputs)
+    kind, reason = decode_kind(out.decoder, info.outputs, ssd_names)
+    classes = ClassFilter.of(out.classes_keep, out.classes_ignore)
+    if labels is not None:
+        labels = prepare_labels(kind, labels, info.outputs)
+    if announce:
+        if out.decoder == "auto":
+            log.info("decoder auto: %s (%s)", kind, reason)
+        if kind == "detection" and ssd_names:
+            log.info("detection: SSD %s", ssd_source)
+        for note in labels.notes if labels is not None else ():
+            log.info("labels: %s", note)
+        for name in classes.unknown_names(labels.names()) if labels is not None else ():
+            log.warning("output.classes_keep/classes_ignore: %r is not a label in %s", name,
+                        cfg.model.labels)
+    # top_k bounds boxes as well as classes (its documented meaning for detection).
+    settings = DecodeSettings(
+        min_score=out.min_score, top_k=out.top_k, iou_threshold=out.nms_iou,
+        max_detections=out.top_k, min_box_area=out.min_box_area, classes=classes,
+        mask_max_side=out.segmentation_mask or None, ssd_names=ssd_names)
+    height, width = input_size(info)
+    return Decoding(info, kind, settings, labels, (width, height))
+
+
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None]) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result."""
-    info = supervisor.info
-    assert info is not None
+    assert supervisor.info is not None
     out = cfg.output
-    kind, reason = decode_kind(out.decoder, info.outputs)
-    if out.decoder == "auto":
-        log.info("decoder auto: %s (%s)", kind, reason)
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
-    if labels is not None:
-        labels = prepare_labels(kind, labels, info.outputs)
-        for note in labels.notes:
-            log.info("labels: %s", note)
-    settings = DecodeSettings(
-        min_score=out.min_score, top_k=out.top_k, iou_threshold=out.nms_iou,
-        min_box_area=out.min_box_area,
-        classes=ClassFilter.of(out.classes_keep, out.classes_ignore))
-    height, width = input_size(info)
+    decoding = build_decoding(cfg, supervisor.info, labels)
     encode = encode_result_binary if out.encoding == "binary" else encode_result_json
     device_id = cfg.device.id
 
     def deliver(result: Result) -> None:
+        nonlocal decoding
+        if supervisor.info is not None and supervisor.info is not decoding.info:
+            # A restarted worker, maybe on the CPU model after an Edge TPU fallback: another
+            # file can have other tensor indices (SSD roles) or class counts.
+            decoding = build_decoding(cfg, supervisor.info, labels, announce=False)
+        d = decoding
         t0 = time.perf_counter_ns()
         decoded = None
-        if kind != "none":
+        if d.kind != "none":
             geometry = result.geometry
-            decoded = decoded_json(kind, decode(
-                kind, result.raw_outputs, result.tensors, settings=settings,
-                input_wh=(width, height), geometry=geometry, labels=labels,
+            decoded = decoded_json(d.kind, decode(
+                d.kind, result.raw_outputs, result.tensors, settings=d.settings,
+                input_wh=d.input_wh, geometry=geometry, labels=d.labels,
                 content_box=getattr(geometry, "content", None)))
         t1 = time.perf_counter_ns()
         timings = result.times.as_dict()

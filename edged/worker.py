@@ -135,9 +135,11 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     # Imported here: the daemon imports this module for `Layout` without the runtime.
     from edged.delegates import DelegateSpec
     from edged.model import Model
+    from edged.preprocess import leave_cores_to_the_model
     from edged.quantize import Normalization, PixelQuantizer
     from edged.runtime import select_runtime
 
+    leave_cores_to_the_model()
     runtime = select_runtime(params.runtime)  # type: ignore[arg-type]
     edgetpu = params.delegate == "edgetpu"
     spec = DelegateSpec(
@@ -151,6 +153,10 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     model = Model.load(params.model_path, runtime, spec)
     norm = Normalization(params.mean, params.std) if params.mean else None
     quantizer = PixelQuantizer(model.inputs[0], norm)
+    # One inference before "ready": a damaged model that fails only when run
+    # (a corrupt op option blob) is then one load error, not a worker death on
+    # every frame; an Edge TPU model's weights are uploaded here, not on frame 1.
+    model.invoke()
     info = {
         "op": "ready",
         "pid": os.getpid(),
@@ -159,6 +165,7 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
         "delegate_note": model.fallback_reason or "",
         "inputs": [t.to_dict() for t in model.inputs],
         "outputs": [t.to_dict() for t in model.outputs],
+        "ssd_outputs": dict(model.file.ssd_outputs),
         "pixel_path": quantizer.path,
         "mean": list(quantizer.normalization.mean),
         "std": list(quantizer.normalization.std),

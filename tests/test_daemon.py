@@ -266,3 +266,16 @@ def test_movenet_float_output_passes_through(tmp_path: Path, mosquitto: Mosquitt
     finally:
         assert daemon.stop() == 0
         sub.stop()
+
+
+def test_outputs_too_large_for_json_refuse_to_start_with_one_line(
+        tmp_path: Path, mosquitto: Mosquitto, digit_frames: Path) -> None:
+    config = write_config(tmp_path / "edged.toml", base_config(
+        mosquitto.port, model=MODELS / "digits_int8.tflite", frames=digit_frames,
+        output={"max_values": 5}))
+    with DaemonProcess(config) as daemon:
+        assert daemon.proc.wait(30) == 78
+    errors = [line for line in daemon.log_text().splitlines() if "ERROR" in line]
+    assert len(errors) == 1, daemon.log_text()
+    assert "edged.toml: output.max_values: the model's outputs have 10 values" in errors[0]
+    assert 'set output.encoding = "binary"' in errors[0]

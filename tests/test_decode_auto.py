@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from decode_helpers import Stretch, output_infos
+from decode_helpers import Stretch, output_infos, ssd_roles_from_file
 
 from edged.decode import (
     DecodeError,
@@ -19,6 +19,7 @@ from edged.decode import (
     infer_kind,
     prepare_labels,
 )
+from edged.modelfile import read_model_file
 from edged.tensors import TensorInfo
 
 F32 = np.dtype(np.float32)
@@ -81,6 +82,50 @@ def test_every_committed_test_model(test_models: Path) -> None:
         else:
             assert "\n" not in reason
             assert expected is None or kind == expected, (model.name, reason)
+
+
+def test_every_committed_model_with_the_model_files_ssd_roles(test_models: Path) -> None:
+    """What the daemon does: auto gets the SSD op's output list from the model file."""
+    models = sorted(test_models.glob("*.tflite"))
+    assert {m.name for m in models} == set(COMMITTED)
+    for model in models:
+        roles = read_model_file(model).ssd_outputs
+        outputs = output_infos(model)
+        if model.name != "ssd_postprocess.tflite":
+            assert roles == {}, model.name
+            continue
+        # The reader agrees with the runtime's own generated schema module.
+        assert roles == ssd_roles_from_file(model)
+        kind, reason = decode_kind("auto", outputs, roles)
+        by_index = {o.index: o.name for o in outputs}
+        assert kind == "detection"
+        assert reason == "SSD post-process head (" + ", ".join(
+            f"{role} {by_index[roles[role]]!r}" for role in ("boxes", "classes", "scores",
+                                                              "count")) + ")"
+        assert decode_kind("detection", outputs, roles) == ("detection", "configured")
+        with pytest.raises(DecodeError, match=r"^decoder classification: wants one output, "
+                                              r"the model has 4 "):
+            decode_kind("classification", outputs, roles)
+
+
+def test_ssd_roles_only_when_the_ops_outputs_are_the_models() -> None:
+    from edged.modelfile import BUILTIN_CUSTOM, _ssd_roles
+
+    codes = [(3, ""), (BUILTIN_CUSTOM, "TFLite_Detection_PostProcess")]
+    ops = ((0, (5,)), (1, (7, 8, 9, 10)))
+    assert _ssd_roles(codes, ops, (7, 8, 9, 10)) == {"boxes": 7, "classes": 8, "scores": 9,
+                                                     "count": 10}
+    # Another op consumes the boxes: the model's outputs are not the op's.
+    assert _ssd_roles(codes, ops, (11, 8, 9, 10)) == {}
+    assert _ssd_roles([(3, ""), (BUILTIN_CUSTOM, "Other")], ops, (7, 8, 9, 10)) == {}
+
+
+def test_every_shared_model_with_the_model_files_ssd_roles(shared_models: Path) -> None:
+    for model in sorted(shared_models.glob("*.tflite")):
+        roles = read_model_file(model).ssd_outputs
+        assert roles == {}, model.name
+        if model.name in SHARED:
+            assert infer_kind(output_infos(model), roles or None)[0] == SHARED[model.name]
 
 
 def ssd() -> list[TensorInfo]:

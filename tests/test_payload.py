@@ -116,7 +116,8 @@ def test_nan_is_null_in_json_and_nan_again_after_decoding() -> None:
 
 def test_decoded_passes_through_and_shows_in_summary() -> None:
     info = TensorInfo(0, "logits", (1, 4), np.int8, scales=(0.1,), zero_points=(0,))
-    decoded = {"kind": "classification", "top": [{"index": 2, "label": "two", "score": 0.9}]}
+    decoded = {"kind": "classification", "classes": [{"label_id": 2, "label": "two",
+                                                      "score": 0.9}]}
     result = make_result([info], [np.array([[0.1, 0.2, 0.9, 0.0]], np.float32)],
                          decoded=decoded)
     doc = orjson.loads(encode_result_json(result, published_at=1_700_000_000.27))

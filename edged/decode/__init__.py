@@ -21,6 +21,7 @@ from edged.decode.dispatch import (
     decoded_json,
     infer_kind,
     prepare_labels,
+    ssd_names_for,
 )
 from edged.decode.labels import Labels, LabelsError, load_labels, parse_labels
 from edged.decode.pose import COCO_KEYPOINTS, decode_pose
@@ -75,6 +76,7 @@ __all__ = [
     "parse_labels",
     "prepare_labels",
     "quantized_threshold",
+    "ssd_names_for",
     "ssd_outputs",
     "summarize_segmentation",
     "top_classes",

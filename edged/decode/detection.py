@@ -28,9 +28,9 @@ from edged.decode.results import (
     real_values,
     score_threshold,
 )
+from edged.modelfile import SSD_ROLES
 from edged.tensors import TensorInfo
 
-SSD_ROLES = ("boxes", "classes", "scores", "count")
 SSD_NAME = re.compile(r"TFLite_Detection_PostProcess(?::(\d+))?$")
 
 
@@ -72,6 +72,8 @@ def finish_detections(boxes: NDArray[np.float64], class_ids: NDArray[Any], score
     for box, class_id, score in zip(boxes.tolist(), class_ids.tolist(), scores.tolist(),
                                     strict=True):
         frame_box = tuple(float(v) for v in geometry.box_to_frame(*box))
+        if not all(math.isfinite(v) for v in frame_box):
+            continue  # a NaN box from a broken model locates nothing
         det = Detection(int(class_id), labels.get(int(class_id)) if labels else None,
                         float(score), (frame_box[0], frame_box[1], frame_box[2], frame_box[3]))
         if det.area < settings.min_box_area:
@@ -166,8 +168,9 @@ def decode_ssd(values: Sequence[ArrayLike], infos: Sequence[TensorInfo], *,
     n = infos[roles["boxes"]].shape[1]
     count_value = float(np.asarray(arr["count"]).reshape(-1)[0])
     count = min(max(int(count_value), 0), n) if math.isfinite(count_value) else 0
-    boxes = np.asarray(arr["boxes"], dtype=np.float64).reshape(n, 4)[:count]
-    class_ids = np.rint(np.asarray(arr["classes"], dtype=np.float64).reshape(n)[:count])
+    # Entries past `count` are stale memory (NaN, huge values): never even convert them.
+    boxes = np.asarray(arr["boxes"]).reshape(n, 4)[:count].astype(np.float64)
+    class_ids = np.rint(np.asarray(arr["classes"]).reshape(n)[:count].astype(np.float64))
     scores = np.asarray(arr["scores"]).reshape(n)[:count]
     keep = scores >= score_threshold(s.min_score, scores.dtype)
     if not s.classes.is_open:

@@ -70,10 +70,11 @@ def infer_kind(outputs: Sequence[TensorInfo], ssd_names: Mapping[str, str | int]
         raise DecodeError("decoder auto: the model has no outputs")
     if ssd_names:
         try:
-            ssd_outputs(outputs, ssd_names)
+            roles = ssd_outputs(outputs, ssd_names)
         except DecodeError as exc:
             raise DecodeError(f"decoder auto: {exc}") from None
-        return "detection", "SSD post-process head (boxes, classes, scores, count) by its roles"
+        named = ", ".join(f"{role} {outputs[pos].name!r}" for role, pos in roles.items())
+        return "detection", f"SSD post-process head ({named})"
     if _is_ssd(outputs) or len(outputs) == 4:
         try:
             ssd_outputs(outputs)
@@ -134,6 +135,16 @@ def _single(outputs: Sequence[TensorInfo], kind: str) -> TensorInfo:
         raise DecodeError(f"wants one output, the model has {len(outputs)} "
                           f"({_describe(outputs)})")
     return outputs[0]
+
+
+def ssd_names_for(configured: Mapping[str, str], from_file: Mapping[str, int]
+                  ) -> tuple[dict[str, str | int] | None, str]:
+    """The SSD roles to decode with and where they came from; the config wins."""
+    if configured:
+        return dict(configured), "roles from output.ssd_outputs"
+    if from_file:
+        return dict(from_file), "roles from the model file's TFLite_Detection_PostProcess op"
+    return None, ""
 
 
 def decode_kind(configured: str, outputs: Sequence[TensorInfo],

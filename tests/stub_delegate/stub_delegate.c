@@ -7,6 +7,11 @@
  *   record=PATH   append "key=value\n" for every option, then "created\n";
  *                 "destroyed\n" is appended when the delegate is destroyed.
  *   fail=1        return NULL from create, after reporting an error.
+ *   abort_on_prepare=1     abort() the process when the runtime prepares the
+ *                 delegate (while the interpreter is built), as libedgetpu
+ *                 does on a USB error: a Coral whose worker keeps dying.
+ *   abort_if_exists=PATH   the same, but only while PATH exists, so a test can
+ *                 start on the "Coral" and pull it out later.
  * The environment variable STUB_DELEGATE_FAIL=1 also makes create fail, for
  * callers that cannot add options (edged passes only "device" to the Edge TPU).
  * STUB_DELEGATE_RECORD=PATH is the default for record=.
@@ -15,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Layout of TfLiteDelegate from tensorflow/lite/core/c/common.h. Fields are
  * only ever appended there, and the runtime reads no further than these. */
@@ -31,11 +37,20 @@ typedef struct TfLiteDelegate {
 
 typedef struct {
     char record[4096];
+    int abort_on_prepare;
+    char abort_if_exists[4096];
 } StubData;
+
+static void append(const char *path, const char *text);
 
 static TfLiteStatus stub_prepare(void *context, TfLiteDelegate *delegate) {
     (void)context;
-    (void)delegate;
+    StubData *data = delegate->data_;
+    if (data && (data->abort_on_prepare ||
+                 (data->abort_if_exists[0] && access(data->abort_if_exists, F_OK) == 0))) {
+        append(data->record, "aborting\n");
+        abort();
+    }
     return 0; /* replaces no nodes */
 }
 
@@ -61,6 +76,12 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     StubData *data = calloc(1, sizeof(StubData));
     if (!data) return NULL;
     if (record) snprintf(data->record, sizeof(data->record), "%s", record);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(keys[i], "abort_on_prepare") == 0 && strcmp(values[i], "1") == 0)
+            data->abort_on_prepare = 1;
+        if (strcmp(keys[i], "abort_if_exists") == 0)
+            snprintf(data->abort_if_exists, sizeof(data->abort_if_exists), "%s", values[i]);
+    }
     for (int i = 0; i < n; i++) {
         char line[1024];
         snprintf(line, sizeof(line), "%s=%s\n", keys[i], values[i]);

@@ -1,0 +1,116 @@
+"""The table `edged bench` prints, and its figures checked against the targets.
+
+Pure functions of the report dict, so the JSON and the table never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edged.benchrows import STAGES
+
+TARGET_MODEL = "mobilenetv2_224_int8.tflite"
+
+
+def _us(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"edged bench: {m['cpu']} ({m['cores']} cores), {m['runtime']}, "
+             f"{report['threads']} threads, delegate {report['delegate']}; "
+             f"{report['runs']} runs x {report['frames']} frames after warm-up, medians",
+             ""]
+    head = (f"{'row':<17}{'frames/s':>9} {'(min-max)':>13}{'ratio':>7}"
+            + "".join(f"{s[:7]:>8}" for s in STAGES) + f"{'RSS MB':>8}")
+    lines += [head + "   (stage columns: microseconds per frame)"]
+    group = None
+    for r in report["rows"]:
+        if (r["model"], r["source"]) != group:
+            group = (r["model"], r["source"])
+            lines.append(f"-- {r['model']}, {r['source']} frames")
+        st = r["stages_us"]
+        ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
+        noise = f"{r['fps_min']:.0f}-{r['fps_max']:.0f}"
+        lines.append(f"{r['title']:<17}{r['fps']:>9.1f} {noise:>13}{ratio:>7}"
+                     + "".join(f"{_us(st.get(s)):>8}" for s in STAGES)
+                     + f"{r['peak_rss_mb']:>8.0f}")
+        if "latency_ms" in r:
+            lat = r["latency_ms"]
+            lines.append(f"{'':<17}latency capture->receipt p50 {lat['p50']:.1f} ms, "
+                         f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms "
+                         f"(invoke p99 {r['invoke_ms']['p99']:.1f} ms)")
+        if "cpu_us_per_result" in r:
+            lines.append(f"{'':<17}CPU per result: " + ", ".join(
+                f"{k} {v:.0f} us" for k, v in r["cpu_us_per_result"].items()))
+    lines += ["", "daemon: resize..dequantize are the daemon's own timings_us; 'publish' is "
+              "receipt minus published_at (encode + MQTT + broker + subscriber); "
+              "RSS = daemon + worker."]
+    if "micro" in report:
+        lines.append("")
+        lines.append("hot path (microseconds per call, median (min-max)):")
+        for name, f in report["micro"].items():
+            lines.append(f"  {name:<32}{f['us']:>8.1f}  ({f['min']:.1f}-{f['max']:.1f})"
+                         f"  target < {f['target_us']:.0f}")
+    if "latency_30fps" in report:
+        lat = report["latency_30fps"]
+        lines.append("")
+        lines.append(f"latency at {lat['offered_fps']:.0f} frames/s offered ({lat['model']}, "
+                     f"{lat['results']} results): p50 {lat['latency_ms']['p50']:.2f} ms, "
+                     f"p95 {lat['latency_ms']['p95']:.2f} ms, p99 {lat['latency_ms']['p99']:.2f} "
+                     f"ms; invoke p50 {lat['invoke_ms']['p50']:.2f} ms, "
+                     f"p99 {lat['invoke_ms']['p99']:.2f} ms")
+    if "rss_growth" in report:
+        g = report["rss_growth"]
+        parts = [f"in-process {g['inprocess_kb']:+d} kB"]
+        if "daemon_kb" in g:
+            parts.append(f"daemon+worker {g['daemon_kb']:+d} kB")
+        lines.append("")
+        lines.append(f"RSS growth over {g['frames']} frames after warm-up ({g['model']}): "
+                     + ", ".join(parts))
+    for note in report.get("notes", ()):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _row(report: dict[str, Any], model: str, row: str) -> dict[str, Any] | None:
+    found: list[dict[str, Any]] = [r for r in report["rows"] if r["model"] == model
+                                   and r["row"] == row and r["source"] != "640x480"]
+    return found[0] if found else None
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target the report has figures for: what, measured, bar, met."""
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float, bar: float, higher_is_better: bool) -> None:
+        met = value >= bar if higher_is_better else value < bar
+        out.append({"target": what, "value": round(value, 3), "bar": bar, "met": met})
+
+    for row, bar in (("daemon", 0.90), ("inprocess", 0.95)):
+        r = _row(report, TARGET_MODEL, row)
+        if r is not None and r.get("ratio") is not None and report["threads"] == 2:
+            add(f"{row}/limit results/s, {TARGET_MODEL}, 2 threads", r["ratio"], bar, True)
+    lat = report.get("latency_30fps")
+    if lat:
+        add("latency p99 - invoke p99 at 30 fps offered (ms)",
+            lat["latency_ms"]["p99"] - lat["invoke_ms"]["p99"], 3.0, False)
+    for name, f in report.get("micro", {}).items():
+        add(f"{name} (us)", f["us"], f["target_us"], False)
+    g = report.get("rss_growth")
+    if g:
+        for key in ("inprocess_kb", "daemon_kb"):
+            if key in g:
+                add(f"RSS growth {key[:-3]} over {g['frames']} frames (kB)", g[key], 1024, False)
+    return out
+
+
+def target_lines(report: dict[str, Any]) -> list[str]:
+    lines = ["", "targets:"] if report["targets"] else []
+    for t in report["targets"]:
+        lines.append(f"  {'met ' if t['met'] else 'MISS'}  {t['target']}: {t['value']:g} "
+                     f"(bar {t['bar']:g})")
+    return lines
