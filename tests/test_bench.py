@@ -1,0 +1,156 @@
+"""`edged bench`: the real command in quick mode (real interpreter, real `edged run`,
+real private mosquitto), its JSON, its one-line failures; and the two hot-path
+changes the benchmark led to, checked bit for bit against the slow paths.
+
+No test here asserts a speed: the machine is shared and timed tests flake.
+Speed is what `edged bench` itself reports (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edged.preprocess import Preprocessor
+from edged.quantize import dequantize
+from edged.tensors import TensorInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = {"capture", "resize", "quantize", "invoke", "dequantize", "decode", "encode", "publish"}
+
+
+def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edged", "bench", *args], capture_output=True,
+                          text=True, check=False, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def quick_report() -> dict[str, Any]:
+    done = bench("--quick", "--json", "--frames", "120", "--runs", "2", "--rss-frames", "300")
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, Any]) -> None:
+    rows = {(r["source"], r["row"]) for r in quick_report["rows"]}
+    assert rows == {(src, row) for src in ("32x32", "640x480")
+                    for row in ("limit", "naive", "inprocess", "daemon")}
+    for r in quick_report["rows"]:
+        assert r["model"] == "digits_int8.tflite"
+        assert r["fps"] > 0 and r["fps_min"] <= r["fps"] <= r["fps_max"]
+        assert r["runs"] == 2
+        assert r["peak_rss_mb"] > 0
+        assert set(r["stages_us"]) <= STAGES
+        assert r["stages_us"]["invoke"] > 0
+    limit = [r for r in quick_report["rows"] if r["row"] == "limit"]
+    assert all(r["ratio"] == 1.0 for r in limit)
+
+
+def test_quick_json_stage_columns_per_row(quick_report: dict[str, Any]) -> None:
+    by_row = {r["row"]: r for r in quick_report["rows"] if r["source"] == "640x480"}
+    assert set(by_row["limit"]["stages_us"]) == {"invoke"}
+    for row in ("naive", "inprocess"):
+        assert set(by_row[row]["stages_us"]) == {"capture", "resize", "quantize", "invoke",
+                                                 "dequantize", "encode"}
+    daemon = by_row["daemon"]
+    assert {"resize", "quantize", "invoke", "dequantize", "decode", "publish"} == set(
+        daemon["stages_us"])
+    assert set(daemon["latency_ms"]) == {"p50", "p95", "p99"}
+    assert daemon["latency_ms"]["p50"] <= daemon["latency_ms"]["p99"]
+
+
+def test_quick_json_extras_and_targets(quick_report: dict[str, Any]) -> None:
+    micro = quick_report["micro"]
+    assert set(micro) == {"quantize_224x224x3_identity", "quantize_224x224x3_xor",
+                          "quantize_224x224x3_table", "dequantize_encode_1x1001"}
+    assert all(f["us"] > 0 and f["min"] <= f["us"] <= f["max"] for f in micro.values())
+    lat = quick_report["latency_30fps"]
+    assert lat["offered_fps"] == 30.0 and lat["results"] == 30
+    assert set(lat["latency_ms"]) == set(lat["invoke_ms"]) == {"p50", "p95", "p99"}
+    rss = quick_report["rss_growth"]
+    assert rss["frames"] == 300 and {"inprocess_kb", "daemon_kb"} <= set(rss)
+    names = [t["target"] for t in quick_report["targets"]]
+    assert any(n.startswith("latency p99") for n in names)
+    assert all(isinstance(t["met"], bool) for t in quick_report["targets"])
+    assert quick_report["machine"]["runtime"].startswith(("ai_edge_litert", "tflite_runtime",
+                                                          "tensorflow"))
+
+
+def test_table_output_names_every_row() -> None:
+    done = bench("--quick", "--rows", "limit,inprocess,micro", "--frames", "60", "--runs", "1")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for text in ("limit", "edged in-process", "32x32 frames", "640x480 frames", "frames/s",
+                 "quantize_224x224x3_table", "targets:"):
+        assert text in out
+    assert "naive" not in out.split("hot path")[0]
+
+
+def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
+    done = bench("--delegate", "edgetpu", "--quick", timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("edged bench: Edge TPU delegate: ")
+    assert "libedgetpu" in lines[0]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--rows", "limit,fast"), "edged bench: --rows: unknown row 'fast'; choose from "),
+    (("--model", "build/models/absent/mobilenetv2_224_int8.tflite"),
+     "create it with: /tmp/tfvenv/bin/python scripts/make_test_models.py --bench"),
+    (("--threads", "0"), "edged bench: --threads must be >= 1"),
+])
+def test_bad_options_fail_with_one_line(args: tuple[str, ...], message: str) -> None:
+    done = bench(*args, timeout=60)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert message in done.stderr
+
+
+# -- the hot-path changes the benchmark led to ----------------------------------------
+
+@pytest.mark.parametrize(("dtype", "scale", "zero_point"), [
+    (np.int8, 1 / 256, -128), (np.int8, 0.1234567, 7), (np.uint8, 0.00390625, 0),
+    (np.uint8, 1e-5, 200),
+])
+def test_dequantize_table_gives_the_same_bits(dtype: Any, scale: float, zero_point: int) -> None:
+    t = TensorInfo(0, "out", (1, 1001), np.dtype(dtype), (scale,), (zero_point,))
+    info = np.iinfo(dtype)
+    q = np.random.default_rng(0).integers(info.min, info.max + 1, (1, 1001)).astype(dtype)
+    expected = ((q.astype(np.int64) - zero_point) * scale).astype(np.float32)
+    got = dequantize(q, t)
+    assert got.dtype == np.float32 and got.shape == (1, 1001)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(dequantize(q[:, ::3], t), expected[:, ::3])  # strided input
+
+
+@pytest.mark.parametrize(("mode", "channels", "order", "frame_shape"), list(itertools.product(
+    ("stretch", "letterbox", "crop"), (1, 3), ("rgb", "bgr"),
+    ((480, 640, 3), (224, 224, 3), (96, 128, 3), (224, 224)))))
+def test_preprocess_into_a_buffer_equals_its_own_output(
+        mode: Any, channels: int, order: Any, frame_shape: tuple[int, ...]) -> None:
+    frame = np.random.default_rng(1).integers(0, 256, frame_shape, dtype=np.uint8)
+    expected = Preprocessor((224, 224), channels, mode=mode, color_order=order,
+                            pad_value=9)(frame).copy()
+    pre = Preprocessor((224, 224), channels, mode=mode, color_order=order, pad_value=9)
+    slot = np.full((224, 224, channels), 77, dtype=np.uint8)  # the worker's slot shape
+    for _ in range(2):  # and again: nothing left over from the first frame
+        assert pre(frame, out=slot) is slot
+        assert np.array_equal(slot, expected.reshape(slot.shape))
+
+
+def test_preprocess_refuses_a_strided_buffer() -> None:
+    pre = Preprocessor((8, 8), 3)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        pre(np.zeros((16, 16, 3), np.uint8), out=np.zeros((8, 16, 3), np.uint8)[:, ::2])
