@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from edged import wiring
+from edged import report, wiring
 from edged.checkconfig import too_large_for_json
 from edged.config import Config, ConfigError, config_warnings, load_config, read_config
 from edged.discovery import Discovery, discovery_config
@@ -252,63 +252,13 @@ class Daemon:
             time.monotonic() - p.heartbeat < max(30.0, self.cfg.inference.invoke_timeout_s * 3))
 
     def figures(self) -> dict[str, Any]:
-        snap: dict[str, Any] = dict(self.stats.snapshot())
-        sup, cap, pub = self.supervisor, self.capture, self.publisher
-        counters = pub.counters() if pub else None
-        src = cap.source.status() if cap else None
-        snap.update({
-            "frames_dropped": cap.buffer.dropped if cap else 0,
-            # Taken by a dying worker: in flight, never inferred, never published.
-            "frames_lost": self._frames_lost_before + (
-                self.pipeline.frames_lost if self.pipeline else 0),
-            "results_queued": counters.queued if counters else 0,
-            "results_dropped": counters.dropped if counters else 0,
-            "results_published": counters.published if counters else 0,
-            # Refused by the broker (MQTT 5 PUBACK: ACL, size) or too big to send at all.
-            "results_rejected": counters.rejected if counters else 0,
-            "results_too_large": counters.too_large if counters else 0,
-            "mqtt_connects": counters.connects if counters else 0,
-            "mqtt_connect_failures": counters.connect_failures if counters else 0,
-            "delegate": self.info.delegate if self.info else "none",
-            "worker_state": sup.state if sup else "stopped",
-            "worker_restarts": sup.restarts if sup else 0,
-            "worker_pid": (sup.pid or 0) if sup else 0,
-            # Why the worker was last restarted; kept after it recovers (last_error is not).
-            "worker_last_failure": sup.last_failure if sup else "",
-            "broker": "connected" if counters and counters.connected else "disconnected",
-            "source": src.state if src else "stopped",
-            "source_reopens": src.reopen_count if src else 0,
-            "frames_skipped": src.skipped if src else 0,  # corrupt frames the source threw away
-            "last_error": self._last_error(),
-            "config_reload": f"failed: {self.reload_error}" if self.reload_error else "ok",
-        })
-        return snap
-
-    def _last_error(self) -> str:
-        sup, cap, pub, pipe = self.supervisor, self.capture, self.publisher, self.pipeline
-        for err in (sup.last_failure if sup and sup.state != "running" else "",
-                    cap.source.last_error if cap else "",
-                    pub.counters().last_error if pub else "",
-                    pipe.last_error if pipe else ""):
-            if err:
-                return err
-        return ""
+        return report.figures(report.Parts(
+            self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
+            self._frames_lost_before, self.reload_error))
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
-        f = self.figures()
-        broker = f["broker"]
         why = self.publisher.counters().last_error if self.publisher else None
-        if broker != "connected" and why:
-            broker += f" ({why})"  # e.g. the TLS or authentication failure, as logged
-        line = (f"{f['fps']:.1f} fps, invoke p50 {f['invoke_ms_p50']:.1f} ms, "
-                f"delegate {f['delegate']}, broker {broker}, source {f['source']}")
-        if f["worker_state"] != "running":
-            line += f", worker {f['worker_state']}"
-        if failing:
-            line += f"; unhealthy: {', '.join(failing)}"
-        if self.reload_error:
-            line += f"; reload failed: {self.reload_error}"
-        return line
+        return report.status_line(self.figures(), why, failing, self.reload_error)
 
     # -- reload -----------------------------------------------------------------------
 
