@@ -28,4 +28,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
-echo "setup: done. Demo: .venv/bin/edged demo   Tests: .venv/bin/python -m pytest"
+echo "setup: done. Demo: .venv/bin/edged demo   Tests: scripts/test.sh"

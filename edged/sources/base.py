@@ -85,6 +85,28 @@ class FrameSource(Protocol):
         ...
 
 
+class DriverBase:
+    """The bookkeeping every driver shares; a driver that knows a finer
+    `origin` (a frame number) overrides it."""
+
+    def __init__(self) -> None:
+        self._size: tuple[int, int] | None = None
+        self._skipped = 0
+        self._origin: str | None = None
+
+    @property
+    def delivered_size(self) -> tuple[int, int] | None:
+        return self._size
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped
+
+    @property
+    def origin(self) -> str | None:
+        return self._origin
+
+
 class Pacer:
     """Holds a finite source to a frame rate; waits can be cut short by `abort`.
 

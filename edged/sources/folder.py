@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 
-from edged.sources.base import Pacer, Pixels, SourceError, as_pixels
+from edged.sources.base import DriverBase, Pacer, Pixels, SourceError, as_pixels
 
 log = logging.getLogger("edged.sources")
 
@@ -32,33 +32,19 @@ def list_images(folder: Path) -> list[Path]:
                   key=lambda p: natural_key(p.name))
 
 
-class FolderSource:
+class FolderSource(DriverBase):
     """Images of `path`, in order, at `fps` (0 = as fast as read); `loop` restarts."""
 
     def __init__(self, path: str | Path, loop: bool = True, fps: float = 10.0) -> None:
+        super().__init__()
         self.path = Path(path)
         self.name = f"folder:{self.path}"
         self.loop = loop
         self._pacer = Pacer(fps)
         self._files: list[Path] = []
         self._next = 0
-        self._size: tuple[int, int] | None = None
-        self._skipped = 0
         self._warned: set[Path] = set()
-        self._origin: str | None = None
         self._opened = False
-
-    @property
-    def delivered_size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
-    def skipped(self) -> int:
-        return self._skipped
-
-    @property
-    def origin(self) -> str | None:
-        return self._origin
 
     def _list(self) -> list[Path]:
         if not self.path.is_dir():

@@ -28,7 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from edged.sources.base import Pixels, SourceError, as_pixels, redact_url
+from edged.sources.base import DriverBase, Pixels, SourceError, as_pixels, redact_url
 
 log = logging.getLogger("edged.sources")
 
@@ -52,7 +52,7 @@ def boundary_of(content_type: str) -> str | None:
     return None
 
 
-class HttpMjpegSource:
+class HttpMjpegSource(DriverBase):
     """Frames from an HTTP MJPEG stream or a JPEG snapshot URL.
 
     `decode_scale` 2/4/8 decodes JPEGs at that fraction of their size (libjpeg
@@ -62,6 +62,7 @@ class HttpMjpegSource:
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
                  decode_scale: Literal[1, 2, 4, 8] = 1, verify_tls: bool = True) -> None:
+        super().__init__()
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
             raise SourceError(f"not an http(s) URL: {redact_url(url)}")
@@ -78,24 +79,10 @@ class HttpMjpegSource:
         self._resp: http.client.HTTPResponse | None = None
         self._boundary: bytes | None = None
         self._snapshot = False
-        self._size: tuple[int, int] | None = None
-        self._skipped = 0
         self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
         self._lock = threading.Lock()
         self._aborted = False
         self._opened = False
-
-    @property
-    def delivered_size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
-    def skipped(self) -> int:
-        return self._skipped
-
-    @property
-    def origin(self) -> str | None:
-        return None
 
     def _request(self) -> http.client.HTTPResponse:
         p = self._parsed

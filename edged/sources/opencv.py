@@ -21,7 +21,15 @@ from typing import Any, Literal
 
 import cv2
 
-from edged.sources.base import FrameSource, Pacer, Pixels, SourceError, as_pixels, redact_url
+from edged.sources.base import (
+    DriverBase,
+    FrameSource,
+    Pacer,
+    Pixels,
+    SourceError,
+    as_pixels,
+    redact_url,
+)
 from edged.sources.mjpeg import HttpMjpegSource
 
 UriKind = Literal["device", "stream", "file"]
@@ -53,7 +61,7 @@ def open_opencv(uri: int | str, http_reader: Literal["builtin", "ffmpeg"] = "bui
     return OpenCVSource(uri, **params)
 
 
-class OpenCVSource:
+class OpenCVSource(DriverBase):
     """One `cv2.VideoCapture`, converted to RGB.
 
     Devices get width/height/fps/fourcc as requested (the device may choose
@@ -68,6 +76,7 @@ class OpenCVSource:
                  fps: float | None = None, fourcc: str | None = None, loop: bool = False,
                  rtsp_transport: Literal["tcp", "udp"] = "tcp", open_timeout: float = 10.0,
                  read_timeout: float = 5.0) -> None:
+        super().__init__()
         self.uri = uri
         self.kind = classify(uri)
         self.name = f"opencv:{redact_url(str(uri))}"
@@ -78,18 +87,9 @@ class OpenCVSource:
         self.rtsp_transport = rtsp_transport
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self._cap: Any = None
-        self._size: tuple[int, int] | None = None
         self._pacer = Pacer(0.0)
         self._file_id: tuple[int, int] | None = None
         self._position = 0
-
-    @property
-    def delivered_size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
-    def skipped(self) -> int:
-        return 0
 
     @property
     def origin(self) -> str | None:

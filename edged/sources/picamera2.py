@@ -29,7 +29,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from edged.sources.base import Pixels, SourceError, as_pixels
+from edged.sources.base import DriverBase, Pixels, SourceError, as_pixels
 
 LoresFormat = Literal["auto", "BGR888", "RGB888", "YUV420", "XBGR8888", "XRGB8888"]
 _FORMATS = ("auto", "BGR888", "RGB888", "YUV420", "XBGR8888", "XRGB8888")
@@ -82,13 +82,14 @@ def to_rgb(array: Pixels, fmt: str, size: tuple[int, int], gray: bool) -> Pixels
     return out
 
 
-class Picamera2Source:
+class Picamera2Source(DriverBase):
     """A Pi camera's lores stream at `size` (h, w), RGB (or luma when `gray`)."""
 
     def __init__(self, size: tuple[int, int], *, main_size: tuple[int, int] | None = None,
                  camera_num: int = 0, lores_format: LoresFormat = "auto",
                  fps: float | None = None, gray: bool = False, buffer_count: int = 4,
                  read_timeout: float = 2.0, controls: dict[str, Any] | None = None) -> None:
+        super().__init__()
         if lores_format not in _FORMATS:
             raise SourceError(f"picamera2: lores_format must be one of {', '.join(_FORMATS)}, "
                               f"got {lores_format!r}")
@@ -106,19 +107,6 @@ class Picamera2Source:
         self.controls = dict(controls or {})
         self._cam: Any = None
         self._fmt = ""
-        self._delivered: tuple[int, int] | None = None
-
-    @property
-    def delivered_size(self) -> tuple[int, int] | None:
-        return self._delivered
-
-    @property
-    def skipped(self) -> int:
-        return 0
-
-    @property
-    def origin(self) -> str | None:
-        return None
 
     def _config(self, cam: Any, fmt: str) -> Any:
         controls = dict(self.controls)
@@ -156,7 +144,7 @@ class Picamera2Source:
             actual = cam.camera_configuration()["lores"]
             w, h = actual["size"]
             self._fmt = str(actual.get("format", fmt))
-            self._delivered = (int(h), int(w))
+            self._size = (int(h), int(w))
             cam.start()
         except SourceError:
             self.close()
@@ -168,7 +156,7 @@ class Picamera2Source:
 
     def read(self) -> Pixels | None:
         cam = self._cam
-        if cam is None or self._delivered is None:
+        if cam is None or self._size is None:
             raise SourceError(f"{self.name}: read before open")
         try:
             job = cam.capture_array("lores", wait=False)
@@ -177,7 +165,7 @@ class Picamera2Source:
             raise SourceError(f"{self.name}: no frame for {self.read_timeout:g} s") from e
         except Exception as e:
             raise SourceError(f"{self.name}: capture failed: {_line(e)}") from e
-        return to_rgb(np.asarray(array, dtype=np.uint8), self._fmt, self._delivered, self.gray)
+        return to_rgb(np.asarray(array, dtype=np.uint8), self._fmt, self._size, self.gray)
 
     def close(self) -> None:
         cam, self._cam = self._cam, None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edged.sources.base import Pacer, Pixels, SourceError
+from edged.sources.base import DriverBase, Pacer, Pixels, SourceError
 
 
 def gradient(height: int, width: int) -> Pixels:
@@ -40,17 +40,19 @@ def pattern(index: int, height: int, width: int, base: Pixels | None = None) -> 
     return out
 
 
-class SyntheticSource:
+class SyntheticSource(DriverBase):
     """`size` (height, width) frames at `fps` (0 = as fast as read), `frames` then end
     (None = forever). The frame counter survives reopening, so frames stay distinct."""
 
     def __init__(self, size: tuple[int, int] = (480, 640), fps: float = 30.0,
                  frames: int | None = None) -> None:
+        super().__init__()
         height, width = (int(v) for v in size)
         if height < 1 or width < 1:
             raise SourceError(f"synthetic source: size must be positive, got {size}")
         self.name = f"synthetic:{width}x{height}"
-        self._size = (height, width)
+        self._hw = (height, width)
+        self._size = self._hw  # known before open: the source makes it
         self._limit = frames
         self._pacer = Pacer(fps)
         self._base: Pixels | None = None
@@ -58,19 +60,11 @@ class SyntheticSource:
         self._emitted = 0
 
     @property
-    def delivered_size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
-    def skipped(self) -> int:
-        return 0
-
-    @property
     def origin(self) -> str | None:
         return f"frame {self._index - 1}" if self._index else None
 
     def open(self) -> None:
-        self._base = gradient(*self._size)
+        self._base = gradient(*self._hw)
         self._emitted = 0
         self._pacer.reset()
 
@@ -81,7 +75,7 @@ class SyntheticSource:
             return None
         if not self._pacer.wait():
             return None
-        out = pattern(self._index, *self._size, base=self._base)
+        out = pattern(self._index, *self._hw, base=self._base)
         self._index += 1
         self._emitted += 1
         return out
