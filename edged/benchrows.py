@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from edged.benchdecode import yolo_decode_call
 from edged.delegates import DelegateSpec, load_delegate
 from edged.model import Model, make_interpreter
 from edged.payload import Result, encode_result_json, outputs_from
@@ -270,7 +271,7 @@ IMAGENET = Normalization((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 
 def micro(quick: bool = False) -> dict[str, dict[str, Any]]:
     """The hot-path figures with their targets: quantize a 224x224x3 frame on each
-    pixel path, dequantize + encode a [1,1001] output."""
+    pixel path, dequantize + encode a [1,1001] output, decode a YOLOv8-sized int8 head."""
     number = 100 if quick else 500
     leave_cores_to_the_model()  # as in the worker, where quantizing runs
     frame = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
@@ -301,6 +302,8 @@ def micro(quick: bool = False) -> dict[str, dict[str, Any]]:
 
     med, lo, hi = time_call(dequantize_encode, number=number)
     out["dequantize_encode_1x1001"] = {"us": med, "min": lo, "max": hi, "target_us": 30.0}
+    med, lo, hi = time_call(yolo_decode_call(), number=max(number // 5, 20))
+    out["decode_yolo_1x84x8400_int8"] = {"us": med, "min": lo, "max": hi, "target_us": 2000.0}
     return out
 
 

@@ -135,30 +135,3 @@ def ssd_roles_from_file(path: Path) -> dict[str, int]:
 
 def dequantized(values: NDArray[Any], info: TensorInfo) -> NDArray[Any]:
     return np.asarray(dequantize(values, info))
-
-
-def realistic_yolo_head(seed: int = 0, objects: int = 6, per_object: int = 8,
-                        classes: int = 80, n: int = 8400
-                        ) -> tuple[NDArray[np.int8], TensorInfo]:
-    """A [1, 4+C, N] int8 head like a YOLOv8 export's: normalised boxes, scores mostly ~0.
-
-    `objects` objects are each seen by `per_object` neighbouring anchors with
-    jittered boxes and scores 0.3..0.9, so NMS has real work to do.
-    """
-    rng = np.random.default_rng(seed)
-    info = TensorInfo(0, "Identity", (1, 4 + classes, n), np.dtype(np.int8), (1 / 255,), (-128,))
-    f = np.zeros((4 + classes, n), np.float64)
-    f[0:2] = rng.uniform(0.05, 0.95, (2, n))
-    f[2:4] = rng.uniform(0.01, 0.2, (2, n))
-    f[4:] = np.abs(rng.normal(0.0, 0.006, (classes, n)))  # background noise near zero
-    for k in range(objects):
-        cls = int(rng.integers(classes))
-        centre = rng.uniform(0.2, 0.8, 2)
-        size = rng.uniform(0.1, 0.3, 2)
-        for j in rng.choice(n, per_object, replace=False):
-            f[0:2, j] = centre + rng.normal(0, 0.01, 2)
-            f[2:4, j] = size * rng.uniform(0.9, 1.1, 2)
-            f[4 + cls, j] = rng.uniform(0.3, 0.9)
-            f[4 + (cls + k + 1) % classes, j] = rng.uniform(0.0, 0.2)
-    raw = np.clip(np.round(f * 255) - 128, -128, 127).astype(np.int8)
-    return raw[None], info

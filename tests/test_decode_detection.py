@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from decode_helpers import Letterbox, Stretch, realistic_yolo_head
+from decode_helpers import Letterbox, Stretch
 
+from edged.benchdecode import realistic_yolo_head
 from edged.decode import (
     ClassFilter,
     DecodeError,
