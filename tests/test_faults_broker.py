@@ -66,8 +66,14 @@ def _run_outages(tmp_path: Path, broker: Any, sig: int, restarts: int) -> dict[s
                                      ) from None
             recoveries.append(first.received_at - back)
             # Let the queue drain and the session settle before the next fault.
-            sub.wait_for(stats_after(back, lambda s: s["results_queued"] == 0
-                                     and s["broker"] == "connected"), timeout=20)
+            try:
+                sub.wait_for(stats_after(back, lambda s: s["results_queued"] == 0
+                                         and s["broker"] == "connected"), timeout=40)
+            except TimeoutError:
+                last = stats_of(sub.messages)[-1:]
+                raise AssertionError(f"queue not drained after restart {i + 1} "
+                                     f"({signal.Signals(sig).name}); last stats {last}:\n"
+                                     f"{daemon.log_text()[-3000:]}") from None
             time.sleep(1.2)
         assert daemon.stop() == 0
         time.sleep(0.5)
