@@ -186,7 +186,10 @@ def test_inference_restarts_the_worker_and_source_reopens_only_the_source(
             in r.daemon.log_text()
 
         applied = r.reload(source={"uri": str(sevens)})
-        assert {classes(d)[0]["label"] for d in wait_results(r.sub, 3, after=applied)} == {"7"}
+        # Frames the old source delivered before the swap (the two worker slots and
+        # the one-frame buffer) may still arrive; after them only the new source's.
+        labels = [classes(d)[0]["label"] for d in wait_results(r.sub, 6, after=applied)]
+        assert set(labels) <= {"3", "7"} and labels[-3:] == ["7", "7", "7"], labels
         assert r.daemon.worker_pid() == second
         assert r.daemon.log_text().count(LOADED) == 2
         assert "reload: changed: source; restarting: source" in r.daemon.log_text()
