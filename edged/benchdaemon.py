@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from edged.benchrows import proc_status_kb
-from edged.demo import find_mosquitto, free_port, wait_for_port
+from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
 
 SETTLE_RESULTS = 10  # results after a resume that are not counted (warming up again)
 _CAPTURED_AT = re.compile(rb'"captured_at":([-0-9.eE+]+)')
@@ -133,8 +133,7 @@ class Broker:
                              "(or apt-get install mosquitto), or leave out the daemon row")
         self.port = free_port()
         conf = tmp / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        f"persistence false\n{'user root' if os.geteuid() == 0 else ''}\n")
+        conf.write_text(private_mosquitto_conf(self.port))
         self.proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         if not wait_for_port(self.port):

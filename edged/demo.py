@@ -53,6 +53,19 @@ def free_port() -> int:
         return port
 
 
+def private_mosquitto_conf(port: int) -> str:
+    """A loopback-only, anonymous, memory-only mosquitto for the demo and the bench.
+
+    `set_tcp_nodelay`: mosquitto leaves Nagle on towards subscribers, and a
+    result of a few kB then reaches them 5-12 ms late now and then (measured:
+    p99 10.7 ms on loopback, 0.96 ms with it). docs/field-guide.md asks the
+    same of a production broker.
+    """
+    user = "user root\n" if os.geteuid() == 0 else ""
+    return (f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"set_tcp_nodelay true\n{user}")
+
+
 def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
     """Port of a private loopback broker that `stack` stops, or None (reason
     printed). Prints the demo's first line: which broker it uses."""
@@ -76,8 +89,7 @@ def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
         return port
     port = free_port()
     conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"persistence false\n{'user root' if os.geteuid() == 0 else ''}\n")
+    conf.write_text(private_mosquitto_conf(port))
     broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     stack.callback(broker.wait, 5)

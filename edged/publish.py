@@ -328,6 +328,13 @@ class Publisher:
             why = describe_error(exc)
             self._failure(why + tls_hint(s, why, handshake=True))
             return False
+        # paho leaves Nagle on: a result written while the broker has not yet
+        # acknowledged the previous packet would wait for that ACK (up to the
+        # peer's delayed-ACK timer). Results are latency-sensitive, one packet each.
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
 
     def _failure(self, reason: str) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,6 +111,26 @@ def test_online_retained_results_and_stats_valid_then_offline_on_clean_stop(
     assert (doc["state"], doc["reason"]) == ("offline", "stopped")
     stats = retained(broker.port, "edged/cam-1/stats")
     assert stats is not None and orjson.loads(stats.payload)["fps"] == 12.5
+
+
+def nagle_off(pub: Publisher) -> bool:
+    sock = pub._client.socket()
+    assert isinstance(sock, socket.socket)
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_results_leave_without_waiting_for_nagle(broker: Mosquitto) -> None:
+    # paho leaves Nagle on; a result written while the previous one is unacknowledged
+    # would wait for the broker's delayed ACK. Every (re)connection turns it off.
+    pub = publisher(broker.port)
+    try:
+        assert pub.wait_connected(5)
+        assert nagle_off(pub)
+        broker.restart()
+        assert pub.wait_idle(10) and pub.counters().connects == 2
+        assert nagle_off(pub)
+    finally:
+        pub.stop()
 
 
 def test_will_is_published_when_the_publisher_process_is_killed(broker: Mosquitto) -> None:
@@ -330,6 +351,7 @@ def test_tls_server_auth_and_mutual(tmp_path: Path, tls: TlsFiles) -> None:
         pub = publisher(broker.port, tls=TlsSettings(tls.ca_cert))
         try:
             assert pub.wait_connected(5), pub.counters()
+            assert nagle_off(pub)
         finally:
             pub.stop()
     with Mosquitto(tmp_path / "mutual", tls=tls, require_certificate=True) as broker:
