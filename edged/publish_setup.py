@@ -1,13 +1,17 @@
 """Settings, counters, error wording and the configured paho client of the
-MQTT publisher (`edged.publish`)."""
+MQTT publisher (`edged.publish`), and the `Outbox` where its thread-safe front
+and its network thread (`edged.publish_loop`) meet."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 import socket
 import ssl
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edged.payload import encode_status, validate_device_id
 
 BINARY_CONTENT_TYPE = "application/vnd.edged.result-v1+binary"
+# One logger for the whole publisher: operators and tests filter on `edged.publish`.
+log = logging.getLogger("edged.publish")
 
 
 def _accept_puback_packet_too_large() -> None:
@@ -247,3 +253,52 @@ def result_properties(s: PublisherSettings) -> dict[bool, Properties | None]:
             p.PayloadFormatIndicator = 1
         out[binary] = p
     return out
+
+
+class Outbox:
+    """What the front (`Publisher`) hands the network thread (`PublishLoop`),
+    and all that both of them change; `lock` guards the deques, `n` and
+    `last_error`. `wake()` ends the network thread's `select`."""
+
+    def __init__(self, queue_size: int) -> None:
+        self.lock = threading.Lock()
+        self.queue: deque[bytes] = deque(maxlen=queue_size)
+        self.pending_stats: bytes | None = None
+        # Retained "control" messages (e.g. Home Assistant discovery): never dropped,
+        # sent before results.
+        self.control: deque[tuple[str, bytes]] = deque()
+        self.n = dict.fromkeys(("published", "acked", "rejected", "dropped", "too_large",
+                                "connects", "connect_failures"), 0)
+        self.last_error: str | None = None
+        self.drop_logged = False
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.wake_pending = False
+
+    def too_large(self, size: int, limit: str) -> None:
+        with self.lock:
+            self.n["too_large"] += 1
+            first = self.n["too_large"] == 1
+            self.last_error = f"result of {size} bytes exceeds {limit}; not sent"
+        if first:  # the same every frame: once is enough, the counter tells the rest
+            log.error("MQTT: %s (binary encoding or a decoder makes results smaller)",
+                      self.last_error)
+
+    def wake(self) -> None:
+        if self.wake_pending:
+            return
+        self.wake_pending = True
+        with contextlib.suppress(OSError):  # full: a wake-up is already pending
+            self.wake_w.send(b"\0")
+
+    def drain_wake(self) -> None:
+        self.wake_pending = False
+        with contextlib.suppress(OSError):
+            while self.wake_r.recv(4096):
+                pass
+
+    def close_wake(self) -> None:
+        # A daemon that rebuilds its publisher on reload must not leak the pair.
+        self.wake_r.close()
+        self.wake_w.close()

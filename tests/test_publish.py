@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Subscriber, TlsFiles, make_ca, make_tls_files, retained
 
+import edged.publish
 from edged.payload import (
     Result,
     decode_result,
@@ -29,6 +30,7 @@ from edged.payload import (
     outputs_from,
 )
 from edged.publish import Publisher, PublisherError, PublisherSettings, TlsSettings
+from edged.publish_loop import PublishLoop
 from edged.publish_setup import backoff_delay
 from edged.tensors import TensorInfo
 
@@ -415,7 +417,7 @@ def test_settings_errors_are_one_line(tmp_path: Path) -> None:
         Publisher(PublisherSettings(device_id="a/b"))
 
 
-class _RaisingPublisher(Publisher):
+class _RaisingLoop(PublishLoop):
     """A callback of ours that fails: paho must swallow it (suppress_exceptions)."""
 
     def _on_publish(self, *args: Any) -> None:
@@ -423,8 +425,10 @@ class _RaisingPublisher(Publisher):
         raise RuntimeError("a bug in a callback")
 
 
-def test_a_failing_callback_does_not_kill_the_network_thread(broker: Mosquitto) -> None:
-    pub = _RaisingPublisher(PublisherSettings(device_id="cam-1", port=broker.port, **FAST))
+def test_a_failing_callback_does_not_kill_the_network_thread(
+        broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edged.publish, "PublishLoop", _RaisingLoop)
+    pub = Publisher(PublisherSettings(device_id="cam-1", port=broker.port, **FAST))
     pub.start()
     try:
         with Subscriber(broker.port, "edged/cam-1/results") as sub:
