@@ -25,11 +25,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
 from edged.tensors import TensorInfo
-from edged.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, send
+from edged.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, receive, send
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,7 @@ class Supervisor:
         self.state = "stopped"
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._inbox = bytearray(MAX_PACKET)
         self._memfd = -1
         self._buf: mmap.mmap | None = None
         self._pixels: list[NDArray[np.uint8]] = []
@@ -228,12 +228,9 @@ class Supervisor:
         if not ready:
             raise self._failed(f"worker hung: no answer within {timeout_s:g} s while {doing}")
         try:
-            data = self._sock.recv(MAX_PACKET)
-        except OSError:
-            data = b""
-        if not data:
-            raise self._failed(f"worker {self._exit_description()} while {doing}")
-        message: dict[str, Any] = orjson.loads(data)
+            message, _ = receive(self._sock, self._inbox)
+        except (OSError, EOFError):
+            raise self._failed(f"worker {self._exit_description()} while {doing}") from None
         return message
 
     def _exit_description(self) -> str:
