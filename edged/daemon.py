@@ -206,7 +206,8 @@ class Daemon:
 
     def _on_published(self) -> None:
         self._frames.beat()
-        self._first_result.set()
+        if not self._first_result.is_set():  # set() takes a lock and notifies, every time
+            self._first_result.set()
 
     # -- housekeeping -----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ section changed, with the same functions that built them at start-up.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -179,6 +180,11 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
     return Decoding(info, kind, settings, labels, (width, height))
 
 
+@functools.lru_cache(maxsize=8)
+def _file_name(path: str) -> str:
+    return Path(path).name  # a Path per result was a tenth of the pipeline thread's CPU
+
+
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None]) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result."""
@@ -210,7 +216,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
         payload = encode(Payload(
             device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
             # Read per result: a CPU fallback changes both.
-            model=Path(supervisor.params.model_path).name,
+            model=_file_name(supervisor.params.model_path),
             delegate=supervisor.info.delegate if supervisor.info else "",
             outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
             timings_us=timings, decoded=decoded,

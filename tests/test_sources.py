@@ -50,6 +50,25 @@ def test_synthetic_is_deterministic_sized_rgb_and_numbered() -> None:
     assert not np.array_equal(got[0], got[1])
 
 
+def test_synthetic_recycles_buffers_but_never_one_still_held() -> None:
+    src = ResilientSource(open_source("synthetic", size=(48, 64), fps=0))
+    held = [src.read() for _ in range(6)]  # more than it recycles
+    addresses = set()
+    for _ in range(50):
+        frame = src.read()
+        assert frame is not None and not frame.pixels.flags.writeable
+        addresses.add(frame.pixels.ctypes.data)
+        assert np.array_equal(frame.pixels, pattern(frame.seq, 48, 64))
+    view = frame.pixels[10:20]  # a view keeps its frame's buffer from being redrawn
+    del frame
+    for _ in range(10):
+        src.read()
+    assert np.array_equal(view, pattern(55, 48, 64)[10:20])
+    for f in held:
+        assert f is not None and np.array_equal(f.pixels, pattern(f.seq, 48, 64))
+    assert len(addresses) <= 2  # released frames' buffers were reused, not reallocated
+
+
 def test_synthetic_paces_to_fps() -> None:
     src = ResilientSource(open_source("synthetic", size=(8, 8), fps=50))
     t0 = time.monotonic()
