@@ -184,7 +184,10 @@ class PublishLoop:
             if sock in readable and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if self.connected and closing_until is None:
-                self._pump()
+                # Again while messages landed during the pump: their wake() found a
+                # look pending and sent nothing (see Outbox.pumped).
+                while self._pump() and out.pumped(stats_sendable=self._stats_mid is None):
+                    pass
             if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -227,13 +230,19 @@ class PublishLoop:
         log.info("MQTT: disconnected cleanly (offline published)")
         return True
 
-    def _pump(self) -> None:
-        """Feed paho from our queue while its window and the socket have room."""
+    def _pump(self) -> bool:
+        """Feed paho from our queue while its window and the socket have room.
+
+        True when it stopped because everything queued was taken; False when
+        paho's window or the socket stopped it (a PUBACK or a writable socket
+        wakes this thread for the rest)."""
         client, s, out = self.client, self.settings, self._out
         while out.control and not client.want_write():
             with out.lock:
                 topic, body = out.control.popleft()
             client.publish(topic, body, qos=s.status_qos, retain=True)
+        if out.control:
+            return False
         if self._stats_mid is None and out.pending_stats is not None:
             with out.lock:
                 stats, out.pending_stats = out.pending_stats, None
@@ -249,10 +258,10 @@ class PublishLoop:
                     self._inflight[info.mid] = "stats"
         while not client.want_write():  # unsent bytes: the socket is the bottleneck
             if s.results_qos and self.inflight_results >= s.max_inflight:
-                return
+                return False
             with out.lock:
                 if not out.queue:
-                    return
+                    return True
                 payload = out.queue.popleft()
             limit = self._server_max
             if limit and len(payload) + len(self.results_topic) + 64 > limit:
@@ -272,9 +281,10 @@ class PublishLoop:
                         out.queue.appendleft(payload)
                     else:
                         out.n["dropped"] += 1
-                return
+                return False
             with out.lock:
                 out.n["published"] += 1
+        return False
 
     # ----------------------------------------------- paho callbacks
 

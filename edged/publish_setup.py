@@ -286,6 +286,13 @@ class Outbox:
                       self.last_error)
 
     def wake(self) -> None:
+        """Any thread, after queueing: make sure the network thread looks soon.
+
+        `wake_pending` means it will look at the queues again without another
+        byte: one is in the socket, or it is pumping, or paho's window or the
+        socket stopped it and a PUBACK or a writable socket will wake it. That
+        saves a send(), and a wake-up of the network thread, per result while it
+        is busy. Only `pumped()` clears it."""
         if self.wake_pending:
             return
         self.wake_pending = True
@@ -293,10 +300,21 @@ class Outbox:
             self.wake_w.send(b"\0")
 
     def drain_wake(self) -> None:
-        self.wake_pending = False
         with contextlib.suppress(OSError):
             while self.wake_r.recv(4096):
                 pass
+
+    def pumped(self, *, stats_sendable: bool) -> bool:
+        """Network thread, right after it fed paho everything queued: from now on a
+        new message needs a wake-up again. True when more has landed meanwhile.
+
+        Cleared after the queues were read, never before: clearing before the
+        drain let a wake() in between leave the flag set with the socket empty,
+        and every later result waited for a PUBACK or the 1 s select timeout."""
+        self.wake_pending = False
+        with self.lock:
+            return bool(self.queue or self.control) or (
+                stats_sendable and self.pending_stats is not None)
 
     def close_wake(self) -> None:
         # A daemon that rebuilds its publisher on reload must not leak the pair.

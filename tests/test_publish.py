@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from edged.payload import (
 )
 from edged.publish import Publisher, PublisherError, PublisherSettings, TlsSettings
 from edged.publish_loop import PublishLoop
-from edged.publish_setup import backoff_delay
+from edged.publish_setup import Outbox, backoff_delay
 from edged.tensors import TensorInfo
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
@@ -133,6 +134,36 @@ def test_results_leave_without_waiting_for_nagle(broker: Mosquitto) -> None:
         assert nagle_off(pub)
     finally:
         pub.stop()
+
+
+def test_a_result_queued_while_the_network_thread_pumps_is_never_stranded() -> None:
+    """`wake()` skips its byte while a look at the queue is pending; whatever lands
+    between the pump reading the queue and `pumped()` must still be sent."""
+    out = Outbox(queue_size=8)
+
+    def wake_readable() -> bool:
+        return bool(select.select([out.wake_r], [], [], 0)[0])
+
+    try:
+        out.queue.append(b"r1")
+        out.wake()
+        assert wake_readable()
+        out.drain_wake()  # the network thread wakes ...
+        out.queue.append(b"r2")
+        out.wake()  # ... and a result lands meanwhile: no byte, a look is pending
+        taken = [out.queue.popleft()]  # the pump takes r1 only
+        out.queue.append(b"r3")
+        out.wake()  # lands after the pump read the queue: still no byte
+        assert not wake_readable()
+        assert out.pumped(stats_sendable=True) is True  # so the loop schedules another pump
+        taken += [out.queue.popleft(), out.queue.popleft()]
+        assert taken == [b"r1", b"r2", b"r3"]
+        assert out.pumped(stats_sendable=True) is False
+        out.queue.append(b"r4")
+        out.wake()  # nothing pending now: this one must wake the thread
+        assert wake_readable()
+    finally:
+        out.close_wake()
 
 
 def test_will_is_published_when_the_publisher_process_is_killed(broker: Mosquitto) -> None:
