@@ -182,8 +182,11 @@ class BenchDaemon:
         self.cpu_us_per_result: dict[str, float] = {}
 
     def _cpu(self) -> dict[str, float]:
+        # "subscriber": this process, whose only busy thread meanwhile is the
+        # subscriber's; the observer's cost competes for the cores like the rest.
         return {"daemon": cpu_seconds(self.proc.pid), "worker": cpu_seconds(self.worker_pid()),
-                "mosquitto": cpu_seconds(self.broker.proc.pid)}
+                "mosquitto": cpu_seconds(self.broker.proc.pid),
+                "subscriber": cpu_seconds(os.getpid())}
 
     def log_tail(self) -> str:
         """The daemon's last error line (or last line), for a one-line failure."""

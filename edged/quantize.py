@@ -170,6 +170,9 @@ def input_channels(t: TensorInfo) -> int:
     return t.shape[-1] if len(t.shape) == 4 else 1
 
 
+_SIGN_BIT = np.uint8(0x80)  # uint8 ^ 0x80, read as int8, is the pixel minus 128
+
+
 class PixelQuantizer:
     """uint8 camera pixels -> the input tensor's values, via one table per channel.
 
@@ -228,11 +231,19 @@ class PixelQuantizer:
             raise TypeError(f"pixels must be uint8, got {pixels.dtype}")
         if out is None:
             out = np.empty(pixels.shape, dtype=self.table.dtype)
-        target = out.reshape(pixels.shape)  # a view for contiguous buffers
+        if out.flags.c_contiguous:
+            self._fill(pixels, out.reshape(pixels.shape))  # a view: written in place
+        else:
+            target = np.empty(pixels.shape, dtype=self.table.dtype)
+            self._fill(pixels, target)
+            out[...] = target.reshape(out.shape)
+        return out
+
+    def _fill(self, pixels: NDArray[np.uint8], target: NDArray[Any]) -> None:
         if self.path == "identity":
             np.copyto(target, pixels)
         elif self.path == "xor":
-            np.bitwise_xor(pixels, 0x80, out=target.view(np.uint8))
+            np.bitwise_xor(pixels, _SIGN_BIT, out=target.view(np.uint8))
         elif self._cv_table is not None and pixels.ndim >= 2:
             _cv2.LUT(pixels, self._cv_table, dst=target)
         elif self.channels == 1:
@@ -240,8 +251,4 @@ class PixelQuantizer:
         else:
             for c in range(self.channels):
                 np.take(self.table[:, c], pixels[..., c], out=target[..., c])
-        if not np.shares_memory(target, out):
-            # reshape had to copy (out not contiguous): write back.
-            out[...] = target.reshape(out.shape)
-        return out
 
