@@ -134,6 +134,9 @@ class SyntheticSource(DriverBase):
         out = pattern(index, *self._hw, base=base)
         if len(self._buffers) < _BUFFERS:
             self._buffers.append(_Buffer(out, index))
+        else:  # all held (a consumer keeps frames): its oldest stays with it, not here
+            oldest = min(range(_BUFFERS), key=lambda i: self._buffers[i].index)
+            self._buffers[oldest] = _Buffer(out, index)
         return out
 
     def close(self) -> None:
