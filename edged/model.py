@@ -183,7 +183,9 @@ class Model:
 
     def raw_outputs(self) -> list[NDArray[Any]]:
         """Each output as the model produced it (copies), in `outputs` order."""
-        return [np.array(self._interpreter.get_tensor(t.index)) for t in self.outputs]
+        # get_tensor already returns a copy that owns its data (ai_edge_litert,
+        # tflite_runtime and tensorflow.lite alike; test_model checks it).
+        return [self._interpreter.get_tensor(t.index) for t in self.outputs]
 
     def copy_raw_outputs(self, into: list[NDArray[Any]]) -> None:
         """Copy each raw output into a caller's buffer (the worker's shared slot), one copy."""

@@ -121,6 +121,25 @@ def test_deeplab_argmax_stays_integer(runtime: Runtime, shared_models: Path) -> 
     assert 8 in np.unique(out)  # pascal class 8 is "cat"
 
 
+@pytest.mark.parametrize("name", ["digits_int8.tflite", "mixed_outputs.tflite"])
+def test_raw_outputs_are_copies_the_next_invoke_leaves_alone(runtime: Runtime,
+                                                              test_models: Path,
+                                                              name: str) -> None:
+    # raw_outputs hands over get_tensor's own arrays: that must be a copy on every runtime.
+    model = Model.load(test_models / name, runtime)
+    random_input(model)
+    model.invoke()
+    first = model.raw_outputs()
+    kept = [q.copy() for q in first]
+    t = model.inputs[0]
+    model.set_input_pixels(np.zeros(t.shape[1:], np.uint8), PixelQuantizer(t))
+    model.invoke()
+    assert any(not np.array_equal(a, b) for a, b in zip(model.raw_outputs(), kept, strict=True))
+    for q, k in zip(first, kept, strict=True):
+        assert q.flags.owndata
+        np.testing.assert_array_equal(q, k)
+
+
 def test_outputs_follow_the_files_declared_order(runtime: Runtime, test_models: Path) -> None:
     path = test_models / "multi_output_int8.tflite"
     if not path.is_file():
