@@ -31,6 +31,7 @@ import numpy as np
 
 from edged.benchrows import STAGES, RowSpec, micro
 from edged.benchtable import render, target_lines, targets
+from edged.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
@@ -152,11 +153,7 @@ class RowProcess:
     def close(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10.0, sig=None)  # a closed stdin ends it
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from edged.benchrows import proc_status_kb
+from edged.childproc import stop_process
 from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
 
 SETTLE_RESULTS = 10  # results after a resume that are not counted (warming up again)
@@ -150,13 +151,7 @@ class Broker:
         with contextlib.suppress(Exception):
             self.client.loop_stop()
             self.client.disconnect()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5.0)
 
 
 class BenchDaemon:
@@ -252,13 +247,7 @@ class BenchDaemon:
 
     def stop(self) -> None:
         self.resume()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, 15.0, group=True)
 
 
 def summarize_run(received: list[tuple[float, bytes]]) -> dict[str, Any]:

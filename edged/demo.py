@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from edged.childproc import stop_process
+
 DATA = Path(__file__).resolve().parent / "data"
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 BROKER_ENV = "EDGED_DEMO_BROKER"
@@ -194,6 +196,5 @@ def _demo(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 130
         finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.terminate()
-                daemon.wait(10)
+            if daemon is not None:
+                stop_process(daemon, 10.0)

@@ -47,6 +47,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edged.childproc import stop_process
+
 MOSQUITTO = os.environ.get("EDGED_TEST_MOSQUITTO", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = os.environ.get("EDGED_TEST_MOSQUITTO_PASSWD", "mosquitto_passwd")
 HOST = "127.0.0.1"
@@ -223,13 +225,7 @@ class Mosquitto:
         """Signal the broker and wait for it to exit (SIGKILL after `timeout`)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        stop_process(self.proc, timeout, sig)
         self.proc = None
 
     def kill(self) -> None:

@@ -26,6 +26,8 @@ from broker import Mosquitto
 from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, write_config
 from numpy.typing import NDArray
 
+from edged.childproc import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "edged" / "schemas" / "result-v1.schema.json").read_text())
 REFERENCE = json.loads((ROOT / "tests" / "data" / "reference.json").read_text())
@@ -83,12 +85,7 @@ class MosquittoSub:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 5.0)
         self._reader.join(5)
 
 

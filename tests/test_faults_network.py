@@ -19,7 +19,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ from faults_helpers import (
     wait_until,
 )
 from notify_helpers import path_listener
+
+from edged.childproc import stop_process
 
 MOSQUITTO = os.environ.get("EDGED_TEST_MOSQUITTO", "/usr/sbin/mosquitto")
 PORT = 1883  # inside the broker's own namespace: nothing else listens there
@@ -125,12 +126,7 @@ def netns_process(ns: str, cmd: list[str], out: Path) -> Iterator[subprocess.Pop
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 5.0)
 
 
 def _messages(path: Path) -> list[tuple[str, dict[str, Any]]]:
