@@ -3,10 +3,10 @@
 The runtimes report a damaged or unsuitable model late and badly: a truncated
 file can crash the process, an Edge TPU model on the CPU fails only at
 `allocate_tensors()` with a message about "unresolved custom op". So edged
-reads the flatbuffer first, with a small reader that checks every offset it
-follows against the file size, and turns each problem into one line naming
-the file. We do not use the generated schema module: `tflite_runtime` does not
-ship it, and it trusts its input.
+reads the flatbuffer first, through the bounds-checked reader in
+`edged.flatbuffer`, and turns each problem into one line naming the file.
+We do not use the generated schema module: `tflite_runtime` does not ship
+it, and it trusts its input.
 
 Only the parts edged needs are read (operator codes, subgraph inputs, outputs,
 tensors, operators, buffers, signature defs), but those are read completely,
@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from edged.flatbuffer import MalformedError, Reader, Table
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 FILE_IDENTIFIER = b"TFL3"
@@ -47,10 +49,6 @@ DelegateKind = Literal["cpu", "edgetpu", "external"]
 
 class ModelFileError(ValueError):
     """A model file that cannot be used, with a one-line reason naming the file."""
-
-
-class _MalformedError(Exception):
-    """Internal: a structural problem, turned into `ModelFileError` with the path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,126 +96,7 @@ class ModelFileInfo:
         return {}
 
 
-class _Reader:
-    """Bounds-checked access to flatbuffer tables, vectors and strings."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.size = len(data)
-        # Every element of every vector we walk is read once; in a sound file
-        # they occupy distinct bytes, so more visits than bytes means offsets
-        # that point back at the same data (a corrupt file could otherwise
-        # make the walk quadratic).
-        self.budget = self.size + 1024
-
-    def spend(self, n: int, what: str) -> None:
-        self.budget -= n
-        if self.budget < 0:
-            raise _MalformedError(f"{what}: offsets refer to the same data repeatedly: corrupt")
-
-    def _need(self, pos: int, n: int, what: str) -> None:
-        if pos < 0 or n < 0 or pos + n > self.size:
-            raise _MalformedError(f"{what} at offset {pos} runs past the end of the file "
-                             f"({self.size} bytes): truncated or corrupt")
-
-    def u8(self, pos: int, what: str) -> int:
-        self._need(pos, 1, what)
-        return self.data[pos]
-
-    def u16(self, pos: int, what: str) -> int:
-        self._need(pos, 2, what)
-        value: int = struct.unpack_from("<H", self.data, pos)[0]
-        return value
-
-    def u32(self, pos: int, what: str) -> int:
-        self._need(pos, 4, what)
-        value: int = struct.unpack_from("<I", self.data, pos)[0]
-        return value
-
-    def i32(self, pos: int, what: str) -> int:
-        self._need(pos, 4, what)
-        value: int = struct.unpack_from("<i", self.data, pos)[0]
-        return value
-
-    def deref(self, pos: int, what: str) -> int:
-        """Follow the uoffset stored at `pos`."""
-        target = pos + self.u32(pos, what)
-        self._need(target, 4, what)
-        return target
-
-    def table(self, pos: int, what: str) -> _Table:
-        vtable = pos - self.i32(pos, what)
-        vt_size = self.u16(vtable, f"{what} vtable")
-        table_size = self.u16(vtable + 2, f"{what} vtable")
-        if vt_size < 4 or vt_size % 2:
-            raise _MalformedError(f"{what}: bad vtable size {vt_size}")
-        self._need(vtable, vt_size, f"{what} vtable")
-        self._need(pos, max(table_size, 4), what)
-        return _Table(self, pos, vtable, vt_size=vt_size, table_size=table_size, what=what)
-
-
-class _Table:
-    def __init__(self, r: _Reader, pos: int, vtable: int, *, vt_size: int, table_size: int,
-                 what: str) -> None:
-        self.r, self.pos, self.vtable = r, pos, vtable
-        self.vt_size, self.table_size, self.what = vt_size, table_size, what
-
-    def _field(self, slot: int, width: int) -> int | None:
-        """Absolute position of field `slot`, or None when absent."""
-        entry = 4 + 2 * slot
-        if entry + 2 > self.vt_size:
-            return None
-        offset = self.r.u16(self.vtable + entry, self.what)
-        if offset == 0:
-            return None
-        if offset + width > self.table_size:
-            raise _MalformedError(f"{self.what}: field {slot} lies outside its table")
-        return self.pos + offset
-
-    def scalar(self, slot: int, fmt: str, default: int) -> int:
-        width = struct.calcsize("<" + fmt)
-        pos = self._field(slot, width)
-        if pos is None:
-            return default
-        self.r._need(pos, width, self.what)
-        value: int = struct.unpack_from("<" + fmt, self.r.data, pos)[0]
-        return value
-
-    def vector(self, slot: int, elem_size: int, what: str) -> tuple[int, int]:
-        """(position of the first element, length); (0, 0) when absent."""
-        pos = self._field(slot, 4)
-        if pos is None:
-            return 0, 0
-        start = self.r.deref(pos, what)
-        length = self.r.u32(start, what)
-        # Checking the whole extent here bounds every loop over the vector
-        # by the file size: a corrupt length cannot make us spin.
-        self.r._need(start + 4, length * elem_size, what)
-        self.r.spend(length, what)
-        return start + 4, length
-
-    def string(self, slot: int, what: str) -> str:
-        start, length = self.vector(slot, 1, what)
-        if not length:
-            return ""
-        try:
-            # Flatbuffer strings are UTF-8, and the runtimes' Python wrappers
-            # decode tensor names strictly: a damaged one fails there, untidily.
-            return self.r.data[start:start + length].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _MalformedError(f"{what}: not UTF-8 ({exc.reason}): corrupt") from None
-
-    def ints(self, slot: int, what: str) -> tuple[int, ...]:
-        start, length = self.vector(slot, 4, what)
-        return struct.unpack_from(f"<{length}i", self.r.data, start) if length else ()
-
-    def tables(self, slot: int, what: str) -> list[_Table]:
-        start, length = self.vector(slot, 4, what)
-        return [self.r.table(self.r.deref(start + 4 * i, what), f"{what}[{i}]")
-                for i in range(length)]
-
-
-def _operator_code(t: _Table) -> tuple[int, str]:
+def _operator_code(t: Table) -> tuple[int, str]:
     # Schema rule: the real code is the larger of the deprecated int8 field and
     # the int32 field (old files fill only the first, new ones both).
     deprecated = t.scalar(0, "b", 0)
@@ -226,7 +105,7 @@ def _operator_code(t: _Table) -> tuple[int, str]:
     return code, t.string(1, f"{t.what}.custom_code") if code == BUILTIN_CUSTOM else ""
 
 
-def _check_quantization(q: _Table, tensor_type: int, name: str) -> None:
+def _check_quantization(q: Table, tensor_type: int, name: str) -> None:
     # The runtime trusts these values, and its kernels abort (a zero scale
     # fails a CHECK) or crash (a zero point outside the type indexes past a
     # table): both found by mutating the test models (tests/test_faults_models.py).
@@ -236,20 +115,20 @@ def _check_quantization(q: _Table, tensor_type: int, name: str) -> None:
     zero_points = struct.unpack_from(f"<{nz}q", q.r.data, start) if nz else ()
     low, high = _ZERO_POINT_RANGE.get(tensor_type, (None, None))
     if any(not 0.0 <= s < math.inf for s in scales) or (low is not None and 0.0 in scales):
-        raise _MalformedError(f"{q.what} of tensor {name!r}: scale "
-                              f"{next(s for s in scales if not 0.0 < s < math.inf)} is not "
-                              "finite and > 0: corrupt")
+        raise MalformedError(f"{q.what} of tensor {name!r}: scale "
+                             f"{next(s for s in scales if not 0.0 < s < math.inf)} is not "
+                             "finite and > 0: corrupt")
     if low is not None and zero_points and not scales:
         # Scales zeroed away: a quantized kernel fed this tensor aborts the runtime.
-        raise _MalformedError(f"{q.what} of tensor {name!r}: zero points without scales: "
-                              "corrupt")
+        raise MalformedError(f"{q.what} of tensor {name!r}: zero points without scales: "
+                             "corrupt")
     if low is not None and scales and any(not low <= z <= high for z in zero_points):
-        raise _MalformedError(f"{q.what} of tensor {name!r}: zero point "
-                              f"{next(z for z in zero_points if not low <= z <= high)} is "
-                              f"outside [{low}, {high}]: corrupt")
+        raise MalformedError(f"{q.what} of tensor {name!r}: zero point "
+                             f"{next(z for z in zero_points if not low <= z <= high)} is "
+                             f"outside [{low}, {high}]: corrupt")
 
 
-def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int,
+def _check_subgraph(sg: Table, n_opcodes: int, n_buffers: int,
                     constant_buffers: set[int]) -> tuple[
         tuple[int, ...], tuple[int, ...], tuple[str, ...], tuple[tuple[int, tuple[int, ...]], ...]]:
     tensors = sg.tables(0, f"{sg.what}.tensors")
@@ -259,18 +138,16 @@ def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int,
         # A flipped high bit in a dimension makes the runtime try to allocate
         # gigabytes (it stalls or is OOM-killed).
         if any(d < 0 for d in shape) or math.prod(shape) > MAX_FILE_BYTES:
-            raise _MalformedError(f"{t.what}: impossible shape {list(shape)}: corrupt")
+            raise MalformedError(f"{t.what}: impossible shape {list(shape)}: corrupt")
         if t.scalar(2, "I", 0) in constant_buffers:
             constants.add(i)
         if not 0 <= t.scalar(1, "b", 0) <= _MAX_TENSOR_TYPE:
-            raise _MalformedError(f"{t.what}: unknown tensor type")
+            raise MalformedError(f"{t.what}: unknown tensor type")
         if t.scalar(2, "I", 0) >= max(n_buffers, 1):
-            raise _MalformedError(f"{t.what}: buffer index out of range")
+            raise MalformedError(f"{t.what}: buffer index out of range")
         names.append(t.string(3, f"{t.what}.name"))
-        quantization = t._field(4, 4)
-        if quantization is not None:
-            q = t.r.table(t.r.deref(quantization, f"{t.what}.quantization"),
-                          f"{t.what}.quantization")
+        q = t.table(4, f"{t.what}.quantization")
+        if q is not None:
             _check_quantization(q, t.scalar(1, "b", 0), names[-1])
     n = len(tensors)
 
@@ -278,7 +155,7 @@ def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int,
         values = sg.ints(slot, what)
         low = -1 if allow_optional else 0  # -1 marks an omitted optional operator input
         if any(not low <= v < n for v in values):
-            raise _MalformedError(f"{what}: tensor index out of range (model has {n} tensors)")
+            raise MalformedError(f"{what}: tensor index out of range (model has {n} tensors)")
         return values
 
     inputs = indices(1, f"{sg.what}.inputs", False)
@@ -289,15 +166,15 @@ def _check_subgraph(sg: _Table, n_opcodes: int, n_buffers: int,
     ops = []
     for op in sg.tables(3, f"{sg.what}.operators"):
         if op.scalar(0, "I", 0) >= n_opcodes:
-            raise _MalformedError(f"{op.what}: operator code index out of range")
+            raise MalformedError(f"{op.what}: operator code index out of range")
         op_inputs, op_outputs = op.ints(1, f"{op.what}.inputs"), op.ints(2, f"{op.what}.outputs")
         if any(not -1 <= v < n for v in op_inputs + op_outputs):
-            raise _MalformedError(f"{op.what}: tensor index out of range (model has {n} tensors)")
+            raise MalformedError(f"{op.what}: tensor index out of range (model has {n} tensors)")
         written += [v for v in op_outputs if v in constants]
         ops.append((op.scalar(0, "I", 0), op_outputs))
     if written:
-        raise _MalformedError(f"{sg.what}.tensors[{written[0]}] ({names[written[0]]!r}) holds "
-                              "constant data but is written to: corrupt")
+        raise MalformedError(f"{sg.what}.tensors[{written[0]}] ({names[written[0]]!r}) holds "
+                             "constant data but is written to: corrupt")
     return inputs, outputs, tuple(names), tuple(ops)
 
 
@@ -317,7 +194,7 @@ def _ssd_roles(opcodes: list[tuple[int, str]], ops: tuple[tuple[int, tuple[int, 
     return {}
 
 
-def _signature(t: _Table, subgraph_count: int) -> SignatureInfo:
+def _signature(t: Table, subgraph_count: int) -> SignatureInfo:
     def pairs(slot: int, what: str) -> tuple[tuple[str, int], ...]:
         return tuple((m.string(0, f"{m.what}.name"), m.scalar(1, "I", 0))
                      for m in t.tables(slot, what))
@@ -327,7 +204,7 @@ def _signature(t: _Table, subgraph_count: int) -> SignatureInfo:
                         inputs=pairs(0, f"{t.what}.inputs"),
                         outputs=pairs(1, f"{t.what}.outputs"))
     if sig.subgraph_index >= subgraph_count:
-        raise _MalformedError(f"{t.what}: subgraph index out of range")
+        raise MalformedError(f"{t.what}: subgraph index out of range")
     return sig
 
 
@@ -335,7 +212,7 @@ def parse_model(data: bytes, path: Path) -> ModelFileInfo:
     """Parse flatbuffer bytes; raises only `ModelFileError`."""
     try:
         return _parse(data, path)
-    except _MalformedError as exc:
+    except MalformedError as exc:
         raise ModelFileError(f"{path}: not a valid TFLite model: {exc}") from None
     except (struct.error, RecursionError, OverflowError, MemoryError) as exc:
         # Belt and braces: every read is bounds-checked above, so these
@@ -345,12 +222,12 @@ def parse_model(data: bytes, path: Path) -> ModelFileInfo:
 
 def _parse(data: bytes, path: Path) -> ModelFileInfo:
     if len(data) < 8:
-        raise _MalformedError(f"only {len(data)} bytes, too short for a flatbuffer")
+        raise MalformedError(f"only {len(data)} bytes, too short for a flatbuffer")
     if data[4:8] != FILE_IDENTIFIER:
         raise ModelFileError(
             f"{path}: not a TFLite model (file identifier {data[4:8]!r}, expected "
             f"{FILE_IDENTIFIER!r} at bytes 4..8)")
-    r = _Reader(data)
+    r = Reader(data)
     model = r.table(r.deref(0, "root table"), "model")
     version = model.scalar(0, "I", 0)
     n_buffers = model.vector(4, 4, "model.buffers")[1]
@@ -360,7 +237,7 @@ def _parse(data: bytes, path: Path) -> ModelFileInfo:
     opcodes = [_operator_code(t) for t in model.tables(1, "model.operator_codes")]
     subgraphs = model.tables(2, "model.subgraphs")
     if not subgraphs:
-        raise _MalformedError("the model has no subgraphs")
+        raise MalformedError("the model has no subgraphs")
     main = None
     for sg in subgraphs:
         checked = _check_subgraph(sg, len(opcodes), n_buffers, constant_buffers)
