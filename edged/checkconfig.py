@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import Config, ConfigError, ConfigFile, config_warnings, read_config
-from edged.configsections import OutputConfig
+from edged.configpublish import OutputConfig
 from edged.configtext import os_error
 from edged.tensors import TensorInfo
 

@@ -4,7 +4,9 @@ Every field has a default that works, so an empty file runs the demo
 (synthetic frames, the bundled digits model, a broker on localhost). Relative
 paths are relative to the directory of the config file, because under
 systemd the working directory is `/`. The sections themselves are in
-`edged.configsections`, re-exported here.
+`edged.configframes` (source to inference), `edged.configpublish` (device,
+mqtt, output, logging) and `edged.configintegrations`, on the base in
+`edged.configsections`; the daemon's own are re-exported here.
 
 Problems are reported as `file:line: section.key: message`, all of them at
 once, never as a traceback; see `load_config`.
@@ -24,20 +26,22 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from edged.configintegrations import HomeAssistantConfig, MetricsConfig
-from edged.configsections import (
-    DeviceConfig,
+from edged.configframes import (
     InferenceConfig,
-    LoggingConfig,
     ModelConfig,
-    MqttConfig,
-    OutputConfig,
     PreprocessConfig,
-    Section,
     SourceConfig,
-    default_device_id,
     packaged_model,
 )
+from edged.configintegrations import HomeAssistantConfig, MetricsConfig
+from edged.configpublish import (
+    DeviceConfig,
+    LoggingConfig,
+    MqttConfig,
+    OutputConfig,
+    default_device_id,
+)
+from edged.configsections import Section
 from edged.configtext import (
     ConfigError,
     KeyPath,

@@ -1,7 +1,8 @@
 """Config sections for the tools edged plugs into: Home Assistant and Prometheus.
 
-Kept apart from `edged.configsections` (the daemon's own stages) so each file
-stays readable; `edged.config` puts them all in one `Config`.
+Kept apart from `edged.configframes` and `edged.configpublish` (the daemon's
+own stages) so each file stays readable; `edged.config` puts them all in one
+`Config`.
 """
 
 from __future__ import annotations
