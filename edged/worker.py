@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from edged.tensors import TensorInfo
 
 MAX_PACKET = 1 << 20
-_FD = array.array("i")  # SCM_RIGHTS carries C ints
+_FD_TYPE = "i"  # SCM_RIGHTS carries C ints
 _ALIGN = 64
 
 
@@ -132,11 +132,11 @@ def receive(sock: socket.socket, buf: bytearray, max_fds: int = 0
     `recv(MAX_PACKET)` allocates, faults in and frees 1 MiB per packet (~15 us,
     more with cold caches right after an invoke), and there are two packets a frame.
     """
-    ancillary = socket.CMSG_SPACE(max_fds * _FD.itemsize) if max_fds else 0
+    fds = array.array(_FD_TYPE)
+    ancillary = socket.CMSG_SPACE(max_fds * fds.itemsize) if max_fds else 0
     nbytes, ancdata, _flags, _addr = sock.recvmsg_into([buf], ancillary)
     if not nbytes:
         raise EOFError("the other end closed the worker socket")
-    fds = array.array(_FD.typecode)
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
