@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edged.benchtable import render
 from edged.preprocess import Preprocessor
 from edged.quantize import dequantize
 from edged.tensors import TensorInfo
@@ -94,6 +95,17 @@ def test_table_output_names_every_row() -> None:
                  "quantize_224x224x3_table", "targets:"):
         assert text in out
     assert "naive" not in out.split("hot path")[0]
+
+
+@pytest.mark.parametrize(("publish_us", "said"), [(550_000.0, True), (480.0, False)])
+def test_a_daemon_row_paced_by_a_standing_queue_says_so(publish_us: float, said: bool) -> None:
+    stages = dict.fromkeys(("resize", "quantize", "invoke", "dequantize", "decode"), 1.0)
+    row = {"row": "daemon", "title": "edged daemon", "model": "m.tflite", "source": "224x224",
+           "fps": 450.0, "fps_min": 400.0, "fps_max": 500.0, "ratio": 0.9, "peak_rss_mb": 140.0,
+           "stages_us": {**stages, "publish": publish_us}}
+    report = {"machine": {"cpu": "cpu", "cores": 2, "runtime": "rt"}, "threads": 2,
+              "delegate": "cpu", "runs": 1, "frames": 10, "rows": [row]}
+    assert ("waited 550 ms in the publisher's queue" in render(report)) is said
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
