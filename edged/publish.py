@@ -74,10 +74,14 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._successor: Publisher | None = None  # set by a reload's take_over()
         self.client_id = s.client_id or f"edged-{s.device_id}"
-        self._loop = PublishLoop(s, self._out, self._stop, client_id=self.client_id,
-                                 results_topic=self.results_topic,
-                                 status_topic=self.status_topic,
-                                 stats_topic=self.stats_topic, rng=rng or random.Random())
+        try:
+            self._loop = PublishLoop(s, self._out, self._stop, client_id=self.client_id,
+                                     results_topic=self.results_topic,
+                                     status_topic=self.status_topic,
+                                     stats_topic=self.stats_topic, rng=rng or random.Random())
+        except BaseException:
+            self._out.close_wake()  # a reload retried with a bad TLS file must not leak fds
+            raise
 
     @property
     def _client(self) -> mqtt.Client:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import select
 import signal
@@ -442,6 +443,15 @@ def test_settings_errors_are_one_line(tmp_path: Path) -> None:
     garbage.write_text("not a certificate\n")
     with pytest.raises(PublisherError, match=r"^mqtt\.tls: cannot load .*garbage\.pem: TLS: "):
         Publisher(PublisherSettings(device_id="cam-1", tls=TlsSettings(garbage)))
+    # A reload retried with that file must not leak the wake-up socket pair each time
+    # (the failures are kept, so nothing is left for the garbage collector to close).
+    fds = len(os.listdir("/proc/self/fd"))
+    kept = []
+    for _ in range(3):
+        with pytest.raises(PublisherError) as failed:
+            Publisher(PublisherSettings(device_id="cam-1", tls=TlsSettings(garbage)))
+        kept.append(failed)
+    assert len(os.listdir("/proc/self/fd")) == fds
     with pytest.raises(PublisherError, match=r"^mqtt\.prefix 'a/#': must be a topic"):
         Publisher(PublisherSettings(device_id="cam-1", prefix="a/#"))
     with pytest.raises(ValueError, match="device_id 'a/b': must be one topic level"):
