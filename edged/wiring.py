@@ -6,7 +6,6 @@ section changed, with the same functions that built them at start-up.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -180,11 +179,6 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
     return Decoding(info, kind, settings, labels, (width, height))
 
 
-@functools.lru_cache(maxsize=8)
-def _file_name(path: str) -> str:
-    return Path(path).name  # a Path per result was a tenth of the pipeline thread's CPU
-
-
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None]) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result."""
@@ -194,13 +188,17 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     decoding = build_decoding(cfg, supervisor.info, labels)
     encode = encode_result_binary if out.encoding == "binary" else encode_result_json
     device_id = cfg.device.id
+    # Per loaded model, not per result (a Path per result was a tenth of this
+    # thread's CPU): a CPU fallback changes the file, and brings a new `info`.
+    model_name = Path(supervisor.params.model_path).name
 
     def deliver(result: Result) -> None:
-        nonlocal decoding
+        nonlocal decoding, model_name
         if supervisor.info is not None and supervisor.info is not decoding.info:
             # A restarted worker, maybe on the CPU model after an Edge TPU fallback: another
             # file can have other tensor indices (SSD roles) or class counts.
             decoding = build_decoding(cfg, supervisor.info, labels, announce=False)
+            model_name = Path(supervisor.params.model_path).name
         d = decoding
         t0 = time.perf_counter_ns()
         decoded = None
@@ -215,9 +213,8 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
         timings["decode"] = (t1 - t0) // 1000
         payload = encode(Payload(
             device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
-            # Read per result: a CPU fallback changes both.
-            model=_file_name(supervisor.params.model_path),
-            delegate=supervisor.info.delegate if supervisor.info else "",
+            model=model_name,
+            delegate=decoding.info.delegate,
             outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
             timings_us=timings, decoded=decoded,
         ))
