@@ -68,15 +68,18 @@ def _sensor(oid: str, key: str, name: str, topic: str, template: str, **extra: A
             "val_tpl": template, **extra}
 
 
+# The first class's label, or its id when the model has no labels file.
+_TOP_LABEL = _CLASSES + ("{{ ((c[0].label if c[0].label is not none else c[0].label_id)"
+                         " if c else 'none') }}")
+
+
 def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
                        ) -> dict[str, dict[str, Any]]:
     """Entities fed by the results topic, per decoder kind."""
     meas = {"stat_cla": "measurement"}
     if kind == "classification":
         return {
-            "top_class": _sensor(oid, "top_class", "Top class", topic, _CLASSES +
-                                 "{{ ((c[0].label if c[0].label is not none else c[0].label_id)"
-                                 " if c else 'none') }}", ic="mdi:tag"),
+            "top_class": _sensor(oid, "top_class", "Top class", topic, _TOP_LABEL, ic="mdi:tag"),
             "top_score": _sensor(oid, "top_score", "Top score", topic,
                                  _CLASSES + "{{ c[0].score if c else 0 }}",
                                  sug_dsp_prc=2, **meas),
@@ -98,9 +101,8 @@ def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
                                       sug_dsp_prc=2, **meas)}
     if kind == "segmentation":
         return {
-            "top_class": _sensor(oid, "top_class", "Largest class", topic, _CLASSES +
-                                 "{{ ((c[0].label if c[0].label is not none else c[0].label_id)"
-                                 " if c else 'none') }}", ic="mdi:tag"),
+            "top_class": _sensor(oid, "top_class", "Largest class", topic,
+                                 _TOP_LABEL, ic="mdi:tag"),
             "top_fraction": _sensor(oid, "top_fraction", "Largest class fraction", topic,
                                     _CLASSES + "{{ c[0].fraction if c else 0 }}",
                                     sug_dsp_prc=2, **meas),
