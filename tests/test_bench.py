@@ -167,3 +167,26 @@ def test_preprocess_refuses_a_strided_buffer() -> None:
     pre = Preprocessor((8, 8), 3)
     with pytest.raises(ValueError, match="C-contiguous"):
         pre(np.zeros((16, 16, 3), np.uint8), out=np.zeros((8, 16, 3), np.uint8)[:, ::2])
+
+
+DIGITS_MODEL = ROOT / "edged" / "data" / "digits_int8.tflite"
+
+
+def test_contention_script_measures_on_the_committed_model() -> None:
+    done = subprocess.run([sys.executable, "scripts/contention.py", "--model",
+                           str(DIGITS_MODEL)], check=False, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "beside one busy Python thread" in done.stdout
+    assert "after an invoke us" in done.stdout and "no-op call" in done.stdout
+
+
+def test_latency_split_script_splits_each_result_at_published_at() -> None:
+    # The committed model's frames are 32x32; the script offers 224x224, resized.
+    done = subprocess.run([sys.executable, "scripts/latency_split.py", "--model",
+                           str(DIGITS_MODEL), "--fps", "60", "--results", "40"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    for line in ("40 results at 60 frames/s offered, QoS 1, broker without Nagle",
+                 "capture -> published_at", "published_at -> receipt", "CPU per result: "):
+        assert line in done.stdout, done.stdout

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Why per-frame work costs more than its length beside a multi-threaded invoke.
+
+1. A bare invoke loop, alone and with one busy Python thread beside it
+   (XNNPACK's threads meet at a barrier after every operator: preempting one
+   stalls the other).
+2. What small steps cost warm and right after an invoke (which evicts the
+   caches): the Python the in-process row runs between invokes.
+
+    python scripts/contention.py [--model build/models/mobilenetv2_224_int8.tflite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edged.delegates import DelegateSpec
+from edged.model import Model
+from edged.runtime import select_runtime
+from edged.sources.resilient import ResilientSource
+from edged.sources.synthetic import SyntheticSource
+
+MODEL = Path(__file__).resolve().parent.parent / "build" / "models" / "mobilenetv2_224_int8.tflite"
+
+
+def invokes_per_s(model: Model, n: int = 200) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        model.invoke()
+    return n / (time.perf_counter() - t0)
+
+
+def median_us(fn: Callable[[], object], before: Callable[[], object] | None, n: int = 300
+              ) -> float:
+    times = []
+    for _ in range(n):
+        if before is not None:
+            before()
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times)) / 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    model = Model.load(args.model, select_runtime("auto"),
+                       DelegateSpec(kind="cpu", num_threads=args.threads, fallback="fail"))
+    model.invoke()
+    alone = invokes_per_s(model)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=busy)
+    spinner.start()
+    time.sleep(0.2)
+    beside = invokes_per_s(model)
+    stop.set()
+    spinner.join()
+    print(f"invokes/s, {args.threads} threads: alone {alone:.0f}, "
+          f"beside one busy Python thread {beside:.0f}")
+
+    source = ResilientSource(SyntheticSource((224, 224), fps=0))
+    steps: dict[str, Callable[[], object]] = {
+        "no-op call": lambda: None,
+        "np.empty 150 KB": lambda: np.empty(150_528, np.uint8),
+        "ResilientSource.read (synthetic 224x224)": source.read,
+    }
+    print(f"{'step':<42}{'warm us':>9}{'after an invoke us':>20}")
+    for name, fn in steps.items():
+        print(f"{name:<42}{median_us(fn, None):>9.2f}{median_us(fn, model.invoke):>20.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

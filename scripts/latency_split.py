@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Where a result's latency goes: capture -> published_at (the daemon) and
+published_at -> receipt (the MQTT path), with a C receiver that stamps receipt
+itself (`mosquitto_sub -F %U`), plus CPU per result of each process.
+
+    python scripts/latency_split.py --fps 30 --results 600
+    python scripts/latency_split.py --fps 30 --broker-nagle      # mosquitto's default
+    python scripts/latency_split.py --fps 550 --results 3000 --qos 0
+
+The figures of BENCHMARKS.md's second round came from this: the broker's
+Nagle (p99 10.7 ms -> 0.96 ms), and QoS 0 at saturation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from edged.benchdaemon import DaemonSpec, cpu_seconds, daemon_config
+from edged.childproc import stop_process
+from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
+SKIP = 30  # results while the daemon warms up
+
+
+def percentiles(a: np.ndarray) -> str:
+    return " ".join(f"p{q} {np.percentile(a, q):6.2f}" for q in (50, 90, 99)) + \
+        f"  max {a.max():6.2f} ms"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument("--fps", type=float, default=30.0, help="frames offered per second")
+    ap.add_argument("--results", type=int, default=600)
+    ap.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--broker-nagle", action="store_true",
+                    help="leave mosquitto's set_tcp_nodelay at its default (false)")
+    args = ap.parse_args()
+    mosquitto = find_mosquitto()
+    if mosquitto is None:
+        sys.exit("latency_split: mosquitto is not installed (scripts/setup.sh)")
+    with tempfile.TemporaryDirectory(prefix="edged-latency-") as tmp:
+        port = free_port()
+        conf = private_mosquitto_conf(port)
+        if args.broker_nagle:
+            conf = conf.replace("set_tcp_nodelay true\n", "")
+        (Path(tmp) / "m.conf").write_text(conf)
+        broker = subprocess.Popen([mosquitto, "-c", f"{tmp}/m.conf"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        receiver = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t",
+                                     "edged/bench/results", "-F", "%U %p"],
+                                    stdout=subprocess.PIPE)
+        spec = DaemonSpec(model=args.model, threads=2, source_size=(224, 224), fps=args.fps)
+        config = daemon_config(spec, port).replace(
+            "keepalive_s = 3600", f"keepalive_s = 3600\nqos_results = {args.qos}")
+        (Path(tmp) / "d.toml").write_text(config)
+        with open(Path(tmp) / "d.log", "wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config",
+                                       f"{tmp}/d.toml"], stdout=log, stderr=subprocess.STDOUT)
+        rows: list[tuple[float, dict[str, Any]]] = []
+        cpu0: dict[str, float] = {}
+        try:
+            assert receiver.stdout is not None
+            for n, line in enumerate(receiver.stdout):
+                if n == SKIP:
+                    worker = int(Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children")
+                                 .read_text().split()[0])
+                    pids = {"daemon": daemon.pid, "worker": worker, "mosquitto": broker.pid,
+                            "receiver": receiver.pid}
+                    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                if n < SKIP:
+                    continue
+                stamp, _, payload = line.partition(b" ")
+                rows.append((float(stamp), orjson.loads(payload)))
+                if len(rows) >= args.results:
+                    break
+            cpu = {k: (cpu_seconds(p) - cpu0[k]) * 1e6 / len(rows) for k, p in pids.items()}
+        finally:
+            stop_process(daemon, 15.0)
+            stop_process(receiver, 5.0)
+            stop_process(broker, 5.0)
+    total = np.array([(t - d["captured_at"]) * 1e3 for t, d in rows])
+    wire = np.array([(t - d["published_at"]) * 1e3 for t, d in rows])
+    invoke = np.array([d["timings_us"]["invoke"] / 1e3 for _, d in rows])
+    span = rows[-1][0] - rows[0][0]
+    print(f"{len(rows)} results at {args.fps:g} frames/s offered, QoS {args.qos}, broker "
+          f"{'with' if args.broker_nagle else 'without'} Nagle: {(len(rows) - 1) / span:.0f}/s")
+    print("capture -> receipt       ", percentiles(total))
+    print("capture -> published_at  ", percentiles(total - wire))
+    print("published_at -> receipt  ", percentiles(wire))
+    print("invoke                   ", percentiles(invoke))
+    print(f"p99 - invoke p99 {np.percentile(total, 99) - np.percentile(invoke, 99):.2f} ms")
+    print("CPU per result: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
