@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ SKIP = 30  # results while the daemon warms up
 def percentiles(a: np.ndarray) -> str:
     return " ".join(f"p{q} {np.percentile(a, q):6.2f}" for q in (50, 90, 99)) + \
         f"  max {a.max():6.2f} ms"
+
+
+def _end_receiver_if_dead(daemon: subprocess.Popen[bytes],
+                          receiver: subprocess.Popen[bytes]) -> None:
+    daemon.wait()
+    receiver.terminate()
 
 
 def main() -> int:
@@ -62,7 +69,9 @@ def main() -> int:
         receiver = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t",
                                      "edged/bench/results", "-F", "%U %p"],
                                     stdout=subprocess.PIPE)
-        spec = DaemonSpec(model=args.model, threads=2, source_size=(224, 224), fps=args.fps)
+        # Absolute: the daemon resolves a relative path against its config's folder.
+        spec = DaemonSpec(model=str(Path(args.model).resolve()), threads=2,
+                          source_size=(224, 224), fps=args.fps)
         config = daemon_config(spec, port).replace(
             "keepalive_s = 3600", f"keepalive_s = 3600\nqos_results = {args.qos}")
         (Path(tmp) / "d.toml").write_text(config)
@@ -71,6 +80,10 @@ def main() -> int:
                                        f"{tmp}/d.toml"], stdout=log, stderr=subprocess.STDOUT)
         rows: list[tuple[float, dict[str, Any]]] = []
         cpu0: dict[str, float] = {}
+        # A daemon that fails to start would leave the receiver waiting for ever.
+        watchdog = threading.Thread(target=_end_receiver_if_dead, args=(daemon, receiver),
+                                    daemon=True)
+        watchdog.start()
         try:
             assert receiver.stdout is not None
             for n, line in enumerate(receiver.stdout):
@@ -86,6 +99,9 @@ def main() -> int:
                 rows.append((float(stamp), orjson.loads(payload)))
                 if len(rows) >= args.results:
                     break
+            if len(rows) < args.results:
+                sys.exit("latency_split: edged run ended early: "
+                         + (Path(tmp) / "d.log").read_text(errors="replace").strip()[-400:])
             cpu = {k: (cpu_seconds(p) - cpu0[k]) * 1e6 / len(rows) for k, p in pids.items()}
         finally:
             stop_process(daemon, 15.0)

@@ -190,3 +190,14 @@ def test_latency_split_script_splits_each_result_at_published_at() -> None:
     for line in ("40 results at 60 frames/s offered, QoS 1, broker without Nagle",
                  "capture -> published_at", "published_at -> receipt", "CPU per result: "):
         assert line in done.stdout, done.stdout
+
+
+def test_latency_split_script_ends_with_the_daemons_error_when_it_cannot_start(
+        tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "scripts/latency_split.py", "--model",
+                           str(tmp_path / "missing.tflite"), "--results", "5"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "latency_split: edged run ended early" in done.stderr
+    assert "missing.tflite: model file not found" in done.stderr
+
