@@ -201,3 +201,13 @@ def test_latency_split_script_ends_with_the_daemons_error_when_it_cannot_start(
     assert "latency_split: edged run ended early" in done.stderr
     assert "missing.tflite: model file not found" in done.stderr
 
+
+def test_mqtt_floor_script_compares_the_loop_alone_and_with_c_mqtt_tools() -> None:
+    done = subprocess.run([sys.executable, "scripts/mqtt_floor.py", "--model", str(DIGITS_MODEL),
+                           "--seconds", "0.5", "--runs", "1"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("digits_int8.tflite, 2 threads, QoS 1")
+    assert any(line.startswith("bare invoke loop") and " 1.00 " in line for line in lines)
+    assert sum("+ C MQTT path" in line and "mosquitto_sub" in line for line in lines) == 2
