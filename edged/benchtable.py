@@ -29,10 +29,14 @@ def render(report: dict[str, Any]) -> str:
             + "".join(f"{s[:7]:>8}" for s in STAGES) + f"{'RSS MB':>8}")
     lines += [head + "   (stage columns: microseconds per frame)"]
     group = None
+    limit: dict[str, Any] | None = None
     for r in report["rows"]:
         if (r["model"], r["source"]) != group:
             group = (r["model"], r["source"])
             lines.append(f"-- {r['model']}, {r['source']} frames")
+            limit = None
+        if r["row"] == "limit":
+            limit = r
         st = r["stages_us"]
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
         noise = f"{r['fps_min']:.0f}-{r['fps_max']:.0f}"
@@ -53,6 +57,8 @@ def render(report: dict[str, Any]) -> str:
             # what the pipeline produces (a lost wake-up once hid behind this).
             lines.append(f"{'':<17}results waited {waited / 1000:.0f} ms in the publisher's "
                          "queue: the MQTT path, not the model, set this row's pace")
+        elif r["row"] == "daemon" and r["fps"] > 0:
+            lines.append(f"{'':<17}{_worker_time(r, limit)}")
     lines += ["", "daemon: resize..dequantize are the daemon's own timings_us; 'publish' is "
               "receipt minus published_at (encode + MQTT + broker + subscriber); "
               "RSS = daemon + worker."]
@@ -81,6 +87,22 @@ def render(report: dict[str, Any]) -> str:
     for note in report.get("notes", ()):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _worker_time(r: dict[str, Any], limit: dict[str, Any] | None) -> str:
+    """A daemon result's interval at saturation, split on the worker's clock.
+
+    The worker has a frame waiting whenever it finishes one, so its interval is
+    invoke + quantize + the rest (copying outputs, its socket, being preempted):
+    what separates the row from the limit, and which of the two grew."""
+    st = r["stages_us"]
+    per_result = 1e6 / r["fps"]
+    invoke, quantize = st.get("invoke") or 0.0, st.get("quantize") or 0.0
+    text = (f"per result {per_result:.0f} us: invoke {invoke:.0f}")
+    if limit is not None and limit.get("stages_us", {}).get("invoke"):
+        text += f" (limit row {limit['stages_us']['invoke']:.0f})"
+    return (text + f", quantize {quantize:.0f}, the worker between invokes "
+            f"{per_result - invoke - quantize:.0f}")
 
 
 def _row(report: dict[str, Any], model: str, row: str) -> dict[str, Any] | None:

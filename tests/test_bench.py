@@ -106,6 +106,19 @@ def test_a_daemon_row_paced_by_a_standing_queue_says_so(publish_us: float, said:
     report = {"machine": {"cpu": "cpu", "cores": 2, "runtime": "rt"}, "threads": 2,
               "delegate": "cpu", "runs": 1, "frames": 10, "rows": [row]}
     assert ("waited 550 ms in the publisher's queue" in render(report)) is said
+    assert ("the worker between invokes" in render(report)) is not said
+
+
+def test_a_daemon_row_says_where_each_results_interval_went() -> None:
+    def row(name: str, fps: float, invoke: float, quantize: float | None) -> dict[str, Any]:
+        return {"row": name, "title": name, "model": "m.tflite", "source": "224x224",
+                "fps": fps, "fps_min": fps, "fps_max": fps, "ratio": None, "peak_rss_mb": 1.0,
+                "stages_us": {"invoke": invoke, "quantize": quantize, "publish": 500.0}}
+    report = {"machine": {"cpu": "cpu", "cores": 2, "runtime": "rt"}, "threads": 2,
+              "delegate": "cpu", "runs": 1, "frames": 10,
+              "rows": [row("limit", 500.0, 2000.0, None), row("daemon", 400.0, 2200.0, 100.0)]}
+    assert ("per result 2500 us: invoke 2200 (limit row 2000), quantize 100, "
+            "the worker between invokes 200") in render(report)
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
@@ -211,3 +224,18 @@ def test_mqtt_floor_script_compares_the_loop_alone_and_with_c_mqtt_tools() -> No
     assert lines[0].startswith("digits_int8.tflite, 2 threads, QoS 1")
     assert any(line.startswith("bare invoke loop") and " 1.00 " in line for line in lines)
     assert sum("+ C MQTT path" in line and "mosquitto_sub" in line for line in lines) == 2
+
+
+def test_subscriber_records_are_framed_by_length_so_any_payload_survives() -> None:
+    from edged.benchdaemon import split_records
+
+    binary = b"EDG\x00 \n\n{x}"  # spaces and newlines inside: the length frames it
+    stream = (b"1700000000.123456789 2 {}\n"
+              + b"1700000000.5 %d " % len(binary) + binary + b"\n"
+              + b"1700000001.0 10 0123")  # the third is still on the way
+    records, used = split_records(bytearray(stream))
+    assert records == [(1700000000.123456789, b"{}"), (1700000000.5, binary)]
+    assert stream[used:] == b"1700000001.0 10 0123"
+    rest = bytearray(stream[used:] + b"456789\n")
+    assert split_records(rest) == ([(1700000001.0, b"0123456789")], len(rest))
+    assert split_records(bytearray(b"1700000001.0 10 0123456789")) == ([], 0)  # no newline yet
