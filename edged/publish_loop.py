@@ -36,6 +36,7 @@ from edged.publish_setup import (
     describe_error,
     guarded,
     make_client,
+    paho_error_logger,
     reason_text,
     result_properties,
     socket_error_text,
@@ -44,6 +45,7 @@ from edged.publish_setup import (
 
 log = logging.getLogger("edged.publish")  # not __name__: see publish_setup
 FLAP_S = 5.0  # a connection lost sooner than this after CONNACK counts as flapping
+ACK_BATCH_S = 0.02  # while acks are due, how long they may wait to be read (see _serve)
 
 
 class PublishLoop:
@@ -89,7 +91,7 @@ class PublishLoop:
         # Not `on_log`: paho would format a debug line for every packet sent and
         # received to hand it over (a tenth of this thread's CPU at 400 results/s).
         # A logger of paho's own is asked `isEnabledFor` first; only errors pass.
-        self.client.enable_logger(_paho_errors(self))
+        self.client.enable_logger(paho_error_logger(self.paho_error))
         self.client.on_message = self._on_message
         self._props = result_properties(s)
 
@@ -164,6 +166,7 @@ class PublishLoop:
         client, out = self.client, self._out
         sock = client.socket()
         closing_until: float | None = None
+        read_by = 0.0
         while sock is not None and client.socket() is sock:
             self.beat = now = time.monotonic()
             if self._stop.is_set():
@@ -175,14 +178,26 @@ class PublishLoop:
                     return
             want_w = [sock] if client.want_write() else []
             timeout = 0.05 if closing_until is not None else 1.0
+            # Acks in batches: while messages are in flight (and the window is far from
+            # full), a PUBACK does not wake this thread; the socket is read whenever it
+            # wakes to publish anyway, or ACK_BATCH_S later. At saturation that halves
+            # its wake-ups, and each one preempts one of the interpreter's threads.
+            lazy = (self.connected and closing_until is None
+                    and 0 < len(self._inflight) < self.settings.max_inflight // 2)
+            if lazy:
+                timeout = min(timeout, max(read_by - now, 0.0))
             try:
-                readable, _, _ = select.select([sock, out.wake_r], want_w, [], timeout)
+                readable, _, _ = select.select([out.wake_r] if lazy else [sock, out.wake_r],
+                                               want_w, [], timeout)
             except (OSError, ValueError):
                 break
             if out.wake_r in readable:
                 out.drain_wake()
-            if sock in readable and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
+            if lazy or sock in readable:
+                # Non-blocking: with nothing to read, paho's loop_read is one recv.
+                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                read_by = time.monotonic() + ACK_BATCH_S
             if self.connected and closing_until is None:
                 # Again while messages landed during the pump: their wake() found a
                 # look pending and sent nothing (see Outbox.pumped).
@@ -380,23 +395,3 @@ class PublishLoop:
         self._sock_error = socket_error_text(text.split(": ", 1)[-1])
         log.debug("paho: %s", text)
 
-
-class _PahoErrors(logging.Handler):
-    """Hands paho's error lines to its loop; never raises into paho."""
-
-    def __init__(self, loop: PublishLoop) -> None:
-        super().__init__(logging.ERROR)
-        self.loop = loop
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.loop.paho_error(record.getMessage())
-        except Exception:
-            log.debug("paho error line not understood: %r", record.msg)
-
-
-def _paho_errors(loop: PublishLoop) -> logging.Logger:
-    # Outside the logging tree: nothing propagates to edged's handlers or the root.
-    logger = logging.Logger("edged.paho", logging.ERROR)
-    logger.addHandler(_PahoErrors(loop))
-    return logger

@@ -199,6 +199,29 @@ def reason_text(rc: Any) -> str:
     return str(rc).lower().replace("authorized", "authorised")
 
 
+class _PahoErrors(logging.Handler):
+    """Hands paho's error lines to the network thread; never raises into paho."""
+
+    def __init__(self, on_error: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self.on_error = on_error
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.on_error(record.getMessage())
+        except Exception:
+            log.debug("paho error line not understood: %r", record.msg)
+
+
+def paho_error_logger(on_error: Callable[[str], None]) -> logging.Logger:
+    """A logger for paho's `enable_logger` that passes only errors, to `on_error`.
+
+    Outside the logging tree: nothing propagates to edged's handlers or the root."""
+    logger = logging.Logger("edged.paho", logging.ERROR)
+    logger.addHandler(_PahoErrors(on_error))
+    return logger
+
+
 def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> mqtt.Client:
     """A paho client with everything but the callbacks configured."""
     v5 = s.protocol == "5"

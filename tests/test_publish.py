@@ -32,7 +32,7 @@ from edged.payload import (
     outputs_from,
 )
 from edged.publish import Publisher, PublisherError, PublisherSettings, TlsSettings
-from edged.publish_loop import PublishLoop
+from edged.publish_loop import ACK_BATCH_S, PublishLoop
 from edged.publish_setup import Outbox, backoff_delay
 from edged.tensors import TensorInfo
 
@@ -133,6 +133,25 @@ def test_results_leave_without_waiting_for_nagle(broker: Mosquitto) -> None:
         broker.restart()
         assert pub.wait_idle(10) and pub.counters().connects == 2
         assert nagle_off(pub)
+    finally:
+        pub.stop()
+
+
+def test_batched_acks_are_read_without_another_publish_to_wake_the_thread(
+        broker: Mosquitto) -> None:
+    # While results are in flight the network thread does not wake per PUBACK; a
+    # lone result's ack must still be read within ACK_BATCH_S, not the idle timeout.
+    pub = publisher(broker.port)
+    try:
+        assert pub.wait_connected(5) and pub.wait_idle(5)
+        for seq in range(3):
+            pub.publish_result(result_payload(seq))
+            t0 = time.monotonic()
+            while pub.counters().acked < seq + 1 and time.monotonic() - t0 < 5:
+                time.sleep(0.002)
+            assert pub.counters().acked == seq + 1
+            assert time.monotonic() - t0 < 20 * ACK_BATCH_S
+        assert pub.counters().inflight == 0
     finally:
         pub.stop()
 
