@@ -80,6 +80,7 @@ class PublishLoop:
         # logged once; `connects` in the counters tells how often.
         self._connected_at = 0.0
         self._flapping = False
+        self._loss_said = False  # the last loss was logged: say when it is over
         self._sock_error: str | None = None
         self._server_max = 0
         self.beat = time.monotonic()
@@ -316,10 +317,11 @@ class PublishLoop:
             failures = self._out.n["connect_failures"]
             self._out.last_error = None
         self._connected_at = time.monotonic()
-        if not self._flapping:
+        if not self._flapping or self._loss_said:  # a logged loss is followed by its end
             log.info("MQTT: connected to %s:%d as %s%s", self.settings.host,
                      self.settings.port, self.client_id,
                      f" ({failures} failed attempts so far)" if self._logged_failures else "")
+        if not self._flapping:
             self._logged_failures.clear()
         self._out.drop_logged = False
         # MQTT 5 brokers may announce the largest packet they accept; a bigger
@@ -359,7 +361,8 @@ class PublishLoop:
         self._flapping = time.monotonic() - self._connected_at < FLAP_S
         if not self._flapping:
             self._logged_failures.clear()  # it had been working: this loss is news
-        if out.last_error in self._logged_failures:
+        self._loss_said = out.last_error not in self._logged_failures
+        if not self._loss_said:
             return
         if self._flapping:
             self._logged_failures.add(out.last_error)

@@ -137,6 +137,25 @@ def test_results_leave_without_waiting_for_nagle(broker: Mosquitto) -> None:
         pub.stop()
 
 
+def test_a_lost_connection_that_was_logged_is_followed_by_its_reconnect_in_the_log(
+        broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    # Lost within FLAP_S of connecting counts as flapping; the reconnect line was
+    # then left out, and the log ended on "connection lost" while all was well.
+    caplog.set_level(logging.INFO, logger="edged.publish")
+    pub = publisher(broker.port)
+    try:
+        assert pub.wait_connected(5)
+        broker.restart()
+        assert pub.wait_idle(10) and pub.counters().connects == 2
+        said = [r.getMessage() for r in caplog.records if r.name == "edged.publish"]
+        lost = [i for i, m in enumerate(said) if "connection lost" in m]
+        assert len(lost) == 1, said
+        assert "dropped right after connecting" in said[lost[0]]
+        assert any(m.startswith("MQTT: connected to") for m in said[lost[0]:]), said
+    finally:
+        pub.stop()
+
+
 def test_batched_acks_are_read_without_another_publish_to_wake_the_thread(
         broker: Mosquitto) -> None:
     # While results are in flight the network thread does not wake per PUBACK; a
