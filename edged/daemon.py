@@ -38,6 +38,7 @@ from edged.reload import ReloadPlan, plan_reload, preflight
 from edged.sources.capture import CaptureThread
 from edged.stats import Stats
 from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, WorkerError, wait_backoff
+from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
 
@@ -173,7 +174,7 @@ class Daemon:
             self.supervisor, deliver or wiring.build_deliver(
                 self.cfg, self.supervisor, self.publisher, self._on_published),
             self.stats, max_fps=self.cfg.inference.max_fps)
-        self.pipeline_thread = threading.Thread(target=self.pipeline.run, name="edged-pipeline",
+        self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                                 daemon=True)
         self.pipeline_thread.start()
 

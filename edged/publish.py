@@ -52,6 +52,7 @@ from edged.publish_setup import (
     check_settings,
     describe_error,
 )
+from edged.threads import NamedThread
 
 __all__ = ["Publisher", "PublisherCounters", "PublisherError", "PublisherSettings",
            "TlsSettings", "describe_error"]
@@ -93,7 +94,7 @@ class Publisher:
             raise RuntimeError("a stopped Publisher cannot start again; build a new one")
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._loop.run, name="edged-mqtt", daemon=True)
+        self._thread = NamedThread(target=self._loop.run, name="edged-mqtt", daemon=True)
         self._thread.start()
 
     def publish_result(self, payload: bytes) -> None:

@@ -37,6 +37,7 @@ import orjson
 from numpy.typing import NDArray
 
 from edged.tensors import TensorInfo
+from edged.threads import set_os_thread_name
 
 MAX_PACKET = 1 << 20
 _FD_TYPE = "i"  # SCM_RIGHTS carries C ints
@@ -227,6 +228,9 @@ def main() -> int:
     # The daemon handles SIGINT/SIGTERM for the whole group; the worker just
     # follows its socket (EOF = the daemon is gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Before the interpreter starts its threads, which inherit the name: `top`
+    # then shows the process that holds the cores as edged-worker, not python3.
+    set_os_thread_name("edged-worker")
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         return serve(sock)

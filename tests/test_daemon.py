@@ -113,6 +113,12 @@ def test_status_online_then_offline_on_sigterm(tmp_path: Path, mosquitto: Mosqui
                                      frames=digit_frames)
     status = retained(mosquitto.port, "edged/test/status")
     assert status is not None and orjson.loads(status.payload)["state"] == "online"
+    # `top -H` on a device shows each thread's job, not "python3" three times.
+    names = {(task / "comm").read_text().strip()
+             for task in Path(f"/proc/{daemon.pid}/task").iterdir()}
+    assert {"edged-capture", "edged-pipeline", "edged-mqtt"} <= names, names
+    worker = Path(f"/proc/{daemon.worker_pid()}/comm").read_text().strip()
+    assert worker == "edged-worker"
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 2.0, "SIGTERM must stop the daemon within 2 s"

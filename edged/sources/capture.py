@@ -22,6 +22,7 @@ import time
 
 from edged.sources.base import Frame
 from edged.sources.resilient import ResilientSource
+from edged.threads import NamedThread
 
 log = logging.getLogger("edged.sources")
 
@@ -94,7 +95,7 @@ class CaptureThread:
         self.buffer = buffer or LatestFrameBuffer()
         self.lossless = lossless
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = NamedThread(target=self._run, name=name, daemon=True)
 
     def start(self) -> CaptureThread:
         self._thread.start()
