@@ -53,8 +53,9 @@ from edged.configtext import (
 )
 
 __all__ = [
-    "Config", "ConfigError", "ConfigFile", "DeviceConfig", "InferenceConfig", "LoggingConfig",
-    "ModelConfig", "MqttConfig", "OutputConfig", "PreprocessConfig", "SourceConfig",
+    "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
+    "InferenceConfig", "LoggingConfig", "MetricsConfig", "ModelConfig", "MqttConfig",
+    "OutputConfig", "PreprocessConfig", "SourceConfig",
     "config_warnings", "default_device_id", "load_config", "packaged_model", "read_config",
 ]
 
