@@ -98,7 +98,7 @@ def _worker_time(r: dict[str, Any], limit: dict[str, Any] | None) -> str:
     st = r["stages_us"]
     per_result = 1e6 / r["fps"]
     invoke, quantize = st.get("invoke") or 0.0, st.get("quantize") or 0.0
-    text = (f"per result {per_result:.0f} us: invoke {invoke:.0f}")
+    text = f"per result {per_result:.0f} us: invoke {invoke:.0f}"
     if limit is not None and limit.get("stages_us", {}).get("invoke"):
         text += f" (limit row {limit['stages_us']['invoke']:.0f})"
     return (text + f", quantize {quantize:.0f}, the worker between invokes "

@@ -175,7 +175,7 @@ class Daemon:
                 self.cfg, self.supervisor, self.publisher, self._on_published),
             self.stats, max_fps=self.cfg.inference.max_fps)
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
-                                                daemon=True)
+                                           daemon=True)
         self.pipeline_thread.start()
 
     def _stop_pipeline(self) -> None:

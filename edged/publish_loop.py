@@ -397,4 +397,3 @@ class PublishLoop:
         # The only place paho tells why a socket read/write failed.
         self._sock_error = socket_error_text(text.split(": ", 1)[-1])
         log.debug("paho: %s", text)
-
