@@ -215,6 +215,8 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
     limit = next((r["fps"] for r in rows if r["row"] == "limit"), 0.0)
     for r in rows:
         r["ratio"] = r["fps"] / limit if limit else None
+        if r["row"] == "daemon":
+            r["offered_fps"] = fps
     return rows
 
 

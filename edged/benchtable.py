@@ -101,8 +101,14 @@ def _worker_time(r: dict[str, Any], limit: dict[str, Any] | None) -> str:
     text = f"per result {per_result:.0f} us: invoke {invoke:.0f}"
     if limit is not None and limit.get("stages_us", {}).get("invoke"):
         text += f" (limit row {limit['stages_us']['invoke']:.0f})"
-    return (text + f", quantize {quantize:.0f}, the worker between invokes "
-            f"{per_result - invoke - quantize:.0f}")
+    between = per_result - invoke - quantize
+    text += f", quantize {quantize:.0f}, the worker between invokes {between:.0f}"
+    offered = r.get("offered_fps") or 0.0
+    if offered and r["fps"] >= 0.95 * offered:
+        # Not saturated: the source's cap (tiny models) sets the pace, and the
+        # worker's time between invokes is mostly waiting for the next frame.
+        text += f" (mostly waiting: frames are offered at {offered:.0f}/s)"
+    return text
 
 
 def _row(report: dict[str, Any], model: str, row: str) -> dict[str, Any] | None:

@@ -118,7 +118,12 @@ def test_a_daemon_row_says_where_each_results_interval_went() -> None:
               "delegate": "cpu", "runs": 1, "frames": 10,
               "rows": [row("limit", 500.0, 2000.0, None), row("daemon", 400.0, 2200.0, 100.0)]}
     assert ("per result 2500 us: invoke 2200 (limit row 2000), quantize 100, "
-            "the worker between invokes 200") in render(report)
+            "the worker between invokes 200\n") in render(report) + "\n"
+    # At the source's cap the row is not saturated, and the line says so.
+    report["rows"][1]["offered_fps"] = 410.0
+    assert "(mostly waiting: frames are offered at 410/s)" in render(report)
+    report["rows"][1]["offered_fps"] = 1000.0
+    assert "mostly waiting" not in render(report)
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
