@@ -135,8 +135,9 @@ class Publisher:
         self._out.wake()
 
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
-        """`hook()` runs on the network thread after every successful connect
-        (and right away when connected now); it should only queue messages."""
+        """`hook()` runs on the network thread after every successful connect and,
+        when connected now, once right away on the caller's thread. It should only
+        queue messages (any thread may), and may run twice around a reconnect."""
         self._loop.connect_hooks.append(hook)
         if self._loop.connected:
             hook()
