@@ -59,10 +59,14 @@ class DaemonSpec:
 
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a whole process (all its threads) so far."""
-    if pid is None:
-        return 0.0
+    return 0.0 if pid is None else stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu_seconds(stat_file: Path) -> float:
+    """User + system CPU time from a /proc `stat` file (a process's or a thread's);
+    0 when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = stat_file.read_text()
     except OSError:
         return 0.0
     fields = stat[stat.rindex(")") + 2:].split()

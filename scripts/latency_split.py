@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where a result's latency goes: capture -> published_at (the daemon) and
 published_at -> receipt (the MQTT path), with a C receiver that stamps receipt
-itself (`mosquitto_sub -F %U`), plus CPU per result of each process.
+itself (`mosquitto_sub -F %U`), plus CPU per result of each process and of each
+of the daemon's threads (by the names they give the kernel).
 
     python scripts/latency_split.py --fps 30 --results 600
     python scripts/latency_split.py --fps 30 --broker-nagle      # mosquitto's default
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edged.benchdaemon import DaemonSpec, cpu_seconds, daemon_config
+from edged.benchdaemon import DaemonSpec, cpu_seconds, daemon_config, stat_cpu_seconds
 from edged.childproc import stop_process
 from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
 
@@ -37,6 +38,18 @@ SKIP = 30  # results while the daemon warms up
 def percentiles(a: np.ndarray) -> str:
     return " ".join(f"p{q} {np.percentile(a, q):6.2f}" for q in (50, 90, 99)) + \
         f"  max {a.max():6.2f} ms"
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time of each of a process's threads, by the name it gave the kernel."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + stat_cpu_seconds(task / "stat")
+    return out
 
 
 def _end_receiver_if_dead(daemon: subprocess.Popen[bytes],
@@ -93,6 +106,7 @@ def main() -> int:
                     pids = {"daemon": daemon.pid, "worker": worker, "mosquitto": broker.pid,
                             "receiver": receiver.pid}
                     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                    threads0 = thread_cpu_seconds(daemon.pid)
                 if n < SKIP:
                     continue
                 stamp, _, payload = line.partition(b" ")
@@ -103,6 +117,8 @@ def main() -> int:
                 sys.exit("latency_split: edged run ended early: "
                          + (Path(tmp) / "d.log").read_text(errors="replace").strip()[-400:])
             cpu = {k: (cpu_seconds(p) - cpu0[k]) * 1e6 / len(rows) for k, p in pids.items()}
+            threads = {k: (v - threads0.get(k, 0.0)) * 1e6 / len(rows)
+                       for k, v in thread_cpu_seconds(daemon.pid).items()}
         finally:
             stop_process(daemon, 15.0)
             stop_process(receiver, 5.0)
@@ -119,6 +135,9 @@ def main() -> int:
     print("invoke                   ", percentiles(invoke))
     print(f"p99 - invoke p99 {np.percentile(total, 99) - np.percentile(invoke, 99):.2f} ms")
     print("CPU per result: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items()))
+    # The clock tick is 10 ms: over a few thousand results, steps of a few us.
+    print("daemon threads per result: " + ", ".join(
+        f"{k} {v:.0f} us" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0))
     return 0
 
 

@@ -206,7 +206,8 @@ def test_latency_split_script_splits_each_result_at_published_at() -> None:
                           check=False, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     for line in ("40 results at 60 frames/s offered, QoS 1, broker without Nagle",
-                 "capture -> published_at", "published_at -> receipt", "CPU per result: "):
+                 "capture -> published_at", "published_at -> receipt", "CPU per result: ",
+                 "daemon threads per result: "):
         assert line in done.stdout, done.stdout
 
 
