@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 
 from edged.benchtable import render
+from edged.demo import find_mosquitto
 from edged.preprocess import Preprocessor
 from edged.quantize import dequantize
 from edged.tensors import TensorInfo
@@ -245,3 +248,19 @@ def test_subscriber_records_are_framed_by_length_so_any_payload_survives() -> No
     rest = bytearray(stream[used:] + b"456789\n")
     assert split_records(rest) == ([(1700000001.0, b"0123456789")], len(rest))
     assert split_records(bytearray(b"1700000001.0 10 0123456789")) == ([], 0)  # no newline yet
+
+
+def test_daemon_row_without_mosquitto_sub_fails_with_the_package_to_install(
+        tmp_path: Path) -> None:
+    mosquitto = find_mosquitto()
+    assert mosquitto is not None and shutil.which("mosquitto_sub") is not None
+    bin_dir = tmp_path / "bin"  # mosquitto on PATH, its clients not
+    bin_dir.mkdir()
+    (bin_dir / "mosquitto").symlink_to(mosquitto)
+    done = subprocess.run([sys.executable, "-m", "edged", "bench", "--quick", "--rows", "daemon"],
+                          capture_output=True, text=True, check=False, timeout=120, cwd=ROOT,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "PATH": str(bin_dir)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "edged bench: mosquitto_sub is not installed: run scripts/setup.sh (or apt-get install "
+        "mosquitto-clients), or leave out the daemon row")
