@@ -40,10 +40,6 @@ class Reader:
             raise MalformedError(f"{what} at offset {pos} runs past the end of the file "
                                  f"({self.size} bytes): truncated or corrupt")
 
-    def u8(self, pos: int, what: str) -> int:
-        self._need(pos, 1, what)
-        return self.data[pos]
-
     def u16(self, pos: int, what: str) -> int:
         self._need(pos, 2, what)
         value: int = struct.unpack_from("<H", self.data, pos)[0]

@@ -139,16 +139,17 @@ def _check_subgraph(sg: Table, n_opcodes: int, n_buffers: int,
         # gigabytes (it stalls or is OOM-killed).
         if any(d < 0 for d in shape) or math.prod(shape) > MAX_FILE_BYTES:
             raise MalformedError(f"{t.what}: impossible shape {list(shape)}: corrupt")
-        if t.scalar(2, "I", 0) in constant_buffers:
+        tensor_type, buffer = t.scalar(1, "b", 0), t.scalar(2, "I", 0)
+        if buffer in constant_buffers:
             constants.add(i)
-        if not 0 <= t.scalar(1, "b", 0) <= _MAX_TENSOR_TYPE:
+        if not 0 <= tensor_type <= _MAX_TENSOR_TYPE:
             raise MalformedError(f"{t.what}: unknown tensor type")
-        if t.scalar(2, "I", 0) >= max(n_buffers, 1):
+        if buffer >= max(n_buffers, 1):
             raise MalformedError(f"{t.what}: buffer index out of range")
         names.append(t.string(3, f"{t.what}.name"))
         q = t.table(4, f"{t.what}.quantization")
         if q is not None:
-            _check_quantization(q, t.scalar(1, "b", 0), names[-1])
+            _check_quantization(q, tensor_type, names[-1])
     n = len(tensors)
 
     def indices(slot: int, what: str, allow_optional: bool) -> tuple[int, ...]:
