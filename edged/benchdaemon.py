@@ -37,7 +37,7 @@ import orjson
 
 from edged.benchrows import proc_status_kb
 from edged.childproc import stop_process
-from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
+from edged.demo import find_mosquitto, start_private_mosquitto
 
 SETTLE_RESULTS = 10  # results after a resume that are not counted (warming up again)
 _CAPTURED_AT = re.compile(rb'"captured_at":([-0-9.eE+]+)')
@@ -168,14 +168,10 @@ class Broker:
         if shutil.which("mosquitto_sub") is None:
             raise BenchError("mosquitto_sub is not installed: run scripts/setup.sh "
                              "(or apt-get install mosquitto-clients), or leave out the daemon row")
-        self.port = free_port()
-        conf = tmp / "mosquitto.conf"
-        conf.write_text(private_mosquitto_conf(self.port))
-        self.proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        if not wait_for_port(self.port):
-            self.close()
-            raise BenchError(f"mosquitto did not start on 127.0.0.1:{self.port}")
+        try:
+            self.proc, self.port = start_private_mosquitto(mosquitto, tmp)
+        except RuntimeError as exc:
+            raise BenchError(str(exc)) from None
         self.inbox = _Inbox()
         self.subscriber = subprocess.Popen(
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-i", "edged-bench-sub",

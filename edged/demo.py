@@ -68,6 +68,27 @@ def private_mosquitto_conf(port: int) -> str:
             f"set_tcp_nodelay true\n{user}")
 
 
+def start_private_mosquitto(mosquitto: str, folder: Path, *, nagle: bool = False
+                            ) -> tuple[subprocess.Popen[bytes], int]:
+    """`mosquitto` on a free 127.0.0.1 port with `private_mosquitto_conf` (written
+    into `folder`), once it accepts connections: (process, port). `nagle` leaves
+    mosquitto's own default, for measuring what set_tcp_nodelay buys.
+    Raises RuntimeError, the process stopped, when it does not start."""
+    port = free_port()
+    conf = private_mosquitto_conf(port)
+    if nagle:
+        conf = conf.replace("set_tcp_nodelay true\n", "")
+    (folder / "mosquitto.conf").write_text(conf)
+    proc = subprocess.Popen([mosquitto, "-c", str(folder / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 10.0
+    while not wait_for_port(port, 0.25):
+        if proc.poll() is not None or time.monotonic() > end:  # an exit says so at once
+            stop_process(proc, 5.0)
+            raise RuntimeError(f"mosquitto did not start on 127.0.0.1:{port}")
+    return proc, port
+
+
 def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
     """Port of a private loopback broker that `stack` stops, or None (reason
     printed). Prints the demo's first line: which broker it uses."""
@@ -89,16 +110,12 @@ def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
         print(f"broker: embedded Python MQTT broker on 127.0.0.1:{port} ({why}; demo only)",
               flush=True)
         return port
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(private_mosquitto_conf(port))
-    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    stack.callback(broker.wait, 5)
-    stack.callback(broker.terminate)
-    if not wait_for_port(port):
-        print("edged demo: mosquitto did not start", file=sys.stderr)
+    try:
+        broker, port = start_private_mosquitto(mosquitto, tmp)
+    except RuntimeError as exc:
+        print(f"edged demo: {exc}", file=sys.stderr)
         return None
+    stack.callback(stop_process, broker, 5.0)
     print(f"broker: private mosquitto on 127.0.0.1:{port}", flush=True)
     return port
 

@@ -28,7 +28,7 @@ import orjson
 
 from edged.benchdaemon import DaemonSpec, cpu_seconds, daemon_config, stat_cpu_seconds
 from edged.childproc import stop_process
-from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
+from edged.demo import find_mosquitto, start_private_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
@@ -71,14 +71,10 @@ def main() -> int:
     if mosquitto is None:
         sys.exit("latency_split: mosquitto is not installed (scripts/setup.sh)")
     with tempfile.TemporaryDirectory(prefix="edged-latency-") as tmp:
-        port = free_port()
-        conf = private_mosquitto_conf(port)
-        if args.broker_nagle:
-            conf = conf.replace("set_tcp_nodelay true\n", "")
-        (Path(tmp) / "m.conf").write_text(conf)
-        broker = subprocess.Popen([mosquitto, "-c", f"{tmp}/m.conf"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
+        try:
+            broker, port = start_private_mosquitto(mosquitto, Path(tmp), nagle=args.broker_nagle)
+        except RuntimeError as exc:
+            sys.exit(f"latency_split: {exc}")
         receiver = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t",
                                      "edged/bench/results", "-F", "%U %p"],
                                     stdout=subprocess.PIPE)

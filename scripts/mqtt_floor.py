@@ -30,7 +30,7 @@ import numpy as np
 from edged.benchdaemon import cpu_seconds
 from edged.childproc import stop_process
 from edged.delegates import DelegateSpec
-from edged.demo import find_mosquitto, free_port, private_mosquitto_conf, wait_for_port
+from edged.demo import find_mosquitto, start_private_mosquitto
 from edged.model import Model
 from edged.payload import Result, encode_result_json, outputs_from
 from edged.runtime import select_runtime
@@ -77,11 +77,10 @@ def main() -> int:
     full = result_line(model)
     short = b'{"top":[[653,0.87]]}\n'
     with tempfile.TemporaryDirectory(prefix="edged-floor-") as tmp:
-        port = free_port()
-        (Path(tmp) / "m.conf").write_text(private_mosquitto_conf(port))
-        broker = subprocess.Popen([mosquitto, "-c", f"{tmp}/m.conf"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
+        try:
+            broker, port = start_private_mosquitto(mosquitto, Path(tmp))
+        except RuntimeError as exc:
+            sys.exit(f"mqtt_floor: {exc}")
         sub = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t", "floor", "-q",
                                 str(args.qos)], stdout=subprocess.DEVNULL)
         pub = subprocess.Popen(["mosquitto_pub", "-p", str(port), "-t", "floor", "-q",

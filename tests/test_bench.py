@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from edged.benchtable import render
-from edged.demo import find_mosquitto
+from edged.childproc import stop_process
+from edged.demo import find_mosquitto, start_private_mosquitto, wait_for_port
 from edged.preprocess import Preprocessor
 from edged.quantize import dequantize
 from edged.tensors import TensorInfo
@@ -264,3 +265,23 @@ def test_daemon_row_without_mosquitto_sub_fails_with_the_package_to_install(
     assert done.stderr.strip().splitlines()[-1] == (
         "edged bench: mosquitto_sub is not installed: run scripts/setup.sh (or apt-get install "
         "mosquitto-clients), or leave out the daemon row")
+
+
+def test_private_mosquitto_listens_with_nodelay_or_says_it_did_not_start(
+        tmp_path: Path) -> None:
+    mosquitto = find_mosquitto()
+    assert mosquitto is not None
+    for nagle in (False, True):
+        folder = tmp_path / str(nagle)
+        folder.mkdir()
+        proc, port = start_private_mosquitto(mosquitto, folder, nagle=nagle)
+        try:
+            assert wait_for_port(port, 1.0)
+            conf = (folder / "mosquitto.conf").read_text()
+            assert f"listener {port} 127.0.0.1" in conf
+            assert ("set_tcp_nodelay true" in conf) is not nagle
+        finally:
+            stop_process(proc, 5.0)
+    # A broker that exits at once is reported at once, not after the 10 s wait.
+    with pytest.raises(RuntimeError, match=r"^mosquitto did not start on 127\.0\.0\.1:\d+$"):
+        start_private_mosquitto(shutil.which("false") or "/bin/false", tmp_path)
