@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -483,6 +485,13 @@ def test_settings_errors_are_one_line(tmp_path: Path) -> None:
         Publisher(PublisherSettings(device_id="cam-1", tls=TlsSettings(garbage)))
     # A reload retried with that file must not leak the wake-up socket pair each time
     # (the failures are kept, so nothing is left for the garbage collector to close).
+    # Counted once earlier tests' network threads have closed their own sockets (a
+    # stopped publisher's thread may still be on its way out) and garbage is gone.
+    deadline = time.monotonic() + 5.0
+    while (any(t.name == "edged-mqtt" for t in threading.enumerate())
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    gc.collect()
     fds = len(os.listdir("/proc/self/fd"))
     kept = []
     for _ in range(3):
