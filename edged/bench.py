@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edged.benchrows import STAGES, RowSpec, micro
-from edged.benchtable import render, target_lines, targets
+from edged.benchtable import cores_note, render, target_lines, targets
 from edged.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +311,9 @@ def run_bench(s: Settings) -> dict[str, Any]:
             report["latency_30fps"] = latency_at_30fps(s, primary, broker)
         if "rss" in s.rows:
             report["rss_growth"] = rss_growth(s, primary, broker)
+    note = cores_note(s.threads, int(report["machine"]["cores"]), s.rows)
+    if note:
+        report["notes"].append(note)
     report["targets"] = targets(report)
     return report
 

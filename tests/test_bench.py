@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edged.benchtable import render
+from edged.benchtable import cores_note, render
 from edged.childproc import stop_process
 from edged.demo import find_mosquitto, start_private_mosquitto, wait_for_port
 from edged.preprocess import Preprocessor
@@ -128,6 +128,19 @@ def test_a_daemon_row_says_where_each_results_interval_went() -> None:
     assert "(mostly waiting: frames are offered at 410/s)" in render(report)
     report["rows"][1]["offered_fps"] = 1000.0
     assert "mostly waiting" not in render(report)
+
+
+def test_a_daemon_row_on_every_core_is_said_to_share_them_with_the_interpreter() -> None:
+    note = cores_note(2, 2, ("limit", "daemon"))
+    assert note == ("the interpreter's 2 threads use all 2 cores, so the daemon's own threads "
+                    "(capture, pipeline, MQTT), the broker and the subscriber run in the "
+                    "invoke's time: the daemon row's ratio is lower than beside a free core "
+                    "(--threads 1 shows that case)")
+    assert cores_note(3, 4, ("limit", "daemon")) is None
+    assert cores_note(2, 2, ("limit", "inprocess")) is None
+    report = {"machine": {"cpu": "cpu", "cores": 2, "runtime": "rt"}, "threads": 2,
+              "delegate": "cpu", "runs": 1, "frames": 10, "rows": [], "notes": [note]}
+    assert f"note: {note}" in render(report).splitlines()
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
