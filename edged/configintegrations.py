@@ -7,13 +7,9 @@ own stages) so each file stays readable; `edged.config` puts them all in one
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator
 
-from edged.configsections import FilePath, Section
-
-_TOPIC_LEVELS = re.compile(r"^[^/+#$][^+#]*$")
+from edged.configsections import FilePath, Section, topic_levels_problem
 
 
 class HomeAssistantConfig(Section):
@@ -31,9 +27,9 @@ class HomeAssistantConfig(Section):
     @field_validator("discovery_prefix")
     @classmethod
     def _topic(cls, value: str) -> str:
-        if not _TOPIC_LEVELS.match(value) or "//" in value or value.endswith("/"):
-            raise ValueError("must be topic levels separated by '/', without '+', '#', a "
-                             "leading '$' or '/', or empty levels")
+        problem = topic_levels_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
-from edged.configsections import FilePath, Section, raise_cross_field
+from edged.configsections import FilePath, Section, raise_cross_field, topic_levels_problem
 from edged.configtext import ConfigError, os_error, show
 from edged.modelfile import SSD_ROLES
 
@@ -122,12 +122,9 @@ class MqttConfig(Section):
         if self.message_expiry_s and self.protocol != "5":
             problems.append(("message_expiry_s", 'needs protocol = "5" (MQTT 3.1.1 has no '
                                                  "message expiry)"))
-        levels = self.topic_prefix.split("/")
-        if not self.topic_prefix or any(not lv or set(lv) & set("+#") for lv in levels) \
-                or self.topic_prefix.startswith("$"):
-            problems.append(("topic_prefix", "must be topic levels separated by '/', without "
-                                             f"'+', '#', a leading '$' or empty levels "
-                                             f"(got {show(self.topic_prefix)})"))
+        problem = topic_levels_problem(self.topic_prefix)
+        if problem:
+            problems.append(("topic_prefix", f"{problem} (got {show(self.topic_prefix)})"))
         if self.reconnect_max_s < self.reconnect_min_s:
             problems.append(("reconnect_max_s", f"must be >= reconnect_min_s "
                                                 f"({self.reconnect_min_s})"))

@@ -42,6 +42,15 @@ def resolve_path(path: Path, info: ValidationInfo) -> Path:
 FilePath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(resolve_path)]
 
 
+def topic_levels_problem(value: str) -> str | None:
+    """Why `value` cannot start the topics edged publishes to, or None if it can."""
+    if not value or value.startswith("$") or any(
+            not level or set(level) & set("+#") for level in value.split("/")):
+        return ("must be topic levels separated by '/', without '+', '#', a leading '$' "
+                "or empty levels")
+    return None
+
+
 def raise_cross_field(problems: list[tuple[str, str]]) -> None:
     """Raise every cross-field problem of a section at once, each against its key."""
     if problems:
