@@ -37,7 +37,7 @@ from edged.publish import Publisher
 from edged.reload import ReloadPlan, plan_reload, preflight
 from edged.sources.capture import CaptureThread
 from edged.stats import Stats
-from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, WorkerError, wait_backoff
+from edged.supervisor import ModelInfo, ModelLoadError, Supervisor
 from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
@@ -45,7 +45,6 @@ log = logging.getLogger("edged")
 DEFAULT_CONFIG = "/etc/edged/edged.toml"
 EX_CONFIG = 78  # sysexits: the unit's RestartPreventExitStatus stops a restart loop on it
 TICK_S = 0.5
-LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before `edged run` gives up
 
 
 def register(sub: Any) -> None:
@@ -129,27 +128,7 @@ class Daemon:
 
     def _start_worker(self, cfg: Config | None = None) -> None:
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
-        attempt = sup.start
-        cpu_deaths = 0
-        while True:
-            try:
-                info = attempt()
-                break
-            except WorkerError as exc:
-                # Died while loading (libedgetpu can abort): back off and retry,
-                # towards the CPU when the fallback policy allows it.
-                if self.stop_requested.is_set():
-                    raise ModelLoadError("stopped while the worker was starting") from None
-                # On the CPU the same file kills it the same way every time (a
-                # damaged model the runtime crashes on): say so once and exit,
-                # systemd's Restart= retries later, instead of looping here.
-                cpu_deaths += sup.params.delegate == "cpu"
-                if cpu_deaths >= LOAD_DEATHS_MAX:
-                    raise ModelLoadError(
-                        f"{sup.params.model_path}: {exc} ({cpu_deaths} times in a row): the "
-                        "file is corrupt or the runtime cannot handle it") from None
-                wait_backoff(sup.next_backoff_s(), self.stop_requested.is_set)
-                attempt = sup.restart
+        info = sup.start_until_loaded(self.stop_requested.is_set)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
                  Path(sup.params.model_path).name, info.runtime, info.delegate,
                  list(info.inputs[0].shape), info.inputs[0].dtype, info.pixel_path)

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from edged.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, receive,
 log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 60.0  # an Edge TPU model's first load uploads its weights over USB
+LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before giving up
 
 
 class ModelLoadError(RuntimeError):
@@ -258,6 +259,30 @@ class Supervisor:
     def should_fall_back(self) -> bool:
         return (self.params.delegate != "cpu" and self.params.fallback == "cpu"
                 and self.consecutive_failures >= self.cpu_fallback_after)
+
+    def start_until_loaded(self, should_stop: Callable[[], bool]) -> ModelInfo:
+        """`start()`, retrying a worker that dies while loading (libedgetpu can abort).
+
+        Retries back off, towards the CPU when the fallback policy allows it. On the
+        CPU the same file kills it the same way every time (a damaged model the
+        runtime crashes on): after LOAD_DEATHS_MAX deaths this says so in one
+        ModelLoadError, and systemd's Restart= retries later, instead of a loop here.
+        """
+        attempt = self.start
+        cpu_deaths = 0
+        while True:
+            try:
+                return attempt()
+            except WorkerError as exc:
+                if should_stop():
+                    raise ModelLoadError("stopped while the worker was starting") from None
+                cpu_deaths += self.params.delegate == "cpu"
+                if cpu_deaths >= LOAD_DEATHS_MAX:
+                    raise ModelLoadError(
+                        f"{self.params.model_path}: {exc} ({cpu_deaths} times in a row): the "
+                        "file is corrupt or the runtime cannot handle it") from None
+                wait_backoff(self.next_backoff_s(), should_stop)
+                attempt = self.restart
 
     def restart(self) -> ModelInfo:
         """Start a replacement worker (the caller has waited `next_backoff_s()`)."""
