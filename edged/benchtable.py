@@ -115,15 +115,16 @@ def cores_note(threads: int, cores: int, rows: tuple[str, ...]) -> str | None:
     """Said under a table whose daemon row shares every core with the interpreter.
 
     Measured here (BENCHMARKS.md, fourth round): on 2 cores the same daemon reads
-    0.69-0.74 of the limit with 2 threads and 0.93-0.97 with 1, and the 2 threads
+    0.69-0.78 of the limit with 2 threads and 0.93-0.97 with 1, and the 2 threads
     still give more results/s; the ratio alone would read as edged's overhead."""
     if "daemon" not in rows or threads < cores:
         return None
+    if cores == 1:
+        return "one core: the daemon's own threads run in the invoke's time"
     return (f"the interpreter's {threads} threads use all {cores} cores, so the daemon's "
             "own threads (capture, pipeline, MQTT), the broker and the subscriber run in "
             "the invoke's time: the daemon row's ratio is lower than beside a free core "
-            f"(--threads {cores - 1} shows that case)" if cores > 1 else
-            "one core: the daemon's own threads run in the invoke's time")
+            f"(--threads {cores - 1} shows that case)")
 
 
 def _row(report: dict[str, Any], model: str, row: str) -> dict[str, Any] | None:
