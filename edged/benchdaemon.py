@@ -55,6 +55,7 @@ class DaemonSpec:
     fps: float
     runtime: str = "auto"
     delegate: str = "cpu"
+    qos_results: int = 1
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -71,6 +72,18 @@ def stat_cpu_seconds(stat_file: Path) -> float:
         return 0.0
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(daemon_pid: int) -> int | None:
+    """The pid of `edged run`'s inference worker, None while it has none."""
+    try:
+        for task in Path(f"/proc/{daemon_pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                if b"edged.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+    except OSError:
+        pass
+    return None
 
 
 def daemon_config(spec: DaemonSpec, port: int) -> str:
@@ -97,6 +110,7 @@ invoke_timeout_s = 3600
 host = "127.0.0.1"
 port = {port}
 keepalive_s = 3600
+qos_results = {spec.qos_results}
 """
 
 
@@ -251,14 +265,7 @@ class BenchDaemon:
         self.paused = False
 
     def worker_pid(self) -> int | None:
-        try:
-            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-                for child in (task / "children").read_text().split():
-                    if b"edged.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        return int(child)
-        except OSError:
-            pass
-        return None
+        return worker_pid(self.proc.pid)
 
     def memory_kb(self) -> dict[str, int]:
         """RSS and peak RSS of the daemon plus its worker."""

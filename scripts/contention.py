@@ -16,17 +16,15 @@ import argparse
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from edged.bench import BENCH_MNV2
 from edged.delegates import DelegateSpec
 from edged.model import Model
 from edged.runtime import select_runtime
 from edged.sources.resilient import ResilientSource
 from edged.sources.synthetic import SyntheticSource
-
-MODEL = Path(__file__).resolve().parent.parent / "build" / "models" / "mobilenetv2_224_int8.tflite"
 
 
 def invokes_per_s(model: Model, n: int = 200) -> float:
@@ -50,7 +48,7 @@ def median_us(fn: Callable[[], object], before: Callable[[], object] | None, n: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument("--model", default=str(BENCH_MNV2))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     model = Model.load(args.model, select_runtime("auto"),

@@ -26,12 +26,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edged.benchdaemon import DaemonSpec, cpu_seconds, daemon_config, stat_cpu_seconds
+from edged.bench import BENCH_MNV2
+from edged.benchdaemon import (
+    DaemonSpec,
+    cpu_seconds,
+    daemon_config,
+    stat_cpu_seconds,
+    worker_pid,
+)
 from edged.childproc import stop_process
 from edged.demo import find_mosquitto, start_private_mosquitto
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
 SKIP = 30  # results while the daemon warms up
 
 
@@ -60,7 +65,7 @@ def _end_receiver_if_dead(daemon: subprocess.Popen[bytes],
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument("--model", default=str(BENCH_MNV2))
     ap.add_argument("--fps", type=float, default=30.0, help="frames offered per second")
     ap.add_argument("--results", type=int, default=600)
     ap.add_argument("--qos", type=int, choices=(0, 1), default=1)
@@ -80,10 +85,8 @@ def main() -> int:
                                     stdout=subprocess.PIPE)
         # Absolute: the daemon resolves a relative path against its config's folder.
         spec = DaemonSpec(model=str(Path(args.model).resolve()), threads=2,
-                          source_size=(224, 224), fps=args.fps)
-        config = daemon_config(spec, port).replace(
-            "keepalive_s = 3600", f"keepalive_s = 3600\nqos_results = {args.qos}")
-        (Path(tmp) / "d.toml").write_text(config)
+                          source_size=(224, 224), fps=args.fps, qos_results=args.qos)
+        (Path(tmp) / "d.toml").write_text(daemon_config(spec, port))
         with open(Path(tmp) / "d.log", "wb") as log:
             daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config",
                                        f"{tmp}/d.toml"], stdout=log, stderr=subprocess.STDOUT)
@@ -97,10 +100,8 @@ def main() -> int:
             assert receiver.stdout is not None
             for n, line in enumerate(receiver.stdout):
                 if n == SKIP:
-                    worker = int(Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children")
-                                 .read_text().split()[0])
-                    pids = {"daemon": daemon.pid, "worker": worker, "mosquitto": broker.pid,
-                            "receiver": receiver.pid}
+                    pids = {"daemon": daemon.pid, "worker": worker_pid(daemon.pid),
+                            "mosquitto": broker.pid, "receiver": receiver.pid}
                     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
                     threads0 = thread_cpu_seconds(daemon.pid)
                 if n < SKIP:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edged.bench import BENCH_MNV2
 from edged.benchdaemon import cpu_seconds
 from edged.childproc import stop_process
 from edged.delegates import DelegateSpec
@@ -34,8 +35,6 @@ from edged.demo import find_mosquitto, start_private_mosquitto
 from edged.model import Model
 from edged.payload import Result, encode_result_json, outputs_from
 from edged.runtime import select_runtime
-
-MODEL = Path(__file__).resolve().parent.parent / "build" / "models" / "mobilenetv2_224_int8.tflite"
 
 
 def result_line(model: Model) -> bytes:
@@ -63,7 +62,7 @@ def loop(model: Model, seconds: float, out: int | None, line: bytes) -> tuple[fl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(MODEL))
+    ap.add_argument("--model", default=str(BENCH_MNV2))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs of each")

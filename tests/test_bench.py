@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edged.benchdaemon import DaemonSpec, daemon_config
 from edged.benchtable import cores_note, render
 from edged.childproc import stop_process
+from edged.config import load_config
 from edged.demo import find_mosquitto, start_private_mosquitto, wait_for_port
 from edged.preprocess import Preprocessor
 from edged.quantize import dequantize
@@ -141,6 +143,17 @@ def test_a_daemon_row_on_every_core_is_said_to_share_them_with_the_interpreter()
     report = {"machine": {"cpu": "cpu", "cores": 2, "runtime": "rt"}, "threads": 2,
               "delegate": "cpu", "runs": 1, "frames": 10, "rows": [], "notes": [note]}
     assert f"note: {note}" in render(report).splitlines()
+
+
+def test_the_daemon_rows_config_loads_with_the_specs_settings(tmp_path: Path) -> None:
+    spec = DaemonSpec(str(DIGITS_MODEL), threads=1, source_size=(48, 64), fps=250.0,
+                      qos_results=0)
+    path = tmp_path / "d.toml"
+    path.write_text(daemon_config(spec, 18830))
+    cfg = load_config(path)
+    assert (cfg.mqtt.port, cfg.mqtt.qos_results, cfg.inference.num_threads) == (18830, 0, 1)
+    assert (cfg.source.width, cfg.source.height, cfg.source.fps) == (64, 48, 250.0)
+    assert cfg.model.path == DIGITS_MODEL
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
