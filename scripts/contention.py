@@ -6,6 +6,9 @@
    stalls the other).
 2. What small steps cost warm and right after an invoke (which evicts the
    caches): the Python the in-process row runs between invokes.
+3. Whether the interpreter's pool threads spin after an invoke: their CPU
+   while the caller sleeps, each read on its own thread's clock (the
+   process-wide clock folds other threads' time in late and misleads here).
 
     python scripts/contention.py [--model build/models/mobilenetv2_224_int8.tflite]
 """
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +48,26 @@ def median_us(fn: Callable[[], object], before: Callable[[], object] | None, n: 
         fn()
         times.append(time.perf_counter_ns() - t0)
     return float(np.median(times)) / 1000
+
+
+def thread_clock(tid: int) -> int:
+    """The clock id of another thread's CPU time (Linux: CPUCLOCK_SCHED, per thread)."""
+    return ((~tid) << 3) | 6
+
+
+def pool_busy_after_invoke(model: Model, pause_s: float, n: int = 100) -> float:
+    """Cores the process's other threads keep busy while the caller sleeps after an invoke."""
+    me = threading.get_native_id()
+    tids = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
+    busy = 0.0
+    for _ in range(n):
+        model.invoke()
+        cpu0, wall0 = [time.clock_gettime(thread_clock(t)) for t in tids], time.perf_counter()
+        time.sleep(pause_s)
+        wall = time.perf_counter() - wall0
+        busy += sum(time.clock_gettime(thread_clock(t)) - c
+                    for t, c in zip(tids, cpu0, strict=True)) / wall
+    return busy / n
 
 
 def main() -> int:
@@ -79,6 +103,9 @@ def main() -> int:
     print(f"{'step':<42}{'warm us':>9}{'after an invoke us':>20}")
     for name, fn in steps.items():
         print(f"{name:<42}{median_us(fn, None):>9.2f}{median_us(fn, model.invoke):>20.2f}")
+    print("pool threads while the caller sleeps after an invoke (cores busy): " + ", ".join(
+        f"{pause * 1e6:.0f} us {pool_busy_after_invoke(model, pause):.2f}"
+        for pause in (100e-6, 1e-3)))
     return 0
 
 

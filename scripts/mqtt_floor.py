@@ -60,6 +60,29 @@ def loop(model: Model, seconds: float, out: int | None, line: bytes) -> tuple[fl
     return n / (time.perf_counter() - t0), n
 
 
+def paho_cpu_us(port: int, payload: bytes, qos: int, n: int = 5000) -> float:
+    """CPU per message of paho alone: `publish()`, `loop_write()` and reading the acks,
+    in a tight loop on this thread (for scale against the daemon's MQTT thread)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    # MQTT 3.1.1, as edged's default.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edged-floor-paho")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    while not client.is_connected():
+        client.loop(0.1)
+    cpu0 = time.process_time()
+    for i in range(n):
+        client.publish("floor/paho", payload, qos=qos)  # not to the subscriber
+        client.loop_write()
+        if i % 50 == 0:
+            client.loop_read()
+    cpu = time.process_time() - cpu0
+    client.disconnect()
+    return cpu / n * 1e6
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(BENCH_MNV2))
@@ -103,6 +126,7 @@ def main() -> int:
                         for k, p in pids.items():
                             cpu[name].setdefault(k, []).append(
                                 (cpu_seconds(p) - before[k]) * 1e6 / n)
+            paho = paho_cpu_us(port, full.rstrip(b"\n"), args.qos)
         finally:
             stop_process(pub, 5.0)
             stop_process(sub, 5.0)
@@ -119,6 +143,8 @@ def main() -> int:
         extra = ", ".join(f"{k} {np.median(v):.0f}" for k, v in cpu.get(name, {}).items())
         print(f"{labels[name]:34} {med:7.1f} ({min(rates):.0f}-{max(rates):.0f})"
               f"  {med / alone:5.2f}   {extra}")
+    print(f"paho alone (publish, loop_write and acks in a tight loop, QoS {args.qos}): "
+          f"{paho:.0f} us of CPU per {len(full) - 1} B result")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,6 +228,8 @@ def test_contention_script_measures_on_the_committed_model() -> None:
     assert done.returncode == 0, done.stderr
     assert "beside one busy Python thread" in done.stdout
     assert "after an invoke us" in done.stdout and "no-op call" in done.stdout
+    assert re.search(r"after an invoke \(cores busy\): 100 us \d\.\d\d, 1000 us \d\.\d\d",
+                     done.stdout), done.stdout
 
 
 def test_latency_split_script_splits_each_result_at_published_at() -> None:
@@ -260,6 +263,8 @@ def test_mqtt_floor_script_compares_the_loop_alone_and_with_c_mqtt_tools() -> No
     assert lines[0].startswith("digits_int8.tflite, 2 threads, QoS 1")
     assert any(line.startswith("bare invoke loop") and " 1.00 " in line for line in lines)
     assert sum("+ C MQTT path" in line and "mosquitto_sub" in line for line in lines) == 2
+    assert re.fullmatch(r"paho alone \(publish, loop_write and acks in a tight loop, QoS 1\): "
+                        r"\d+ us of CPU per \d+ B result", lines[-1]), lines[-1]
 
 
 def test_subscriber_records_are_framed_by_length_so_any_payload_survives() -> None:
