@@ -6,9 +6,9 @@ which timestamps each result on receipt. Latency is receipt time minus the
 payload's `captured_at` (one machine, one clock).
 
 The subscriber is the C client, not paho: it shares the two cores with the
-daemon it measures, and a paho subscriber spent ~270 us of CPU per result
-there (mosquitto_sub ~70), which slowed the very invokes it was timing. On a
-device the subscribers run elsewhere.
+daemon it measures, and a paho subscriber spent 170-300 us of CPU per result
+there (mosquitto_sub 50-100), which slowed the very invokes it was timing. On
+a device the subscribers run elsewhere.
 
 Between its runs the daemon is paused (SIGSTOP to its process group, worker
 included) so the other rows measure on a quiet machine; its timeouts and
