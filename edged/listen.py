@@ -111,6 +111,9 @@ class _Listener:
         kind = decoded.get("kind", "none") if isinstance(decoded, dict) else "none"
         if self.args.kind and kind not in self.args.kind:
             return
+        if self.args.count and self.results >= self.args.count:
+            # paho's thread can hand over a few more before the disconnect lands.
+            return
         fps = self._fps(str(doc.get("device_id", topic)))
         if self.args.json:
             line = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode()
