@@ -122,3 +122,13 @@ def test_refused_credentials_exit_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.strip().endswith(
         f"127.0.0.1:{broker.port}: broker refused the connection: not authorised")
+
+
+def test_count_stops_at_count_when_a_burst_arrives_at_once(broker: Mosquitto) -> None:
+    # Six results in one burst reach paho's thread in one read: it would go on
+    # printing after the count was reached, until the disconnect landed.
+    proc = listen(broker.port, "--device", "cam-9", "--count", "2")
+    publish_all(broker.port, "cam-9", results("cam-9") * 3)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert [line.split()[3] for line in out.splitlines()] == ["seq=41", "seq=42"]
