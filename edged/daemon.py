@@ -130,7 +130,7 @@ class Daemon:
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
         info = sup.start_until_loaded(self.stop_requested.is_set)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
-                 Path(sup.params.model_path).name, info.runtime, info.delegate,
+                 sup.model_name, info.runtime, info.delegate,
                  list(info.inputs[0].shape), info.inputs[0].dtype, info.pixel_path)
         if info.delegate_note:
             log.warning("%s", info.delegate_note)
@@ -380,7 +380,7 @@ class Daemon:
             return
         kind = wiring.decoder_kind(self.cfg, info)
         self.discovery.announce(discovery_config(
-            self.cfg, model=Path(sup.params.model_path).name, decoder=kind))
+            self.cfg, model=sup.model_name, decoder=kind))
 
     def _report(self, up: bool = True) -> None:
         """One set of figures to the stats topic and the metrics textfile."""
@@ -391,7 +391,7 @@ class Daemon:
         if path is not None:
             if self._textfile is None or self._textfile.path != path:
                 self._textfile = Textfile(path)
-            model = Path(self.supervisor.params.model_path).name if self.supervisor else ""
+            model = self.supervisor.model_name if self.supervisor else ""
             self._textfile.write(self.cfg.device.id, figures, up=up, model=model)
 
 

@@ -23,7 +23,6 @@ object through the traceback and makes its `__del__` a no-op.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -33,8 +32,6 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from edged.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 DelegateKind = Literal["cpu", "edgetpu", "external"]
 FallbackPolicy = Literal["cpu", "fail"]
@@ -203,10 +200,14 @@ def load_delegate(spec: DelegateSpec, runtime: Runtime) -> Any | None:
         raise DelegateError(explain_failure(spec, exc)) from None
 
 
-def fall_back(spec: DelegateSpec, reason: str) -> str:
-    """Apply the fallback policy after `reason`; returns the line that was logged."""
+def fall_back(spec: DelegateSpec, reason: str, cpu_model: str = "") -> str:
+    """Apply the fallback policy after `reason`; returns the line to tell the user.
+
+    Not logged here: the caller says it once, where the user looks (the daemon
+    logs it and publishes it; its inference worker would only repeat it).
+    `cpu_model` names the file that runs on the CPU when it is not the one asked for.
+    """
     if spec.fallback == "fail":
         raise DelegateError(f"{reason} (fallback = fail)")
-    line = f"{reason}; running on the CPU instead (fallback = cpu)"
-    log.warning("%s", line)
-    return line
+    running = f"running {cpu_model} on the CPU" if cpu_model else "running on the CPU"
+    return f"{reason}; {running} instead (fallback = cpu)"

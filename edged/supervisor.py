@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,7 @@ class ModelInfo:
     std: tuple[float, ...]
     # SSD post-process outputs by role (tensor index), from the model file's op.
     ssd_outputs: Mapping[str, int] = field(default_factory=dict)
+    model_path: str = ""  # the file loaded: the CPU build after a fallback at load
 
     @classmethod
     def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
@@ -67,7 +69,8 @@ class ModelInfo:
                    tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
                    tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
                    str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
-                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()})
+                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()},
+                   str(m.get("model_path", "")))
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,12 @@ class Supervisor:
             self._sock.close()
             self._sock = None
         return code
+
+    @property
+    def model_name(self) -> str:
+        """The model file the worker runs (its CPU build after a fallback)."""
+        loaded = self.info.model_path if self.info is not None else ""
+        return Path(loaded or self.params.model_path).name
 
     @property
     def pid(self) -> int | None:
