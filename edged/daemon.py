@@ -7,7 +7,10 @@ STATUS= and the stats topic.
 
 READY=1 is sent when the first result has been handed to the MQTT client
 (queued if the broker is away): at that point a frame has gone through every
-stage on this configuration.
+stage on this configuration. When something that heals by itself keeps that
+from happening (no Coral yet, camera absent), READY=1 is sent once the daemon
+waits for it, with STATUS= saying what it waits for: edged is up, and a restart
+would not help (`edged.lifecycle` has the whole contract).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from edged import report, wiring
+from edged import lifecycle, report, wiring
 from edged.checkconfig import too_large_for_json
 from edged.config import Config, ConfigError, config_warnings, load_config, read_config
 from edged.discovery import Discovery, discovery_config
+from edged.lifecycle import EX_CONFIG
 from edged.logsetup import register_secret, setup_logging
 from edged.metrics import Textfile
 from edged.notify import HealthCheck, Notifier, ProgressMonitor, WatchdogGate
@@ -43,7 +47,6 @@ from edged.threads import NamedThread
 log = logging.getLogger("edged")
 
 DEFAULT_CONFIG = "/etc/edged/edged.toml"
-EX_CONFIG = 78  # sysexits: the unit's RestartPreventExitStatus stops a restart loop on it
 TICK_S = 0.5
 
 
@@ -78,6 +81,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.ready_sent = False
         self.reload_error = ""
+        self.fatal_error = ""  # why the daemon stopped for good, left on the broker
         self.exit_code = 0
         self.capture: CaptureThread | None = None
         self.supervisor: Supervisor | None = None
@@ -89,6 +93,9 @@ class Daemon:
         self._frames_lost_before = 0  # by pipelines replaced on reload
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
+        self._gate: WatchdogGate | None = None
+        self._next_tick = self._next_status = self._next_stats = 0.0
+        self._say_status = lifecycle.StatusSayer()
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -103,32 +110,28 @@ class Daemon:
             assert self.info is not None
             too_large = too_large_for_json(self.info.outputs, self.cfg.output)
             if too_large is not None:
-                log.error("%s: output.max_values: %s", self.path, too_large)
-                self._shutdown()
-                return EX_CONFIG
+                return self._fatal([f"{self.path}: output.max_values: {too_large}"], EX_CONFIG)
             self._announce()
             self._start_capture()
             self._start_pipeline()
         except ConfigError as exc:  # e.g. password_env names an unset variable
-            for line in exc.problems:
-                log.error("%s", line)
-            self._shutdown()
-            return EX_CONFIG
+            return self._fatal(exc.problems, EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
-            log.error("%s", _first_line(exc))
-            self._shutdown()
-            return 1
+            if self.stop_requested.is_set():  # SIGTERM while waiting for the model to load
+                self._shutdown()
+                return 0
+            return self._fatal([_first_line(exc)], lifecycle.exit_code(exc))
         log.info("edged running: %s", self._status_line())
         try:
             self._housekeeping()
         finally:
             self.notifier.stopping("stopping")
-            self._shutdown()
+            self._shutdown(reason="failed" if self.fatal_error else "stopped")
         return self.exit_code
 
     def _start_worker(self, cfg: Config | None = None) -> None:
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
-        info = sup.start_until_loaded(self.stop_requested.is_set)
+        info = sup.start_until_loaded(self._tick_while_waiting)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
                  sup.model_name, info.runtime, info.delegate,
                  list(info.inputs[0].shape), info.inputs[0].dtype, info.pixel_path)
@@ -166,7 +169,16 @@ class Daemon:
             self._frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.pipeline_thread = None
 
-    def _shutdown(self) -> None:
+    def _fatal(self, problems: Sequence[str], code: int) -> int:
+        """Stop for good: every problem logged, the first one left where subscribers
+        look (the retained offline status and the last stats)."""
+        for line in problems:
+            log.error("%s", line)
+        self.fatal_error = problems[0]
+        self._shutdown(reason="failed")
+        return code
+
+    def _shutdown(self, reason: str = "stopped") -> None:
         # Order: stop taking frames, finish the frame in flight, then say offline.
         if self.capture is not None:
             self.capture.stop(timeout=0.5)
@@ -176,7 +188,7 @@ class Daemon:
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
             self._report(up=False)
-            self.publisher.stop()
+            self.publisher.stop(reason=reason, error=self.fatal_error)
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
@@ -192,50 +204,72 @@ class Daemon:
     # -- housekeeping -----------------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        assert self.publisher is not None
-        gate = WatchdogGate(self.notifier, [
-            HealthCheck("no frames inferred recently", self._frames_progressing),
-            HealthCheck("pipeline thread stalled", self._pipeline_alive),
-            # Through self: a reload may replace the publisher.
-            HealthCheck("MQTT network thread dead",
-                        lambda: self.publisher is not None and self.publisher.network_alive()),
-        ])
-        next_stats = 0.0
-        next_status = 0.0
         while not self.stop_requested.wait(TICK_S):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
-            if not self.ready_sent and self._first_result.is_set():
-                self.ready_sent = True
-                self.notifier.ready(self._status_line())
-                log.info("ready: first result published")
-            shown = gate.failing
-            gate.tick()
-            now = time.monotonic()
-            # A health change is told at once, not at the next 5 s refresh.
-            if now >= next_status or gate.failing != shown:
-                self.notifier.status(self._status_line(gate.failing))
-                next_status = now + 5.0
-            if now >= next_stats:
-                self._report()
-                next_stats = now + self.cfg.output.stats_interval_s
+            self._tick()
+
+    def _tick(self) -> None:
+        """READY=1, the watchdog, STATUS=, the stats and the retained status's words."""
+        if self._gate is None:
+            self._gate = WatchdogGate(self.notifier, [
+                HealthCheck("no frames inferred recently", self._frames_progressing),
+                HealthCheck("pipeline thread stalled", self._pipeline_alive),
+                # Through self: a reload may replace the publisher.
+                HealthCheck("MQTT network thread dead", lambda: self.publisher is not None
+                            and self.publisher.network_alive()),
+            ])
+        gate = self._gate
+        if not self.ready_sent and self._first_result.is_set():
+            self.ready_sent = True
+            self.notifier.ready(self._status_line())
+            log.info("ready: first result published")
+        elif not self.ready_sent and (waiting := lifecycle.waiting_for(self.supervisor,
+                                                                       self.capture)):
+            self.ready_sent = True
+            self.notifier.ready(self._status_line())
+            log.info("ready: waiting for %s", waiting)
+        shown = gate.failing
+        gate.tick()
+        now = time.monotonic()
+        # A health change is told at once, not at the next 5 s refresh.
+        if now >= self._next_status or gate.failing != shown:
+            self.notifier.status(self._status_line(gate.failing))
+            self._next_status = now + 5.0
+        if now >= self._next_stats:
+            self._report()
+            self._next_stats = now + self.cfg.output.stats_interval_s
+        self._say_status(self.publisher, self.supervisor, self.capture)
+
+    def _tick_while_waiting(self) -> bool:
+        """Polled while the worker waits to load (no Coral yet): housekeeping goes on."""
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_S
+            self._tick()
+        return self.stop_requested.is_set()
 
     def _frames_progressing(self) -> bool:
-        # A finite source that ended (video or folder, loop = false) is done on
-        # purpose: withholding the watchdog would make systemd restart and replay it.
-        cap = self.capture
-        return self._frames() or (cap is not None and cap.source.state == "ended")
+        # Waiting on purpose (a camera retried, a worker restarted, a finite source
+        # that ended) is not a fault: withholding the watchdog would have systemd
+        # restart edged for what it already handles (or replay an ended video).
+        return self._frames() or bool(lifecycle.waiting_for(self.supervisor, self.capture))
 
     def _pipeline_alive(self) -> bool:
         p, t = self.pipeline, self.pipeline_thread
-        return p is not None and t is not None and t.is_alive() and (
+        if p is None or t is None:
+            return True  # not started yet, or being replaced: the main thread is at work
+        return t.is_alive() and (
             time.monotonic() - p.heartbeat < max(30.0, self.cfg.inference.invoke_timeout_s * 3))
 
     def figures(self) -> dict[str, Any]:
-        return report.figures(report.Parts(
+        figures = report.figures(report.Parts(
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
             self._frames_lost_before, self.reload_error))
+        if self.fatal_error:
+            figures["last_error"] = self.fatal_error
+        return figures
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
         why = self.publisher.counters().last_error if self.publisher else None
@@ -358,9 +392,10 @@ class Daemon:
         try:
             self._start_worker(self.cfg)
         except ModelLoadError as exc:
-            log.error("reload: the previous model does not load any more either (%s); "
-                      "exiting", _first_line(exc))
-            self.exit_code = 1
+            self.fatal_error = (f"reload: the previous model does not load any more either "
+                                f"({_first_line(exc)}); exiting")
+            log.error("%s", self.fatal_error)
+            self.exit_code = lifecycle.exit_code(exc)
             self.stop_requested.set()
             raise
         self._start_pipeline()

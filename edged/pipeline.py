@@ -89,6 +89,8 @@ class Pipeline:
         # worker takes with it, counted in frames_lost so no loss goes unreported.
         self._held = 0
         self.frames_lost = 0
+        # True once a finite source's feed is closed and empty, with nothing in flight.
+        self.drained = False
         self._stop = threading.Event()
 
     def stop(self) -> None:

@@ -198,8 +198,9 @@ def serve(sock: socket.socket) -> int:
     try:
         model, quantizer, info = _load(params)
     except Exception as exc:
+        # heals: no device yet (a Coral plugged in later); the daemon waits for it.
         send(sock, {"op": "error", "message": str(exc).splitlines()[0] if str(exc)
-                    else type(exc).__name__})
+                    else type(exc).__name__, "heals": bool(getattr(exc, "heals", False))})
         return 3
     send(sock, info)
     message, fds = receive(sock, inbox, max_fds=1)

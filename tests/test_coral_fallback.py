@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from broker import Mosquitto
+from broker import Mosquitto, retained
 from daemon_helpers import DaemonProcess, base_config, write_config
-from faults_helpers import build_stub_delegate, subscribed
+from faults_helpers import build_stub_delegate, is_stats, subscribed
+from fleet_helpers import render
 
 TPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -40,8 +41,10 @@ def warnings_of(log: str) -> list[str]:
     return [line.split(" WARNING ", 1)[1] for line in log.splitlines() if " WARNING " in line]
 
 
-def runs_cpu_model(config: Path, port: int, env: dict[str, str] | None = None) -> str:
-    """Run the daemon until a CPU result arrives; its log."""
+def runs_cpu_model(config: Path, port: int, env: dict[str, str] | None = None,
+                   fallback: str = "") -> str:
+    """Run the daemon until a CPU result arrives; its log. With `fallback`, the
+    status and stats topics (where subscribers look) must say that line too."""
     with subscribed(port) as sub, DaemonProcess(config, env=env) as daemon:
         try:
             got = sub.wait_for(lambda m: m.topic.endswith("/results"), timeout=30)
@@ -49,7 +52,19 @@ def runs_cpu_model(config: Path, port: int, env: dict[str, str] | None = None) -
             raise AssertionError(daemon.log_text()) from None
         doc = orjson.loads(got.payload)
         assert (doc["model"], doc["delegate"]) == (CPU_MODEL, "cpu")
+        if fallback:
+            status = sub.wait_for(lambda m: m.topic.endswith("/status")
+                                  and "delegate" in orjson.loads(m.payload), timeout=10)
+            said = orjson.loads(status.payload)
+            assert (said["state"], said["reason"], said["delegate"], said["fallback"]) == (
+                "online", "connected", "cpu", fallback), said
+            stats = sub.wait_for(is_stats(lambda f: f["delegate"] == "cpu"), timeout=10)
+            assert orjson.loads(stats.payload)["fallback"] == fallback
         assert daemon.stop() == 0
+    if fallback:
+        offline = retained(port, "edged/test/status")
+        assert offline is not None
+        assert orjson.loads(offline.payload)["fallback"] == fallback  # kept when it stops
     return daemon.log_text()
 
 
@@ -57,10 +72,10 @@ def test_edgetpu_path_without_libedgetpu_runs_model_path_on_the_cpu(
         tmp_path: Path, mosquitto: Mosquitto, shared_models: Path) -> None:
     library = "/nonexistent/libedgetpu.so.1"
     config = coral_config(tmp_path, mosquitto.port, shared_models, edgetpu_library=library)
-    log = runs_cpu_model(config, mosquitto.port)
     line = (f"Edge TPU delegate: {library} not found: the Edge TPU runtime is not installed "
             f"(apt install libedgetpu1-std); running {CPU_MODEL} on the CPU instead "
             "(fallback = cpu)")
+    log = runs_cpu_model(config, mosquitto.port, fallback=line)
     assert warnings_of(log).count(f"edged: {line}") == 1, log
     assert log.count(line) == 1, log  # said once: not by the worker as well
 
@@ -69,10 +84,19 @@ def test_edgetpu_path_without_a_coral_runs_model_path_on_the_cpu_edgetpu_stand_i
         tmp_path: Path, mosquitto: Mosquitto, shared_models: Path) -> None:
     stub = build_stub_delegate(tmp_path)
     config = coral_config(tmp_path, mosquitto.port, shared_models, edgetpu_library=str(stub))
-    log = runs_cpu_model(config, mosquitto.port, env={"STUB_DELEGATE_FAIL": "1"})
+    config.write_text(config.read_text() + "[homeassistant]\nenabled = true\n")
     line = f"{NO_CORAL}; running {CPU_MODEL} on the CPU instead (fallback = cpu)"
+    log = runs_cpu_model(config, mosquitto.port, env={"STUB_DELEGATE_FAIL": "1"},
+                         fallback=line)
     assert warnings_of(log).count(f"edged: {line}") == 1, log
     assert log.count(line) == 1, log
+    # Home Assistant's "CPU fallback" problem sensor, rendered against the real stats.
+    discovery = retained(mosquitto.port, "homeassistant/device/edged_test/config")
+    stats = retained(mosquitto.port, "edged/test/stats")
+    assert discovery is not None and stats is not None
+    entity = orjson.loads(discovery.payload)["cmps"]["fallback"]
+    assert render(entity["val_tpl"], stats.payload) == "ON"
+    assert orjson.loads(render(entity["json_attr_tpl"], stats.payload)) == {"reason": line}
 
 
 def test_a_cpu_model_without_a_coral_is_said_once_edgetpu_stand_in(
