@@ -155,10 +155,19 @@ class Daemon:
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
                 self.cfg, self.supervisor, self.publisher, self._on_published),
-            self.stats, max_fps=self.cfg.inference.max_fps)
+            self.stats)
+        self._pace()
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
         self.pipeline_thread.start()
+
+    def _pace(self) -> None:
+        """inference.max_fps: a file (every frame inferred) is read at that rate, a
+        camera's frames are taken at it; either way no result waits for it."""
+        if self.capture is not None and self.pipeline is not None:
+            max_fps, lossless = self.cfg.inference.max_fps, self.capture.lossless
+            self.capture.pace(max_fps if lossless else 0.0)
+            self.pipeline.pace(0.0 if lossless else max_fps)
 
     def _stop_pipeline(self) -> None:
         if self.pipeline is not None and self.pipeline_thread is not None:
@@ -362,6 +371,7 @@ class Daemon:
             capture.start()
         if self.pipeline is None:
             self._start_pipeline(stages)
+        self._pace()  # a new source or a new max_fps
         self._apply_logging(new)
         self._announce()
 
