@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.config import Config, ConfigError, ConfigFile, config_warnings, read_config
+from edged.config import (
+    Config,
+    ConfigError,
+    ConfigFile,
+    config_warnings,
+    read_config,
+    read_valid_sections,
+)
 from edged.configpublish import OutputConfig
 from edged.configtext import os_error
 from edged.tensors import TensorInfo
@@ -53,28 +60,46 @@ class Report:
 
 
 def check_config(path: str | Path) -> CheckResult:
-    """Load `path` and check everything it refers to. Never raises for bad input."""
+    """Load `path` and check everything it refers to. Never raises for bad input.
+
+    A value the schema refuses does not hide the rest: the files named by the
+    sections that did validate are checked too (those of a broken one are not,
+    as its defaults would stand in for what the file says).
+    """
     report = Report()
     try:
         cf = read_config(path)
     except ConfigError as exc:
         report.errors.extend(exc.problems)
+        try:
+            partial, broken = read_valid_sections(path)
+        except ConfigError:
+            return report.result()  # unreadable, or not TOML: nothing more to look at
+        _look(partial, report, broken)
         return report.result()
     _look(cf, report)
     return report.result()
 
 
-def _look(cf: ConfigFile, report: Report) -> None:
-    report.warnings.extend(config_warnings(cf.path, cf.config))
-    _check_source(cf, report)
-    outputs, inputs = _check_models(cf, report)
-    _check_labels(cf, report)
-    _check_password(cf, report)
-    _check_tls(cf, report)
-    _check_delegate_library(cf, report)
-    if outputs is not None:
+def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) -> None:
+    def valid(*sections: str) -> bool:
+        return broken.isdisjoint(sections)
+
+    if valid("mqtt"):
+        report.warnings.extend(config_warnings(cf.path, cf.config))
+    if valid("source"):
+        _check_source(cf, report)
+    outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
+    if valid("model"):
+        _check_labels(cf, report)
+    if valid("mqtt"):
+        _check_password(cf, report)
+        _check_tls(cf, report)
+    if valid("inference"):
+        _check_delegate_library(cf, report)
+    if outputs is not None and valid("output"):
         _check_outputs(cf, outputs, report)
-    if inputs:
+    if inputs and valid("preprocess"):
         _check_normalization(cf, inputs[0], report)
 
 

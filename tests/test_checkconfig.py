@@ -84,6 +84,34 @@ def test_broken_config_exits_1_with_every_problem(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_schema_errors_do_not_hide_the_file_checks_of_valid_sections(tmp_path: Path) -> None:
+    """A bad value in one section; a missing model and a missing folder in two good ones."""
+    path = write(tmp_path, f'[source]\nkind = "folder"\nuri = "{tmp_path}/nope"\n\n'
+                           f'[model]\npath = "{tmp_path}/missing.tflite"\n\n'
+                           "[output]\nmin_score = 2\n")
+    result = run_cli(path)
+    assert result.returncode == 1
+    assert (result.stdout + result.stderr).splitlines() == [
+        f"{path}:9: output.min_score: must be <= 1 (got 2)",
+        f"{path}:3: source.uri: {tmp_path}/nope: not found",
+        f"{path}:6: model.path: {tmp_path}/missing.tflite: model file not found",
+        f"{path}: 3 problems",
+    ]
+
+
+def test_file_checks_that_need_a_broken_section_are_left_out(tmp_path: Path,
+                                                            digits: Path) -> None:
+    """[output] is broken: the model's outputs are not checked against its defaults
+    (max_values = 5 would fail them), and nothing is said about it twice."""
+    path = write(tmp_path, f'[model]\npath = "{digits}"\nlabels = "{tmp_path}/labels.txt"\n'
+                           "[output]\nmax_values = 5\ntop_k = 0\n")
+    result = check_config(path)
+    assert result.errors == (
+        f"{path}:6: output.top_k: must be >= 1 (got 0)",
+        f"{path}:3: model.labels: labels file '{tmp_path}/labels.txt': not found",
+    )
+
+
 def test_missing_config_exits_1(tmp_path: Path) -> None:
     result = run_cli(tmp_path / "none.toml")
     assert result.returncode == 1
