@@ -54,6 +54,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the daemon", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", default=os.environ.get("EDGED_CONFIG", DEFAULT_CONFIG),
                    help=f"config file (default: $EDGED_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--exit-on-end", action="store_true",
+                   help="exit (status 0) once a video or folder with loop = false has ended "
+                        "and its last result has reached the broker; without it edged idles")
     p.set_defaults(handler=_run)
 
 
@@ -67,13 +70,15 @@ def _run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             log.error("%s", line)
         return EX_CONFIG
-    return Daemon(Path(args.config), cfg).run()
+    return Daemon(Path(args.config), cfg, exit_on_end=args.exit_on_end).run()
 
 
 class Daemon:
-    def __init__(self, path: Path, cfg: Config) -> None:
+    def __init__(self, path: Path, cfg: Config, *, exit_on_end: bool = False) -> None:
         self.path = path
         self.cfg = cfg
+        self.exit_on_end = exit_on_end
+        self._stop_reason = "stopped"  # what the offline status says after a clean stop
         # The worker must not inherit NOTIFY_SOCKET: only the main process speaks for the unit.
         self.notifier = Notifier.from_env(unset_environment=True)
         self.stats = Stats()
@@ -126,7 +131,7 @@ class Daemon:
             self._housekeeping()
         finally:
             self.notifier.stopping("stopping")
-            self._shutdown(reason="failed" if self.fatal_error else "stopped")
+            self._shutdown(reason="failed" if self.fatal_error else self._stop_reason)
         return self.exit_code
 
     def _start_worker(self, cfg: Config | None = None) -> None:
@@ -218,6 +223,11 @@ class Daemon:
                 self.reload_requested.clear()
                 self._reload()
             self._tick()
+            if self.exit_on_end and lifecycle.batch_done(self.capture, self.pipeline,
+                                                         self.publisher):
+                log.info("source ended: every result delivered; exiting (--exit-on-end)")
+                self._stop_reason = "source ended"
+                self.stop_requested.set()
 
     def _tick(self) -> None:
         """READY=1, the watchdog, STATUS=, the stats and the retained status's words."""
