@@ -14,7 +14,7 @@ from edged import __version__
 # `edged inspect` does not pay for paho, and `edged listen` not for the runtime.
 COMMANDS: dict[str, str] = {
     "run": "edged.daemon",
-    "check-config": "edged.checkconfig",
+    "check-config": "edged.checkcommand",
     "inspect": "edged.inspect",
     "listen": "edged.listen",
     "bench": "edged.bench",

@@ -53,12 +53,20 @@ from edged.configtext import (
 )
 
 __all__ = [
-    "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
+    "DEFAULT_PATH", "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
     "InferenceConfig", "LoggingConfig", "MetricsConfig", "ModelConfig", "MqttConfig",
     "OutputConfig", "PreprocessConfig", "SourceConfig",
-    "config_warnings", "default_device_id", "load_config", "packaged_model", "read_config",
-    "read_valid_sections",
+    "config_warnings", "default_device_id", "default_path", "load_config", "packaged_model",
+    "read_config", "read_valid_sections",
 ]
+
+
+DEFAULT_PATH = "/etc/edged/edged.toml"
+
+
+def default_path() -> str:
+    """The file `edged run` and `edged check-config` read when given none."""
+    return os.environ.get("EDGED_CONFIG") or DEFAULT_PATH
 
 
 class Config(Section):

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import faulthandler
 import logging
-import os
 import signal
 import threading
 import time
@@ -30,7 +29,15 @@ from typing import Any
 
 from edged import lifecycle, report, wiring
 from edged.checkconfig import too_large_for_json
-from edged.config import Config, ConfigError, config_warnings, load_config, read_config
+from edged.config import (
+    DEFAULT_PATH,
+    Config,
+    ConfigError,
+    config_warnings,
+    default_path,
+    load_config,
+    read_config,
+)
 from edged.discovery import Discovery, discovery_config
 from edged.lifecycle import EX_CONFIG
 from edged.logsetup import register_secret, setup_logging
@@ -46,14 +53,13 @@ from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
 
-DEFAULT_CONFIG = "/etc/edged/edged.toml"
 TICK_S = 0.5
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the daemon", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", "-c", default=os.environ.get("EDGED_CONFIG", DEFAULT_CONFIG),
-                   help=f"config file (default: $EDGED_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--config", "-c", default=default_path(),
+                   help=f"config file (default: $EDGED_CONFIG or {DEFAULT_PATH})")
     p.add_argument("--exit-on-end", action="store_true",
                    help="exit (status 0) once a video or folder with loop = false has ended "
                         "and its last result has reached the broker; without it edged idles")
