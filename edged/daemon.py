@@ -21,7 +21,6 @@ import faulthandler
 import logging
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -39,10 +38,11 @@ from edged.config import (
     read_config,
 )
 from edged.discovery import Discovery, discovery_config
+from edged.housekeeping import TICK_S, Housekeeping
 from edged.lifecycle import EX_CONFIG
 from edged.logsetup import register_secret, setup_logging
 from edged.metrics import Textfile
-from edged.notify import HealthCheck, Notifier, ProgressMonitor, WatchdogGate
+from edged.notify import Notifier, ProgressMonitor
 from edged.pipeline import Deliver, Pipeline, Preprocess
 from edged.publish import Publisher
 from edged.reload import ReloadPlan, plan_reload, preflight
@@ -53,7 +53,6 @@ from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
 
-TICK_S = 0.5
 
 
 def register(sub: Any) -> None:
@@ -90,7 +89,6 @@ class Daemon:
         self.stats = Stats()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
-        self.ready_sent = False
         self.reload_error = ""
         self.fatal_error = ""  # why the daemon stopped for good, left on the broker
         self.exit_code = 0
@@ -99,14 +97,12 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.pipeline: Pipeline | None = None
         self.pipeline_thread: threading.Thread | None = None
-        self._first_result = threading.Event()
-        self._frames = ProgressMonitor(window=10.0)
+        self.first_result = threading.Event()
+        self.frames = ProgressMonitor(window=10.0)
         self._frames_lost_before = 0  # by pipelines replaced on reload
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
-        self._gate: WatchdogGate | None = None
-        self._next_tick = self._next_status = self._next_stats = 0.0
-        self._say_status = lifecycle.StatusSayer()
+        self.keeper = Housekeeping(self)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -142,7 +138,7 @@ class Daemon:
 
     def _start_worker(self, cfg: Config | None = None) -> None:
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
-        info = sup.start_until_loaded(self._tick_while_waiting)
+        info = sup.start_until_loaded(self.keeper.tick_while_waiting)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
                  sup.model_name, info.runtime, info.delegate,
                  list(info.inputs[0].shape), info.inputs[0].dtype, info.pixel_path)
@@ -217,9 +213,9 @@ class Daemon:
         self.reload_requested.set()
 
     def _on_published(self) -> None:
-        self._frames.beat()
-        if not self._first_result.is_set():  # set() takes a lock and notifies, every time
-            self._first_result.set()
+        self.frames.beat()
+        if not self.first_result.is_set():  # set() takes a lock and notifies, every time
+            self.first_result.set()
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -228,65 +224,12 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
-            self._tick()
+            self.keeper.tick()
             if self.exit_on_end and lifecycle.batch_done(self.capture, self.pipeline,
                                                          self.publisher):
                 log.info("source ended: every result delivered; exiting (--exit-on-end)")
                 self._stop_reason = "source ended"
                 self.stop_requested.set()
-
-    def _tick(self) -> None:
-        """READY=1, the watchdog, STATUS=, the stats and the retained status's words."""
-        if self._gate is None:
-            self._gate = WatchdogGate(self.notifier, [
-                HealthCheck("no frames inferred recently", self._frames_progressing),
-                HealthCheck("pipeline thread stalled", self._pipeline_alive),
-                # Through self: a reload may replace the publisher.
-                HealthCheck("MQTT network thread dead", lambda: self.publisher is not None
-                            and self.publisher.network_alive()),
-            ])
-        gate = self._gate
-        if not self.ready_sent and self._first_result.is_set():
-            self.ready_sent = True
-            self.notifier.ready(self._status_line())
-            log.info("ready: first result published")
-        elif not self.ready_sent and (waiting := lifecycle.waiting_for(self.supervisor,
-                                                                       self.capture)):
-            self.ready_sent = True
-            self.notifier.ready(self._status_line())
-            log.info("ready: waiting for %s", waiting)
-        shown = gate.failing
-        gate.tick()
-        now = time.monotonic()
-        # A health change is told at once, not at the next 5 s refresh.
-        if now >= self._next_status or gate.failing != shown:
-            self.notifier.status(self._status_line(gate.failing))
-            self._next_status = now + 5.0
-        if now >= self._next_stats:
-            self._report()
-            self._next_stats = now + self.cfg.output.stats_interval_s
-        self._say_status(self.publisher, self.supervisor, self.capture)
-
-    def _tick_while_waiting(self) -> bool:
-        """Polled while the worker waits to load (no Coral yet): housekeeping goes on."""
-        now = time.monotonic()
-        if now >= self._next_tick:
-            self._next_tick = now + TICK_S
-            self._tick()
-        return self.stop_requested.is_set()
-
-    def _frames_progressing(self) -> bool:
-        # Waiting on purpose (a camera retried, a worker restarted, a finite source
-        # that ended) is not a fault: withholding the watchdog would have systemd
-        # restart edged for what it already handles (or replay an ended video).
-        return self._frames() or bool(lifecycle.waiting_for(self.supervisor, self.capture))
-
-    def _pipeline_alive(self) -> bool:
-        p, t = self.pipeline, self.pipeline_thread
-        if p is None or t is None:
-            return True  # not started yet, or being replaced: the main thread is at work
-        return t.is_alive() and (
-            time.monotonic() - p.heartbeat < max(30.0, self.cfg.inference.invoke_timeout_s * 3))
 
     def figures(self) -> dict[str, Any]:
         figures = report.figures(report.Parts(
@@ -315,7 +258,7 @@ class Daemon:
     def _reload(self) -> None:
         """SIGHUP: check the file; apply what changed, or keep running on the old config."""
         # Before READY=1 systemd is still waiting for the start: no reload to announce.
-        if self.ready_sent:
+        if self.keeper.ready_sent:
             self.notifier.reloading(f"reloading {self.path}")
         try:
             cf = read_config(self.path)
@@ -333,7 +276,7 @@ class Daemon:
         else:
             self.reload_error = ""
             log.info("reload: applied")
-        if self.ready_sent:
+        if self.keeper.ready_sent:
             self.notifier.ready(self._status_line())
         self._report()
 
