@@ -24,8 +24,8 @@ from edged.config import (
     ConfigFile,
     config_warnings,
     read_config,
-    read_valid_sections,
 )
+from edged.configpartial import read_valid_sections
 from edged.configpublish import OutputConfig
 from edged.configtext import os_error
 from edged.tensors import TensorInfo

@@ -57,7 +57,7 @@ __all__ = [
     "InferenceConfig", "LoggingConfig", "MetricsConfig", "ModelConfig", "MqttConfig",
     "OutputConfig", "PreprocessConfig", "SourceConfig",
     "config_warnings", "default_device_id", "default_path", "load_config", "packaged_model",
-    "read_config", "read_valid_sections",
+    "read_config", "read_toml",
 ]
 
 
@@ -166,7 +166,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return read_config(path).config
 
 
-def _read_toml(shown: Path) -> tuple[str, dict[str, Any]]:
+def read_toml(shown: Path) -> tuple[str, dict[str, Any]]:
     """The file's text and its TOML document; ConfigError (one line) when unreadable."""
     try:
         text = shown.read_bytes().decode("utf-8")
@@ -183,35 +183,10 @@ def _read_toml(shown: Path) -> tuple[str, dict[str, Any]]:
         raise ConfigError([f"{place}: TOML syntax error: {words}"]) from None
 
 
-def read_valid_sections(path: str | os.PathLike[str]) -> tuple[ConfigFile, frozenset[str]]:
-    """A file `read_config` refused, as far as it goes: every section that
-    validates on its own, the others at their defaults, and the names of those.
-
-    For `edged check-config`, which still looks at the files the valid sections
-    name. Raises ConfigError when the file cannot be read or parsed at all.
-    """
-    shown = Path(path)
-    text, data = _read_toml(shown)
-    context = {"base_dir": shown.absolute().parent}
-    valid: dict[str, Any] = {}
-    broken: set[str] = set()
-    for name, model in SECTIONS.items():
-        if name not in data:
-            continue
-        try:
-            model.model_validate(data[name], context=context)
-        except ValidationError:
-            broken.add(name)
-        else:
-            valid[name] = data[name]
-    config = Config.model_validate(valid, context=context)
-    return ConfigFile(shown, config, text, key_lines(text)), frozenset(broken)
-
-
 def read_config(path: str | os.PathLike[str]) -> ConfigFile:
     """As `load_config`, keeping the text and key lines for later messages."""
     shown = Path(path)
-    text, data = _read_toml(shown)
+    text, data = read_toml(shown)
     lines = key_lines(text)
     base_dir = shown.absolute().parent
     context = {"base_dir": base_dir}
