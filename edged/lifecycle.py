@@ -80,6 +80,7 @@ class StatusSayer:
     """Sends the retained status's words when they change (or the publisher does)."""
 
     def __init__(self) -> None:
+        self._publisher: Publisher | None = None
         self._said: tuple[Any, ...] = ()
 
     def __call__(self, publisher: Publisher | None, supervisor: Supervisor | None,
@@ -87,9 +88,10 @@ class StatusSayer:
         if publisher is None:
             return
         reason, fields = status_words(supervisor, capture)
-        said = (id(publisher), reason, tuple(sorted(fields.items())))
-        if said != self._said:
-            self._said = said
+        said = (reason, tuple(sorted(fields.items())))
+        # A reload's new publisher starts with none of these words: tell it too.
+        if publisher is not self._publisher or said != self._said:
+            self._publisher, self._said = publisher, said
             publisher.set_status(reason, fields)
 
 

@@ -147,6 +147,23 @@ class HangingCamera:
         self._server.close()
 
 
+def _stream_daemon(tmp_path: Path, port: int, listener: NotifyListener, url: str,
+                   **source: float) -> ShellDaemon:
+    """`edged run` on an HTTP camera under the systemd stand-in, once it is ready
+    and has pinged the watchdog (a ping every second while healthy)."""
+    cfg = base_config(port, model=MODEL, frames=tmp_path,
+                      source={"kind": "stream", "uri": url, **source})
+    env = {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "2000000"}
+    daemon = ShellDaemon(write_config(tmp_path / "edged.toml", cfg), env)
+    try:
+        listener.receive_until("READY", timeout=60)
+        listener.receive_until("WATCHDOG", timeout=5)
+    except BaseException:
+        daemon.__exit__()
+        raise
+    return daemon
+
+
 def _watch(listener: NotifyListener, seconds: float) -> tuple[list[float], list[str]]:
     seen = listener.drain(seconds)
     return pings(seen), [m.get("STATUS") or "" for m in seen if "STATUS" in m.keys]
@@ -155,15 +172,8 @@ def _watch(listener: NotifyListener, seconds: float) -> tuple[list[float], list[
 def test_watchdog_stops_while_a_camera_read_hangs_and_resumes_after(
         tmp_path: Path, mosquitto: Mosquitto, listener: NotifyListener) -> None:
     camera = HangingCamera()
-    cfg = base_config(mosquitto.port, model=MODEL, frames=tmp_path,
-                      source={"kind": "stream", "uri": camera.url})
-    config = write_config(tmp_path / "edged.toml", cfg)
-    env = {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "2000000"}
-    daemon = ShellDaemon(config, env)
+    daemon = _stream_daemon(tmp_path, mosquitto.port, listener, camera.url)
     try:
-        listener.receive_until("READY", timeout=60)
-        listener.receive_until("WATCHDOG", timeout=5)
-
         camera.hanging.set()
         last, deadline = time.monotonic(), time.monotonic() + 40
         while time.monotonic() - last < 5.0:  # 5 s without a ping: withheld
@@ -196,15 +206,9 @@ def test_watchdog_keeps_going_while_a_stalled_stream_is_retried(
         return jpeg(i * 7 % 256, size=(32, 32))
 
     camera = MjpegServer(part, interval=0.05).start()
-    cfg = base_config(mosquitto.port, model=MODEL, frames=tmp_path,
-                      source={"kind": "stream", "uri": camera.url, "reopen_backoff_s": 0.2,
-                              "reopen_backoff_max_s": 0.5})
-    config = write_config(tmp_path / "edged.toml", cfg)
-    env = {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "2000000"}
-    daemon = ShellDaemon(config, env)
+    daemon = _stream_daemon(tmp_path, mosquitto.port, listener, camera.url,
+                            reopen_backoff_s=0.2, reopen_backoff_max_s=0.5)
     try:
-        listener.receive_until("READY", timeout=60)
-        listener.receive_until("WATCHDOG", timeout=5)
         flowing.clear()
         # Past the read timeout (5 s) and the frames window (10 s): pings all along.
         gaps, statuses, last = [], [], time.monotonic()
