@@ -111,6 +111,8 @@ class _Listener:
         kind = decoded.get("kind", "none") if isinstance(decoded, dict) else "none"
         if self.args.kind and kind not in self.args.kind:
             return
+        if self.args.count and self.results >= self.args.count:
+            return  # --count reached; results still arriving before the loop stops are not shown
         fps = self._fps(str(doc.get("device_id", topic)))
         if self.args.json:
             line = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode()
