@@ -14,14 +14,18 @@ a check before `systemctl reload` must not disturb it.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from edged.config import Config, ConfigError, ConfigFile, config_warnings, read_config
+from edged.config import (
+    ConfigError,
+    ConfigFile,
+    config_warnings,
+    read_config,
+)
+from edged.configpartial import read_valid_sections
 from edged.configpublish import OutputConfig
 from edged.configtext import os_error
 from edged.tensors import TensorInfo
@@ -34,6 +38,7 @@ class CheckResult:
     errors: tuple[str, ...]
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
+    delegate_loads: bool = True  # False: the delegate library cannot load (a CPU fallback)
 
     @property
     def ok(self) -> bool:
@@ -47,34 +52,54 @@ class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    delegate_loads: bool = True
 
     def result(self) -> CheckResult:
-        return CheckResult(tuple(self.errors), tuple(self.warnings), tuple(self.notes))
+        return CheckResult(tuple(self.errors), tuple(self.warnings), tuple(self.notes),
+                           self.delegate_loads)
 
 
 def check_config(path: str | Path) -> CheckResult:
-    """Load `path` and check everything it refers to. Never raises for bad input."""
+    """Load `path` and check everything it refers to. Never raises for bad input.
+
+    A value the schema refuses does not hide the rest: the files named by the
+    sections that did validate are checked too (those of a broken one are not,
+    as its defaults would stand in for what the file says).
+    """
     report = Report()
     try:
         cf = read_config(path)
     except ConfigError as exc:
         report.errors.extend(exc.problems)
+        try:
+            partial, broken = read_valid_sections(path)
+        except ConfigError:
+            return report.result()  # unreadable, or not TOML: nothing more to look at
+        _look(partial, report, broken)
         return report.result()
     _look(cf, report)
     return report.result()
 
 
-def _look(cf: ConfigFile, report: Report) -> None:
-    report.warnings.extend(config_warnings(cf.path, cf.config))
-    _check_source(cf, report)
-    outputs, inputs = _check_models(cf, report)
-    _check_labels(cf, report)
-    _check_password(cf, report)
-    _check_tls(cf, report)
-    _check_delegate_library(cf, report)
-    if outputs is not None:
+def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) -> None:
+    def valid(*sections: str) -> bool:
+        return broken.isdisjoint(sections)
+
+    if valid("mqtt"):
+        report.warnings.extend(config_warnings(cf.path, cf.config))
+    if valid("source"):
+        _check_source(cf, report)
+    outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
+    if valid("model"):
+        _check_labels(cf, report)
+    if valid("mqtt"):
+        _check_password(cf, report)
+        _check_tls(cf, report)
+    if valid("inference"):
+        _check_delegate_library(cf, report)
+    if outputs is not None and valid("output"):
         _check_outputs(cf, outputs, report)
-    if inputs:
+    if inputs and valid("preprocess"):
         _check_normalization(cf, inputs[0], report)
 
 
@@ -248,11 +273,27 @@ def _check_delegate_library(cf: ConfigFile, report: Report) -> None:
         problem = f"cannot load {library}: {detail}{hint}"
     if problem is None:
         return
-    if inference.fallback == "cpu":
+    report.delegate_loads = False
+    if inference.fallback == "cpu" and _runs_only_on_edgetpu(cf.config.model.path):
+        # What edged run does then: exit 78 (edged.lifecycle); not an OK here.
+        report.errors.append(cf.problem(key, f"{problem}, and {Path(cf.config.model.path).name} "
+                                        "(model.path) runs only on the Edge TPU: edged would "
+                                        "exit (status 78); give model.path the model's CPU "
+                                        "build"))
+    elif inference.fallback == "cpu":
         report.warnings.append(cf.problem(key, problem + "; edged would run on the CPU "
                                           "(fallback = \"cpu\")", warning=True))
     else:
         report.errors.append(cf.problem(key, problem))
+
+
+def _runs_only_on_edgetpu(path: Path) -> bool:
+    from edged.modelfile import ModelFileError, read_model_file
+
+    try:
+        return read_model_file(path).needs_edgetpu
+    except ModelFileError:  # said under model.path already
+        return False
 
 
 def _suggest_decoder(outputs: tuple[TensorInfo, ...]) -> str:
@@ -323,41 +364,3 @@ def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> 
                 f"{tensor.name!r} {list(tensor.shape)} has {channels} channel"
                 f"{'s' if channels != 1 else ''}: give "
                 f"{'1' if channels == 1 else f'1 or {channels}'}"))
-
-
-def summary(config: Config) -> str:
-    """What the daemon would do with this config, in one line."""
-    model = Path(config.model.path).name
-    inference = config.inference
-    where = inference.delegate if inference.delegate != "edgetpu" else (
-        f"edgetpu {inference.edgetpu_device or '(first found)'}")
-    scheme = "mqtts" if config.mqtt.tls else "mqtt"
-    return (f"source {config.source.kind}, model {model} on {where}, "
-            f"{scheme}://{config.mqtt.host}:{config.mqtt.port}/{config.topic_base}")
-
-
-def main(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    report = check_config(path)
-    for line in (*report.errors, *report.warnings):
-        print(line)
-    if report.errors:
-        count = len(report.errors)
-        print(f"{path}: {count} problem{'s' if count > 1 else ''}")
-        return 1
-    try:
-        config = read_config(path).config
-    except ConfigError:  # pragma: no cover - changed under our feet
-        return 1
-    for note in report.notes:
-        print(f"{path}: note: {note}")
-    print(f"{path}: OK ({summary(config)})")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "check-config", help="check a config file and everything it refers to",
-        description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("file", help="the TOML config file, e.g. /etc/edged/edged.toml")
-    parser.set_defaults(handler=main)

@@ -1,4 +1,8 @@
-"""The `edged` command: one sub-command per module that implements it."""
+"""The `edged` command: one sub-command per module that implements it.
+
+What `edged --help` and `edged COMMAND --help` say is written here, for the
+people who run edged (ABOUT); each module adds its own options.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from edged import __version__
 
@@ -14,22 +19,115 @@ from edged import __version__
 # `edged inspect` does not pay for paho, and `edged listen` not for the runtime.
 COMMANDS: dict[str, str] = {
     "run": "edged.daemon",
-    "check-config": "edged.checkconfig",
+    "check-config": "edged.checkcommand",
     "inspect": "edged.inspect",
     "listen": "edged.listen",
     "bench": "edged.bench",
     "demo": "edged.demo",
 }
 
+DESCRIPTION = """\
+edged runs a quantized TFLite model on camera frames, on the CPU or a Coral
+Edge TPU, and publishes every result over MQTT as floats. It is meant to run
+as a systemd service (the unit runs `edged run`)."""
+
+EPILOG = """\
+typical use:
+  edged check-config                 check /etc/edged/edged.toml and every file it names
+  edged run                          run the daemon, as the service does
+  edged listen --host broker.local   watch the results arrive, one line each
+  edged inspect model.tflite         see what edged does with a model
+  edged demo                         try it on the bundled model and frames
+
+`edged COMMAND --help` shows a command's options. Every config key, with its
+default and meaning, is in config/edged.toml (installed as /etc/edged/edged.toml)."""
+
+# command -> (one line for the list in `edged --help`, the description of `edged COMMAND --help`)
+ABOUT: dict[str, tuple[str, str]] = {
+    "run": (
+        "run the daemon (what the systemd service runs)",
+        "Run edged: read frames from the configured source, run the model on each (CPU or "
+        "Edge TPU) and publish the results over MQTT, until SIGTERM or Ctrl-C. SIGHUP "
+        "(systemctl reload edged) re-reads the config and applies what changed.\n\n"
+        "Exit status: 0 after a stop (or, with --exit-on-end, once a video or folder with "
+        "loop = false is done); 78 for a problem a restart cannot fix, such as a broken "
+        "config or a refused model (the journal and the retained MQTT status say which); "
+        "1 for anything else. What can heal by itself (no Coral yet, broker away, camera "
+        "absent) is waited out."),
+    "check-config": (
+        "check a config file and every file it names",
+        "Check a config file and everything it names: the model and labels files, the "
+        "Edge TPU model, the source folder or video, the password source, the TLS files, "
+        "the delegate library, and whether the model's outputs fit the output settings. "
+        "Problems go to stderr, one line each (file:line: key: message); the verdict goes "
+        "to stdout: OK and what edged would run.\n\n"
+        "Exit status: 0 when edged run would start with the file (warnings do not count), "
+        "1 otherwise. Safe beside a running edged: it never opens the Edge TPU."),
+    "inspect": (
+        "show a model's inputs and outputs, and the arithmetic edged applies to them",
+        "Show a .tflite model as edged sees it: each input and output with its shape, type "
+        "and quantization, how camera pixels are quantized into the input, and how every "
+        "output is dequantized ((q - zero_point) * scale, per tensor or per channel). "
+        "--json prints the same as one object for scripts.\n\n"
+        "Exit status: 0 when listed, 1 with one line on stderr when the model cannot be "
+        "used."),
+    "listen": (
+        "print the results a device publishes, one line each",
+        "Subscribe to a broker and print every result edged publishes: one line each, or "
+        "the JSON document with --json."),
+    "bench": (
+        "measure how fast edged runs a model on this machine",
+        "Measure how fast edged runs a model on this machine: the model's own limit, a "
+        "naive loop and edged itself, side by side, and how long each stage takes."),
+    "demo": (
+        "try edged on the bundled model and frames",
+        "Try edged without a camera or a broker of your own: runs the daemon on the bundled "
+        "digits model and frames against a private broker, prints the results as they "
+        "arrive, and stops."),
+}
+
+
+class _UsersWords:
+    """What each module's `register` adds to, with the words users read put in:
+    ABOUT's help and description; a module's own longer text (examples, exit
+    codes) stays, after them."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        help_line, description = ABOUT[name]
+        kwargs.pop("help", None)
+        own = kwargs.pop("description", None) or ""
+        details = own.split("\n\n", 1)[1].strip("\n").rstrip() if "\n\n" in own else ""
+        epilog = _fill("\n\n".join(part for part in (details, kwargs.pop("epilog", None))
+                                   if part))
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        parser: argparse.ArgumentParser = self._sub.add_parser(
+            name, help=help_line, description=_fill(description), epilog=epilog or None,
+            **kwargs)
+        return parser
+
+
+def _fill(text: str) -> str:
+    """Paragraphs wrapped to 79 columns (RawDescriptionHelpFormatter keeps them);
+    indented ones (examples) as they are."""
+    import textwrap
+
+    return "\n\n".join(p if p.startswith(" ") else textwrap.fill(" ".join(p.split()), 79)
+                       for p in text.split("\n\n"))
+
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edged", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edged", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    words = _UsersWords(sub)
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name in COMMANDS.items():
         if wanted not in (None, name):
-            sub.add_parser(name)  # listed in --help, loaded only when used
+            words.add_parser(name)  # listed in --help, loaded only when used
             continue
         try:
             module = importlib.import_module(module_name)
@@ -37,7 +135,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue
-        module.register(sub)
+        module.register(words)
     return parser
 
 

@@ -53,11 +53,20 @@ from edged.configtext import (
 )
 
 __all__ = [
-    "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
+    "DEFAULT_PATH", "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
     "InferenceConfig", "LoggingConfig", "MetricsConfig", "ModelConfig", "MqttConfig",
     "OutputConfig", "PreprocessConfig", "SourceConfig",
-    "config_warnings", "default_device_id", "load_config", "packaged_model", "read_config",
+    "config_warnings", "default_device_id", "default_path", "load_config", "packaged_model",
+    "read_config", "read_toml",
 ]
+
+
+DEFAULT_PATH = "/etc/edged/edged.toml"
+
+
+def default_path() -> str:
+    """The file `edged run` and `edged check-config` read when given none."""
+    return os.environ.get("EDGED_CONFIG") or DEFAULT_PATH
 
 
 class Config(Section):
@@ -157,9 +166,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return read_config(path).config
 
 
-def read_config(path: str | os.PathLike[str]) -> ConfigFile:
-    """As `load_config`, keeping the text and key lines for later messages."""
-    shown = Path(path)
+def read_toml(shown: Path) -> tuple[str, dict[str, Any]]:
+    """The file's text and its TOML document; ConfigError (one line) when unreadable."""
     try:
         text = shown.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -168,11 +176,17 @@ def read_config(path: str | os.PathLike[str]) -> ConfigFile:
         raise ConfigError([f"{shown}: cannot read: not UTF-8 text (byte "
                            f"0x{exc.object[exc.start]:02x} at offset {exc.start})"]) from None
     try:
-        data = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line, words = syntax_error(str(exc), text)
         place = f"{shown}:{line}" if line is not None else f"{shown}"
         raise ConfigError([f"{place}: TOML syntax error: {words}"]) from None
+
+
+def read_config(path: str | os.PathLike[str]) -> ConfigFile:
+    """As `load_config`, keeping the text and key lines for later messages."""
+    shown = Path(path)
+    text, data = read_toml(shown)
     lines = key_lines(text)
     base_dir = shown.absolute().parent
     context = {"base_dir": base_dir}

@@ -151,7 +151,8 @@ class InferenceConfig(Section):
             "delegate = \"external\": options passed to the library, as a table."))
     fallback: Literal["cpu", "fail"] = Field(default="cpu", description=(
         "When the delegate cannot load or keeps failing: cpu = carry on with model.path on "
-        "the CPU (and say so on the status topic), fail = exit so systemd restarts us."))
+        "the CPU (and say so on the status and stats topics), fail = never the CPU: wait "
+        "for the device, retrying (a missing delegate library exits 78)."))
     cpu_fallback_after: int = Field(default=3, ge=1, le=1000, description=(
         "Inference worker failures in a row before falling back to the CPU."))
     num_threads: int = Field(default=2, ge=0, le=64, description=(

@@ -7,7 +7,10 @@ STATUS= and the stats topic.
 
 READY=1 is sent when the first result has been handed to the MQTT client
 (queued if the broker is away): at that point a frame has gone through every
-stage on this configuration.
+stage on this configuration. When something that heals by itself keeps that
+from happening (no Coral yet, camera absent), READY=1 is sent once the daemon
+waits for it, with STATUS= saying what it waits for: edged is up, and a restart
+would not help (`edged.lifecycle` has the whole contract).
 """
 
 from __future__ import annotations
@@ -16,22 +19,30 @@ import argparse
 import contextlib
 import faulthandler
 import logging
-import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from edged import report, wiring
+from edged import lifecycle, report, wiring
 from edged.checkconfig import too_large_for_json
-from edged.config import Config, ConfigError, config_warnings, load_config, read_config
+from edged.config import (
+    DEFAULT_PATH,
+    Config,
+    ConfigError,
+    config_warnings,
+    default_path,
+    load_config,
+    read_config,
+)
 from edged.discovery import Discovery, discovery_config
+from edged.housekeeping import TICK_S, Housekeeping
+from edged.lifecycle import EX_CONFIG
 from edged.logsetup import register_secret, setup_logging
 from edged.metrics import Textfile
-from edged.notify import HealthCheck, Notifier, ProgressMonitor, WatchdogGate
+from edged.notify import Notifier, ProgressMonitor
 from edged.pipeline import Deliver, Pipeline, Preprocess
 from edged.publish import Publisher
 from edged.reload import ReloadPlan, plan_reload, preflight
@@ -42,15 +53,15 @@ from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
 
-DEFAULT_CONFIG = "/etc/edged/edged.toml"
-EX_CONFIG = 78  # sysexits: the unit's RestartPreventExitStatus stops a restart loop on it
-TICK_S = 0.5
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the daemon", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", "-c", default=os.environ.get("EDGED_CONFIG", DEFAULT_CONFIG),
-                   help=f"config file (default: $EDGED_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--config", "-c", default=default_path(),
+                   help=f"config file (default: $EDGED_CONFIG or {DEFAULT_PATH})")
+    p.add_argument("--exit-on-end", action="store_true",
+                   help="exit (status 0) once a video or folder with loop = false has ended "
+                        "and its last result has reached the broker; without it edged idles")
     p.set_defaults(handler=_run)
 
 
@@ -64,31 +75,34 @@ def _run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             log.error("%s", line)
         return EX_CONFIG
-    return Daemon(Path(args.config), cfg).run()
+    return Daemon(Path(args.config), cfg, exit_on_end=args.exit_on_end).run()
 
 
 class Daemon:
-    def __init__(self, path: Path, cfg: Config) -> None:
+    def __init__(self, path: Path, cfg: Config, *, exit_on_end: bool = False) -> None:
         self.path = path
         self.cfg = cfg
+        self.exit_on_end = exit_on_end
+        self._stop_reason = "stopped"  # what the offline status says after a clean stop
         # The worker must not inherit NOTIFY_SOCKET: only the main process speaks for the unit.
         self.notifier = Notifier.from_env(unset_environment=True)
         self.stats = Stats()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
-        self.ready_sent = False
         self.reload_error = ""
+        self.fatal_error = ""  # why the daemon stopped for good, left on the broker
         self.exit_code = 0
         self.capture: CaptureThread | None = None
         self.supervisor: Supervisor | None = None
         self.publisher: Publisher | None = None
         self.pipeline: Pipeline | None = None
         self.pipeline_thread: threading.Thread | None = None
-        self._first_result = threading.Event()
-        self._frames = ProgressMonitor(window=10.0)
+        self.first_result = threading.Event()
+        self.frames = ProgressMonitor(window=10.0)
         self._frames_lost_before = 0  # by pipelines replaced on reload
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
+        self.keeper = Housekeeping(self)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -103,34 +117,30 @@ class Daemon:
             assert self.info is not None
             too_large = too_large_for_json(self.info.outputs, self.cfg.output)
             if too_large is not None:
-                log.error("%s: output.max_values: %s", self.path, too_large)
-                self._shutdown()
-                return EX_CONFIG
+                return self._fatal([f"{self.path}: output.max_values: {too_large}"], EX_CONFIG)
             self._announce()
             self._start_capture()
             self._start_pipeline()
         except ConfigError as exc:  # e.g. password_env names an unset variable
-            for line in exc.problems:
-                log.error("%s", line)
-            self._shutdown()
-            return EX_CONFIG
+            return self._fatal(exc.problems, EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
-            log.error("%s", _first_line(exc))
-            self._shutdown()
-            return 1
+            if self.stop_requested.is_set():  # SIGTERM while waiting for the model to load
+                self._shutdown()
+                return 0
+            return self._fatal([_first_line(exc)], lifecycle.exit_code(exc))
         log.info("edged running: %s", self._status_line())
         try:
             self._housekeeping()
         finally:
             self.notifier.stopping("stopping")
-            self._shutdown()
+            self._shutdown(reason="failed" if self.fatal_error else self._stop_reason)
         return self.exit_code
 
     def _start_worker(self, cfg: Config | None = None) -> None:
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
-        info = sup.start_until_loaded(self.stop_requested.is_set)
+        info = sup.start_until_loaded(self.keeper.tick_while_waiting)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
-                 Path(sup.params.model_path).name, info.runtime, info.delegate,
+                 sup.model_name, info.runtime, info.delegate,
                  list(info.inputs[0].shape), info.inputs[0].dtype, info.pixel_path)
         if info.delegate_note:
             log.warning("%s", info.delegate_note)
@@ -152,10 +162,19 @@ class Daemon:
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
                 self.cfg, self.supervisor, self.publisher, self._on_published),
-            self.stats, max_fps=self.cfg.inference.max_fps)
+            self.stats)
+        self._pace()
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
         self.pipeline_thread.start()
+
+    def _pace(self) -> None:
+        """inference.max_fps: a file (every frame inferred) is read at that rate, a
+        camera's frames are taken at it; either way no result waits for it."""
+        if self.capture is not None and self.pipeline is not None:
+            max_fps, lossless = self.cfg.inference.max_fps, self.capture.lossless
+            self.capture.pace(max_fps if lossless else 0.0)
+            self.pipeline.pace(0.0 if lossless else max_fps)
 
     def _stop_pipeline(self) -> None:
         if self.pipeline is not None and self.pipeline_thread is not None:
@@ -166,7 +185,16 @@ class Daemon:
             self._frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.pipeline_thread = None
 
-    def _shutdown(self) -> None:
+    def _fatal(self, problems: Sequence[str], code: int) -> int:
+        """Stop for good: every problem logged, the first one left where subscribers
+        look (the retained offline status and the last stats)."""
+        for line in problems:
+            log.error("%s", line)
+        self.fatal_error = problems[0]
+        self._shutdown(reason="failed")
+        return code
+
+    def _shutdown(self, reason: str = "stopped") -> None:
         # Order: stop taking frames, finish the frame in flight, then say offline.
         if self.capture is not None:
             self.capture.stop(timeout=0.5)
@@ -176,7 +204,7 @@ class Daemon:
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
             self._report(up=False)
-            self.publisher.stop()
+            self.publisher.stop(reason=reason, error=self.fatal_error)
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
@@ -185,57 +213,31 @@ class Daemon:
         self.reload_requested.set()
 
     def _on_published(self) -> None:
-        self._frames.beat()
-        if not self._first_result.is_set():  # set() takes a lock and notifies, every time
-            self._first_result.set()
+        self.frames.beat()
+        if not self.first_result.is_set():  # set() takes a lock and notifies, every time
+            self.first_result.set()
 
     # -- housekeeping -----------------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        assert self.publisher is not None
-        gate = WatchdogGate(self.notifier, [
-            HealthCheck("no frames inferred recently", self._frames_progressing),
-            HealthCheck("pipeline thread stalled", self._pipeline_alive),
-            # Through self: a reload may replace the publisher.
-            HealthCheck("MQTT network thread dead",
-                        lambda: self.publisher is not None and self.publisher.network_alive()),
-        ])
-        next_stats = 0.0
-        next_status = 0.0
         while not self.stop_requested.wait(TICK_S):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
-            if not self.ready_sent and self._first_result.is_set():
-                self.ready_sent = True
-                self.notifier.ready(self._status_line())
-                log.info("ready: first result published")
-            shown = gate.failing
-            gate.tick()
-            now = time.monotonic()
-            # A health change is told at once, not at the next 5 s refresh.
-            if now >= next_status or gate.failing != shown:
-                self.notifier.status(self._status_line(gate.failing))
-                next_status = now + 5.0
-            if now >= next_stats:
-                self._report()
-                next_stats = now + self.cfg.output.stats_interval_s
-
-    def _frames_progressing(self) -> bool:
-        # A finite source that ended (video or folder, loop = false) is done on
-        # purpose: withholding the watchdog would make systemd restart and replay it.
-        cap = self.capture
-        return self._frames() or (cap is not None and cap.source.state == "ended")
-
-    def _pipeline_alive(self) -> bool:
-        p, t = self.pipeline, self.pipeline_thread
-        return p is not None and t is not None and t.is_alive() and (
-            time.monotonic() - p.heartbeat < max(30.0, self.cfg.inference.invoke_timeout_s * 3))
+            self.keeper.tick()
+            if self.exit_on_end and lifecycle.batch_done(self.capture, self.pipeline,
+                                                         self.publisher):
+                log.info("source ended: every result delivered; exiting (--exit-on-end)")
+                self._stop_reason = "source ended"
+                self.stop_requested.set()
 
     def figures(self) -> dict[str, Any]:
-        return report.figures(report.Parts(
+        figures = report.figures(report.Parts(
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
             self._frames_lost_before, self.reload_error))
+        if self.fatal_error:
+            figures["last_error"] = self.fatal_error
+        return figures
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
         why = self.publisher.counters().last_error if self.publisher else None
@@ -256,7 +258,7 @@ class Daemon:
     def _reload(self) -> None:
         """SIGHUP: check the file; apply what changed, or keep running on the old config."""
         # Before READY=1 systemd is still waiting for the start: no reload to announce.
-        if self.ready_sent:
+        if self.keeper.ready_sent:
             self.notifier.reloading(f"reloading {self.path}")
         try:
             cf = read_config(self.path)
@@ -274,7 +276,7 @@ class Daemon:
         else:
             self.reload_error = ""
             log.info("reload: applied")
-        if self.ready_sent:
+        if self.keeper.ready_sent:
             self.notifier.ready(self._status_line())
         self._report()
 
@@ -328,6 +330,7 @@ class Daemon:
             capture.start()
         if self.pipeline is None:
             self._start_pipeline(stages)
+        self._pace()  # a new source or a new max_fps
         self._apply_logging(new)
         self._announce()
 
@@ -358,9 +361,10 @@ class Daemon:
         try:
             self._start_worker(self.cfg)
         except ModelLoadError as exc:
-            log.error("reload: the previous model does not load any more either (%s); "
-                      "exiting", _first_line(exc))
-            self.exit_code = 1
+            self.fatal_error = (f"reload: the previous model does not load any more either "
+                                f"({_first_line(exc)}); exiting")
+            log.error("%s", self.fatal_error)
+            self.exit_code = lifecycle.exit_code(exc)
             self.stop_requested.set()
             raise
         self._start_pipeline()
@@ -380,7 +384,7 @@ class Daemon:
             return
         kind = wiring.decoder_kind(self.cfg, info)
         self.discovery.announce(discovery_config(
-            self.cfg, model=Path(sup.params.model_path).name, decoder=kind))
+            self.cfg, model=sup.model_name, decoder=kind))
 
     def _report(self, up: bool = True) -> None:
         """One set of figures to the stats topic and the metrics textfile."""
@@ -391,7 +395,7 @@ class Daemon:
         if path is not None:
             if self._textfile is None or self._textfile.path != path:
                 self._textfile = Textfile(path)
-            model = Path(self.supervisor.params.model_path).name if self.supervisor else ""
+            model = self.supervisor.model_name if self.supervisor else ""
             self._textfile.write(self.cfg.device.id, figures, up=up, model=model)
 
 

@@ -23,7 +23,6 @@ object through the traceback and makes its `__del__` a no-op.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -33,8 +32,6 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from edged.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 DelegateKind = Literal["cpu", "edgetpu", "external"]
 FallbackPolicy = Literal["cpu", "fail"]
@@ -49,7 +46,15 @@ _SYSFS_USB = Path("/sys/bus/usb/devices")
 
 
 class DelegateError(RuntimeError):
-    """A delegate that cannot be used; the message is one line saying what to check."""
+    """A delegate that cannot be used; the message is one line saying what to check.
+
+    `heals`: the library loaded but found no device it could open (a Coral not
+    plugged in yet, or busy); waiting can mend that, unlike a missing library.
+    """
+
+    def __init__(self, message: str, *, heals: bool = False) -> None:
+        super().__init__(message)
+        self.heals = heals
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +205,20 @@ def load_delegate(spec: DelegateSpec, runtime: Runtime) -> Any | None:
         return runtime.load_delegate(library, spec.plugin_options())
     except (OSError, ValueError, AttributeError, RuntimeError) as exc:
         _disarm(exc.__traceback__)
-        raise DelegateError(explain_failure(spec, exc)) from None
+        # ValueError: the plugin returned no delegate (no device it could open).
+        raise DelegateError(explain_failure(spec, exc),
+                            heals=isinstance(exc, ValueError)) from None
 
 
-def fall_back(spec: DelegateSpec, reason: str) -> str:
-    """Apply the fallback policy after `reason`; returns the line that was logged."""
+def fall_back(spec: DelegateSpec, reason: str, cpu_model: str = "", *,
+              heals: bool = False) -> str:
+    """Apply the fallback policy after `reason`; returns the line to tell the user.
+
+    Not logged here: the caller says it once, where the user looks (the daemon
+    logs it and publishes it; its inference worker would only repeat it).
+    `cpu_model` names the file that runs on the CPU when it is not the one asked for.
+    """
     if spec.fallback == "fail":
-        raise DelegateError(f"{reason} (fallback = fail)")
-    line = f"{reason}; running on the CPU instead (fallback = cpu)"
-    log.warning("%s", line)
-    return line
+        raise DelegateError(f"{reason} (fallback = fail)", heals=heals)
+    running = f"running {cpu_model} on the CPU" if cpu_model else "running on the CPU"
+    return f"{reason}; {running} instead (fallback = cpu)"

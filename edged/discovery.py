@@ -11,7 +11,8 @@ one retained message on `<discovery_prefix>/device/<object_id>/config`::
 `p` (platform) and `uniq_id`. Keys use Home Assistant's documented
 abbreviations. Entities read edged's own topics, nothing is published for
 Home Assistant alone: the retained status (availability and a connectivity
-sensor), the retained stats (fps, inference time, delegate, worker restarts)
+sensor, whose attributes say why it is offline and where the model runs), the
+retained stats (fps, inference time, delegate, CPU fallback, worker restarts)
 and, for JSON results with a decoder, the results (top class and score, or
 object counts per class).
 
@@ -41,6 +42,11 @@ ORIGIN: Final = "edged"
 _OBJECT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 _AVAILABLE: Final = "{{ value_json.state }}"
+# Why it is offline (a fatal stop's error) and where the model runs, as attributes.
+_STATUS_ATTRIBUTES: Final = (
+    "{{ {'reason': value_json.reason, 'error': value_json.error | default(''), "
+    "'delegate': value_json.delegate | default(''), "
+    "'fallback': value_json.fallback | default('')} | tojson }}")
 # Results templates: a missing `decoded` (a frame the decoder skipped) must not
 # break the entity, hence the `default` filters.
 _CLASSES: Final = "{% set c = (value_json.decoded | default({})).classes | default([]) %}"
@@ -121,7 +127,8 @@ def discovery_config(cfg: Config, *, model: str, decoder: str) -> dict[str, Any]
     cmps: dict[str, dict[str, Any]] = {
         "status": {"p": "binary_sensor", "name": "Online", "uniq_id": f"{oid}_status",
                    "dev_cla": "connectivity", "stat_t": status, "val_tpl": _AVAILABLE,
-                   "pl_on": "online", "pl_off": "offline", **diag},
+                   "pl_on": "online", "pl_off": "offline", "json_attr_t": status,
+                   "json_attr_tpl": _STATUS_ATTRIBUTES, **diag},
         "fps": _sensor(oid, "fps", "Inference rate", stats, "{{ value_json.fps }}",
                        unit_of_meas="fps", stat_cla="measurement", sug_dsp_prc=1,
                        ic="mdi:speedometer"),
@@ -133,6 +140,14 @@ def discovery_config(cfg: Config, *, model: str, decoder: str) -> dict[str, Any]
                               dev_cla="duration", stat_cla="measurement", sug_dsp_prc=1),
         "delegate": _sensor(oid, "delegate", "Delegate", stats, "{{ value_json.delegate }}",
                             ic="mdi:chip", **diag),
+        # On while the model runs on the CPU instead of the configured delegate; the
+        # reason (often longer than a state's 255 characters) is an attribute.
+        "fallback": {"p": "binary_sensor", "name": "CPU fallback", "uniq_id": f"{oid}_fallback",
+                     "dev_cla": "problem", "stat_t": stats,
+                     "val_tpl": "{{ 'ON' if value_json.fallback | default('') else 'OFF' }}",
+                     "json_attr_t": stats,
+                     "json_attr_tpl": "{{ {'reason': value_json.fallback | default('')} "
+                                      "| tojson }}", **diag},
         "worker_restarts": _sensor(oid, "worker_restarts", "Worker restarts", stats,
                                    "{{ value_json.worker_restarts }}",
                                    stat_cla="total_increasing", ic="mdi:restart", **diag),

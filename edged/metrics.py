@@ -110,6 +110,11 @@ def render(device_id: str, figures: Mapping[str, Any], *, up: bool = True,
     family("edged_broker_connected", "gauge", "1 while connected to the MQTT broker.")
     lines.append(f"edged_broker_connected{_labels(common)} "
                  f"{int(figures.get('broker') == 'connected')}")
+    fallback = figures.get("fallback")
+    if isinstance(fallback, str):
+        family("edged_fallback", "gauge", "1 while the model runs on the CPU instead of the "
+               "configured delegate (why: the stats topic's fallback).")
+        lines.append(f"edged_fallback{_labels(common)} {int(bool(fallback))}")
     for key, text in (("worker_state", "Inference worker state (1 for the current one)."),
                       ("source", "Frame source state (1 for the current one).")):
         state = figures.get(key)

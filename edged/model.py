@@ -113,28 +113,32 @@ class Model:
 
     @classmethod
     def load(cls, path: str | Path, runtime: Runtime,
-             delegate_spec: DelegateSpec | None = None, *, single_input: bool = True) -> Model:
+             delegate_spec: DelegateSpec | None = None, *, single_input: bool = True,
+             cpu_path: str | Path | None = None) -> Model:
         """Check the file, load the delegate (with the fallback policy), allocate.
 
+        `cpu_path` is the CPU build of an Edge TPU model (`model.path` beside
+        `model.edgetpu_path`): what a CPU fallback runs when `path` needs the
+        Edge TPU. The reason for a fallback is `fallback_reason`, not logged.
         Raises `ModelFileError`, `DelegateError` (fallback = fail) or `ModelError`,
         each with a one-line message.
         """
         spec = delegate_spec or DelegateSpec()
         info = read_model_file(path)
         check_runnable(info, spec.kind)
-        delegate, interpreter, reason = None, None, None
+        delegate, interpreter, reason, heals = None, None, None, False
         if spec.kind != "cpu":
             try:
                 delegate = load_delegate(spec, runtime)
                 interpreter = make_interpreter(runtime, info.path, delegate, spec.num_threads)
             except DelegateError as exc:
-                reason = str(exc)
+                reason, heals = str(exc), exc.heals
             except (ValueError, RuntimeError) as exc:
                 reason = (f"{spec.describe()} delegate could not be applied to {info.path.name}: "
                           f"{_one_line(exc)}")
             if reason is not None:
                 delegate = None
-                reason = _fall_back_to_cpu(spec, info, reason)
+                info, reason = _fall_back_to_cpu(spec, info, reason, cpu_path, heals)
         if interpreter is None:
             try:
                 interpreter = make_interpreter(runtime, info.path, None, spec.num_threads)
@@ -209,11 +213,22 @@ class Model:
         return f"{self.path.name} on {self.runtime.describe()}, delegate {self.delegate_in_use}"
 
 
-def _fall_back_to_cpu(spec: DelegateSpec, info: ModelFileInfo, reason: str) -> str:
-    """Apply the fallback policy, refusing first what the CPU cannot run."""
-    if spec.fallback == "cpu" and info.needs_edgetpu:
+def _fall_back_to_cpu(spec: DelegateSpec, info: ModelFileInfo, reason: str,
+                      cpu_path: str | Path | None, heals: bool) -> tuple[ModelFileInfo, str]:
+    """Apply the fallback policy: the file to run on the CPU, and the line saying so.
+
+    An Edge TPU model falls back to its CPU build (`cpu_path`) when there is one;
+    what the CPU cannot run is refused before anything is said."""
+    if spec.fallback != "cpu":
+        return info, fall_back(spec, reason, heals=heals)
+    swapped = ""
+    if info.needs_edgetpu and cpu_path is not None and Path(cpu_path) != info.path:
+        info = read_model_file(cpu_path)
+        swapped = info.path.name
+    if info.needs_edgetpu:
         raise ModelFileError(f"{info.path}: compiled for the Edge TPU ({EDGETPU_CUSTOM_OP}) "
-                             f"and cannot run on the CPU: {reason}")
-    if spec.fallback == "cpu":
-        check_runnable(info, "cpu")
-    return fall_back(spec, reason)
+                             f"and cannot run on the CPU: {reason}; to fall back to the CPU, "
+                             "set model.path to the model's CPU build and model.edgetpu_path "
+                             "to this file")
+    check_runnable(info, "cpu")
+    return info, fall_back(spec, reason, swapped)

@@ -40,8 +40,8 @@ Floats are sent as float32 (float64 only for a float64 tensor); integer
 tensors as int32, or int64 for int64/uint32/uint64.
 
 Status (retained): {"schema": 1, "device_id", "state": "online"|"offline",
-"reason", "at"?, "version"}. Stats (retained): {"schema": 1, "device_id",
-"at", ...figures}.
+"reason", "at"?, "version", "delegate"?, "fallback"?, "error"?}.
+Stats (retained): {"schema": 1, "device_id", "at", ...figures}.
 """
 
 from __future__ import annotations
@@ -274,13 +274,19 @@ def _decode_binary(payload: bytes) -> dict[str, Any]:
 
 
 def encode_status(device_id: str, state: StatusState, reason: str,
-                  at: float | None = None) -> bytes:
+                  at: float | None = None, fields: Mapping[str, Any] | None = None) -> bytes:
     """Retained status. `at` is left out for the last will, which the broker
-    sends long after it was written, so a time in it would be wrong."""
+    sends long after it was written, so a time in it would be wrong. `fields`
+    are the daemon's own (`delegate`, `fallback`, `error`; see the schema)."""
     doc: dict[str, Any] = {"schema": SCHEMA_VERSION, "device_id": device_id, "state": state,
                            "reason": reason, "version": __version__}
     if at is not None:
         doc["at"] = at
+    if fields:
+        clash = doc.keys() & fields.keys()
+        if clash:
+            raise PayloadError(f"status field {sorted(clash)[0]!r} clashes with the envelope")
+        doc.update(fields)
     return orjson.dumps(doc)
 
 

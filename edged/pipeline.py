@@ -89,10 +89,22 @@ class Pipeline:
         # worker takes with it, counted in frames_lost so no loss goes unreported.
         self._held = 0
         self.frames_lost = 0
+        self.frames_dropped = 0  # stale frames passed over for a fresher one (max_fps)
+        # True once a finite source's feed is closed and empty, with nothing in flight.
+        self.drained = False
         self._stop = threading.Event()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def pace(self, max_fps: float) -> None:
+        """Take at most `max_fps` frames a second (0: as fast as the model goes).
+
+        The limit is on taking frames, never on delivering results: a result in
+        flight is delivered as soon as it is ready, and the frame taken when one
+        is due is a fresh one (see `_due_frame`), so max_fps adds no latency.
+        """
+        self.min_interval_s = 1.0 / max_fps if max_fps > 0 else 0.0
 
     def set_deliver(self, deliver: Deliver) -> None:
         """Swap the decode/encode stage (a reload of output settings), between frames."""
@@ -126,46 +138,74 @@ class Pipeline:
         self.heartbeat = time.monotonic()
         return self._stop.is_set()
 
-    def _next_frame(self, slot: int, timeout: float = 0.25) -> _InFlight | None:
-        frame = self.feed.get(timeout=timeout)
+    def _next_frame(self, slot: int, timeout: float = 0.25, due: float = 0.0
+                    ) -> _InFlight | None:
+        frame = self._due_frame(timeout, due) if timeout and due else \
+            self.feed.get(timeout=timeout)
         self.heartbeat = time.monotonic()
         if frame is None:
             if timeout and getattr(self.feed, "closed", False):
                 # A finite source has ended: the closed buffer answers at once,
                 # so wait here instead of spinning a core until stop().
+                self.drained = True
                 self._stop.wait(timeout)
             return None
+        self.drained = False
         self._held += 1
         t0 = time.perf_counter_ns()
         geometry = self.preprocess(frame.pixels, self.supervisor.pixels(slot))
         return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000)
+
+    def _due_frame(self, timeout: float, due: float) -> FrameLike | None:
+        """With max_fps, the frame to take at `due`: not one captured while none was
+        due (as stale as a camera period), but the next, which a camera faster than
+        max_fps sends within that period; the stale one if none comes."""
+        frame = self.feed.get(timeout=timeout)
+        if frame is None or frame.captured_mono >= due:
+            return frame
+        newer = self.feed.get(timeout=min(self.min_interval_s, 1.0))
+        if newer is None:
+            return frame
+        self.frames_dropped += 1  # as the latest-frame buffer would have replaced it
+        return newer
+
+    def _next_due(self, due: float) -> float:
+        """After a frame was taken: one interval after the last due time, so a fresh
+        frame taken a little late does not lower the rate; never in the past."""
+        now = time.monotonic()
+        return max(due + self.min_interval_s, now) if due else now + self.min_interval_s
 
     def _run_frames(self) -> None:
         pending: _InFlight | None = None
         next_due = 0.0
         while not self._stop.is_set():
             slot = 0 if pending is None else pending.slot ^ 1
-            if self.min_interval_s:
+            due = time.monotonic() >= next_due
+            if pending is None and not due:
+                # max_fps, nothing in flight: sleep until a frame may be taken. Never
+                # with a result in flight: it is delivered first, whenever it is ready.
                 wait_backoff(next_due - time.monotonic(), self._beat_and_check_stop)
+                continue
             # With a frame in flight, only take a frame that is already waiting.
-            ahead = self._next_frame(slot, 0.25 if pending is None else 0.0)
+            ahead = self._next_frame(slot, 0.25 if pending is None else 0.0,
+                                     next_due if self.min_interval_s else 0.0) if due else None
             if ahead is not None:
                 # Queued behind the invoke in flight, so the worker starts it the
                 # moment that one ends instead of after a round trip through this
                 # thread (`edged bench` measured that gap at ~2 ms/frame under load).
                 self.supervisor.submit(ahead.slot)
-                next_due = time.monotonic() + self.min_interval_s
+                next_due = self._next_due(next_due)
             if pending is None:
                 pending = ahead
                 continue
             done = self.supervisor.wait(pending.slot)
-            if ahead is None:
+            if ahead is None and time.monotonic() >= next_due:
                 # Deliver now rather than hold the result until the next frame
                 # arrives (33 ms at 30 fps); one that came during the invoke still overlaps.
                 ahead = self._next_frame(slot, 0.0)
                 if ahead is not None:
                     self.supervisor.submit(ahead.slot)
-                    next_due = time.monotonic() + self.min_interval_s
+                    next_due = self._next_due(next_due)
             self._finish(pending, done.quantize_us, done.invoke_us)
             pending = ahead
         if pending is not None:

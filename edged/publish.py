@@ -41,7 +41,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edged.payload import encode_stats
+from edged.payload import encode_stats, encode_status
 from edged.publish_loop import PublishLoop
 from edged.publish_setup import (
     Outbox,
@@ -127,6 +127,17 @@ class Publisher:
             self._out.pending_stats = payload
         self._out.wake()
 
+    def set_status(self, reason: str, fields: Mapping[str, Any]) -> None:
+        """What the retained `online` status says from now on: its reason
+        ("connected", "source ended") and the daemon's fields (`delegate`,
+        `fallback`). Sent at once when connected, and on every connect."""
+        out = self._out
+        with out.lock:
+            out.online_reason, out.status_fields = reason, dict(fields)
+        if self._loop.connected:
+            self.publish_control(self.status_topic, encode_status(
+                self.settings.device_id, "online", reason, time.time(), fields))
+
     def publish_control(self, topic: str, payload: bytes) -> None:
         """Queue one retained message (QoS of the status topic) for a topic of
         the caller's; sent ahead of results, never dropped. Any thread."""
@@ -147,9 +158,14 @@ class Publisher:
         runs on the network thread for each message. Set before `start`."""
         self._loop.watches[topic] = handler
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, *, reason: str = "stopped", error: str = "") -> None:
         """Deliver what can be delivered within `drain_timeout_s`, publish
-        `offline`, disconnect cleanly (so the broker drops the will)."""
+        `offline` (with `reason`, and `error` when a fatal problem stops the
+        daemon), disconnect cleanly (so the broker drops the will)."""
+        with self._out.lock:
+            self._out.offline_reason = reason
+            if error:
+                self._out.status_fields = {**self._out.status_fields, "error": error}
         self._stop.set()
         self._out.wake()
         if self._thread is None:

@@ -224,8 +224,9 @@ class PublishLoop:
             if self.inflight_results and now < until:
                 return False
             info = client.publish(self.status_topic,
-                                  encode_status(self.settings.device_id, "offline", "stopped",
-                                                time.time()),
+                                  encode_status(self.settings.device_id, "offline",
+                                                self._out.offline_reason, time.time(),
+                                                self._out.status_fields),
                                   qos=self.settings.status_qos, retain=True)
             if self.settings.status_qos:
                 self._offline_mid = info.mid
@@ -328,8 +329,9 @@ class PublishLoop:
         # one would cost the connection, so such results are not sent at all.
         self._server_max = int(getattr(props, "MaximumPacketSize", 0) or 0)
         info = client.publish(self.status_topic,
-                              encode_status(self.settings.device_id, "online", "connected",
-                                            time.time()),
+                              encode_status(self.settings.device_id, "online",
+                                            self._out.online_reason, time.time(),
+                                            self._out.status_fields),
                               qos=self.settings.status_qos, retain=True)
         if self.settings.status_qos:
             self._inflight[info.mid] = "status"

@@ -293,6 +293,11 @@ class Outbox:
         self.n = dict.fromkeys(("published", "acked", "rejected", "dropped", "too_large",
                                 "connects", "connect_failures"), 0)
         self.last_error: str | None = None
+        # What status messages say besides the state (Publisher.set_status, stop):
+        # the reason an online / offline one gives, the daemon's fields (delegate...).
+        self.online_reason = "connected"
+        self.offline_reason = "stopped"
+        self.status_fields: dict[str, Any] = {}
         self.drop_logged = False
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)

@@ -35,7 +35,8 @@ def figures(p: Parts) -> dict[str, Any]:
     src = cap.source.status() if cap else None
     info = sup.info if sup else None
     snap.update({
-        "frames_dropped": cap.buffer.dropped if cap else 0,
+        "frames_dropped": (cap.buffer.dropped if cap else 0) + (
+            p.pipeline.frames_dropped if p.pipeline else 0),
         # Taken by a dying worker: in flight, never inferred, never published.
         "frames_lost": p.frames_lost_before + (p.pipeline.frames_lost if p.pipeline else 0),
         "results_queued": counters.queued if counters else 0,
@@ -47,6 +48,8 @@ def figures(p: Parts) -> dict[str, Any]:
         "mqtt_connects": counters.connects if counters else 0,
         "mqtt_connect_failures": counters.connect_failures if counters else 0,
         "delegate": info.delegate if info else "none",
+        # Why it is not the configured delegate (a CPU fallback, at start or later), or "".
+        "fallback": sup.fallback_reason if sup else "",
         "worker_state": sup.state if sup else "stopped",
         "worker_restarts": sup.restarts if sup else 0,
         "worker_pid": (sup.pid or 0) if sup else 0,
@@ -80,8 +83,9 @@ def status_line(f: dict[str, Any], broker_why: str | None, failing: tuple[str, .
     broker = f["broker"]
     if broker != "connected" and broker_why:
         broker += f" ({broker_why})"  # e.g. the TLS or authentication failure, as logged
+    fallback = " (fallback)" if f.get("fallback") else ""  # why: the stats and the journal
     line = (f"{f['fps']:.1f} fps, invoke p50 {f['invoke_ms_p50']:.1f} ms, "
-            f"delegate {f['delegate']}, broker {broker}, source {f['source']}")
+            f"delegate {f['delegate']}{fallback}, broker {broker}, source {f['source']}")
     if f["worker_state"] != "running":
         line += f", worker {f['worker_state']}"
     if failing:

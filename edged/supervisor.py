@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,15 @@ LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before giving up
 
 
 class ModelLoadError(RuntimeError):
-    """The worker could not load the model: a problem with the file or the setup."""
+    """The worker could not load the model: a problem with the file or the setup.
+
+    `heals`: what is missing may come by itself (a Coral not plugged in yet):
+    worth waiting for, unlike a refused file, which a restart cannot mend.
+    """
+
+    def __init__(self, message: str, *, heals: bool = False) -> None:
+        super().__init__(message)
+        self.heals = heals
 
 
 class WorkerError(RuntimeError):
@@ -59,6 +68,7 @@ class ModelInfo:
     std: tuple[float, ...]
     # SSD post-process outputs by role (tensor index), from the model file's op.
     ssd_outputs: Mapping[str, int] = field(default_factory=dict)
+    model_path: str = ""  # the file loaded: the CPU build after a fallback at load
 
     @classmethod
     def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
@@ -67,7 +77,8 @@ class ModelInfo:
                    tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
                    tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
                    str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
-                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()})
+                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()},
+                   str(m.get("model_path", "")))
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,8 @@ class Supervisor:
         self.restarts = 0
         self.consecutive_failures = 0
         self.last_failure = ""
+        # Why the model does not run where the config asked (a CPU fallback), or "".
+        self.fallback_reason = ""
         self.state = "stopped"
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -138,10 +151,13 @@ class Supervisor:
         if message.get("op") == "error":
             self._reap()
             self.state = "failed"
-            raise ModelLoadError(str(message.get("message", "worker failed to load the model")))
+            raise ModelLoadError(str(message.get("message", "worker failed to load the model")),
+                                 heals=bool(message.get("heals")))
         info = ModelInfo.from_ready(message)
         self._map(info)
         self.info = info
+        if info.delegate_note:
+            self.fallback_reason = info.delegate_note
         self.state = "running"
         return info
 
@@ -193,6 +209,12 @@ class Supervisor:
             self._sock.close()
             self._sock = None
         return code
+
+    @property
+    def model_name(self) -> str:
+        """The model file the worker runs (its CPU build after a fallback)."""
+        loaded = self.info.model_path if self.info is not None else ""
+        return Path(loaded or self.params.model_path).name
 
     @property
     def pid(self) -> int | None:
@@ -266,29 +288,49 @@ class Supervisor:
         Retries back off, towards the CPU when the fallback policy allows it. On the
         CPU the same file kills it the same way every time (a damaged model the
         runtime crashes on): after LOAD_DEATHS_MAX deaths this says so in one
-        ModelLoadError, and systemd's Restart= retries later, instead of a loop here.
+        ModelLoadError, which a restart cannot mend either. A load error that
+        heals (no Coral yet, with fallback = "fail") is waited for here, in state
+        "waiting", said once; `should_stop` is polled meanwhile (and may do the
+        caller's housekeeping). A stop request ends the wait with a ModelLoadError.
         """
         attempt = self.start
         cpu_deaths = 0
         while True:
             try:
                 return attempt()
+            except ModelLoadError as exc:
+                if not exc.heals:
+                    raise
+                self._wait_for(str(exc))
             except WorkerError as exc:
-                if should_stop():
-                    raise ModelLoadError("stopped while the worker was starting") from None
                 cpu_deaths += self.params.delegate == "cpu"
                 if cpu_deaths >= LOAD_DEATHS_MAX:
                     raise ModelLoadError(
                         f"{self.params.model_path}: {exc} ({cpu_deaths} times in a row): the "
                         "file is corrupt or the runtime cannot handle it") from None
-                wait_backoff(self.next_backoff_s(), should_stop)
                 attempt = self.restart
+            if should_stop():
+                raise ModelLoadError("stopped while the worker was starting")
+            wait_backoff(self.next_backoff_s(), should_stop)
+            if should_stop():
+                raise ModelLoadError("stopped while the worker was starting")
+
+    def _wait_for(self, why: str) -> None:
+        """A load error that may heal: count it, say it once, wait (state "waiting")."""
+        if why != self.last_failure:
+            log.warning("%s; waiting for it (retrying, at most %g s apart)", why,
+                        self.restart_backoff_max_s)
+        self.consecutive_failures += 1
+        self.last_failure = why
+        self.state = "waiting"
 
     def restart(self) -> ModelInfo:
         """Start a replacement worker (the caller has waited `next_backoff_s()`)."""
         if self.should_fall_back():
-            log.warning("worker failed %d times on %s: falling back to the CPU with %s",
-                        self.consecutive_failures, self.params.delegate, self.cpu_model_path)
+            self.fallback_reason = (f"worker failed {self.consecutive_failures} times on "
+                                    f"{self.params.delegate}: falling back to the CPU with "
+                                    f"{self.cpu_model_path}")
+            log.warning("%s", self.fallback_reason)
             # The external delegate's library and options mean nothing on the CPU
             # (and the CPU spec refuses them): drop them with the delegate.
             self.params = replace(self.params, delegate="cpu", model_path=self.cpu_model_path,

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +79,7 @@ def worker_params(cfg: Config) -> WorkerParams:
         edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
         external_options=dict(inf.external_options), fallback=inf.fallback,
         mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
+        cpu_model_path=str(model.path),
     )
 
 
@@ -190,7 +190,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     device_id = cfg.device.id
     # Per loaded model, not per result (a Path per result was a tenth of this
     # thread's CPU): a CPU fallback changes the file, and brings a new `info`.
-    model_name = Path(supervisor.params.model_path).name
+    model_name = supervisor.model_name
 
     def deliver(result: Result) -> None:
         nonlocal decoding, model_name
@@ -198,7 +198,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
             # A restarted worker, maybe on the CPU model after an Edge TPU fallback: another
             # file can have other tensor indices (SSD roles) or class counts.
             decoding = build_decoding(cfg, supervisor.info, labels, announce=False)
-            model_name = Path(supervisor.params.model_path).name
+            model_name = supervisor.model_name
         d = decoding
         t0 = time.perf_counter_ns()
         decoded = None

@@ -59,6 +59,8 @@ class WorkerParams:
     fallback: str = "cpu"
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # The CPU build of an Edge TPU model_path: what a fallback at load runs.
+    cpu_model_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
         options=dict(params.external_options) if params.delegate == "external" else {},
         fallback=params.fallback,  # type: ignore[arg-type]
     )
-    model = Model.load(params.model_path, runtime, spec)
+    model = Model.load(params.model_path, runtime, spec,
+                       cpu_path=params.cpu_model_path or None)
     norm = Normalization(params.mean, params.std) if params.mean else None
     quantizer = PixelQuantizer(model.inputs[0], norm)
     # One inference before "ready": a damaged model that fails only when run
@@ -177,6 +180,7 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
         "runtime": f"{runtime.name} {runtime.version}",
         "delegate": model.delegate_in_use,
         "delegate_note": model.fallback_reason or "",
+        "model_path": str(model.path),  # the CPU build after a fallback at load
         "inputs": [t.to_dict() for t in model.inputs],
         "outputs": [t.to_dict() for t in model.outputs],
         "ssd_outputs": dict(model.file.ssd_outputs),
@@ -194,8 +198,9 @@ def serve(sock: socket.socket) -> int:
     try:
         model, quantizer, info = _load(params)
     except Exception as exc:
+        # heals: no device yet (a Coral plugged in later); the daemon waits for it.
         send(sock, {"op": "error", "message": str(exc).splitlines()[0] if str(exc)
-                    else type(exc).__name__})
+                    else type(exc).__name__, "heals": bool(getattr(exc, "heals", False))})
         return 3
     send(sock, info)
     message, fds = receive(sock, inbox, max_fds=1)

@@ -129,7 +129,7 @@ def main() -> int:
                 for i in picks:
                     r = edged_run(paths[i], broker.port, Path(tmp) / "runs" / f"{name}-{i}")
                     runs[f"{r.status} {r.code}"] += 1
-                    expected = ("exit 1" if loaded[i].status == "error" else "results 0")
+                    expected = ("exit 78" if loaded[i].status == "error" else "results 0")
                     if f"{r.status} {r.code}" != expected:
                         failures.append(f"run {paths[i]}: {r.status} {r.code}, expected "
                                         f"{expected}: {r.errors[-1:]}")

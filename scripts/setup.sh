@@ -28,4 +28,6 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+echo "setup: the command is .venv/bin/edged; for a bare \`edged\` in this shell:" \
+     "export PATH=\"$PWD/.venv/bin:\$PATH\" (or: source .venv/bin/activate)"
 echo "setup: done. Demo: .venv/bin/edged demo   Tests: scripts/test.sh"

@@ -59,12 +59,13 @@ def base_config(port: int, *, model: Path, frames: Path, device: str = "test",
 class DaemonProcess:
     """`python -m edged run --config FILE`, its stderr kept in a file."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "--config", str(config)],
+            [sys.executable, "-m", "edged", "run", "--config", str(config), *args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )

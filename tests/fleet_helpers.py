@@ -27,7 +27,8 @@ COMPONENT_KEYS = {
                "dev_cla", "stat_cla", "ent_cat", "ic", "sug_dsp_prc", "exp_aft", "frc_upd",
                "json_attr_t", "json_attr_tpl", "en", "qos"},
     "binary_sensor": {"p", "name", "uniq_id", "stat_t", "val_tpl", "avty", "avty_mode",
-                      "dev_cla", "ent_cat", "ic", "pl_on", "pl_off", "exp_aft", "en", "qos"},
+                      "dev_cla", "ent_cat", "ic", "pl_on", "pl_off", "exp_aft", "en", "qos",
+                      "json_attr_t", "json_attr_tpl"},
 }
 SENSOR_STATE_CLASSES = {"measurement", "total", "total_increasing"}
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +34,18 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def run_cli(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([python(), "-m", "edged", "check-config", str(path)],
-                          check=False, cwd=ROOT,
+def run_cli(path: Path | None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    args = [str(path)] if path is not None else []
+    return subprocess.run([python(), "-m", "edged", "check-config", *args],
+                          check=False, cwd=ROOT, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=120)
+
+
+def problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr, where problems go, without the runtime's own native chatter."""
+    return [line for line in result.stderr.splitlines()
+            if not line.startswith("INFO: Created TensorFlow Lite XNNPACK delegate")]
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +85,72 @@ def test_broken_config_exits_1_with_every_problem(tmp_path: Path) -> None:
     path = write(tmp_path, "[mqtt]\nport = 70000\nprot = 1\n")
     result = run_cli(path)
     assert result.returncode == 1
-    assert result.stdout.splitlines() == [
+    assert problems(result) == [
         f"{path}:2: mqtt.port: must be <= 65535 (got 70000)",
         f'{path}:3: mqtt.prot: unknown key (did you mean "port"?)',
         f"{path}: 2 problems",
     ]
-    assert "Traceback" not in result.stderr
+    assert not result.stdout  # problems go to stderr, as edged inspect's do
+
+
+def test_schema_errors_do_not_hide_the_file_checks_of_valid_sections(tmp_path: Path) -> None:
+    """A bad value in one section; a missing model and a missing folder in two good ones."""
+    path = write(tmp_path, f'[source]\nkind = "folder"\nuri = "{tmp_path}/nope"\n\n'
+                           f'[model]\npath = "{tmp_path}/missing.tflite"\n\n'
+                           "[output]\nmin_score = 2\n")
+    result = run_cli(path)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{path}:9: output.min_score: must be <= 1 (got 2)",
+        f"{path}:3: source.uri: {tmp_path}/nope: not found",
+        f"{path}:6: model.path: {tmp_path}/missing.tflite: model file not found",
+        f"{path}: 3 problems",
+    ]
+
+
+def test_file_checks_that_need_a_broken_section_are_left_out(tmp_path: Path,
+                                                            digits: Path) -> None:
+    """[output] is broken: the model's outputs are not checked against its defaults
+    (max_values = 5 would fail them), and nothing is said about it twice."""
+    path = write(tmp_path, f'[model]\npath = "{digits}"\nlabels = "{tmp_path}/labels.txt"\n'
+                           "[output]\nmax_values = 5\ntop_k = 0\n")
+    result = check_config(path)
+    assert result.errors == (
+        f"{path}:6: output.top_k: must be >= 1 (got 0)",
+        f"{path}:3: model.labels: labels file '{tmp_path}/labels.txt': not found",
+    )
 
 
 def test_missing_config_exits_1(tmp_path: Path) -> None:
     result = run_cli(tmp_path / "none.toml")
     assert result.returncode == 1
-    assert result.stdout.splitlines()[0] == \
-        f"{tmp_path / 'none.toml'}: cannot read: [Errno 2] No such file or directory"
+    assert problems(result) == [
+        f"{tmp_path / 'none.toml'}: cannot read: [Errno 2] No such file or directory",
+        f"{tmp_path / 'none.toml'}: 1 problem"]
+
+
+def test_without_an_argument_it_checks_the_file_edged_run_would_read(
+        tmp_path: Path, digits: Path) -> None:
+    path = write(tmp_path, f'[model]\npath = "{digits}"\n')
+    result = run_cli(None, env={"EDGED_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith(f"{path}: OK (source synthetic, ")
+    default = run_cli(None, env={"EDGED_CONFIG": ""})
+    if not Path("/etc/edged/edged.toml").exists():
+        assert problems(default)[0] == \
+            "/etc/edged/edged.toml: cannot read: [Errno 2] No such file or directory"
+
+
+def test_good_config_with_warnings_keeps_stdout_for_the_verdict(tmp_path: Path,
+                                                                 digits: Path) -> None:
+    path = write(tmp_path, f'[model]\npath = "{digits}"\n[mqtt]\npassword = "x"\n'
+                           'username = "u"\n')
+    result = run_cli(path)
+    assert result.returncode == 0
+    assert problems(result) == [
+        f"{path}:4: warning: mqtt.password: inline password; move it to a file "
+        "(password_file) or the environment (password_env)"]
+    assert result.stdout.splitlines()[-1].startswith(f"{path}: OK (")
 
 
 def test_segmentation_map_too_large_for_json(tmp_path: Path, shared_models: Path) -> None:
@@ -96,7 +158,7 @@ def test_segmentation_map_too_large_for_json(tmp_path: Path, shared_models: Path
     path = write(tmp_path, f'[model]\npath = "{model}"\n\n[output]\nencoding = "json"\n')
     result = run_cli(path)
     assert result.returncode == 1
-    assert result.stdout.splitlines()[0] == (
+    assert problems(result)[0] == (
         f"{path}:4: output.max_values: the model's outputs have 263169 values (largest: "
         "'ArgMax' [1, 513, 513] int64), more than max_values = 65536 allows in one JSON "
         'message: set output.encoding = "binary", or output.decoder = "segmentation" with '
@@ -153,9 +215,39 @@ def test_edgetpu_only_model_cannot_fall_back(tmp_path: Path, shared_models: Path
     path = write(tmp_path, f'[model]\npath = "{model}"\n[inference]\ndelegate = "edgetpu"\n'
                            'edgetpu_library = "/nonexistent/libedgetpu.so.1"\n')
     report = check_config(path)
-    assert report.errors == ()
+    # edged run exits 78 with this file (tests/test_exit_contract.py): not an OK here.
+    assert report.errors == (
+        f"{path}:5: inference.edgetpu_library: cannot load /nonexistent/libedgetpu.so.1: "
+        "cannot open shared object file: No such file or directory (apt install "
+        f"libedgetpu1-std), and {model.name} (model.path) runs only on the Edge TPU: edged "
+        "would exit (status 78); give model.path the model's CPU build",)
     assert report.warnings[0].startswith(f"{path}:2: warning: model.path: {model} runs only "
                                          'on the Edge TPU, so fallback = "cpu" has nothing')
+
+
+def test_summary_names_the_model_that_would_run_edgetpu_stand_in(
+        tmp_path: Path, shared_models: Path) -> None:
+    import shutil
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is needed to build the stub delegate (the Coral stand-in)")
+    stub = tmp_path / "libstub.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(stub),
+                    str(ROOT / "tests" / "stub_delegate" / "stub_delegate.c")], check=True)
+    tpu, cpu = ("mobilenet_v1_0.25_128_quant_edgetpu.tflite",
+                "mobilenet_v1_0.25_128_quant.tflite")
+    text = (f'[model]\npath = "{shared_models / cpu}"\n'
+            f'edgetpu_path = "{shared_models / tpu}"\n'
+            f'[inference]\ndelegate = "edgetpu"\nedgetpu_library = "{stub}"\n'
+            '[output]\nmax_values = 2000\n')
+    result = run_cli(write(tmp_path, text))
+    assert result.returncode == 0, result.stderr
+    assert f"model {tpu} on edgetpu (first found; CPU fallback: {cpu})," in result.stdout
+    result = run_cli(write(tmp_path, text.replace(str(stub), "/nonexistent/libedgetpu.so.1")))
+    assert result.returncode == 0, result.stderr
+    assert f"model {cpu} on cpu (the Edge TPU delegate cannot load: fallback)," \
+        in result.stdout
 
 
 def test_missing_delegate_library_fails_only_with_fallback_fail(tmp_path: Path, digits: Path
@@ -193,7 +285,7 @@ def test_world_readable_password_file_warns_but_passes(tmp_path: Path, digits: P
                            'password_file = "pw"\n')
     result = run_cli(path)
     assert result.returncode == 0
-    assert result.stdout.splitlines()[0] == (
+    assert problems(result)[0] == (
         f"{secret}: warning: holds the MQTT password and is readable by others (mode 0644); "
         f"run: chmod 600 {secret}")
     assert "s3cret" not in result.stdout + result.stderr

@@ -113,6 +113,9 @@ def test_status_online_then_offline_on_sigterm(tmp_path: Path, mosquitto: Mosqui
                                      frames=digit_frames)
     status = retained(mosquitto.port, "edged/test/status")
     assert status is not None and orjson.loads(status.payload)["state"] == "online"
+    # The first status line: a source not opened yet is "opening", never "reopening".
+    first = next(line for line in daemon.log_text().splitlines() if "edged running:" in line)
+    assert first.endswith(("source opening", "source running")), first
     # `top -H` on a device shows each thread's job, not "python3" three times.
     names = {(task / "comm").read_text().strip()
              for task in Path(f"/proc/{daemon.pid}/task").iterdir()}

@@ -4,10 +4,12 @@ systemd sets them, stderr as a "journal stream", and real mosquitto."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -98,8 +100,104 @@ def test_ready_status_watchdog_reload_stopping_and_journal_lines(
     assert "<6>edged: reload: applied" in ours
 
 
-def test_watchdog_stops_while_the_camera_stalls_and_resumes_after(
+class HangingCamera:
+    """An HTTP MJPEG camera whose frame can hang half-sent: after `hang()` it
+    declares a part and sends one byte of it every 0.3 s (every read gets data
+    before its timeout, the frame never completes) until `release()`. What a
+    wedged camera driver looks like from edged: a read that never returns."""
+
+    def __init__(self) -> None:
+        self.hanging = threading.Event()
+        self._closing = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/stream.mjpg"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self._closing.is_set():
+                conn, _ = self._server.accept()
+                threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
+
+    def _stream(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)  # the request
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; "
+                         b"boundary=frame\r\n\r\n")
+            i = 0
+            while not self._closing.is_set():
+                if self.hanging.is_set():
+                    conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                 b"Content-Length: 100000\r\n\r\n")
+                    sent = 0
+                    while self.hanging.is_set() and not self._closing.is_set():
+                        conn.sendall(b"\0")
+                        sent += 1
+                        time.sleep(0.3)
+                    conn.sendall(bytes(100000 - sent) + b"\r\n")  # not a JPEG: skipped
+                part = jpeg(i * 7 % 256, size=(32, 32))
+                conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d"
+                             b"\r\n\r\n" % len(part) + part + b"\r\n")
+                i += 1
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self._closing.set()
+        self.hanging.clear()
+        self._server.close()
+
+
+def _stream_daemon(tmp_path: Path, port: int, listener: NotifyListener, url: str,
+                   **source: float) -> ShellDaemon:
+    """`edged run` on an HTTP camera under the systemd stand-in, once it is ready
+    and has pinged the watchdog (a ping every second while healthy)."""
+    cfg = base_config(port, model=MODEL, frames=tmp_path,
+                      source={"kind": "stream", "uri": url, **source})
+    env = {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "2000000"}
+    daemon = ShellDaemon(write_config(tmp_path / "edged.toml", cfg), env)
+    try:
+        listener.receive_until("READY", timeout=60)
+        listener.receive_until("WATCHDOG", timeout=5)
+    except BaseException:
+        daemon.__exit__()
+        raise
+    return daemon
+
+
+def _watch(listener: NotifyListener, seconds: float) -> tuple[list[float], list[str]]:
+    seen = listener.drain(seconds)
+    return pings(seen), [m.get("STATUS") or "" for m in seen if "STATUS" in m.keys]
+
+
+def test_watchdog_stops_while_a_camera_read_hangs_and_resumes_after(
         tmp_path: Path, mosquitto: Mosquitto, listener: NotifyListener) -> None:
+    camera = HangingCamera()
+    daemon = _stream_daemon(tmp_path, mosquitto.port, listener, camera.url)
+    try:
+        camera.hanging.set()
+        last, deadline = time.monotonic(), time.monotonic() + 40
+        while time.monotonic() - last < 5.0:  # 5 s without a ping: withheld
+            assert time.monotonic() < deadline, "WATCHDOG=1 kept coming while the read hung"
+            if _watch(listener, 0.5)[0]:
+                last = time.monotonic()
+        wait_log(daemon, "watchdog withheld: no frames inferred recently", timeout=5)
+        stalled = _watch(listener, 6.0)[1]
+        assert any("unhealthy: no frames inferred recently" in s for s in stalled), stalled
+
+        camera.hanging.clear()
+        listener.receive_until("WATCHDOG", timeout=30)
+        assert len(pings(listener.drain(3.0))) >= 1
+        wait_log(daemon, "watchdog resumed", timeout=5)
+        assert daemon.stop() == 0
+    finally:
+        daemon.__exit__()
+        camera.close()
+
+
+def test_watchdog_keeps_going_while_a_stalled_stream_is_retried(
+        tmp_path: Path, mosquitto: Mosquitto, listener: NotifyListener) -> None:
+    """A camera that goes silent is noticed (the read timeout) and reopened on
+    schedule: edged handles it, so systemd is not asked to restart it."""
     flowing = threading.Event()
     flowing.set()
 
@@ -108,33 +206,22 @@ def test_watchdog_stops_while_the_camera_stalls_and_resumes_after(
         return jpeg(i * 7 % 256, size=(32, 32))
 
     camera = MjpegServer(part, interval=0.05).start()
-    cfg = base_config(mosquitto.port, model=MODEL, frames=tmp_path,
-                      source={"kind": "stream", "uri": camera.url, "reopen_backoff_s": 0.2,
-                              "reopen_backoff_max_s": 0.5})
-    config = write_config(tmp_path / "edged.toml", cfg)
-    env = {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "2000000"}
-    daemon = ShellDaemon(config, env)
+    daemon = _stream_daemon(tmp_path, mosquitto.port, listener, camera.url,
+                            reopen_backoff_s=0.2, reopen_backoff_max_s=0.5)
     try:
-        listener.receive_until("READY", timeout=60)
-        listener.receive_until("WATCHDOG", timeout=5)
-
         flowing.clear()
-        last, deadline = time.monotonic(), time.monotonic() + 40
-        seen: list[Message] = []
-        while time.monotonic() - last < 5.0:  # 5 s without a ping: withheld
-            assert time.monotonic() < deadline, "WATCHDOG=1 kept coming while the camera stalled"
-            got = listener.drain(0.5)
-            seen += got
-            if pings(got):
-                last = time.monotonic()
-        wait_log(daemon, "watchdog withheld: no frames inferred recently", timeout=5)
-        stalled = [m.get("STATUS") or "" for m in listener.drain(6.0) if "STATUS" in m.keys]
-        assert any("unhealthy: no frames inferred recently" in s for s in stalled), stalled
-
+        # Past the read timeout (5 s) and the frames window (10 s): pings all along.
+        gaps, statuses, last = [], [], time.monotonic()
+        for _ in range(18):
+            got, said = _watch(listener, 1.0)
+            statuses += said
+            if got:
+                gaps.append(got[0] - last)
+                last = got[-1]
+        assert max(gaps) < 2.5, gaps
+        assert any("source reopening" in s for s in statuses), statuses
+        assert not any("unhealthy" in s for s in statuses), statuses
         flowing.set()
-        listener.receive_until("WATCHDOG", timeout=30)
-        assert len(pings(listener.drain(3.0))) >= 1
-        wait_log(daemon, "watchdog resumed", timeout=5)
         assert daemon.stop() == 0
     finally:
         flowing.set()

@@ -56,7 +56,8 @@ def test_components_per_decoder_follow_the_documented_schema(
                                             "classes_keep": ["person", "car"]}})
     doc = discovery_config(cfg, model="m.tflite", decoder=decoder)
     check_device_discovery(discovery_topic("homeassistant", "cam.1"), doc)
-    base = {"status", "fps", "inference_ms", "latency_ms", "delegate", "worker_restarts"}
+    base = {"status", "fps", "inference_ms", "latency_ms", "delegate", "fallback",
+            "worker_restarts"}
     assert set(doc["cmps"]) == base | expected
     # Availability on every entity except the connectivity sensor, which must
     # be able to show "offline" itself.
@@ -92,6 +93,7 @@ def test_discovery_renders_against_real_messages_and_comes_back_after_ha_restart
         assert float(rendered["inference_ms"]) == stats["invoke_ms_p50"] > 0
         assert float(rendered["latency_ms"]) == stats["latency_ms_p50"]
         assert rendered["delegate"] == "cpu"
+        assert rendered["fallback"] == "OFF"  # runs where configured
         assert rendered["worker_restarts"] == "0"
         assert rendered["top_class"] == str(top["label_id"])  # no labels file: the id
         assert float(rendered["top_score"]) == top["score"] > 0.5
@@ -130,6 +132,9 @@ def test_discovery_renders_against_real_messages_and_comes_back_after_ha_restart
     assert status is not None
     doc_status = orjson.loads(status.payload)
     assert render("{{ value_json.state }}", status.payload) == "offline" == doc_status["state"]
+    # Why, and where the model ran, as the connectivity sensor's attributes.
+    assert orjson.loads(render(doc["cmps"]["status"]["json_attr_tpl"], status.payload)) == {
+        "reason": "stopped", "error": "", "delegate": "cpu", "fallback": ""}
     assert retained(mosquitto.port, TOPIC) is not None
 
     # Disabled: the next start removes the device from Home Assistant.

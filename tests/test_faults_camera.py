@@ -34,8 +34,11 @@ FRAMES_WINDOW_S = 10.0  # the daemon's "no frames inferred recently" window
 BACKOFF = {"reopen_backoff_s": 0.2, "reopen_backoff_max_s": 1.0}
 
 
-def test_video_file_that_vanishes_withholds_the_watchdog_until_it_is_back(
+def test_video_file_that_vanishes_is_retried_with_the_watchdog_fed(
         tmp_path: Path, mosquitto: Any) -> None:
+    """A source retried on schedule is waited out inside the daemon: the watchdog
+    keeps going (a restart by systemd would only do what the reopen does), and
+    STATUS= and the stats say what is missing."""
     video = make_video(tmp_path / "clip.avi")
     saved = video.read_bytes()
     config = write_config(tmp_path / "edged.toml", base_config(
@@ -52,28 +55,27 @@ def test_video_file_that_vanishes_withholds_the_watchdog_until_it_is_back(
         lost = sub.wait_for(stats_after(gone_wall, lambda s: s["source"] == "reopening"),
                             timeout=10)
         assert "video file" in orjson.loads(lost.payload)["last_error"]
-        # Frames stopped: within the window plus a ping interval, no more pings.
-        wait_until(lambda: time.monotonic() - max(notify.pings()) > 2.0,
-                   FRAMES_WINDOW_S + 10, "watchdog withheld")
-        last_ping = max(notify.pings())
+        # Past the frames window: still pinged, never more than a few intervals apart.
+        wait_until(lambda: time.monotonic() - gone > FRAMES_WINDOW_S + 2, 30, "the window")
+        during_pings = notify.pings(after=gone)
+        gaps = [b - a for a, b in zip([gone, *during_pings], during_pings, strict=False)]
+        assert during_pings and max(gaps) < 2.0, gaps
         assert daemon.proc.poll() is None, daemon.log_text()
-        time.sleep(1.0)
         during = stats_of(sub.messages)[-1]
         video.write_bytes(saved)
-        back, back_wall = time.monotonic(), time.time()
+        back_wall = time.time()
         first = sub.wait_for(result_after(back_wall), timeout=15)
-        wait_until(lambda: bool(notify.pings(after=back)), 10, "watchdog resumed")
         assert daemon.stop() == 0
     log = daemon.log_text()
-    assert "watchdog withheld: no frames inferred recently" in log, log
-    assert "watchdog resumed" in log, log
-    assert any("unhealthy: no frames inferred recently" in s for s in notify.statuses())
+    assert "watchdog withheld" not in log, log
+    assert any("source reopening" in s for s in notify.statuses()), notify.statuses()
+    assert not any("unhealthy" in s for s in notify.statuses()), notify.statuses()
     # Backoff: about 12 s away at 0.2 s doubling to 1 s is a dozen attempts, not hundreds.
     reopens = during["source_reopens"]
     assert 2 <= reopens <= 40, during
-    record_figure("camera_video_vanished", watchdog_withheld_after_s=round(last_ping - gone, 2),
+    record_figure("camera_video_vanished", longest_ping_gap_s=round(max(gaps), 2),
                   reopen_attempts=reopens, results_after_restore_s=round(
-                      first.received_at - back_wall, 3))
+                      first.received_at - back_wall, 2))
 
 
 def test_mjpeg_stream_that_stalls_is_reopened_and_resumes(tmp_path: Path,

@@ -148,3 +148,10 @@ def test_daemon_writes_the_stats_figures_and_opens_no_port(
         assert sample(samples, name) == stats[key], name
     assert sample(samples, "edged_broker_connected") == int(stats["broker"] == "connected")
     assert sample(samples, "edged_worker_state", state=stats["worker_state"]) == 1
+
+
+def test_a_cpu_fallback_is_a_gauge() -> None:
+    for reason, value in (("Edge TPU delegate: ...; running on the CPU instead", 1.0), ("", 0.0)):
+        _, samples = parse_prom(render("cam", {"delegate": "cpu", "fallback": reason}))
+        found = {name: v for (name, _), v in samples.items() if name == "edged_fallback"}
+        assert found == {"edged_fallback": value}

@@ -221,6 +221,10 @@ def test_mqtt_change_during_a_broker_outage_loses_nothing(tmp_path: Path,
         wait_results(sub, 5, after=back)
         stats = wait_stats(sub, lambda s: s["broker"] == "connected", after=back)
         assert stats["worker_pid"] == pid
+        # The new connection's status says where the model runs, as the old one did.
+        said = sub.wait_for(lambda m: m.topic.endswith("/status") and m.received_at > back
+                            and "delegate" in orjson.loads(m.payload), timeout=10)
+        assert orjson.loads(said.payload)["delegate"] == "cpu"
         assert r.daemon.stop() == 0
     finally:
         r.daemon.__exit__()

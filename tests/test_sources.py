@@ -192,6 +192,14 @@ def test_video_file_deleted_then_restored_resumes(tmp_path: Path) -> None:
         assert cap.stop()
 
 
+def test_a_source_is_opening_until_its_first_frame_not_reopening() -> None:
+    source = ResilientSource(SyntheticSource((16, 16), fps=0))
+    assert source.status().state == "opening"  # nothing has failed: not "reopening"
+    assert source.read() is not None
+    assert source.status().state == "running"
+    source.close()
+
+
 def test_vanished_camera_device_is_retried_with_its_path_in_the_error() -> None:
     source = ResilientSource(open_source("opencv", uri="/dev/video-edged-missing"), **FAST)
     cap = CaptureThread(source).start()

@@ -95,7 +95,16 @@ class CaptureThread:
         self.buffer = buffer or LatestFrameBuffer()
         self.lossless = lossless
         self._stop = threading.Event()
+        self._rate: RateLimiter | None = None
         self._thread = NamedThread(target=self._run, name=name, daemon=True)
+
+    def pace(self, max_fps: float) -> None:
+        """Lossless sources: read at most `max_fps` frames a second (0: unpaced).
+
+        Every frame of a file is inferred, so a frame read ahead would wait in
+        the buffer for the consumer's max_fps and arrive that much older; read
+        when one may be taken instead, and it goes through at once."""
+        self._rate = RateLimiter(max_fps, self._stop) if max_fps > 0 else None
 
     def start(self) -> CaptureThread:
         self._thread.start()
@@ -104,6 +113,9 @@ class CaptureThread:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                rate = self._rate
+                if rate is not None and not rate.wait():
+                    break
                 frame = self.source.read()
                 if frame is None:
                     break  # closed, or ended without reopening

@@ -22,18 +22,20 @@ from edged.sources.base import Frame, FrameSource, Pixels, SourceError
 
 log = logging.getLogger("edged.sources")
 
-SourceState = Literal["running", "reopening", "ended"]
+SourceState = Literal["opening", "running", "reopening", "ended"]
 
 
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
     """What the daemon publishes about its source.
 
-    `state` is "reopening" from construction until the first frame and
-    whenever the source is lost; "ended" after `close()` or when a finite
-    source ends with `reopen_on_end=False`. `reopen_count` counts open
-    attempts after the first one; `frames` counts frames delivered;
-    `last_frame_mono` lets a watchdog see whether frames still progress.
+    `state` is "opening" from construction until the first frame (unless an
+    open fails first), "reopening" whenever the source failed or was lost and
+    is being retried, "ended" after `close()` or when a finite source ends
+    with `reopen_on_end=False`. `reopen_count` counts open attempts after the
+    first one; `frames` counts frames delivered; `last_frame_mono` lets a
+    watchdog see whether frames still progress, `last_attempt_mono` whether
+    a lost source is still being retried.
     """
 
     name: str
@@ -44,6 +46,7 @@ class SourceStatus:
     skipped: int
     delivered_size: tuple[int, int] | None
     last_frame_mono: float | None
+    last_attempt_mono: float | None = None
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, jitter: float,
@@ -94,9 +97,10 @@ class ResilientSource:
         self._failures = 0  # consecutive; reset by a frame
         self._next_open = 0.0
         self._seq = 0
-        self._state: SourceState = "reopening"
+        self._state: SourceState = "opening"
         self._last_error: str | None = None
         self._last_frame_mono: float | None = None
+        self._last_attempt_mono: float | None = None
         self._lost_at: float | None = None
 
     @property
@@ -122,7 +126,7 @@ class ResilientSource:
     def status(self) -> SourceStatus:
         return SourceStatus(self.name, self._state, self._last_error, self.reopen_count,
                             self._seq, self.source.skipped, self.source.delivered_size,
-                            self._last_frame_mono)
+                            self._last_frame_mono, self._last_attempt_mono)
 
     def read(self) -> Frame | None:
         """The next frame; None once closed or ended. Never raises."""
@@ -179,6 +183,7 @@ class ResilientSource:
 
     def _try_open(self) -> bool:
         self._attempts += 1
+        self._last_attempt_mono = time.monotonic()
         try:
             self.source.open()
         except Exception as e:

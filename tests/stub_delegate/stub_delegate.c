@@ -13,7 +13,9 @@
  *   abort_if_exists=PATH   the same, but only while PATH exists, so a test can
  *                 start on the "Coral" and pull it out later.
  * The environment variable STUB_DELEGATE_FAIL=1 also makes create fail, for
- * callers that cannot add options (edged passes only "device" to the Edge TPU).
+ * callers that cannot add options (edged passes only "device" to the Edge TPU);
+ * STUB_DELEGATE_FAIL_IF_EXISTS=PATH makes it fail only while PATH exists (a
+ * Coral that is plugged in later).
  * STUB_DELEGATE_RECORD=PATH is the default for record=.
  */
 #include <stdint.h>
@@ -68,7 +70,9 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     int n = (int)(unsigned int)num;
     const char *record = getenv("STUB_DELEGATE_RECORD");
     const char *env_fail = getenv("STUB_DELEGATE_FAIL");
-    int fail = env_fail && strcmp(env_fail, "1") == 0;
+    const char *env_fail_if = getenv("STUB_DELEGATE_FAIL_IF_EXISTS");
+    int fail = (env_fail && strcmp(env_fail, "1") == 0) ||
+               (env_fail_if && env_fail_if[0] && access(env_fail_if, F_OK) == 0);
     for (int i = 0; i < n; i++) {
         if (strcmp(keys[i], "record") == 0) record = values[i];
         if (strcmp(keys[i], "fail") == 0 && strcmp(values[i], "1") == 0) fail = 1;
