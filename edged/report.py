@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edged.logsetup import redact_text
 from edged.pipeline import Pipeline
 from edged.publish import Publisher
 from edged.sources.capture import CaptureThread
@@ -59,7 +60,13 @@ def figures(p: Parts) -> dict[str, Any]:
         "last_error": last_error(p),
         "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
     })
+    # Retained and read by every subscriber: no secret, however a message came to hold one.
+    for key in _TEXTS:
+        snap[key] = redact_text(snap[key])
     return snap
+
+
+_TEXTS = ("last_error", "worker_last_failure", "config_reload")
 
 
 def last_error(p: Parts) -> str:
@@ -88,4 +95,4 @@ def status_line(f: dict[str, Any], broker_why: str | None, failing: tuple[str, .
         line += f"; unhealthy: {', '.join(failing)}"
     if reload_error:
         line += f"; reload failed: {reload_error}"
-    return line
+    return redact_text(line)

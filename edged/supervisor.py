@@ -93,8 +93,10 @@ class Supervisor:
 
     def __init__(self, params: WorkerParams, *, slots: int = 2, invoke_timeout_s: float = 5.0,
                  restart_backoff_s: float = 0.2, restart_backoff_max_s: float = 30.0,
-                 cpu_fallback_after: int = 3, cpu_model_path: str | None = None) -> None:
+                 cpu_fallback_after: int = 3, cpu_model_path: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.params = params
+        self.env = env  # None: the daemon's own; see edged.secrecy.scrubbed_environ
         self.slots = slots
         self.invoke_timeout_s = invoke_timeout_s
         self.restart_backoff_s = restart_backoff_s
@@ -128,7 +130,7 @@ class Supervisor:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "edged.worker", str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=self.env,
             )
         finally:
             child.close()

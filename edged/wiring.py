@@ -6,7 +6,9 @@ section changed, with the same functions that built them at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edged.config import Config
+from edged.config import Config, ConfigError
 from edged.decode.dispatch import (
     DecoderKind,
     DecodeSettings,
@@ -34,6 +36,7 @@ from edged.pipeline import Result
 from edged.preprocess import Preprocessor, leave_cores_to_the_model
 from edged.publish import Publisher
 from edged.publish_setup import PublisherSettings, TlsSettings
+from edged.secrecy import scrubbed_environ
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
 from edged.sources.resilient import ResilientSource
@@ -89,7 +92,17 @@ def build_supervisor(cfg: Config) -> Supervisor:
         worker_params(cfg), invoke_timeout_s=inf.invoke_timeout_s,
         restart_backoff_s=inf.restart_backoff_s, restart_backoff_max_s=inf.restart_backoff_max_s,
         cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
+        env=worker_environ(cfg),
     )
+
+
+def worker_environ(cfg: Config) -> dict[str, str]:
+    """The daemon's environment without the MQTT password: the worker needs none."""
+    password = None
+    with contextlib.suppress(ConfigError):  # reported where the publisher is built
+        password = cfg.mqtt.resolve_password()
+    return scrubbed_environ(os.environ, names=[cfg.mqtt.password_env],
+                            values=[password] if password else [])
 
 
 def input_size(info: ModelInfo) -> tuple[int, int]:
