@@ -108,7 +108,7 @@ def test_broken_reloads_never_publish_or_log_a_secret(tmp_path: Path,
                                           acl="user edged\ntopic readwrite #\n")
     doc = _document(broker.port, FRAMES, {"logging": {"level": "debug"}})
     path = _write(tmp_path, doc)
-    every = tuple(s for _, _, found in BROKEN for s in found) + (RUNNING_SECRET,)
+    every = (*(s for _, _, found in BROKEN for s in found), RUNNING_SECRET)
     with Subscriber(broker.port, "#", username="edged", password=RUNNING_SECRET) as sub, \
             DaemonProcess(path) as daemon:
         sub.wait_count(lambda m: m.topic.endswith("/results"), 3, timeout=30)
