@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.payload import BINARY_MAGIC, encode_status
+from edged.publish_inbound import Inbound
 from edged.publish_setup import (
     Outbox,
     PublisherSettings,
@@ -62,9 +63,9 @@ class PublishLoop:
         self.results_topic, self.status_topic, self.stats_topic = (
             results_topic, status_topic, stats_topic)
         self._rng = rng
-        # Filled by the front; hooks and watches are renewed on every connect.
+        # Filled by the front; hooks and subscriptions are renewed on every connect.
         self.connect_hooks: list[Callable[[], None]] = []
-        self.watches: dict[str, Callable[[bytes], None]] = {}
+        self.inbound = Inbound(s.protocol == "5")
         # Changed on the network thread only (paho callbacks run there too).
         self.state = "new"
         self._inflight: dict[int, str] = {}
@@ -93,7 +94,7 @@ class PublishLoop:
         # received to hand it over (a tenth of this thread's CPU at 400 results/s).
         # A logger of paho's own is asked `isEnabledFor` first; only errors pass.
         self.client.enable_logger(paho_error_logger(self.paho_error))
-        self.client.on_message = self._on_message
+        self.inbound.attach(self.client)
         self._props = result_properties(s)
 
     def run(self) -> None:
@@ -138,7 +139,8 @@ class PublishLoop:
         s = self.settings
         self._sock_error = None
         try:
-            self.client.connect(s.host, s.port, keepalive=s.keepalive_s)
+            self.client.connect(s.host, s.port, keepalive=s.keepalive_s,
+                                properties=self.inbound.connect_properties())
         except Exception as exc:
             why = describe_error(exc)
             self._failure(why + tls_hint(s, why, handshake=True))
@@ -208,6 +210,8 @@ class PublishLoop:
                 break
             if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
+            if self.connected:
+                self.inbound.tick(client, now)
         if client.socket() is not None:  # we left first (stop before CONNACK, select error)
             client._sock_close()
         if self.connected:
@@ -333,16 +337,9 @@ class PublishLoop:
                               qos=self.settings.status_qos, retain=True)
         if self.settings.status_qos:
             self._inflight[info.mid] = "status"
-        if self.watches:
-            client.subscribe([(topic, 1) for topic in self.watches])
+        self.inbound.on_connect(client)
         for hook in self.connect_hooks:
             hook()
-
-    @guarded(log)
-    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        handler = self.watches.get(msg.topic)
-        if handler is not None:
-            handler(bytes(msg.payload))
 
     @guarded(log)
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.payload import encode_status, validate_device_id
+from edged.publish_inbound import BoundedClient
 
 BINARY_CONTENT_TYPE = "application/vnd.edged.result-v1+binary"
 # One logger for the whole publisher: operators and tests filter on `edged.publish`.
@@ -222,10 +223,10 @@ def paho_error_logger(on_error: Callable[[str], None]) -> logging.Logger:
     return logger
 
 
-def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> mqtt.Client:
+def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> BoundedClient:
     """A paho client with everything but the callbacks configured."""
     v5 = s.protocol == "5"
-    client = mqtt.Client(
+    client = BoundedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
