@@ -34,10 +34,11 @@ from edged.metrics import Textfile
 from edged.notify import HealthCheck, Notifier, ProgressMonitor, WatchdogGate
 from edged.pipeline import Deliver, Pipeline, Preprocess
 from edged.publish import Publisher
-from edged.reload import ReloadPlan, plan_reload, preflight
+from edged.reload import ReloadPlan, plan_reload, preflight, with_model_file_changed
 from edged.sources.capture import CaptureThread
 from edged.stats import Stats
-from edged.supervisor import ModelInfo, ModelLoadError, Supervisor
+from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, file_stamp
+from edged.threaddeaths import ThreadDeaths
 from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
@@ -89,6 +90,7 @@ class Daemon:
         self._frames_lost_before = 0  # by pipelines replaced on reload
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
+        self.deaths = ThreadDeaths()
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
+        self.deaths.install()
         try:
             self._start_publisher()
             self._start_worker()
@@ -152,7 +155,8 @@ class Daemon:
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
                 self.cfg, self.supervisor, self.publisher, self._on_published),
-            self.stats, max_fps=self.cfg.inference.max_fps)
+            self.stats, max_fps=self.cfg.inference.max_fps,
+            rebuild=lambda info: wiring.build_preprocess(self.cfg, info))
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
         self.pipeline_thread.start()
@@ -196,6 +200,7 @@ class Daemon:
         gate = WatchdogGate(self.notifier, [
             HealthCheck("no frames inferred recently", self._frames_progressing),
             HealthCheck("pipeline thread stalled", self._pipeline_alive),
+            HealthCheck("a thread died", lambda: self.deaths.healthy),
             # Through self: a reload may replace the publisher.
             HealthCheck("MQTT network thread dead",
                         lambda: self.publisher is not None and self.publisher.network_alive()),
@@ -213,11 +218,14 @@ class Daemon:
             shown = gate.failing
             gate.tick()
             now = time.monotonic()
+            death = self.deaths.news()
+            if death:  # to systemd's watchdog (Restart= then acts) and to subscribers, now
+                self.notifier.notify("WATCHDOG=trigger")
             # A health change is told at once, not at the next 5 s refresh.
-            if now >= next_status or gate.failing != shown:
+            if now >= next_status or gate.failing != shown or death:
                 self.notifier.status(self._status_line(gate.failing))
                 next_status = now + 5.0
-            if now >= next_stats:
+            if now >= next_stats or death:
                 self._report()
                 next_stats = now + self.cfg.output.stats_interval_s
 
@@ -235,10 +243,11 @@ class Daemon:
     def figures(self) -> dict[str, Any]:
         return report.figures(report.Parts(
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
-            self._frames_lost_before, self.reload_error))
+            self._frames_lost_before, self.reload_error, self.deaths.summary()))
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
         why = self.publisher.counters().last_error if self.publisher else None
+        failing = (*self.deaths.reasons, *(f for f in failing if f != "a thread died"))
         return report.status_line(self.figures(), why, failing, self.reload_error)
 
     # -- reload -----------------------------------------------------------------------
@@ -261,6 +270,9 @@ class Daemon:
         try:
             cf = read_config(self.path)
             plan = plan_reload(self.cfg, cf.config)
+            sup = self.supervisor  # the file it runs, replaced on disk at the same path
+            if sup is not None and file_stamp(sup.params.model_path) != sup.model_stamp:
+                plan = with_model_file_changed(plan)
             problems = preflight(cf, plan)
             if problems:
                 raise ConfigError(problems)

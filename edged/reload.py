@@ -21,7 +21,7 @@ the new stage before it stops the old one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edged.config import Config, ConfigError, ConfigFile
@@ -56,6 +56,14 @@ def _model_files(cfg: Config) -> tuple[object, ...]:
 
 def _normalization(cfg: Config) -> tuple[object, ...]:
     return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std)
+
+
+def with_model_file_changed(plan: ReloadPlan) -> ReloadPlan:
+    """`plan`, for a model file replaced on disk at the same path: the worker loads it again."""
+    if plan.worker:
+        return plan
+    return replace(plan, changed=(*plan.changed, "model file (replaced on disk)"), worker=True,
+                   preprocess=True, deliver=True)
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:

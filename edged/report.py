@@ -27,6 +27,7 @@ class Parts:
     pipeline: Pipeline | None
     frames_lost_before: int  # lost by pipelines that a reload replaced
     reload_error: str
+    failure: str = ""  # a thread of the daemon died: outranks every other error
 
 
 def figures(p: Parts) -> dict[str, Any]:
@@ -70,9 +71,10 @@ _TEXTS = ("last_error", "worker_last_failure", "config_reload")
 
 
 def last_error(p: Parts) -> str:
-    """The most relevant current problem: worker, then source, broker, pipeline."""
+    """The most relevant current problem: a dead thread, worker, source, broker, pipeline."""
     sup, cap, pub, pipe = p.supervisor, p.capture, p.publisher, p.pipeline
-    for err in (sup.last_failure if sup and sup.state != "running" else "",
+    for err in (p.failure,
+                sup.last_failure if sup and sup.state != "running" else "",
                 cap.source.last_error if cap else "",
                 pub.counters().last_error if pub else "",
                 pipe.last_error if pipe else ""):

@@ -109,6 +109,7 @@ class Supervisor:
         self.consecutive_failures = 0
         self.last_failure = ""
         self.state = "stopped"
+        self.model_stamp: tuple[int, ...] = ()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._inbox = bytearray(MAX_PACKET)
@@ -126,6 +127,7 @@ class Supervisor:
         loaded, WorkerError when it dies or stalls while loading.
         """
         self.state = "starting"
+        self.model_stamp = file_stamp(self.params.model_path)  # what this worker loads
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
@@ -304,6 +306,16 @@ class Supervisor:
             # After a restart a load error counts as one more failure, not the end:
             # a USB device may come back.
             raise self._failed(str(exc)) from None
+
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Which file is at `path` now (device, inode, size, mtime); () when there is none.
+    A model replaced at the same path changes it, so a reload can tell."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _params_dict(params: WorkerParams) -> dict[str, Any]:
