@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -34,7 +35,13 @@ from edged.metrics import Textfile
 from edged.notify import HealthCheck, Notifier, ProgressMonitor, WatchdogGate
 from edged.pipeline import Deliver, Pipeline, Preprocess
 from edged.publish import Publisher
-from edged.reload import ReloadPlan, plan_reload, preflight, with_model_file_changed
+from edged.reload import (
+    ReloadPlan,
+    plan_reload,
+    preflight,
+    vanished_warnings,
+    with_model_file_changed,
+)
 from edged.sources.capture import CaptureThread
 from edged.stats import Stats
 from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, file_stamp
@@ -88,6 +95,7 @@ class Daemon:
         self._first_result = threading.Event()
         self._frames = ProgressMonitor(window=10.0)
         self._frames_lost_before = 0  # by pipelines replaced on reload
+        self._carried: Counter[str] = Counter()  # counts of replaced parts (report.Parts)
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
         self.deaths = ThreadDeaths()
@@ -130,6 +138,8 @@ class Daemon:
         return self.exit_code
 
     def _start_worker(self, cfg: Config | None = None) -> None:
+        if self.supervisor is not None:
+            self._carried["worker_restarts"] += self.supervisor.restarts
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
         info = sup.start_until_loaded(self.stop_requested.is_set)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
@@ -243,7 +253,7 @@ class Daemon:
     def figures(self) -> dict[str, Any]:
         return report.figures(report.Parts(
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
-            self._frames_lost_before, self.reload_error, self.deaths.summary()))
+            self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried))
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
         why = self.publisher.counters().last_error if self.publisher else None
@@ -276,6 +286,8 @@ class Daemon:
             problems = preflight(cf, plan)
             if problems:
                 raise ConfigError(problems)
+            for warning in vanished_warnings(self.cfg, cf):
+                log.warning("reload: %s", warning)
             log.info("reload: changed: %s; restarting: %s",
                      ", ".join(plan.changed) or "nothing", plan.restarts())
             self._apply(cf.config, plan)
@@ -310,8 +322,10 @@ class Daemon:
                 stages = self._build_stages(new, plan, publisher or self.publisher)
                 # The Pi camera's ISP scales to the model input: a new input size reopens it.
                 resize = new.source.kind == "picamera2" and wiring.input_size(self.info) != old_size
-                capture = wiring.build_capture(new, wiring.input_size(self.info)) \
-                    if plan.source or resize else None
+                capture = wiring.build_capture(
+                    new, wiring.input_size(self.info),
+                    first_seq=self.capture.source.frames if self.capture else 0,
+                ) if plan.source or resize else None
             except BaseException:
                 if plan.worker:
                     self._restore_worker()
@@ -337,6 +351,9 @@ class Daemon:
                 self.pipeline.feed = capture.buffer  # waits on the new, empty buffer meanwhile
             if old is not None:
                 old.stop()
+                self._carried.update(frames_dropped=old.buffer.dropped,
+                                     source_reopens=old.source.reopen_count,
+                                     frames_skipped=old.source.status().skipped)
             capture.start()
         if self.pipeline is None:
             self._start_pipeline(stages)

@@ -250,7 +250,7 @@ def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> Boun
         for key, path in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
                           ("key_file", t.key_file)):
             if path is not None and not Path(path).is_file():
-                raise PublisherError(f"mqtt.tls.{key}: {path}: no such file")
+                raise PublisherError(f"mqtt.{key}: {path}: no such file")
         try:
             client.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
                            certfile=str(t.cert_file) if t.cert_file else None,

@@ -5,7 +5,8 @@ Pure reads of the running parts; nothing here changes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from edged.logsetup import redact_text
@@ -28,6 +29,9 @@ class Parts:
     frames_lost_before: int  # lost by pipelines that a reload replaced
     reload_error: str
     failure: str = ""  # a thread of the daemon died: outranks every other error
+    # Counts of the parts a reload replaced (a source, a worker supervisor), added to
+    # the running ones': counters only grow for the life of the process.
+    carried: Counter[str] = field(default_factory=Counter)
 
 
 def figures(p: Parts) -> dict[str, Any]:
@@ -61,6 +65,8 @@ def figures(p: Parts) -> dict[str, Any]:
         "last_error": last_error(p),
         "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
     })
+    for key, value in p.carried.items():
+        snap[key] += value
     # Retained and read by every subscriber: no secret, however a message came to hold one.
     for key in _TEXTS:
         snap[key] = redact_text(snap[key])

@@ -51,7 +51,8 @@ _DRIVER = {"v4l2": "opencv", "stream": "opencv", "video": "opencv"}
 _LOSSLESS = {"video", "folder"}
 
 
-def build_capture(cfg: Config, input_size: tuple[int, int]) -> CaptureThread:
+def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
+                  ) -> CaptureThread:
     s = cfg.source
     kind = _DRIVER.get(s.kind, s.kind)
     params: dict[str, Any]
@@ -70,7 +71,8 @@ def build_capture(cfg: Config, input_size: tuple[int, int]) -> CaptureThread:
     # A video or folder with loop = false ends for good: reopening would replay it.
     source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
                              max_backoff=s.reopen_backoff_max_s,
-                             reopen_on_end=s.loop or s.kind not in _LOSSLESS)
+                             reopen_on_end=s.loop or s.kind not in _LOSSLESS,
+                             first_seq=first_seq)
     return CaptureThread(source, lossless=s.kind in _LOSSLESS)
 
 

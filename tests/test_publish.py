@@ -477,7 +477,7 @@ def test_tls_wrong_ca_fails_clearly_and_never_falls_back_to_plain_text(
 
 
 def test_settings_errors_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(PublisherError, match=r"^mqtt\.tls\.ca_file: .*nope\.pem: no such file$"):
+    with pytest.raises(PublisherError, match=r"^mqtt\.ca_file: .*nope\.pem: no such file$"):
         Publisher(PublisherSettings(device_id="cam-1", tls=TlsSettings(tmp_path / "nope.pem")))
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
