@@ -29,11 +29,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.payload import BINARY_MAGIC, encode_status
+from edged.publish_backoff import backoff_delay, retry_cap, unreachable
 from edged.publish_inbound import Inbound
 from edged.publish_setup import (
     Outbox,
     PublisherSettings,
-    backoff_delay,
     describe_error,
     guarded,
     make_client,
@@ -83,6 +83,7 @@ class PublishLoop:
         self._flapping = False
         self._loss_said = False  # the last loss was logged: say when it is over
         self._sock_error: str | None = None
+        self._unreachable = False  # the last attempt found no TCP listener (see retry_cap)
         self._server_max = 0
         self.beat = time.monotonic()
         self.crashed: str | None = None
@@ -116,7 +117,8 @@ class PublishLoop:
                     break
                 self.state = "disconnected"
                 self._sleep(backoff_delay(attempt, self.settings.backoff_min_s,
-                                          self.settings.backoff_max_s, self._rng))
+                                          retry_cap(self.settings, self._unreachable),
+                                          self._rng))
                 attempt = min(attempt + 1, 30)
         except Exception as exc:
             self.crashed = describe_error(exc)
@@ -138,10 +140,12 @@ class PublishLoop:
     def _connect(self) -> bool:
         s = self.settings
         self._sock_error = None
+        self._unreachable = False
         try:
             self.client.connect(s.host, s.port, keepalive=s.keepalive_s,
                                 properties=self.inbound.connect_properties())
         except Exception as exc:
+            self._unreachable = unreachable(exc)
             why = describe_error(exc)
             self._failure(why + tls_hint(s, why, handshake=True))
             return False

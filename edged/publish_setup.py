@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import re
 import socket
 import ssl
@@ -174,16 +173,6 @@ def guarded(log: logging.Logger) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0-based).
-
-    Exponential, capped, with "equal jitter": at least half the step, so no
-    device hammers the broker, and a random other half, so a fleet that lost
-    the broker together does not come back in lockstep."""
-    cap = float(min(max_s, min_s * 2 ** min(attempt, 30)))
-    return cap / 2 + rng.uniform(0, cap / 2)
 
 
 _SSL_NOISE = re.compile(r"\[SSL: [A-Z0-9_]+\]\s*|\s*\(_ssl\.c:\d+\)")

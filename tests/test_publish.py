@@ -34,8 +34,9 @@ from edged.payload import (
     outputs_from,
 )
 from edged.publish import Publisher, PublisherError, PublisherSettings, TlsSettings
+from edged.publish_backoff import backoff_delay
 from edged.publish_loop import ACK_BATCH_S, PublishLoop
-from edged.publish_setup import Outbox, backoff_delay
+from edged.publish_setup import Outbox
 from edged.tensors import TensorInfo
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
