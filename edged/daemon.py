@@ -53,6 +53,7 @@ log = logging.getLogger("edged")
 DEFAULT_CONFIG = "/etc/edged/edged.toml"
 EX_CONFIG = 78  # sysexits: the unit's RestartPreventExitStatus stops a restart loop on it
 TICK_S = 0.5
+STOP_GRACE_S = 2.0  # for the frame in flight when stopping or replacing the pipeline
 
 
 def register(sub: Any) -> None:
@@ -126,6 +127,10 @@ class Daemon:
             self._shutdown()
             return EX_CONFIG
         except (ModelLoadError, ValueError, OSError) as exc:
+            if self.stop_requested.is_set():  # a stop while starting is not an error
+                log.info("stopped while starting")
+                self._shutdown()
+                return 0
             log.error("%s", _first_line(exc))
             self._shutdown()
             return 1
@@ -174,8 +179,15 @@ class Daemon:
     def _stop_pipeline(self) -> None:
         if self.pipeline is not None and self.pipeline_thread is not None:
             self.pipeline.stop()
-            # It may be waiting for the frame in flight: up to the invoke deadline.
-            self.pipeline_thread.join(max(5.0, self.cfg.inference.invoke_timeout_s + 1.0))
+            # It may be waiting for the frame in flight. A worker that does not answer
+            # soon (frozen, or a slow first Edge TPU invoke) is not waited for up to the
+            # invoke deadline: a stop or a reload ends it.
+            self.pipeline_thread.join(STOP_GRACE_S)
+            if self.pipeline_thread.is_alive() and self.supervisor is not None:
+                log.info("the inference worker has not answered for %.0f s: stopping it "
+                         "without its last frame", STOP_GRACE_S)
+                self.supervisor.abandon()
+                self.pipeline_thread.join(STOP_GRACE_S)
         if self.pipeline is not None:
             self._frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.pipeline_thread = None
@@ -194,6 +206,9 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
+        if self.pipeline is None and self.supervisor is not None:
+            # Still starting: this thread waits for the worker to load (up to 60 s).
+            self.supervisor.abandon()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload_requested.set()

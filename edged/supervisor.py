@@ -109,6 +109,7 @@ class Supervisor:
         self.consecutive_failures = 0
         self.last_failure = ""
         self.state = "stopped"
+        self.stopping = False  # set by abandon(): what fails from now on is the stop's doing
         self.model_stamp: tuple[int, ...] = ()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -182,6 +183,16 @@ class Supervisor:
         self._unmap()
         self.state = "stopped"
 
+    def abandon(self) -> None:
+        """From another thread, when stopping: kill the worker now, whatever it is
+        doing, so a frozen one cannot hold the stop for the invoke deadline. The
+        thread waiting for it then sees it gone, as a stop (INFO), not a failure."""
+        self.stopping = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
     def _reap(self, grace_s: float = 0.0) -> int | None:
         code = None
         if self._proc is not None:
@@ -248,6 +259,10 @@ class Supervisor:
 
     def _failed(self, why: str) -> WorkerError:
         self._reap()
+        if self.stopping:
+            log.info("inference worker stopped (%s)", why)
+            self.state = "stopped"
+            return WorkerError(why)
         self.consecutive_failures += 1
         self.last_failure = why
         self.state = "restarting"
