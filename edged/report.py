@@ -81,7 +81,8 @@ def last_error(p: Parts) -> str:
     sup, cap, pub, pipe = p.supervisor, p.capture, p.publisher, p.pipeline
     for err in (p.failure,
                 sup.last_failure if sup and sup.state != "running" else "",
-                cap.source.last_error if cap else "",
+                # Kept by the source for its logs; history once frames flow again.
+                cap.source.last_error if cap and cap.source.state != "running" else "",
                 pub.counters().last_error if pub else "",
                 pipe.last_error if pipe else ""):
         if err:
