@@ -76,12 +76,15 @@ def test_video_file_that_vanishes_withholds_the_watchdog_until_it_is_back(
                       first.received_at - back_wall, 3))
 
 
+def _stream_config(tmp_path: Path, port: int, url: str) -> Path:
+    return write_config(tmp_path / "edged.toml", base_config(
+        port, model=DIGITS, frames=tmp_path, source={"kind": "stream", "uri": url, **BACKOFF}))
+
+
 def test_mjpeg_stream_that_stalls_is_reopened_and_resumes(tmp_path: Path,
                                                          mosquitto: Any) -> None:
     with MjpegServer(jpeg_frames(), fps=20) as camera:
-        config = write_config(tmp_path / "edged.toml", base_config(
-            mosquitto.port, model=DIGITS, frames=tmp_path,
-            source={"kind": "stream", "uri": camera.url, **BACKOFF}))
+        config = _stream_config(tmp_path, mosquitto.port, camera.url)
         with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
             sub.wait_count(lambda m: m.topic.endswith("/results"), 3, timeout=30)
             camera.stall()
@@ -109,9 +112,7 @@ def test_mjpeg_stream_that_stalls_is_reopened_and_resumes(tmp_path: Path,
 def test_mjpeg_stream_that_drips_is_declared_stalled_and_last_error_clears(
         tmp_path: Path, mosquitto: Any) -> None:
     with MjpegServer(jpeg_frames(), fps=20) as camera:
-        config = write_config(tmp_path / "edged.toml", base_config(
-            mosquitto.port, model=DIGITS, frames=tmp_path,
-            source={"kind": "stream", "uri": camera.url, **BACKOFF}))
+        config = _stream_config(tmp_path, mosquitto.port, camera.url)
         with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
             sub.wait_count(lambda m: m.topic.endswith("/results"), 3, timeout=30)
             camera.drip()  # a byte every 2 s: no single read ever times out
@@ -138,9 +139,7 @@ def test_corrupt_jpeg_parts_are_skipped_counted_and_not_a_reopen(tmp_path: Path,
                                                                 mosquitto: Any) -> None:
     with MjpegServer(jpeg_frames(), fps=30) as camera:
         camera.corrupt_every = 3
-        config = write_config(tmp_path / "edged.toml", base_config(
-            mosquitto.port, model=DIGITS, frames=tmp_path,
-            source={"kind": "stream", "uri": camera.url, **BACKOFF}))
+        config = _stream_config(tmp_path, mosquitto.port, camera.url)
         with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
             sub.wait_count(lambda m: m.topic.endswith("/results"), 20, timeout=30)
             stats = sub.wait_for(is_stats(lambda s: s.get("frames_skipped", 0) >= 3), timeout=10)

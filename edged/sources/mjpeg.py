@@ -329,17 +329,15 @@ class _FrameReader:
         del self._buf[:size]
         return line
 
-    def read(self, n: int) -> bytes:
-        while len(self._buf) < n and self._more():
-            pass
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
     def peek(self, n: int) -> bytes:
         while len(self._buf) < n and self._more():
             pass
         return bytes(self._buf[:n])
+
+    def read(self, n: int) -> bytes:
+        data = self.peek(n)
+        del self._buf[:len(data)]
+        return data
 
 
 def _describe(e: BaseException, timeout: float) -> str:
