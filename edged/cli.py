@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from edged import __version__
+from edged import __version__, nativeout
 
 # sub-command -> module exposing `register(subparsers)`; each module's
 # registered handler returns the process exit code. Imported lazily so that
@@ -24,6 +24,15 @@ COMMANDS: dict[str, str] = {
     "listen": "edged.listen",
     "bench": "edged.bench",
     "demo": "edged.demo",
+}
+# What each command does with native libraries' own stderr output (edged.nativeout):
+# the daemon logs it, one-shot commands that load the runtime or OpenCV drop it.
+# `demo` and `listen` load neither (demo's daemon is an `edged run` of its own).
+NATIVE_OUTPUT: dict[str, Callable[[], bool]] = {
+    "run": nativeout.route_native_output_to_log,
+    "check-config": nativeout.silence_native_output,
+    "inspect": nativeout.silence_native_output,
+    "bench": nativeout.silence_native_output,
 }
 
 DESCRIPTION = """\
@@ -143,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(args_list).parse_args(args_list)
     handler = getattr(args, "handler", None)
+    if argv is None and args.command in NATIVE_OUTPUT:
+        # Only as the process's own command: a test calling main() keeps its stderr.
+        NATIVE_OUTPUT[args.command]()
     if handler is None:
         print(f"edged: {args.command}: not available in this build", file=sys.stderr)
         return 2

@@ -51,6 +51,7 @@ from edged.configtext import (
     show,
     syntax_error,
 )
+from edged.secrecy import is_secret_key, what_it_is
 
 __all__ = [
     "DEFAULT_PATH", "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
@@ -254,7 +255,10 @@ _TYPE_WORDS = {
 
 def _message(kind: str, loc: tuple[str | int, ...], value: Any, ctx: Mapping[str, Any],
              pydantic_msg: str) -> str:
-    got = f" (got {show(value)})"
+    # A secret key's value is never quoted, whatever its type: a list or a
+    # table holding the password is as secret as the string would be.
+    shown = f"{what_it_is(value)}, not shown" if is_secret_key(loc) else show(value)
+    got = f" (got {shown})"
     if kind == "extra_forbidden":
         return _unknown(loc, value)
     if kind in _TYPE_WORDS:

@@ -93,7 +93,10 @@ class MqttConfig(Section):
     reconnect_min_s: float = Field(default=1.0, gt=0, le=3600, description=(
         "First wait before reconnecting to the broker; doubles, with jitter."))
     reconnect_max_s: float = Field(default=60.0, gt=0, le=3600, description=(
-        "Longest wait between reconnect attempts."))
+        "Longest wait between reconnect attempts to a broker that answers but refuses or "
+        "fails (authentication, TLS). While its port takes no connection at all (broker "
+        "down, network out) edged retries within 5 s, so a returning broker is found at "
+        "once."))
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edged.secrecy import redact_credentials
+
 _BARE = r"[A-Za-z0-9_-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"|\'[^\']*\''
 _KEY = rf"(?:{_BARE}|{_QUOTED})"
@@ -92,6 +94,7 @@ def show(value: Any, limit: int = 40) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str):
+        value = redact_credentials(value)  # a URL given with its password
         text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     elif isinstance(value, dict):
         text = "{" + ", ".join(f"{k} = {show(v, limit)}" for k, v in value.items()) + "}"

@@ -21,6 +21,7 @@ import faulthandler
 import logging
 import signal
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -45,14 +46,22 @@ from edged.metrics import Textfile
 from edged.notify import Notifier, ProgressMonitor
 from edged.pipeline import Deliver, Pipeline, Preprocess
 from edged.publish import Publisher
-from edged.reload import ReloadPlan, plan_reload, preflight
+from edged.reload import (
+    ReloadPlan,
+    plan_reload,
+    preflight,
+    vanished_warnings,
+    with_model_file_changed,
+)
 from edged.sources.capture import CaptureThread
 from edged.stats import Stats
-from edged.supervisor import ModelInfo, ModelLoadError, Supervisor
+from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, file_stamp
+from edged.threaddeaths import ThreadDeaths
 from edged.threads import NamedThread
 
 log = logging.getLogger("edged")
 
+STOP_GRACE_S = 2.0  # for the frame in flight when stopping or replacing the pipeline
 
 
 def register(sub: Any) -> None:
@@ -100,8 +109,10 @@ class Daemon:
         self.first_result = threading.Event()
         self.frames = ProgressMonitor(window=10.0)
         self._frames_lost_before = 0  # by pipelines replaced on reload
+        self._carried: Counter[str] = Counter()  # counts of replaced parts (report.Parts)
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
+        self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
         self.keeper = Housekeeping(self)
 
     # -- start and stop ---------------------------------------------------------------
@@ -111,6 +122,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
+        self.deaths.install()
         try:
             self._start_publisher()
             self._start_worker()
@@ -124,7 +136,8 @@ class Daemon:
         except ConfigError as exc:  # e.g. password_env names an unset variable
             return self._fatal(exc.problems, EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
-            if self.stop_requested.is_set():  # SIGTERM while waiting for the model to load
+            if self.stop_requested.is_set():  # a stop while starting is not an error
+                log.info("stopped while starting")
                 self._shutdown()
                 return 0
             return self._fatal([_first_line(exc)], lifecycle.exit_code(exc))
@@ -137,6 +150,8 @@ class Daemon:
         return self.exit_code
 
     def _start_worker(self, cfg: Config | None = None) -> None:
+        if self.supervisor is not None:
+            self._carried["worker_restarts"] += self.supervisor.restarts
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
         info = sup.start_until_loaded(self.keeper.tick_while_waiting)
         log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
@@ -162,7 +177,7 @@ class Daemon:
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
                 self.cfg, self.supervisor, self.publisher, self._on_published),
-            self.stats)
+            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info))
         self._pace()
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
@@ -179,8 +194,15 @@ class Daemon:
     def _stop_pipeline(self) -> None:
         if self.pipeline is not None and self.pipeline_thread is not None:
             self.pipeline.stop()
-            # It may be waiting for the frame in flight: up to the invoke deadline.
-            self.pipeline_thread.join(max(5.0, self.cfg.inference.invoke_timeout_s + 1.0))
+            # It may be waiting for the frame in flight. A worker that does not answer
+            # soon (frozen, or a slow first Edge TPU invoke) is not waited for up to the
+            # invoke deadline: a stop or a reload ends it.
+            self.pipeline_thread.join(STOP_GRACE_S)
+            if self.pipeline_thread.is_alive() and self.supervisor is not None:
+                log.info("the inference worker has not answered for %.0f s: stopping it "
+                         "without its last frame", STOP_GRACE_S)
+                self.supervisor.abandon()
+                self.pipeline_thread.join(STOP_GRACE_S)
         if self.pipeline is not None:
             self._frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.pipeline_thread = None
@@ -208,6 +230,9 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
+        if self.pipeline is None and self.supervisor is not None:
+            # Still starting: this thread waits for the worker to load (up to 60 s).
+            self.supervisor.abandon()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload_requested.set()
@@ -234,13 +259,14 @@ class Daemon:
     def figures(self) -> dict[str, Any]:
         figures = report.figures(report.Parts(
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
-            self._frames_lost_before, self.reload_error))
+            self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried))
         if self.fatal_error:
             figures["last_error"] = self.fatal_error
         return figures
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
         why = self.publisher.counters().last_error if self.publisher else None
+        failing = (*self.deaths.reasons, *(f for f in failing if f != "a thread died"))
         return report.status_line(self.figures(), why, failing, self.reload_error)
 
     # -- reload -----------------------------------------------------------------------
@@ -263,9 +289,14 @@ class Daemon:
         try:
             cf = read_config(self.path)
             plan = plan_reload(self.cfg, cf.config)
+            sup = self.supervisor  # the file it runs, replaced on disk at the same path
+            if sup is not None and file_stamp(sup.params.model_path) != sup.model_stamp:
+                plan = with_model_file_changed(plan)
             problems = preflight(cf, plan)
             if problems:
                 raise ConfigError(problems)
+            for warning in vanished_warnings(self.cfg, cf):
+                log.warning("reload: %s", warning)
             log.info("reload: changed: %s; restarting: %s",
                      ", ".join(plan.changed) or "nothing", plan.restarts())
             self._apply(cf.config, plan)
@@ -300,8 +331,10 @@ class Daemon:
                 stages = self._build_stages(new, plan, publisher or self.publisher)
                 # The Pi camera's ISP scales to the model input: a new input size reopens it.
                 resize = new.source.kind == "picamera2" and wiring.input_size(self.info) != old_size
-                capture = wiring.build_capture(new, wiring.input_size(self.info)) \
-                    if plan.source or resize else None
+                capture = wiring.build_capture(
+                    new, wiring.input_size(self.info),
+                    first_seq=self.capture.source.frames if self.capture else 0,
+                ) if plan.source or resize else None
             except BaseException:
                 if plan.worker:
                     self._restore_worker()
@@ -327,6 +360,9 @@ class Daemon:
                 self.pipeline.feed = capture.buffer  # waits on the new, empty buffer meanwhile
             if old is not None:
                 old.stop()
+                self._carried.update(frames_dropped=old.buffer.dropped,
+                                     source_reopens=old.source.reopen_count,
+                                     frames_skipped=old.source.status().skipped)
             capture.start()
         if self.pipeline is None:
             self._start_pipeline(stages)

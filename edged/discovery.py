@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any, Final
 
 import orjson
@@ -166,6 +167,33 @@ def discovery_config(cfg: Config, *, model: str, decoder: str) -> dict[str, Any]
     }
 
 
+class _Births:
+    """Home Assistant's birth message, answered at most every ANSWER_S and logged at
+    most every LOG_S: anyone who may publish on the topic can send thousands, and
+    the config is retained, so a restarted Home Assistant that asks twice in a
+    few seconds has it already."""
+
+    ANSWER_S: Final = 10.0
+    LOG_S: Final = 600.0
+
+    def __init__(self) -> None:
+        self._answered = self._logged = float("-inf")
+        self._unlogged = 0
+
+    def arrived(self, now: float) -> tuple[bool | None, int]:
+        """None: leave it; True: answer and log it; False: answer quietly. With the
+        count of birth messages not logged before this one."""
+        if now - self._logged >= self.LOG_S:
+            self._answered = self._logged = now
+            unlogged, self._unlogged = self._unlogged, 0
+            return True, unlogged
+        self._unlogged += 1
+        if now - self._answered < self.ANSWER_S:
+            return None, self._unlogged
+        self._answered = now
+        return False, self._unlogged
+
+
 def _is_ours(payload: bytes) -> bool:
     try:
         doc = orjson.loads(payload)
@@ -191,11 +219,14 @@ class Discovery:
         self.birth_topic = f"{ha.discovery_prefix}/status"
         self._publisher = publisher
         self._payload: bytes | None = None
+        self._births = _Births()
         if self.enabled:
             publisher.watch(self.birth_topic, self._on_birth)
             publisher.add_connect_hook(self._send)
         else:
-            publisher.watch(self.topic, self._on_left_behind)
+            # Only what was retained there, once: not a standing subscription anyone
+            # may flood (the publisher refuses oversized messages in any case).
+            publisher.watch(self.topic, self._on_left_behind, once=True)
 
     def announce(self, config: dict[str, Any]) -> None:
         """Set (or change) the config; published now if connected."""
@@ -213,9 +244,16 @@ class Discovery:
             self._publisher.publish_control(self.topic, self._payload)
 
     def _on_birth(self, payload: bytes) -> None:
-        if payload.strip() == b"online":
-            log.info("Home Assistant is online: announcing %s again", self.topic)
-            self._send()
+        if payload.strip() != b"online":
+            return
+        say, unlogged = self._births.arrived(time.monotonic())
+        if say is None:
+            return
+        if say:
+            log.info("Home Assistant is online: announcing %s again%s", self.topic,
+                     f" ({unlogged} birth messages since this was last logged)"
+                     if unlogged else "")
+        self._send()
 
     def _on_left_behind(self, payload: bytes) -> None:
         if payload and _is_ours(payload):

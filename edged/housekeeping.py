@@ -33,6 +33,7 @@ class Housekeeping:
         self.gate = WatchdogGate(d.notifier, [
             HealthCheck("no frames inferred recently", self._frames_progressing),
             HealthCheck("pipeline thread stalled", self._pipeline_alive),
+            HealthCheck("a thread died", lambda: d.deaths.healthy),
             # Through the daemon: a reload may replace the publisher.
             HealthCheck("MQTT network thread dead",
                         lambda: d.publisher is not None and d.publisher.network_alive()),
@@ -52,11 +53,14 @@ class Housekeeping:
         shown = gate.failing
         gate.tick()
         now = time.monotonic()
+        death = d.deaths.news()
+        if death:  # to systemd's watchdog (Restart= then acts) and to subscribers, now
+            d.notifier.notify("WATCHDOG=trigger")
         # A health change is told at once, not at the next 5 s refresh.
-        if now >= self._next_status or gate.failing != shown:
+        if now >= self._next_status or gate.failing != shown or death:
             d.notifier.status(d._status_line(gate.failing))
             self._next_status = now + STATUS_EVERY_S
-        if now >= self._next_stats:
+        if now >= self._next_stats or death:
             d._report()
             self._next_stats = now + d.cfg.output.stats_interval_s
         self._say_status(d.publisher, d.supervisor, d.capture)

@@ -12,7 +12,8 @@ its own entry and a traceback split over twenty entries, each with its own
 priority, cannot be filtered or read as one event.
 
 Secrets registered with :func:`register_secret` (MQTT password, TLS key
-passphrase) are replaced by ``***`` in every line, tracebacks included.
+passphrase) are replaced by ``***`` in every line, tracebacks included, and so
+are credentials written into URLs (``rtsp://user:***@camera``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import threading
 from collections.abc import Mapping
 from typing import TextIO
 
+from edged.secrecy import redact_credentials
+
 __all__ = [
     "OneLineFormatter",
     "clear_secrets",
+    "redact_text",
     "register_secret",
     "setup_logging",
     "syslog_priority",
@@ -69,11 +73,13 @@ def clear_secrets() -> None:
         _SECRETS.values = ()
 
 
-def _redact(text: str) -> str:
+def redact_text(text: str) -> str:
+    """`text` without the registered secrets and without credentials in URLs (one
+    rule for log lines and for error strings that are published)."""
     for secret in _SECRETS.values:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    return redact_credentials(text)
 
 
 def syslog_priority(levelno: int) -> int:
@@ -132,7 +138,7 @@ class OneLineFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        text = _one_line(_redact(super().format(record)))
+        text = _one_line(redact_text(super().format(record)))
         if self.journal:
             return f"<{syslog_priority(record.levelno)}>{text}"
         return text

@@ -4,7 +4,7 @@ Pure functions, no MQTT. Schemas: `edged/schemas/*.schema.json` (draft 2020-12).
 
 Result payload v1, JSON (orjson)::
 
-    {"schema": 1, "device_id": "cam-1", "seq": 42,
+    {"schema": 1, "device_id": "cam-1", "boot_id": "5f0c3a9e71d24b86", "seq": 42,
      "captured_at": 1718000000.123456, "published_at": 1718000000.140001,
      "model": "digits_int8.tflite", "delegate": "cpu",
      "timings_us": {"capture": 120, "invoke": 5400, ...},
@@ -40,14 +40,17 @@ Floats are sent as float32 (float64 only for a float64 tensor); integer
 tensors as int32, or int64 for int64/uint32/uint64.
 
 Status (retained): {"schema": 1, "device_id", "state": "online"|"offline",
-"reason", "at"?, "version", "delegate"?, "fallback"?, "error"?}.
-Stats (retained): {"schema": 1, "device_id", "at", ...figures}.
+"reason", "at"?, "version", "boot_id", "delegate"?, "fallback"?, "error"?}.
+Stats (retained): {"schema": 1, "device_id", "boot_id", "at", ...figures}.
+`boot_id` (`BOOT_ID`) is new each time edged starts; `seq` and the counters
+never go down while it stays.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import struct
 import time
 from collections.abc import Mapping, Sequence
@@ -62,6 +65,9 @@ from edged import __version__
 from edged.tensors import TensorInfo
 
 SCHEMA_VERSION: Final = 1
+# Random, per `edged run` process: `seq` and every counter start again at 0 with a new
+# one (and only grow while it stays), so consumers de-duplicate by (device_id, boot_id, seq).
+BOOT_ID: Final = os.urandom(8).hex()
 BINARY_MAGIC: Final = b"EDGB"
 BINARY_VERSION: Final = 1
 _HEADER = struct.Struct("<4sBBHI")
@@ -79,7 +85,7 @@ _WIRE_DTYPES: Final[dict[str, np.dtype[Any]]] = {
     )
 }
 
-_ENVELOPE_KEYS: Final = frozenset({"schema", "device_id", "at"})
+_ENVELOPE_KEYS: Final = frozenset({"schema", "device_id", "boot_id", "at"})
 
 StatusState = Literal["online", "offline"]
 
@@ -135,6 +141,7 @@ def _meta(result: Result, published_at: float | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "device_id": result.device_id,
+        "boot_id": BOOT_ID,
         "seq": result.seq,
         "captured_at": result.captured_at,
         "published_at": time.time() if published_at is None else published_at,
@@ -279,7 +286,7 @@ def encode_status(device_id: str, state: StatusState, reason: str,
     sends long after it was written, so a time in it would be wrong. `fields`
     are the daemon's own (`delegate`, `fallback`, `error`; see the schema)."""
     doc: dict[str, Any] = {"schema": SCHEMA_VERSION, "device_id": device_id, "state": state,
-                           "reason": reason, "version": __version__}
+                           "reason": reason, "version": __version__, "boot_id": BOOT_ID}
     if at is not None:
         doc["at"] = at
     if fields:
@@ -304,7 +311,7 @@ def encode_stats(device_id: str, figures: Mapping[str, Any], at: float | None = 
     if clash:
         raise PayloadError(f"stats figure {sorted(clash)[0]!r} clashes with the envelope")
     doc: dict[str, Any] = {"schema": SCHEMA_VERSION, "device_id": device_id,
-                           "at": time.time() if at is None else at}
+                           "boot_id": BOOT_ID, "at": time.time() if at is None else at}
     doc.update(figures)
     try:
         return orjson.dumps(doc, option=_JSON_OPTS)

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from edged.quantize import dequantize
 from edged.stats import StageTimes, Stats
-from edged.supervisor import ModelLoadError, Supervisor, WorkerError, wait_backoff
+from edged.supervisor import ModelInfo, ModelLoadError, Supervisor, WorkerError, wait_backoff
 from edged.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,13 @@ class _InFlight:
 
 class Pipeline:
     def __init__(self, feed: FrameFeed, preprocess: Preprocess, supervisor: Supervisor,
-                 deliver: Deliver, stats: Stats, *, max_fps: float = 0.0) -> None:
+                 deliver: Deliver, stats: Stats, *, max_fps: float = 0.0,
+                 rebuild: Callable[[ModelInfo], Preprocess] | None = None) -> None:
         self.feed = feed
         self.preprocess = preprocess
+        # A restarted worker may load another model (the file replaced at the same
+        # path, a CPU fallback to another file): preprocess is built for its input.
+        self.rebuild = rebuild
         self.supervisor = supervisor
         self.deliver = deliver
         self.stats = stats
@@ -127,12 +131,25 @@ class Pipeline:
             wait_backoff(delay, self._beat_and_check_stop)
             if self._stop.is_set():
                 return
+            before = self.supervisor.info
             try:
                 info = self.supervisor.restart()
             except (WorkerError, ModelLoadError):
                 continue
             log.info("inference worker %d running on %s", info.pid, info.delegate)
+            if before is not None and info.inputs[0].shape != before.inputs[0].shape:
+                self._model_changed(before, info)
             return
+
+    def _model_changed(self, before: ModelInfo, info: ModelInfo) -> None:
+        """The new worker's model takes another input: a reload of preprocessing
+        (decode and encode follow the new outputs by themselves), never a crash."""
+        log.warning("the restarted worker loaded %s with input %s (the model it replaced "
+                    "had %s): the file changed on disk; preprocessing now builds that input",
+                    self.supervisor.params.model_path, list(info.inputs[0].shape),
+                    list(before.inputs[0].shape))
+        if self.rebuild is not None:
+            self.preprocess = self.rebuild(info)
 
     def _beat_and_check_stop(self) -> bool:
         self.heartbeat = time.monotonic()

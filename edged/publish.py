@@ -140,9 +140,17 @@ class Publisher:
 
     def publish_control(self, topic: str, payload: bytes) -> None:
         """Queue one retained message (QoS of the status topic) for a topic of
-        the caller's; sent ahead of results, never dropped. Any thread."""
+        the caller's; sent ahead of results, never dropped, but replaced by a newer
+        one for the same topic not yet sent (retained: only the latest counts, and
+        a flood of requests must not queue a copy each). Any thread."""
         with self._out.lock:
-            self._out.control.append((topic, payload))
+            control = self._out.control
+            for i, (queued, _) in enumerate(control):
+                if queued == topic:
+                    control[i] = (topic, payload)
+                    break
+            else:
+                control.append((topic, payload))
         self._out.wake()
 
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
@@ -153,10 +161,13 @@ class Publisher:
         if self._loop.connected:
             hook()
 
-    def watch(self, topic: str, handler: Callable[[bytes], None]) -> None:
-        """Subscribe to `topic` (QoS 1) on every connect; `handler(payload)`
-        runs on the network thread for each message. Set before `start`."""
-        self._loop.watches[topic] = handler
+    def watch(self, topic: str, handler: Callable[[bytes], None], *, once: bool = False
+              ) -> None:
+        """Subscribe to exactly `topic` (QoS 0) on every connect, or with `once` until
+        the first message or until what the broker retained there had its chance;
+        `handler(payload)` runs on the network thread. Set before `start`. Messages
+        over `edged.publish_inbound.MAX_INBOUND_BYTES` are refused unread."""
+        self._loop.inbound.watch(topic, handler, once=once)
 
     def stop(self, timeout: float = 2.0, *, reason: str = "stopped", error: str = "") -> None:
         """Deliver what can be delivered within `drain_timeout_s`, publish

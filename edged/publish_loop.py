@@ -29,10 +29,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.payload import BINARY_MAGIC, encode_status
+from edged.publish_backoff import backoff_delay, retry_cap, unreachable
+from edged.publish_inbound import Inbound
 from edged.publish_setup import (
     Outbox,
     PublisherSettings,
-    backoff_delay,
     describe_error,
     guarded,
     make_client,
@@ -62,9 +63,9 @@ class PublishLoop:
         self.results_topic, self.status_topic, self.stats_topic = (
             results_topic, status_topic, stats_topic)
         self._rng = rng
-        # Filled by the front; hooks and watches are renewed on every connect.
+        # Filled by the front; hooks and subscriptions are renewed on every connect.
         self.connect_hooks: list[Callable[[], None]] = []
-        self.watches: dict[str, Callable[[bytes], None]] = {}
+        self.inbound = Inbound(s.protocol == "5")
         # Changed on the network thread only (paho callbacks run there too).
         self.state = "new"
         self._inflight: dict[int, str] = {}
@@ -82,6 +83,7 @@ class PublishLoop:
         self._flapping = False
         self._loss_said = False  # the last loss was logged: say when it is over
         self._sock_error: str | None = None
+        self._unreachable = False  # the last attempt found no TCP listener (see retry_cap)
         self._server_max = 0
         self.beat = time.monotonic()
         self.crashed: str | None = None
@@ -93,7 +95,7 @@ class PublishLoop:
         # received to hand it over (a tenth of this thread's CPU at 400 results/s).
         # A logger of paho's own is asked `isEnabledFor` first; only errors pass.
         self.client.enable_logger(paho_error_logger(self.paho_error))
-        self.client.on_message = self._on_message
+        self.inbound.attach(self.client)
         self._props = result_properties(s)
 
     def run(self) -> None:
@@ -115,7 +117,8 @@ class PublishLoop:
                     break
                 self.state = "disconnected"
                 self._sleep(backoff_delay(attempt, self.settings.backoff_min_s,
-                                          self.settings.backoff_max_s, self._rng))
+                                          retry_cap(self.settings, self._unreachable),
+                                          self._rng))
                 attempt = min(attempt + 1, 30)
         except Exception as exc:
             self.crashed = describe_error(exc)
@@ -137,9 +140,12 @@ class PublishLoop:
     def _connect(self) -> bool:
         s = self.settings
         self._sock_error = None
+        self._unreachable = False
         try:
-            self.client.connect(s.host, s.port, keepalive=s.keepalive_s)
+            self.client.connect(s.host, s.port, keepalive=s.keepalive_s,
+                                properties=self.inbound.connect_properties())
         except Exception as exc:
+            self._unreachable = unreachable(exc)
             why = describe_error(exc)
             self._failure(why + tls_hint(s, why, handshake=True))
             return False
@@ -208,6 +214,8 @@ class PublishLoop:
                 break
             if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
+            if self.connected:
+                self.inbound.tick(client, now)
         if client.socket() is not None:  # we left first (stop before CONNACK, select error)
             client._sock_close()
         if self.connected:
@@ -335,16 +343,9 @@ class PublishLoop:
                               qos=self.settings.status_qos, retain=True)
         if self.settings.status_qos:
             self._inflight[info.mid] = "status"
-        if self.watches:
-            client.subscribe([(topic, 1) for topic in self.watches])
+        self.inbound.on_connect(client)
         for hook in self.connect_hooks:
             hook()
-
-    @guarded(log)
-    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        handler = self.watches.get(msg.topic)
-        if handler is not None:
-            handler(bytes(msg.payload))
 
     @guarded(log)
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,

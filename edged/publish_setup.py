@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import re
 import socket
 import ssl
@@ -24,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.payload import encode_status, validate_device_id
+from edged.publish_inbound import BoundedClient
 
 BINARY_CONTENT_TYPE = "application/vnd.edged.result-v1+binary"
 # One logger for the whole publisher: operators and tests filter on `edged.publish`.
@@ -175,16 +175,6 @@ def guarded(log: logging.Logger) -> Callable[[F], F]:
     return decorate
 
 
-def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0-based).
-
-    Exponential, capped, with "equal jitter": at least half the step, so no
-    device hammers the broker, and a random other half, so a fleet that lost
-    the broker together does not come back in lockstep."""
-    cap = float(min(max_s, min_s * 2 ** min(attempt, 30)))
-    return cap / 2 + rng.uniform(0, cap / 2)
-
-
 _SSL_NOISE = re.compile(r"\[SSL: [A-Z0-9_]+\]\s*|\s*\(_ssl\.c:\d+\)")
 
 
@@ -222,10 +212,10 @@ def paho_error_logger(on_error: Callable[[str], None]) -> logging.Logger:
     return logger
 
 
-def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> mqtt.Client:
+def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> BoundedClient:
     """A paho client with everything but the callbacks configured."""
     v5 = s.protocol == "5"
-    client = mqtt.Client(
+    client = BoundedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -249,7 +239,7 @@ def make_client(s: PublisherSettings, client_id: str, status_topic: str) -> mqtt
         for key, path in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
                           ("key_file", t.key_file)):
             if path is not None and not Path(path).is_file():
-                raise PublisherError(f"mqtt.tls.{key}: {path}: no such file")
+                raise PublisherError(f"mqtt.{key}: {path}: no such file")
         try:
             client.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
                            certfile=str(t.cert_file) if t.cert_file else None,

@@ -21,10 +21,11 @@ the new stage before it stops the old one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edged.config import Config, ConfigError, ConfigFile
+from edged.configtext import show
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,14 @@ def _normalization(cfg: Config) -> tuple[object, ...]:
     return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std)
 
 
+def with_model_file_changed(plan: ReloadPlan) -> ReloadPlan:
+    """`plan`, for a model file replaced on disk at the same path: the worker loads it again."""
+    if plan.worker:
+        return plan
+    return replace(plan, changed=(*plan.changed, "model file (replaced on disk)"), worker=True,
+                   preprocess=True, deliver=True)
+
+
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     changed = tuple(name for name in type(new).model_fields
                     if getattr(old, name) != getattr(new, name))
@@ -89,6 +98,9 @@ def preflight(cf: ConfigFile, plan: ReloadPlan) -> list[str]:
             load_labels(cfg.model.labels)
         except LabelsError as exc:
             problems.append(cf.problem("model.labels", str(exc)))
+    if plan.changed and not cf.lines:
+        problems.append(f"{cf.path}: holds no settings (emptied by accident?); write the "
+                        "settings wanted, even the defaults, to have them applied")
     if plan.publisher:
         try:
             cfg.mqtt.resolve_password()
@@ -96,6 +108,7 @@ def preflight(cf: ConfigFile, plan: ReloadPlan) -> list[str]:
             for line in exc.problems:
                 key, _, message = line.partition(": ")
                 problems.append(cf.problem(key, message))
+        problems += _tls_file_problems(cf)
     if plan.source and cfg.source.kind in ("folder", "video"):
         path, want_dir = Path(cfg.source.uri), cfg.source.kind == "folder"
         if not path.exists():
@@ -104,6 +117,34 @@ def preflight(cf: ConfigFile, plan: ReloadPlan) -> list[str]:
             problems.append(cf.problem("source.uri", f"{path}: is not "
                                        f"{'a directory' if want_dir else 'a file'}"))
     return problems
+
+
+def _tls_file_problems(cf: ConfigFile) -> list[str]:
+    """A TLS file that is not there fails the new connection half-way: refuse it first."""
+    mqtt = cf.config.mqtt
+    if not mqtt.tls:
+        return []
+    return [cf.problem(f"mqtt.{key}", f"{path}: not found")
+            for key in ("ca_file", "cert_file", "key_file")
+            if (path := getattr(mqtt, key)) is not None and not Path(path).is_file()]
+
+
+# Keys whose default would take the device off its broker or rename it in every topic.
+_ANCHORS = (("mqtt", "host"), ("mqtt", "port"), ("mqtt", "topic_prefix"), ("device", "id"))
+
+
+def vanished_warnings(old: Config, cf: ConfigFile) -> list[str]:
+    """Warnings for a reload that would move the device to a default broker or id
+    because the key is no longer written in the file (not because it was changed)."""
+    out = []
+    for section, key in _ANCHORS:
+        before = getattr(getattr(old, section), key)
+        after = getattr(getattr(cf.config, section), key)
+        if before != after and (section, key) not in cf.lines:
+            out.append(cf.problem(f"{section}.{key}", "is no longer set: the reload would "
+                                  f"switch from {show(before)} to the default {show(after)}",
+                                  warning=True))
+    return out
 
 
 def _model_problems(cf: ConfigFile) -> list[str]:

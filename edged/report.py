@@ -5,9 +5,11 @@ Pure reads of the running parts; nothing here changes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
+from edged.logsetup import redact_text
 from edged.pipeline import Pipeline
 from edged.publish import Publisher
 from edged.sources.capture import CaptureThread
@@ -26,6 +28,10 @@ class Parts:
     pipeline: Pipeline | None
     frames_lost_before: int  # lost by pipelines that a reload replaced
     reload_error: str
+    failure: str = ""  # a thread of the daemon died: outranks every other error
+    # Counts of the parts a reload replaced (a source, a worker supervisor), added to
+    # the running ones': counters only grow for the life of the process.
+    carried: Counter[str] = field(default_factory=Counter)
 
 
 def figures(p: Parts) -> dict[str, Any]:
@@ -62,14 +68,24 @@ def figures(p: Parts) -> dict[str, Any]:
         "last_error": last_error(p),
         "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
     })
+    for key, value in p.carried.items():
+        snap[key] += value
+    # Retained and read by every subscriber: no secret, however a message came to hold one.
+    for key in _TEXTS:
+        snap[key] = redact_text(snap[key])
     return snap
 
 
+_TEXTS = ("last_error", "worker_last_failure", "config_reload")
+
+
 def last_error(p: Parts) -> str:
-    """The most relevant current problem: worker, then source, broker, pipeline."""
+    """The most relevant current problem: a dead thread, worker, source, broker, pipeline."""
     sup, cap, pub, pipe = p.supervisor, p.capture, p.publisher, p.pipeline
-    for err in (sup.last_failure if sup and sup.state != "running" else "",
-                cap.source.last_error if cap else "",
+    for err in (p.failure,
+                sup.last_failure if sup and sup.state != "running" else "",
+                # Kept by the source for its logs; history once frames flow again.
+                cap.source.last_error if cap and cap.source.state != "running" else "",
                 pub.counters().last_error if pub else "",
                 pipe.last_error if pipe else ""):
         if err:
@@ -92,4 +108,4 @@ def status_line(f: dict[str, Any], broker_why: str | None, failing: tuple[str, .
         line += f"; unhealthy: {', '.join(failing)}"
     if reload_error:
         line += f"; reload failed: {reload_error}"
-    return line
+    return redact_text(line)

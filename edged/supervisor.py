@@ -104,8 +104,10 @@ class Supervisor:
 
     def __init__(self, params: WorkerParams, *, slots: int = 2, invoke_timeout_s: float = 5.0,
                  restart_backoff_s: float = 0.2, restart_backoff_max_s: float = 30.0,
-                 cpu_fallback_after: int = 3, cpu_model_path: str | None = None) -> None:
+                 cpu_fallback_after: int = 3, cpu_model_path: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.params = params
+        self.env = env  # None: the daemon's own; see edged.secrecy.scrubbed_environ
         self.slots = slots
         self.invoke_timeout_s = invoke_timeout_s
         self.restart_backoff_s = restart_backoff_s
@@ -120,6 +122,8 @@ class Supervisor:
         # Why the model does not run where the config asked (a CPU fallback), or "".
         self.fallback_reason = ""
         self.state = "stopped"
+        self.stopping = False  # set by abandon(): what fails from now on is the stop's doing
+        self.model_stamp: tuple[int, ...] = ()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._inbox = bytearray(MAX_PACKET)
@@ -137,11 +141,12 @@ class Supervisor:
         loaded, WorkerError when it dies or stalls while loading.
         """
         self.state = "starting"
+        self.model_stamp = file_stamp(self.params.model_path)  # what this worker loads
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "edged.worker", str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=self.env,
             )
         finally:
             child.close()
@@ -193,6 +198,16 @@ class Supervisor:
         self._reap(grace_s=1.0)
         self._unmap()
         self.state = "stopped"
+
+    def abandon(self) -> None:
+        """From another thread, when stopping: kill the worker now, whatever it is
+        doing, so a frozen one cannot hold the stop for the invoke deadline. The
+        thread waiting for it then sees it gone, as a stop (INFO), not a failure."""
+        self.stopping = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     def _reap(self, grace_s: float = 0.0) -> int | None:
         code = None
@@ -266,6 +281,10 @@ class Supervisor:
 
     def _failed(self, why: str) -> WorkerError:
         self._reap()
+        if self.stopping:
+            log.info("inference worker stopped (%s)", why)
+            self.state = "stopped"
+            return WorkerError(why)
         self.consecutive_failures += 1
         self.last_failure = why
         self.state = "restarting"
@@ -344,6 +363,16 @@ class Supervisor:
             # After a restart a load error counts as one more failure, not the end:
             # a USB device may come back.
             raise self._failed(str(exc)) from None
+
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Which file is at `path` now (device, inode, size, mtime); () when there is none.
+    A model replaced at the same path changes it, so a reload can tell."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _params_dict(params: WorkerParams) -> dict[str, Any]:

@@ -6,7 +6,9 @@ section changed, with the same functions that built them at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edged.config import Config
+from edged.config import Config, ConfigError
 from edged.decode.dispatch import (
     DecoderKind,
     DecodeSettings,
@@ -33,6 +35,7 @@ from edged.pipeline import Result
 from edged.preprocess import Preprocessor, leave_cores_to_the_model
 from edged.publish import Publisher
 from edged.publish_setup import PublisherSettings, TlsSettings
+from edged.secrecy import scrubbed_environ
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
 from edged.sources.resilient import ResilientSource
@@ -47,7 +50,8 @@ _DRIVER = {"v4l2": "opencv", "stream": "opencv", "video": "opencv"}
 _LOSSLESS = {"video", "folder"}
 
 
-def build_capture(cfg: Config, input_size: tuple[int, int]) -> CaptureThread:
+def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
+                  ) -> CaptureThread:
     s = cfg.source
     kind = _DRIVER.get(s.kind, s.kind)
     params: dict[str, Any]
@@ -66,7 +70,8 @@ def build_capture(cfg: Config, input_size: tuple[int, int]) -> CaptureThread:
     # A video or folder with loop = false ends for good: reopening would replay it.
     source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
                              max_backoff=s.reopen_backoff_max_s,
-                             reopen_on_end=s.loop or s.kind not in _LOSSLESS)
+                             reopen_on_end=s.loop or s.kind not in _LOSSLESS,
+                             first_seq=first_seq)
     return CaptureThread(source, lossless=s.kind in _LOSSLESS)
 
 
@@ -89,7 +94,17 @@ def build_supervisor(cfg: Config) -> Supervisor:
         worker_params(cfg), invoke_timeout_s=inf.invoke_timeout_s,
         restart_backoff_s=inf.restart_backoff_s, restart_backoff_max_s=inf.restart_backoff_max_s,
         cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
+        env=worker_environ(cfg),
     )
+
+
+def worker_environ(cfg: Config) -> dict[str, str]:
+    """The daemon's environment without the MQTT password: the worker needs none."""
+    password = None
+    with contextlib.suppress(ConfigError):  # reported where the publisher is built
+        password = cfg.mqtt.resolve_password()
+    return scrubbed_environ(os.environ, names=[cfg.mqtt.password_env],
+                            values=[password] if password else [])
 
 
 def input_size(info: ModelInfo) -> tuple[int, int]:

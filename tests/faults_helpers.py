@@ -145,7 +145,9 @@ class MjpegServer:
 
     `frames` are JPEG bytes sent in turn; `corrupt_every` N replaces every
     N-th part by garbage; `stall()` stops sending (the connection stays open,
-    nothing arrives: a frozen camera), `resume()` carries on.
+    nothing arrives: a frozen camera), `drip()` sends one byte every
+    `drip_interval` seconds (a link that nearly died: no read ever times out),
+    `resume()` carries on.
     """
 
     def __init__(self, frames: list[bytes], fps: float = 20.0) -> None:
@@ -154,6 +156,8 @@ class MjpegServer:
         self.corrupt_every = 0
         self._flowing = threading.Event()
         self._flowing.set()
+        self._dripping = threading.Event()
+        self.drip_interval = 2.0
         self._closing = threading.Event()
         self.parts_sent = 0
         self.corrupt_sent = 0
@@ -174,6 +178,15 @@ class MjpegServer:
                     while not server._closing.is_set():
                         if not server._flowing.wait(0.1):
                             continue
+                        if server._dripping.is_set():
+                            head = b"--frame\r\nContent-Type: image/jpeg\r\n"
+                            for byte in head:
+                                if not server._dripping.is_set() or server._closing.is_set():
+                                    break
+                                self.wfile.write(bytes([byte]))
+                                self.wfile.flush()
+                                time.sleep(server.drip_interval)
+                            return  # what it sent is not a whole part: a new connection
                         body = server.frames[i % len(server.frames)]
                         i += 1
                         if server.corrupt_every and i % server.corrupt_every == 0:
@@ -197,7 +210,11 @@ class MjpegServer:
     def stall(self) -> None:
         self._flowing.clear()
 
+    def drip(self) -> None:
+        self._dripping.set()
+
     def resume(self) -> None:
+        self._dripping.clear()
         self._flowing.set()
 
     def __enter__(self) -> MjpegServer:

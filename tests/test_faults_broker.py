@@ -145,3 +145,54 @@ def test_results_resume_and_status_says_online_after_each_restart(
                 assert orjson.loads(status.payload)["state"] == "online"
                 sub.wait_for(result_after(time.time()), timeout=15)
         assert daemon.stop() == 0
+
+
+def _long_outages(tmp_path: Path, broker: Any, down_s: float, times: int) -> dict[str, Any]:
+    """The default backoff (reconnect 1-60 s), the broker away `down_s` each time: how
+    soon after it is back do results reach a subscriber, and how often was it tried."""
+    frames = copy_digit_frames(tmp_path / "frames")
+    config = write_config(tmp_path / "edged.toml", base_config(
+        broker.port, model=DIGITS, frames=frames, source={"fps": FPS},
+        mqtt={"reconnect_min_s": 1.0, "reconnect_max_s": 60.0}))
+    found, tries = [], []
+    with DaemonProcess(config) as daemon:
+        with subscribed(broker.port) as sub:
+            sub.wait_count(lambda m: m.topic.endswith("/results"), 10, timeout=30)
+            stats = sub.wait_for(lambda m: m.topic.endswith("/stats"), timeout=15)
+            failures = orjson.loads(stats.payload)["mqtt_connect_failures"]
+        for _ in range(times):
+            broker.stop()
+            time.sleep(down_s)
+            broker.start()
+            back = time.time()
+            with subscribed(broker.port) as sub:
+                first = sub.wait_for(result_after(back), timeout=down_s + 10)
+                found.append(first.received_at - back)
+                stats = sub.wait_for(stats_after(back, lambda s: s["broker"] == "connected"),
+                                     timeout=15)
+            now = orjson.loads(stats.payload)["mqtt_connect_failures"]
+            tries.append(now - failures)
+            failures = now
+        assert daemon.stop() == 0
+    figures = {"down_s": down_s, "found_after_s": [round(f, 2) for f in found],
+               "attempts_while_down": tries}
+    record_figure("broker_long_outage", **figures)
+    return figures
+
+
+def _check_long(f: dict[str, Any]) -> None:
+    # Within a few seconds of its return, whatever the outage length ...
+    assert max(f["found_after_s"]) < 6.5, f
+    # ... without hammering it while it was away (at least 2.5 s between attempts).
+    assert max(f["attempts_while_down"]) <= f["down_s"] / 2.5 + 6, f
+
+
+def test_a_broker_back_after_a_long_outage_is_found_within_seconds(
+        tmp_path: Path, mosquitto_factory: Any) -> None:
+    _check_long(_long_outages(tmp_path, mosquitto_factory(), down_s=30.0, times=1))
+
+
+@pytest.mark.slow
+def test_a_broker_back_after_a_minute_is_found_within_seconds_3_times(
+        tmp_path: Path, mosquitto_factory: Any) -> None:
+    _check_long(_long_outages(tmp_path, mosquitto_factory(), down_s=60.0, times=3))

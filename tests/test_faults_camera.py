@@ -78,12 +78,15 @@ def test_video_file_that_vanishes_is_retried_with_the_watchdog_fed(
                       first.received_at - back_wall, 2))
 
 
+def _stream_config(tmp_path: Path, port: int, url: str) -> Path:
+    return write_config(tmp_path / "edged.toml", base_config(
+        port, model=DIGITS, frames=tmp_path, source={"kind": "stream", "uri": url, **BACKOFF}))
+
+
 def test_mjpeg_stream_that_stalls_is_reopened_and_resumes(tmp_path: Path,
                                                          mosquitto: Any) -> None:
     with MjpegServer(jpeg_frames(), fps=20) as camera:
-        config = write_config(tmp_path / "edged.toml", base_config(
-            mosquitto.port, model=DIGITS, frames=tmp_path,
-            source={"kind": "stream", "uri": camera.url, **BACKOFF}))
+        config = _stream_config(tmp_path, mosquitto.port, camera.url)
         with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
             sub.wait_count(lambda m: m.topic.endswith("/results"), 3, timeout=30)
             camera.stall()
@@ -108,13 +111,37 @@ def test_mjpeg_stream_that_stalls_is_reopened_and_resumes(tmp_path: Path,
                   connections=camera.connections)
 
 
+def test_mjpeg_stream_that_drips_is_declared_stalled_and_last_error_clears(
+        tmp_path: Path, mosquitto: Any) -> None:
+    with MjpegServer(jpeg_frames(), fps=20) as camera:
+        config = _stream_config(tmp_path, mosquitto.port, camera.url)
+        with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
+            sub.wait_count(lambda m: m.topic.endswith("/results"), 3, timeout=30)
+            camera.drip()  # a byte every 2 s: no single read ever times out
+            dripping = time.time()
+            lost = sub.wait_for(stats_after(dripping, lambda s: s["source"] == "reopening"),
+                                timeout=20)
+            figures = orjson.loads(lost.payload)
+            assert figures["last_error"].endswith("no complete frame for 5 s (stalled)"), \
+                figures
+            camera.resume()
+            resumed = time.time()
+            first = sub.wait_for(result_after(resumed), timeout=20)
+            # Recovered: the stale error is gone (it used to stay until the next one).
+            clear = sub.wait_for(stats_after(first.received_at, lambda s: True), timeout=10)
+            assert daemon.stop() == 0
+    cleared = orjson.loads(clear.payload)
+    assert cleared["source"] == "running" and cleared["last_error"] == "", cleared
+    assert "Traceback" not in daemon.log_text()
+    record_figure("camera_mjpeg_drip", detected_after_s=round(lost.received_at - dripping, 2),
+                  results_after_resume_s=round(first.received_at - resumed, 3))
+
+
 def test_corrupt_jpeg_parts_are_skipped_counted_and_not_a_reopen(tmp_path: Path,
                                                                 mosquitto: Any) -> None:
     with MjpegServer(jpeg_frames(), fps=30) as camera:
         camera.corrupt_every = 3
-        config = write_config(tmp_path / "edged.toml", base_config(
-            mosquitto.port, model=DIGITS, frames=tmp_path,
-            source={"kind": "stream", "uri": camera.url, **BACKOFF}))
+        config = _stream_config(tmp_path, mosquitto.port, camera.url)
         with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
             sub.wait_count(lambda m: m.topic.endswith("/results"), 20, timeout=30)
             stats = sub.wait_for(is_stats(lambda s: s.get("frames_skipped", 0) >= 3), timeout=10)

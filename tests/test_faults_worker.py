@@ -27,6 +27,7 @@ from faults_helpers import (
     build_stub_delegate,
     copy_digit_frames,
     is_stats,
+    kill_quietly,
     process_gone,
     record_figure,
     result_after,
@@ -188,3 +189,76 @@ def test_coral_whose_worker_keeps_dying_falls_back_to_cpu(
     assert log.count("killed by SIGABRT while loading the model") >= 2, log
     record_figure(f"coral_fallback_{when}", seconds_to_cpu=round(cpu.received_at - t0, 3),
                   worker_restarts=figures["worker_restarts"])
+
+
+def test_worker_faults_under_a_live_camera_lose_only_counted_frames(tmp_path: Path,
+                                                                    mosquitto: Any) -> None:
+    """A live source does not wait for the worker: what it captures during a restart
+    replaces the latest-frame slot (frames_dropped), beside the slots' frames_lost."""
+    config = write_config(tmp_path / "edged.toml", base_config(
+        mosquitto.port, model=DIGITS, frames=tmp_path,
+        source={"kind": "synthetic", "fps": 30.0, "width": 64, "height": 64},
+        inference={"invoke_timeout_s": 0.5, "restart_backoff_s": 0.1}))
+    missing_per_fault = []
+    with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
+        sub.wait_count(lambda m: m.topic.endswith("/results"), 30, timeout=30)
+        for _ in range(3):
+            before = max(d["seq"] for d in results(sub.messages))
+            os.kill(daemon.worker_pid(), signal.SIGKILL)
+            first = sub.wait_for(result_after(time.time() + IN_FLIGHT_S), timeout=15)
+            after = orjson.loads(first.payload)["seq"]
+            seqs = {d["seq"] for d in results(sub.messages)}
+            missing_per_fault.append(len(set(range(before + 1, after)) - seqs))
+            sub.wait_count(lambda m, t=first.received_at: m.topic.endswith("/results")
+                           and m.received_at > t, 15, timeout=10)
+        time.sleep(1.5)
+        assert daemon.stop() == 0
+    acc = Accounting.of([d["seq"] for d in results(sub.messages)])
+    last = stats_of(sub.messages)[-1]
+    counted = last["frames_lost"] + last["frames_dropped"] + last["results_dropped"]
+    record_figure("worker_sigkill_live_camera", missing_per_fault=missing_per_fault,
+                  frames_lost=last["frames_lost"], frames_dropped=last["frames_dropped"],
+                  missing=len(acc.missing))
+    assert len(acc.missing) == counted, (len(acc.missing), last)
+    assert last["frames_lost"] <= 2 * 3 < last["frames_dropped"], last
+
+
+def _stop_frozen(daemon: DaemonProcess, worker: int) -> float:
+    os.kill(worker, signal.SIGSTOP)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert daemon.stop(timeout=20) == 0
+    took = time.monotonic() - t0
+    kill_quietly(worker, signal.SIGCONT)
+    return took
+
+
+def test_a_clean_stop_with_the_worker_frozen_is_quick_and_no_error(tmp_path: Path,
+                                                                   mosquitto: Any) -> None:
+    # The default invoke deadline (10 s) used to hold the stop for 9-12 s, with an ERROR.
+    config = _config(tmp_path, mosquitto.port, inference={"invoke_timeout_s": 10.0})
+    with subscribed(mosquitto.port) as sub, DaemonProcess(config) as daemon:
+        sub.wait_count(lambda m: m.topic.endswith("/results"), 3, timeout=30)
+        took = _stop_frozen(daemon, daemon.worker_pid())
+    log = daemon.log_text()
+    record_figure("stop_with_frozen_worker", seconds=round(took, 2))
+    assert took < 5.0, (took, log)
+    assert " ERROR " not in log, log
+    assert "the inference worker has not answered for 2 s: stopping it without its last " \
+        "frame" in log, log
+    assert "inference worker stopped (worker killed by SIGKILL while inference)" in log, log
+
+
+def test_a_stop_while_the_worker_is_frozen_loading_is_quick(tmp_path: Path,
+                                                            mosquitto: Any) -> None:
+    config = _config(tmp_path, mosquitto.port)
+    with DaemonProcess(config) as daemon:
+        worker = daemon.worker_pid(timeout=20)
+        os.kill(worker, signal.SIGSTOP)  # most likely before it has loaded the model
+        loading = "model digits_int8.tflite:" not in daemon.log_text()
+        took = _stop_frozen(daemon, worker)
+    log = daemon.log_text()
+    assert took < 5.0, (took, log)
+    assert " ERROR " not in log, log
+    if loading:
+        assert "stopped while starting" in log, log

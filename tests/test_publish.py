@@ -34,8 +34,9 @@ from edged.payload import (
     outputs_from,
 )
 from edged.publish import Publisher, PublisherError, PublisherSettings, TlsSettings
+from edged.publish_backoff import backoff_delay
 from edged.publish_loop import ACK_BATCH_S, PublishLoop
-from edged.publish_setup import Outbox, backoff_delay
+from edged.publish_setup import Outbox
 from edged.tensors import TensorInfo
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
@@ -477,7 +478,7 @@ def test_tls_wrong_ca_fails_clearly_and_never_falls_back_to_plain_text(
 
 
 def test_settings_errors_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(PublisherError, match=r"^mqtt\.tls\.ca_file: .*nope\.pem: no such file$"):
+    with pytest.raises(PublisherError, match=r"^mqtt\.ca_file: .*nope\.pem: no such file$"):
         Publisher(PublisherSettings(device_id="cam-1", tls=TlsSettings(tmp_path / "nope.pem")))
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")

@@ -11,6 +11,8 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from edged.secrecy import redact_credentials
+
 Pixels = NDArray[np.uint8]
 
 
@@ -147,15 +149,7 @@ class Pacer:
 
 def redact_url(url: str) -> str:
     """`scheme://user:secret@host/...` -> `scheme://user:***@host/...` for logs and status."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
+    return redact_credentials(url)
 
 
 def as_pixels(array: Any) -> Pixels:

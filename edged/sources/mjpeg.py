@@ -3,9 +3,10 @@
 Why not OpenCV's FFMPEG backend, which can read these streams: one corrupt
 JPEG part ends its whole stream (a reconnect and lost frames for one bad
 frame), and its blocking read cannot be interrupted from another thread.
-Here a corrupt part is skipped and counted, every socket operation is bounded
-by `read_timeout`, and `abort` shuts the socket down so a read in progress
-returns at once. A URL that answers with a single `image/jpeg` is polled as a
+Here a corrupt part is skipped and counted, a whole frame (not only each
+socket read: a server dripping one byte every 2 s never times one out) must
+arrive within `read_timeout`, and `abort` shuts the socket down so a read in
+progress returns at once. A URL that answers with a single `image/jpeg` is polled as a
 snapshot camera (one request per frame).
 
 Credentials in the URL (`http://user:pass@host/`) are sent as HTTP Basic auth
@@ -77,6 +78,7 @@ class HttpMjpegSource(DriverBase):
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
         self._resp: http.client.HTTPResponse | None = None
+        self._reader: _FrameReader | None = None
         self._boundary: bytes | None = None
         self._snapshot = False
         self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
@@ -143,18 +145,20 @@ class HttpMjpegSource(DriverBase):
             raise SourceError(f"{self.name}: Content-Type {media or 'missing'} is not MJPEG; "
                               f"set http_reader = \"ffmpeg\" for other streams")
         self._resp = resp
+        self._reader = None if self._snapshot else _FrameReader(resp, self._sock,
+                                                                  self.read_timeout, self.name)
         self._opened = True
 
     def _readline(self) -> bytes:
-        assert self._resp is not None
-        line = self._resp.readline(65537)
+        assert self._reader is not None
+        line = self._reader.readline(65537)
         if not line:
             raise SourceError(f"{self.name}: connection closed by the server")
         return line
 
     def _next_part(self) -> bytes:
         """The body of the next multipart part."""
-        assert self._boundary is not None and self._resp is not None
+        assert self._boundary is not None and self._reader is not None
         skipped_bytes = 0
         while True:
             line = self._readline()
@@ -180,7 +184,7 @@ class HttpMjpegSource(DriverBase):
             if not 0 <= length <= MAX_PART_BYTES:
                 raise SourceError(f"{self.name}: part of {length} bytes is over the "
                                   f"{MAX_PART_BYTES} byte limit")
-            body = self._resp.read(length)
+            body = self._reader.read(length)
             if len(body) < length:
                 raise SourceError(f"{self.name}: connection closed by the server mid-frame")
             return body
@@ -188,7 +192,7 @@ class HttpMjpegSource(DriverBase):
         chunks: list[bytes] = []
         total = 0
         while True:
-            peek = self._resp.peek(len(self._boundary))[:len(self._boundary)]
+            peek = self._reader.peek(len(self._boundary))
             if peek.startswith(self._boundary):
                 body = b"".join(chunks)
                 return body[:-2] if body.endswith(b"\r\n") else body
@@ -211,6 +215,8 @@ class HttpMjpegSource(DriverBase):
             raise SourceError(f"{self.name}: read before open")
         try:
             while True:
+                if self._reader is not None:  # each part, corrupt or not, has its time
+                    self._reader.start_frame()
                 data = self._snapshot_body() if self._snapshot else self._next_part()
                 rgb = self._decode(data)
                 if rgb is None:
@@ -232,7 +238,8 @@ class HttpMjpegSource(DriverBase):
         resp = self._resp or self._request()
         self._resp = None
         try:
-            data = resp.read(MAX_PART_BYTES + 1)
+            reader = _FrameReader(resp, self._sock, self.read_timeout, self.name)
+            data = reader.read(MAX_PART_BYTES + 1)
         finally:
             resp.close()
         if len(data) > MAX_PART_BYTES:
@@ -252,6 +259,7 @@ class HttpMjpegSource(DriverBase):
             conn, self._conn = self._conn, None
             self._sock = None
         resp, self._resp = self._resp, None
+        self._reader = None
         self._opened = False
         for thing in (resp, conn):
             if thing is not None:
@@ -267,6 +275,69 @@ class HttpMjpegSource(DriverBase):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+class _FrameReader:
+    """Buffered reads of a response, each bounded by `deadline` (set per frame).
+
+    A socket timeout bounds one recv(); `readline()` on the response makes as
+    many as it needs, so a server that sends a byte every 2 s keeps a read
+    going forever under a 5 s timeout. Here every recv gets only the time left
+    until the deadline, through `read1` (one recv at most, chunked bodies too).
+    """
+
+    def __init__(self, resp: http.client.HTTPResponse, sock: socket.socket | None,
+                 timeout: float, name: str) -> None:
+        self._resp, self._sock, self._timeout, self._name = resp, sock, timeout, name
+        self._buf = bytearray()
+        self._eof = False  # the response closed its socket: never touch it again
+        self.start_frame()
+
+    def start_frame(self) -> None:
+        self.deadline = time.monotonic() + self._timeout
+        self._trickle = False  # bytes came since: a timeout is then a stall, not silence
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        left = self.deadline - time.monotonic()
+        stalled = SourceError(f"{self._name}: no complete frame for {self._timeout:g} s "
+                              "(stalled)")
+        if left <= 0:
+            raise stalled
+        if self._sock is not None:
+            self._sock.settimeout(min(self._timeout, left))
+        try:
+            chunk = self._resp.read1(1 << 16)
+        except TimeoutError:
+            if self._trickle:  # data came, too slowly: the frame's time ran out
+                raise stalled from None
+            raise  # silence for the whole read timeout
+        self._trickle = self._trickle or bool(chunk)
+        self._buf += chunk
+        self._eof = not chunk
+        return not self._eof
+
+    def readline(self, limit: int) -> bytes:
+        start = 0
+        while (end := self._buf.find(b"\n", start)) < 0 and len(self._buf) < limit:
+            start = len(self._buf)
+            if not self._more():
+                break
+        size = min(end + 1 if end >= 0 else len(self._buf), limit)
+        line = bytes(self._buf[:size])
+        del self._buf[:size]
+        return line
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) < n and self._more():
+            pass
+        return bytes(self._buf[:n])
+
+    def read(self, n: int) -> bytes:
+        data = self.peek(n)
+        del self._buf[:len(data)]
+        return data
 
 
 def _describe(e: BaseException, timeout: float) -> str:

@@ -79,7 +79,7 @@ class ResilientSource:
 
     def __init__(self, source: FrameSource, *, initial_backoff: float = 0.5,
                  max_backoff: float = 30.0, jitter: float = 0.25, reopen_on_end: bool = True,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, first_seq: int = 0) -> None:
         if not 0 < initial_backoff <= max_backoff:
             raise ValueError(f"backoff: need 0 < initial ({initial_backoff}) "
                              f"<= max ({max_backoff})")
@@ -96,7 +96,7 @@ class ResilientSource:
         self._attempts = 0
         self._failures = 0  # consecutive; reset by a frame
         self._next_open = 0.0
-        self._seq = 0
+        self._seq = first_seq  # a reload's new source numbers on from the old one's
         self._state: SourceState = "opening"
         self._last_error: str | None = None
         self._last_frame_mono: float | None = None
