@@ -85,7 +85,7 @@ def test_check_config_and_run_at_start_never_quote_a_secret(
         secrets: tuple[str, ...]) -> None:
     path = _write(tmp_path, _document(1883, FRAMES, changes))
     check = _edged("check-config", str(path))
-    assert check.returncode == 1, check.stdout
+    assert check.returncode == 1, check.stdout + check.stderr
     run = _edged("run", "--config", str(path))
     assert run.returncode == 78, run.stderr
     for proc in (check, run):
@@ -98,7 +98,7 @@ def test_check_config_and_run_at_start_never_quote_a_secret(
                 "table": "a table", "array_of_tables": "a list", "datetime": "a date or time",
                 "time": "a date or time"}[name]
         assert f"mqtt.password: must be a string (in quotes) (got {what}, not shown)" \
-            in check.stdout, check.stdout
+            in check.stderr, check.stderr
 
 
 def test_broken_reloads_never_publish_or_log_a_secret(tmp_path: Path,
