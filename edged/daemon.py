@@ -205,6 +205,9 @@ class Daemon:
                 self.pipeline_thread.join(STOP_GRACE_S)
         if self.pipeline is not None:
             self._frames_lost_before += self.pipeline.frames_lost
+            # A counter only grows for the life of the process (issue 15): a worker
+            # reload replaces the pipeline, not what it has counted.
+            self._carried["frames_dropped"] += self.pipeline.frames_dropped
         self.pipeline = self.pipeline_thread = None
 
     def _fatal(self, problems: Sequence[str], code: int) -> int:
