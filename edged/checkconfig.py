@@ -353,9 +353,30 @@ def too_large_for_json(outputs: tuple[TensorInfo, ...], out: OutputConfig) -> st
 
 
 def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> None:
-    from edged.quantize import input_channels
+    from edged.imageinput import NotAnImageError, image_input
+    from edged.quantize import input_channels, unusual_derived_range
 
-    channels = input_channels(tensor)
+    pre = cf.config.preprocess
+    try:
+        image_input(tensor, pre.layout)
+    except NotAnImageError as exc:
+        report.errors.append(cf.problem("model.path", f"{cf.config.model.path}: {exc}"))
+        return
+    channels = input_channels(tensor, pre.layout)
+    unusual = None if pre.mean else unusual_derived_range(tensor)
+    if unusual is not None:
+        report.warnings.append(cf.problem("preprocess.mean", (
+            f"not set, so edged derives the normalization from input {tensor.name!r}'s "
+            f"quantization range [{unusual[0]:.4g}, {unusual[1]:.4g}], which is no usual "
+            "training range (a model calibrated on normalized data?): if it was trained "
+            "on p / 255 set mean = [0] and std = [255]; on ImageNet-normalized pixels "
+            "mean = [123.675, 116.28, 103.53] and std = [58.395, 57.12, 57.375]"),
+            warning=True))
+    elif not pre.mean and tensor.kind == "float":
+        report.warnings.append(cf.problem("preprocess.mean", (
+            f"not set, and input {tensor.name!r} is float: edged assumes [-1, 1] "
+            "((p - 127.5) / 127.5); set preprocess.mean/std to the model's training "
+            "normalization (p / 255: mean = [0], std = [255])"), warning=True))
     for key in ("mean", "std"):
         values = getattr(cf.config.preprocess, key)
         if len(values) not in (0, 1, channels):

@@ -91,6 +91,10 @@ class PreprocessConfig(Section):
         "channel. Empty: derived from the input tensor's own quantization range."))
     std: list[float] = Field(default_factory=list, max_length=4, description=(
         "Per-channel std, as mean. Give both or neither."))
+    layout: Literal["auto", "nhwc", "nchw"] = Field(default="auto", description=(
+        "Axis order of the model's image input: auto reads it from the tensor's shape "
+        "([1, H, W, C] is nhwc, [1, C, H, W] with C = 1 or 3 is nchw, as PyTorch and "
+        "Ultralytics LiteRT exports have); set it only for a shape that fits both."))
 
     @model_validator(mode="after")
     def _normalization(self) -> PreprocessConfig:

@@ -154,9 +154,9 @@ class Daemon:
             self._carried["worker_restarts"] += self.supervisor.restarts
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
         info = sup.start_until_loaded(self.keeper.tick_while_waiting)
-        log.info("model %s: runtime %s, delegate %s, input %s %s (pixels: %s path)",
-                 sup.model_name, info.runtime, info.delegate,
-                 list(info.inputs[0].shape), info.inputs[0].dtype, info.pixel_path)
+        log.info("model %s: runtime %s, delegate %s, input %s %s %s", sup.model_name,
+                 info.runtime, info.delegate, list(info.inputs[0].shape),
+                 info.inputs[0].dtype, wiring.describe_pixels(cfg or self.cfg, info))
         if info.delegate_note:
             log.warning("%s", info.delegate_note)
 
@@ -167,7 +167,8 @@ class Daemon:
 
     def _start_capture(self) -> None:
         assert self.info is not None
-        self.capture = wiring.build_capture(self.cfg, wiring.input_size(self.info)).start()
+        size = wiring.input_size(self.cfg, self.info)
+        self.capture = wiring.build_capture(self.cfg, size).start()
 
     def _start_pipeline(self, stages: tuple[Preprocess | None, Deliver | None] = (None, None)
                         ) -> None:
@@ -325,7 +326,7 @@ class Daemon:
         leaves the running parts untouched (the worker, which cannot be built
         beside the running one on an Edge TPU, is restored instead)."""
         assert self.publisher is not None and self.info is not None
-        old_size = wiring.input_size(self.info)
+        old_size = wiring.input_size(self.cfg, self.info)
         publisher = wiring.build_publisher(new) if plan.publisher else None
         try:
             if plan.worker:
@@ -333,9 +334,10 @@ class Daemon:
             try:
                 stages = self._build_stages(new, plan, publisher or self.publisher)
                 # The Pi camera's ISP scales to the model input: a new input size reopens it.
-                resize = new.source.kind == "picamera2" and wiring.input_size(self.info) != old_size
+                new_size = wiring.input_size(new, self.info)
+                resize = new.source.kind == "picamera2" and new_size != old_size
                 capture = wiring.build_capture(
-                    new, wiring.input_size(self.info),
+                    new, new_size,
                     first_seq=self.capture.source.frames if self.capture else 0,
                 ) if plan.source or resize else None
             except BaseException:

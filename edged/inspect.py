@@ -19,7 +19,9 @@
   - `float_range`: `[low, high]` the dtype represents after dequantization,
     or null for float tensors;
   - `formula`: how edged turns the values into floats;
-  - inputs only: `normalization` `{"mean": [...], "std": [...]}` (edged's
+  - inputs only: `image` `{"layout": "nhwc"|"nchw", "height", "width",
+    "channels"}` or null when the input is not an image edged can feed;
+    `normalization` `{"mean": [...], "std": [...]}` (edged's
     default pixel mapping) and `pixel_path` (`identity`, `xor`, `table`, or
     null when the tensor cannot be fed from pixels, with `pixel_note`).
 
@@ -31,18 +33,18 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import os
-import select
+import multiprocessing
+import multiprocessing.context
 import signal
 import sys
-import time
-import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
-from edged.model import ModelError, make_interpreter, ordered_tensors, require_tensor_data
+from edged.imageinput import image_input
+from edged.model import ModelError, make_interpreter, ordered_tensors, prepare
 from edged.modelfile import ModelFileError, ModelFileInfo, check_runnable, read_model_file
-from edged.quantize import PixelQuantizer
+from edged.quantize import PixelQuantizer, normalization_source
 from edged.runtime import RUNTIME_ORDER, Runtime, RuntimeUnavailableError, select_runtime
 from edged.tensors import TensorError, TensorInfo
 
@@ -78,11 +80,7 @@ def build_report(path: str, runtime: Runtime) -> Report:
         # The details come from the file; allocation would fail on the custom op.
         note = "compiled for the Edge TPU: run it with delegate = edgetpu"
     else:
-        try:
-            interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{info.path}: the runtime cannot prepare it: "
-                             f"{_one_line(exc)}") from None
+        prepare(interpreter, info.path)
     try:
         inputs = ordered_tensors(interpreter.get_input_details(), info.inputs,
                                  info.input_keys(), info.path)
@@ -90,8 +88,6 @@ def build_report(path: str, runtime: Runtime) -> Report:
                                   info.output_keys(), info.path)
     except TensorError as exc:
         raise ModelError(f"{info.path}: {exc}") from None
-    if not info.needs_edgetpu:
-        require_tensor_data(interpreter, inputs + outputs, info.path)
     return Report(info, runtime, inputs, outputs, note)
 
 
@@ -113,11 +109,16 @@ def _tensor(position: int, t: TensorInfo, tensor_name: str, is_input: bool) -> d
     }
     if is_input:
         try:
+            image = image_input(t)
+            out["image"] = {"layout": image.layout, "height": image.height,
+                            "width": image.width, "channels": image.channels}
             q = PixelQuantizer(t)
             out["normalization"] = {"mean": list(q.normalization.mean),
-                                    "std": list(q.normalization.std)}
+                                    "std": list(q.normalization.std),
+                                    "source": normalization_source(t, configured=False)}
             out["pixel_path"] = q.path
         except (ValueError, TypeError) as exc:
+            out.setdefault("image", None)
             out["normalization"], out["pixel_path"] = None, None
             out["pixel_note"] = _one_line(exc)
     return out
@@ -186,10 +187,16 @@ def format_text(d: dict[str, Any]) -> str:
                 f"      edged applies {t['formula']}",
             ]
             if kind == "inputs":
+                image = t["image"]
+                if image:
+                    colour = "RGB" if image["channels"] == 3 else "grey"
+                    lines.append(f"      image         {image['layout'].upper()} "
+                                 f"{image['width']}x{image['height']} {colour}")
                 norm = t["normalization"]
                 lines.append(
                     f"      pixels        (p - [{_fmt_nums(norm['mean'])}]) / "
-                    f"[{_fmt_nums(norm['std'])}], path {t['pixel_path']}" if norm
+                    f"[{_fmt_nums(norm['std'])}], path {t['pixel_path']}\n"
+                    f"                    ({norm['source']})" if norm
                     else f"      pixels        cannot be fed from pixels: {t['pixel_note']}")
     return "\n".join(lines)
 
@@ -197,60 +204,67 @@ def format_text(d: dict[str, Any]) -> str:
 LOAD_TIMEOUT_S = 120.0
 
 
-def _child_report(model: str, runtime: Runtime, write_fd: int) -> int:
+def _child_report(model: str, runtime_name: str, conn: Connection) -> None:
+    faulthandler.disable()  # a crash is reported by the parent, in one line
     try:
-        try:
-            out: dict[str, Any] = {"report": report_dict(build_report(model, runtime), model)}
-        except (ModelFileError, ModelError) as exc:
-            out = {"error": str(exc)}
-        with os.fdopen(write_fd, "wb") as f:
-            f.write(json.dumps(out).encode())
-        return 0
-    except BaseException:
-        traceback.print_exc()
-        return 70
+        runtime = select_runtime(runtime_name)  # type: ignore[arg-type]
+        out: dict[str, Any] = {"report": report_dict(build_report(model, runtime), model)}
+    except (ModelFileError, ModelError, RuntimeUnavailableError) as exc:
+        out = {"error": str(exc)}
+    conn.send_bytes(json.dumps(out).encode())
+    conn.close()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Children come from a forkserver: a clean single-threaded process started once
+    (with this module loaded), so a parent with threads (the runtime's, a daemon's)
+    never forks itself, which can deadlock the child and which Python 3.12+ warns
+    about and 3.14 no longer does by default."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["edged.inspect"])
+    return ctx
 
 
 def guarded_report(model: str, runtime: Runtime, timeout_s: float = LOAD_TIMEOUT_S
                    ) -> dict[str, Any]:
-    """`report_dict(build_report(...))` computed in a forked child.
+    """`report_dict(build_report(...))` computed in a child process.
 
     A damaged file can pass `edged.modelfile`'s checks and still crash the
     runtime (a corrupt custom-op option blob, found by
     tests/test_faults_models.py); then only the child dies, and this says so
     in one line.
     """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        faulthandler.disable()  # a crash is reported by the parent, in one line
-        os._exit(_child_report(model, runtime, write_fd))
-    os.close(write_fd)
-    chunks, deadline = [], time.monotonic() + timeout_s
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_report, args=(model, runtime.name, sender),  # type: ignore[attr-defined]
+                        name="edged-inspect", daemon=True)
+    child.start()
+    sender.close()
     try:
-        while True:
-            ready, _, _ = select.select([read_fd], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise ModelError(f"{model}: the runtime did not finish loading it within "
-                                 f"{timeout_s:g} s")
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        if not receiver.poll(timeout_s):
+            child.kill()
+            child.join()
+            if child.exitcode is not None and child.exitcode >= 0:
+                raise EOFError  # it ended without an answer: reported below
+            raise ModelError(f"{model}: the runtime did not finish loading it within "
+                             f"{timeout_s:g} s")
+        data = receiver.recv_bytes()
+    except EOFError:
+        data = b""
     finally:
-        os.close(read_fd)
-    status = os.waitpid(pid, 0)[1]
-    if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
+        receiver.close()
+    child.join()
+    code = child.exitcode or 0
+    if code < 0:
+        name = signal.Signals(-code).name
         raise ModelError(f"{model}: the runtime crashed ({name}) loading it: the file is "
                          "corrupt or uses something the runtime cannot handle")
-    if os.WEXITSTATUS(status) != 0:
+    if code != 0 or not data:
         raise ModelError(f"{model}: internal error while inspecting it "
-                         f"(exit {os.WEXITSTATUS(status)}, see above)")
-    result: dict[str, Any] = json.loads(b"".join(chunks))
+                         f"(exit {code}, see above)")
+    result: dict[str, Any] = json.loads(data)
     if "error" in result:
         raise ModelError(result["error"])
     report: dict[str, Any] = result["report"]

@@ -66,19 +66,35 @@ def ordered_tensors(details: Sequence[Mapping[str, Any]], order: Sequence[int],
     return tuple(infos)
 
 
-def require_tensor_data(interpreter: Any, tensors: Sequence[TensorInfo], path: Path) -> None:
-    """Raise ModelError unless every tensor has memory once allocated.
+def prepare(interpreter: Any, path: Path, *, probe: bool = True) -> None:
+    """Allocate, then run one inference on a zero input: the model can run.
 
-    A damaged file whose operators are gone allocates fine, but its outputs
-    have no memory: the first frame would fail, in every worker.
+    A batch dimension left open (`shape_signature` -1, as Keras exports
+    have) is fixed at 1 first. The inference is the check because the
+    runtime allocates some outputs only when it first invokes (a Flatten's
+    `[-1, 10]`), so "no memory after allocation" is no sign of a damaged
+    file; a file that cannot run fails here, with the runtime's own message.
     """
-    for t in tensors:
-        try:
-            view = interpreter.tensor(t.index)()
-            del view  # a live view would block invoke()
-        except ValueError as exc:
-            raise ModelError(f"{path}: tensor {t.name!r} has no data after allocation "
-                             f"({_one_line(exc)}): corrupt") from None
+    try:
+        for d in interpreter.get_input_details():
+            signature = [int(n) for n in d.get("shape_signature", d["shape"])]
+            if any(n < 0 for n in signature):
+                interpreter.resize_tensor_input(d["index"], [max(n, 1) for n in signature],
+                                                strict=True)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: the runtime cannot prepare it: {_one_line(exc)}") from None
+    if not probe:
+        return
+    try:
+        for d in interpreter.get_input_details():
+            interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interpreter.invoke()
+        for d in interpreter.get_output_details():
+            interpreter.get_tensor(d["index"])
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: the runtime cannot run it (one inference on a zero "
+                         f"input failed): {_one_line(exc)}") from None
 
 
 def make_interpreter(runtime: Runtime, path: Path, delegate: Any | None,
@@ -145,11 +161,13 @@ class Model:
             except (ValueError, RuntimeError) as exc:
                 raise ModelError(f"{info.path}: the runtime cannot load it: "
                                  f"{_one_line(exc)}") from None
-        try:
-            interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{info.path}: the runtime cannot prepare it: "
-                             f"{_one_line(exc)}") from None
+        prepare(interpreter, info.path)
+        if info.stateful:
+            # The probe moved its state on: the first frame must meet the state the
+            # model was exported with, as in a plain interpreter loop (issue 14.10).
+            del interpreter
+            interpreter = make_interpreter(runtime, info.path, delegate, spec.num_threads)
+            prepare(interpreter, info.path, probe=False)
         kind: DelegateKind = spec.kind if delegate is not None else "cpu"
         model = cls(interpreter, runtime, info, delegate_in_use=kind, fallback_reason=reason,
                     delegate=delegate)
@@ -157,7 +175,6 @@ class Model:
             names = ", ".join(repr(t.name) for t in model.inputs)
             raise ModelError(f"{info.path}: has {len(model.inputs)} inputs ({names}); edged "
                              "feeds one image tensor: use a model with a single input")
-        require_tensor_data(interpreter, model.inputs + model.outputs, info.path)
         return model
 
     def set_input_pixels(self, pixels: NDArray[np.uint8], quantizer: PixelQuantizer) -> None:

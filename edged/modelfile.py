@@ -30,6 +30,9 @@ from edged.flatbuffer import MalformedError, Reader, Table
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 FILE_IDENTIFIER = b"TFL3"
 BUILTIN_CUSTOM = 32  # BuiltinOperator.CUSTOM
+# BuiltinOperator VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE: a model that keeps state
+# between invokes in resource variables (which reset_all_variables() does not reset).
+RESOURCE_VARIABLE_OPS = frozenset({142, 143, 144})
 # Custom ops every runtime's BuiltinOpResolver registers itself
 # (tensorflow/lite/core/kernels/register.cc): not "unresolved".
 SSD_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
@@ -77,6 +80,8 @@ class ModelFileInfo:
     # Role -> tensor index of the SSD post-process op's outputs, when the model
     # has that op and all four outputs are model outputs; empty otherwise.
     ssd_outputs: Mapping[str, int] = field(default_factory=dict)
+    # Each output depends on the invokes before it (resource variables).
+    stateful: bool = False
 
     @property
     def needs_edgetpu(self) -> bool:
@@ -252,7 +257,8 @@ def _parse(data: bytes, path: Path) -> ModelFileInfo:
     return ModelFileInfo(path=path, size=len(data), schema_version=version, custom_ops=custom,
                          subgraph_count=len(subgraphs), inputs=inputs, outputs=outputs,
                          tensor_names=names, signatures=signatures,
-                         ssd_outputs=_ssd_roles(opcodes, ops, outputs))
+                         ssd_outputs=_ssd_roles(opcodes, ops, outputs),
+                         stateful=any(code in RESOURCE_VARIABLE_OPS for code, _ in opcodes))
 
 
 def read_model_file(path: str | Path) -> ModelFileInfo:

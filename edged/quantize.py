@@ -18,6 +18,8 @@ which promote mixed scalar/array types differently, give the same bits.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from edged.imageinput import ImageInput, LayoutSetting, NotAnImageError, image_input
 from edged.tensors import TensorInfo
 
 _cv2: Any
@@ -162,12 +165,46 @@ def default_normalization(t: TensorInfo) -> Normalization:
     return Normalization(tuple(means), tuple(stds))
 
 
+# Training ranges a derived normalization is right for: [0, 1], [-1, 1], [0, 255].
+USUAL_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
+
+
+def normalization_source(t: TensorInfo, configured: bool) -> str:
+    """Where the pixel normalization comes from, in words for the log and `inspect`."""
+    if configured:
+        return "preprocess.mean/std"
+    if t.kind == "float":
+        return "assumed for a float input ([-1, 1]); set preprocess.mean/std to be sure"
+    if t.kind == "integer":
+        return "raw pixels (unquantized integer input)"
+    return "derived from the input's quantization range"
+
+
+def unusual_derived_range(t: TensorInfo) -> tuple[float, float] | None:
+    """The float range a derived normalization maps pixels onto, when it is none of
+    the usual training ranges (a model calibrated on normalized data, whose
+    quantization range is only the calibration's); None when it is usual."""
+    if t.kind != "quantized" or t.is_per_channel:
+        return None
+    info = np.iinfo(t.dtype)
+    scale, zero_point = t.scales[0], t.zero_points[0]
+    low, high = (info.min - zero_point) * scale, (info.max - zero_point) * scale
+    for want_low, want_high in USUAL_RANGES:
+        # Within a step or two: converters round the range onto the integer grid.
+        if abs(low - want_low) <= 2 * scale and abs(high - want_high) <= 2 * scale:
+            return None
+    return float(low), float(high)
+
+
 PixelPath = Literal["identity", "xor", "table"]
 
 
-def input_channels(t: TensorInfo) -> int:
-    """Channels of an image input: the last dimension of an NHWC tensor, else 1."""
-    return t.shape[-1] if len(t.shape) == 4 else 1
+def input_channels(t: TensorInfo, layout: LayoutSetting = "auto") -> int:
+    """Channels of an image input (NHWC or NCHW, see `edged.imageinput`), else 1."""
+    try:
+        return image_input(t, layout).channels
+    except NotAnImageError:
+        return t.shape[-1] if len(t.shape) == 4 else 1
 
 
 _SIGN_BIT = np.uint8(0x80)  # uint8 ^ 0x80, read as int8, is the pixel minus 128
@@ -183,11 +220,18 @@ class PixelQuantizer:
     look-up is skipped.
     """
 
-    def __init__(self, t: TensorInfo, normalization: Normalization | None = None) -> None:
+    def __init__(self, t: TensorInfo, normalization: Normalization | None = None,
+                 layout: LayoutSetting = "auto") -> None:
         self.tensor = t
-        self.channels = input_channels(t)
+        self.image: ImageInput | None = None
+        with contextlib.suppress(NotAnImageError):  # refused by the worker and check-config
+            self.image = image_input(t, layout)
+        self.channels = input_channels(t, layout)
+        # Pixels arrive (H, W, C); a channel-first input gets them transposed.
+        self.channel_first = self.image is not None and self.image.layout == "nchw"
         self.normalization = normalization or default_normalization(t)
-        if t.is_per_channel and t.quantized_dimension != len(t.shape) - 1:
+        channel_axis = 1 if self.channel_first else len(t.shape) - 1
+        if t.is_per_channel and t.quantized_dimension != channel_axis:
             raise ValueError(
                 f"input tensor {t.name!r}: per-channel quantization along axis "
                 f"{t.quantized_dimension} is not along the colour channels; cannot feed pixels"
@@ -216,19 +260,26 @@ class PixelQuantizer:
         return "table"
 
     def reference(self, pixels: NDArray[np.uint8]) -> NDArray[Any]:
-        """The slow float path the table must equal; for tests and `bench`."""
+        """The slow float path the table must equal, in the pixels' (H, W, C) order;
+        for tests and `bench`."""
         mean, std = self.normalization.per_channel(self.channels)
         if self.channels == 1:
             f = (pixels.astype(np.float64) - mean[0]) / std[0]
         else:
             f = (pixels.astype(np.float64) - np.asarray(mean)) / np.asarray(std)
-        return quantize(f, self.tensor)
+        # quantize() takes per-channel parameters along the tensor's own axis.
+        t = self.tensor
+        if self.channel_first and t.is_per_channel:
+            t = dataclasses.replace(t, quantized_dimension=len(f.shape) - 1)
+        return quantize(f, t)
 
     def __call__(self, pixels: NDArray[np.uint8], out: NDArray[Any] | None = None
                  ) -> NDArray[Any]:
         """Quantize `pixels` (H, W, C) or (H, W) into `out` (any shape of the same size)."""
         if pixels.dtype != np.uint8:
             raise TypeError(f"pixels must be uint8, got {pixels.dtype}")
+        if self.channel_first and self.image is not None:
+            return self._channel_first(pixels.reshape(self.image.pixel_shape), out)
         if out is None:
             out = np.empty(pixels.shape, dtype=self.table.dtype)
         if out.flags.c_contiguous:
@@ -237,6 +288,18 @@ class PixelQuantizer:
             target = np.empty(pixels.shape, dtype=self.table.dtype)
             self._fill(pixels, target)
             out[...] = target.reshape(out.shape)
+        return out
+
+    def _channel_first(self, pixels: NDArray[np.uint8], out: NDArray[Any] | None
+                       ) -> NDArray[Any]:
+        """(H, W, C) pixels into a [1, C, H, W] tensor: the table, then one transposing copy."""
+        assert self.image is not None
+        hwc = np.empty(self.image.pixel_shape, dtype=self.table.dtype)
+        self._fill(pixels, hwc)
+        h, w, c = self.image.pixel_shape
+        if out is None:
+            out = np.empty((1, c, h, w), dtype=self.table.dtype)
+        np.copyto(out.reshape(c, h, w), hwc.transpose(2, 0, 1))
         return out
 
     def _fill(self, pixels: NDArray[np.uint8], target: NDArray[Any]) -> None:

@@ -8,7 +8,7 @@ A reload restarts only the parts whose settings changed (`plan_reload`):
 | `output`, `model.labels`                | decode/encode, swapped between two frames  |
 | `preprocess` resize, color_order, pad   | preprocess, swapped between two frames     |
 | `mqtt`, `device`, `homeassistant`       | the MQTT connection (queue carried over)   |
-| `inference`, model files, mean/std      | the inference worker (model loaded again)  |
+| `inference`, model files, mean/std/layout | the inference worker (model loaded again)  |
 | `source`                                | the source (the camera is reopened)        |
 
 `preflight` looks for what would make applying the new config fail half-way
@@ -56,7 +56,8 @@ def _model_files(cfg: Config) -> tuple[object, ...]:
 
 
 def _normalization(cfg: Config) -> tuple[object, ...]:
-    return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std)
+    # layout too: the worker lays the pixels out in the input tensor.
+    return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std), cfg.preprocess.layout
 
 
 def with_model_file_changed(plan: ReloadPlan) -> ReloadPlan:

@@ -134,7 +134,8 @@ class TensorInfo:
             return None
         info = np.iinfo(self.dtype)
         if not self.is_quantized:
-            return float(info.min), float(info.max)
+            # Python ints: float(int64 max) would round it up to ...808.
+            return int(info.min), int(info.max)
         lows = [(info.min - z) * s for s, z in zip(self.scales, self.zero_points, strict=True)]
         highs = [(info.max - z) * s for s, z in zip(self.scales, self.zero_points, strict=True)]
         return min(lows), max(highs)

@@ -29,12 +29,14 @@ from edged.decode.dispatch import (
 )
 from edged.decode.labels import Labels, load_labels
 from edged.decode.results import ClassFilter
+from edged.imageinput import ImageInput, image_input
 from edged.payload import Result as Payload
 from edged.payload import encode_result_binary, encode_result_json, outputs_from
 from edged.pipeline import Result
 from edged.preprocess import Preprocessor, leave_cores_to_the_model
 from edged.publish import Publisher
 from edged.publish_setup import PublisherSettings, TlsSettings
+from edged.quantize import normalization_source
 from edged.secrecy import scrubbed_environ
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
@@ -84,7 +86,7 @@ def worker_params(cfg: Config) -> WorkerParams:
         edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
         external_options=dict(inf.external_options), fallback=inf.fallback,
         mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
-        cpu_model_path=str(model.path),
+        layout=cfg.preprocess.layout, cpu_model_path=str(model.path),
     )
 
 
@@ -107,17 +109,30 @@ def worker_environ(cfg: Config) -> dict[str, str]:
                             values=[password] if password else [])
 
 
-def input_size(info: ModelInfo) -> tuple[int, int]:
-    shape = info.inputs[0].shape
-    return (shape[1], shape[2]) if len(shape) >= 3 else (1, shape[-1])
+def image_of(cfg: Config, info: ModelInfo) -> ImageInput:
+    """The running model's image input (the worker refused any other at load)."""
+    return image_input(info.inputs[0], cfg.preprocess.layout)
+
+
+def describe_pixels(cfg: Config, info: ModelInfo) -> str:
+    """For the start-up log: the layout, and the normalization with where it came from."""
+    def nums(v: tuple[float, ...]) -> str:
+        return ", ".join(f"{x:.6g}" for x in v)
+
+    source = normalization_source(info.inputs[0], bool(cfg.preprocess.mean))
+    return (f"({image_of(cfg, info).describe()}; pixels (p - [{nums(info.mean)}]) / "
+            f"[{nums(info.std)}], {source}; {info.pixel_path} path)")
+
+
+def input_size(cfg: Config, info: ModelInfo) -> tuple[int, int]:
+    return image_of(cfg, info).size
 
 
 def build_preprocess(cfg: Config, info: ModelInfo
                      ) -> Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]:
     p = cfg.preprocess
-    shape = info.inputs[0].shape
-    channels = shape[3] if len(shape) == 4 else 1
-    pre = Preprocessor(input_size(info), channels, mode=p.resize, pad_value=p.pad_value,
+    image = image_of(cfg, info)
+    pre = Preprocessor(image.size, image.channels, mode=p.resize, pad_value=p.pad_value,
                        color_order=p.color_order)
     leave_cores_to_the_model()  # the worker's interpreter threads own the cores
 
@@ -190,7 +205,7 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
         min_score=out.min_score, top_k=out.top_k, iou_threshold=out.nms_iou,
         max_detections=out.top_k, min_box_area=out.min_box_area, classes=classes,
         mask_max_side=out.segmentation_mask or None, ssd_names=ssd_names)
-    height, width = input_size(info)
+    height, width = input_size(cfg, info)
     return Decoding(info, kind, settings, labels, (width, height))
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from edged.imageinput import LayoutSetting, NotAnImageError, image_input
 from edged.tensors import TensorInfo
 from edged.threads import set_os_thread_name
 
@@ -59,6 +60,7 @@ class WorkerParams:
     fallback: str = "cpu"
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    layout: str = "auto"  # preprocess.layout
     # The CPU build of an Edge TPU model_path: what a fallback at load runs.
     cpu_model_path: str = ""
 
@@ -114,7 +116,12 @@ class Layout:
 
 
 def pixel_shape(t: TensorInfo) -> tuple[int, ...]:
-    """The uint8 frame an input tensor takes: (H, W, C) for NHWC, else its shape minus batch."""
+    """The uint8 frame an input tensor takes: (H, W, C) for an image, else its shape
+    minus batch (a non-image input is refused at load; this only sizes a slot)."""
+    try:
+        return image_input(t).pixel_shape
+    except NotAnImageError:
+        pass
     if len(t.shape) == 4:
         return t.shape[1:]
     return t.shape[1:] if len(t.shape) > 1 else t.shape
@@ -150,7 +157,7 @@ def receive(sock: socket.socket, buf: bytearray, max_fds: int = 0
 def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     # Imported here: the daemon imports this module for `Layout` without the runtime.
     from edged.delegates import DelegateSpec
-    from edged.model import Model
+    from edged.model import Model, ModelError
     from edged.preprocess import leave_cores_to_the_model
     from edged.quantize import Normalization, PixelQuantizer
     from edged.runtime import select_runtime
@@ -169,11 +176,15 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     model = Model.load(params.model_path, runtime, spec,
                        cpu_path=params.cpu_model_path or None)
     norm = Normalization(params.mean, params.std) if params.mean else None
-    quantizer = PixelQuantizer(model.inputs[0], norm)
-    # One inference before "ready": a damaged model that fails only when run
-    # (a corrupt op option blob) is then one load error, not a worker death on
-    # every frame; an Edge TPU model's weights are uploaded here, not on frame 1.
-    model.invoke()
+    layout: LayoutSetting = params.layout  # type: ignore[assignment]
+    try:
+        image_input(model.inputs[0], layout)
+    except NotAnImageError as exc:  # fed camera pixels it would publish noise: refused
+        raise ModelError(f"{model.path}: {exc}") from None
+    quantizer = PixelQuantizer(model.inputs[0], norm, layout)
+    # Model.load ran one inference before "ready": a damaged model that fails only
+    # when run (a corrupt op option blob) is one load error, not a worker death on
+    # every frame; an Edge TPU model's weights are uploaded then, not on frame 1.
     info = {
         "op": "ready",
         "pid": os.getpid(),

@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from field_models import write_field_models
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tflite_parts import (
@@ -223,9 +224,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true",
                         help="also write build/models/mobilenetv2_224_int8.tflite")
+    parser.add_argument("--field-only", action="store_true",
+                        help="only tests/data/models/field/ (see scripts/field_models.py)")
     args = parser.parse_args()
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, size in write_field_models(MODELS / "field", Path(tmp)).items():
+            print(f"field/{name}: {size} bytes")
+    if args.field_only:
+        return 0
     MODELS.mkdir(parents=True, exist_ok=True)
     FRAMES.mkdir(parents=True, exist_ok=True)
 

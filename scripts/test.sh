@@ -19,3 +19,27 @@ fi
 echo "== the same numerics on tflite-runtime with numpy<2 =="
 .venv-tflite/bin/python -m pytest -p no:cacheprovider \
     tests/test_quantize.py tests/test_model.py tests/test_delegates.py tests/test_modelfile.py
+
+# Python 3.13 (Debian 13 / Raspberry Pi OS trixie): numerics, model, inspect and one
+# daemon run, in a venv of its own. Skipped, saying so, where no 3.13 is installed.
+py313=""
+for candidate in "${PYTHON313:-}" python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3.13; do
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' \
+            >/dev/null 2>&1; then
+        py313=$candidate
+        break
+    fi
+done
+if [ -z "$py313" ]; then
+    echo "== Python 3.13 stage skipped: no python3.13 found (set PYTHON313=/path/to/python3.13) =="
+    exit 0
+fi
+if [ ! -x .venv-py313/bin/python ]; then
+    "$py313" -m venv .venv-py313
+    .venv-py313/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv-py313/bin/python -m pip install -q -e '.[dev]'
+fi
+echo "== the numerics, model, inspect and a daemon run on Python 3.13 =="
+.venv-py313/bin/python -m pytest -p no:cacheprovider -W error::DeprecationWarning \
+    tests/test_quantize.py tests/test_model.py tests/test_inspect.py tests/test_field_models.py \
+    "tests/test_daemon.py::test_received_floats_equal_the_models_dequantized_outputs"

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 
 from edged.cli import main
+
+MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
 
 SHARED = ["mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v1_0.25_128_quant.tflite",
           "mobilenet_v1_0.25_128_quant_edgetpu.tflite", "movenet_single_pose_lightning_ptq.tflite",
@@ -69,8 +73,10 @@ def test_mobilenet_v2_details(shared_models: Path, capsys: pytest.CaptureFixture
         "shape": [1, 224, 224, 3], "dtype": "uint8",
         "quantization": {"kind": "per_tensor", "scale": 0.0078125, "zero_point": 128},
         "float_range": [-1.0, 0.9921875], "formula": "(q - 128) * 0.0078125",
-        "normalization": None, "pixel_path": "identity"}
-    assert i["normalization"] == {"mean": [128.0], "std": [128.0]}
+        "normalization": None, "pixel_path": "identity",
+        "image": {"layout": "nhwc", "height": 224, "width": 224, "channels": 3}}
+    assert i["normalization"] == {"mean": [128.0], "std": [128.0],
+                                  "source": "derived from the input's quantization range"}
     assert o["index"] == 173 and o["dtype"] == "uint8" and o["shape"] == [1, 1001]
     assert o["quantization"] == {"kind": "per_tensor", "scale": 0.00390625, "zero_point": 0}
     assert o["formula"] == "(q - 0) * 0.00390625"
@@ -145,3 +151,45 @@ def test_real_command_line(shared_models: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=True)
     d = json.loads(result.stdout)
     assert d["inputs"][0]["shape"] == [1, 28, 28] and d["outputs"][0]["name"] == "output_0"
+
+
+def test_integer_ranges_are_printed_exactly_even_int64() -> None:
+    """float(int64 max) rounds up: inspect printed ...808 for ...807 (issue 14.9)."""
+    from edged.inspect import _fmt_range, _tensor
+    from edged.tensors import TensorInfo
+
+    t = TensorInfo(3, "ids", (1, 4), np.dtype(np.int64), (), ())
+    d = _tensor(0, t, "ids", is_input=False)
+    assert d["float_range"] == [-9223372036854775808, 9223372036854775807]
+    assert _fmt_range(d) == ("integers -9223372036854775808 .. 9223372036854775807, "
+                             "never scaled")
+    assert orjson.loads(orjson.dumps(d))["float_range"][1] == 2**63 - 1
+
+
+def test_inspect_never_forks_the_calling_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forking a process that has threads can deadlock the child (Python 3.12+
+    warns: "This process is multi-threaded, use of fork() may lead to
+    deadlocks", 377 times in a suite run on 3.13). The runtime is loaded in a
+    forkserver child: the caller itself never forks (issue 14.12)."""
+    import os
+    import threading
+    import warnings
+
+    from edged.inspect import guarded_report
+    from edged.runtime import select_runtime
+
+    def refuse(*_: object) -> int:
+        raise AssertionError("os.fork() called in the inspecting process")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    busy = threading.Event()
+    thread = threading.Thread(target=busy.wait, daemon=True)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            report = guarded_report(str(MODELS_DIR / "digits_int8.tflite"),
+                                    select_runtime("auto"))
+    finally:
+        busy.set()
+    assert report["inputs"][0]["image"]["layout"] == "nhwc"
