@@ -354,6 +354,7 @@ def too_large_for_json(outputs: tuple[TensorInfo, ...], out: OutputConfig) -> st
 
 def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> None:
     from edged.imageinput import NotAnImageError, image_input
+    from edged.modelmeta import stated_normalization
     from edged.quantize import input_channels, unusual_derived_range
 
     pre = cf.config.preprocess
@@ -363,7 +364,9 @@ def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> 
         report.errors.append(cf.problem("model.path", f"{cf.config.model.path}: {exc}"))
         return
     channels = input_channels(tensor, pre.layout)
-    unusual = None if pre.mean else unusual_derived_range(tensor)
+    # The file's own metadata, when it has any, is what edged feeds (edged.modelmeta).
+    stated = pre.mean or stated_normalization(cf.config.model.path) is not None
+    unusual = None if stated else unusual_derived_range(tensor)
     if unusual is not None:
         report.warnings.append(cf.problem("preprocess.mean", (
             f"not set, so edged derives the normalization from input {tensor.name!r}'s "
@@ -372,7 +375,7 @@ def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> 
             "on p / 255 set mean = [0] and std = [255]; on ImageNet-normalized pixels "
             "mean = [123.675, 116.28, 103.53] and std = [58.395, 57.12, 57.375]"),
             warning=True))
-    elif not pre.mean and tensor.kind == "float":
+    elif not stated and tensor.kind == "float":
         report.warnings.append(cf.problem("preprocess.mean", (
             f"not set, and input {tensor.name!r} is float: edged assumes [-1, 1] "
             "((p - 127.5) / 127.5); set preprocess.mean/std to the model's training "

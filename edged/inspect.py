@@ -44,7 +44,8 @@ from typing import Any
 from edged.imageinput import image_input
 from edged.model import ModelError, make_interpreter, ordered_tensors, prepare
 from edged.modelfile import ModelFileError, ModelFileInfo, check_runnable, read_model_file
-from edged.quantize import PixelQuantizer, normalization_source
+from edged.modelmeta import StatedNormalization, stated_normalization
+from edged.quantize import Normalization, PixelQuantizer, choose_normalization
 from edged.runtime import RUNTIME_ORDER, Runtime, RuntimeUnavailableError, select_runtime
 from edged.tensors import TensorError, TensorInfo
 
@@ -100,7 +101,8 @@ def _quantization(t: TensorInfo) -> dict[str, Any]:
             "min_scale": min(t.scales), "max_scale": max(t.scales)}
 
 
-def _tensor(position: int, t: TensorInfo, tensor_name: str, is_input: bool) -> dict[str, Any]:
+def _tensor(position: int, t: TensorInfo, tensor_name: str, is_input: bool,
+            stated: StatedNormalization | None = None) -> dict[str, Any]:
     rng = t.float_range()
     out: dict[str, Any] = {
         "position": position, "index": t.index, "name": t.name, "tensor_name": tensor_name,
@@ -112,10 +114,12 @@ def _tensor(position: int, t: TensorInfo, tensor_name: str, is_input: bool) -> d
             image = image_input(t)
             out["image"] = {"layout": image.layout, "height": image.height,
                             "width": image.width, "channels": image.channels}
-            q = PixelQuantizer(t)
+            norm, source = choose_normalization(
+                t, None, Normalization(stated.mean, stated.std) if stated else None,
+                stated.source if stated else "")
+            q = PixelQuantizer(t, norm)
             out["normalization"] = {"mean": list(q.normalization.mean),
-                                    "std": list(q.normalization.std),
-                                    "source": normalization_source(t, configured=False)}
+                                    "std": list(q.normalization.std), "source": source}
             out["pixel_path"] = q.path
         except (ValueError, TypeError) as exc:
             out.setdefault("image", None)
@@ -135,7 +139,8 @@ def report_dict(r: Report, shown_path: str) -> dict[str, Any]:
         "runtime": {"name": r.runtime.name, "version": r.runtime.version},
         "needs_edgetpu": r.file.needs_edgetpu, "custom_ops": list(r.file.custom_ops),
         "tensors_listed": bool(r.inputs or r.outputs), "note": r.note,
-        "inputs": [_tensor(i, t, tensor_name(t), True) for i, t in enumerate(r.inputs)],
+        "inputs": [_tensor(i, t, tensor_name(t), True, stated_normalization(r.file.path))
+                   for i, t in enumerate(r.inputs)],
         "outputs": [_tensor(i, t, tensor_name(t), False) for i, t in enumerate(r.outputs)],
     }
 

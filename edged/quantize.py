@@ -180,6 +180,37 @@ def normalization_source(t: TensorInfo, configured: bool) -> str:
     return "derived from the input's quantization range"
 
 
+def choose_normalization(t: TensorInfo, configured: Normalization | None,
+                         stated: Normalization | None, stated_source: str = "model metadata"
+                         ) -> tuple[Normalization, str]:
+    """The normalization to feed `t` with, and where it came from, in that order:
+    the config, the model file's own metadata, derived from the tensor.
+
+    Stated metadata that agrees with the derived mapping within one quantization
+    step at both ends of 0..255 (MobileNet's 127.5/127.5 against its range
+    [-1, 0.992]) keeps the derived one: the same model, bit for bit as before,
+    on the identity/xor fast paths."""
+    if configured is not None:
+        return configured, normalization_source(t, configured=True)
+    derived = default_normalization(t)
+    channels = input_channels(t)
+    try:
+        s_mean, s_std = stated.per_channel(channels) if stated else ((), ())
+    except ValueError:  # stated for another number of channels: not this input's
+        stated = None
+    if stated is None:
+        return derived, normalization_source(t, configured=False)
+    if t.kind == "quantized" and not t.is_per_channel:
+        d_mean, d_std = derived.per_channel(channels)
+        ends = np.array([0.0, 255.0])
+        agree = all(np.all(np.abs((ends - dm) / ds - (ends - sm) / ss) <= t.scales[0])
+                    for dm, ds, sm, ss in zip(d_mean, d_std, s_mean, s_std, strict=True))
+        if agree:
+            return derived, (f"derived from the input's quantization range; the "
+                             f"{stated_source} agrees")
+    return stated, stated_source
+
+
 def unusual_derived_range(t: TensorInfo) -> tuple[float, float] | None:
     """The float range a derived normalization maps pixels onto, when it is none of
     the usual training ranges (a model calibrated on normalized data, whose

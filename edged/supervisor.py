@@ -69,6 +69,7 @@ class ModelInfo:
     # SSD post-process outputs by role (tensor index), from the model file's op.
     ssd_outputs: Mapping[str, int] = field(default_factory=dict)
     model_path: str = ""  # the file loaded: the CPU build after a fallback at load
+    normalization_source: str = ""  # config, model metadata or derived (edged.quantize)
 
     @classmethod
     def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
@@ -78,7 +79,7 @@ class ModelInfo:
                    tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
                    str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
                    {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()},
-                   str(m.get("model_path", "")))
+                   str(m.get("model_path", "")), str(m.get("normalization_source", "")))
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,8 @@ def describe_pixels(cfg: Config, info: ModelInfo) -> str:
     def nums(v: tuple[float, ...]) -> str:
         return ", ".join(f"{x:.6g}" for x in v)
 
-    source = normalization_source(info.inputs[0], bool(cfg.preprocess.mean))
+    source = info.normalization_source or normalization_source(
+        info.inputs[0], bool(cfg.preprocess.mean))
     return (f"({image_of(cfg, info).describe()}; pixels (p - [{nums(info.mean)}]) / "
             f"[{nums(info.std)}], {source}; {info.pixel_path} path)")
 

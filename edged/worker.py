@@ -158,8 +158,9 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     # Imported here: the daemon imports this module for `Layout` without the runtime.
     from edged.delegates import DelegateSpec
     from edged.model import Model, ModelError
+    from edged.modelmeta import stated_normalization
     from edged.preprocess import leave_cores_to_the_model
-    from edged.quantize import Normalization, PixelQuantizer
+    from edged.quantize import Normalization, PixelQuantizer, choose_normalization
     from edged.runtime import select_runtime
 
     leave_cores_to_the_model()
@@ -175,7 +176,11 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     )
     model = Model.load(params.model_path, runtime, spec,
                        cpu_path=params.cpu_model_path or None)
-    norm = Normalization(params.mean, params.std) if params.mean else None
+    configured = Normalization(params.mean, params.std) if params.mean else None
+    meta = stated_normalization(model.path)  # the file loaded: the CPU build after a fallback
+    norm, norm_source = choose_normalization(
+        model.inputs[0], configured, Normalization(meta.mean, meta.std) if meta else None,
+        meta.source if meta else "")
     layout: LayoutSetting = params.layout  # type: ignore[assignment]
     try:
         image_input(model.inputs[0], layout)
@@ -198,6 +203,7 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
         "pixel_path": quantizer.path,
         "mean": list(quantizer.normalization.mean),
         "std": list(quantizer.normalization.std),
+        "normalization_source": norm_source,
     }
     return model, quantizer, info
 

@@ -13,6 +13,10 @@ edged's published floats with a plain interpreter loop on the same file.
   (QUANTIZE / DEQUANTIZE at the edges).
 * nchw_float_input: both, a channel-first float32 input before an int8 body.
 * audio_int8: not an image, a keyword-spotting style input [1, 3, 40].
+* normalized_calib_int8 / _metadata: trained on p / 255 but calibrated on
+  normalized data, so its input quantization range is [-2.13, 2.63] (as a
+  YOLOv8n full-integer export's); the _metadata copy states mean 0, std 255
+  in TFLite metadata (NormalizationOptions), as MetadataWriter writes it.
 * stateful_int8: an image model with a variable (VAR_HANDLE /
   READ_VARIABLE / ASSIGN_VARIABLE): each output depends on earlier frames.
 """
@@ -22,9 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import flatbuffers
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as fb
+from tensorflow.lite.tools import flatbuffer_utils
 from tflite_parts import convert, keras_to_tflite
 
 Array = np.ndarray[Any, Any]
@@ -92,6 +99,58 @@ def _stateful(samples: list[Array], workdir: Path) -> bytes:
     return convert(converter, samples, tf.int8)
 
 
+def _offsets(b: flatbuffers.Builder, items: list[int]) -> int:
+    b.StartVector(4, len(items), 4)
+    for item in reversed(items):
+        b.PrependUOffsetTRelative(item)
+    return int(b.EndVector())
+
+
+def _floats(b: flatbuffers.Builder, values: list[float]) -> int:
+    b.StartVector(4, len(values), 4)
+    for v in reversed(values):
+        b.PrependFloat32(v)
+    return int(b.EndVector())
+
+
+def normalization_metadata(mean: list[float], std: list[float]) -> bytes:
+    """A ModelMetadata flatbuffer (metadata_schema.fbs, "M001") whose first input
+    has one NormalizationOptions process unit: what tflite-support writes."""
+    b = flatbuffers.Builder(256)
+    mean_v, std_v = _floats(b, mean), _floats(b, std)
+    b.StartObject(2)  # NormalizationOptions {mean, std}
+    b.PrependUOffsetTRelativeSlot(0, mean_v, 0)
+    b.PrependUOffsetTRelativeSlot(1, std_v, 0)
+    options = b.EndObject()
+    b.StartObject(2)  # ProcessUnit {options_type, options}
+    b.PrependUint8Slot(0, 1, 0)  # ProcessUnitOptions.NormalizationOptions
+    b.PrependUOffsetTRelativeSlot(1, options, 0)
+    units = _offsets(b, [b.EndObject()])
+    b.StartObject(7)  # TensorMetadata: process_units is field 4
+    b.PrependUOffsetTRelativeSlot(4, units, 0)
+    inputs = _offsets(b, [b.EndObject()])
+    b.StartObject(7)  # SubGraphMetadata: input_tensor_metadata is field 2
+    b.PrependUOffsetTRelativeSlot(2, inputs, 0)
+    subgraphs = _offsets(b, [b.EndObject()])
+    name = b.CreateString("edged field model")
+    b.StartObject(8)  # ModelMetadata: name 0, subgraph_metadata 3
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUOffsetTRelativeSlot(3, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"M001")
+    return bytes(b.Output())
+
+
+def with_metadata(content: bytes, metadata: bytes) -> bytes:
+    model = flatbuffer_utils.convert_bytearray_to_object(content)
+    buffer = fb.BufferT()
+    buffer.data = list(metadata)
+    model.buffers.append(buffer)
+    entry = fb.MetadataT()
+    entry.name, entry.buffer = b"TFLITE_METADATA", len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def write_field_models(out: Path, workdir: Path) -> dict[str, int]:
     """Write every field model to `out`; their sizes in bytes."""
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +170,12 @@ def write_field_models(out: Path, workdir: Path) -> dict[str, int]:
         "audio_int8.tflite": _audio(5, rng),
         "stateful_int8.tflite": _stateful(images, workdir),
     }
+    # Trained on p / 255, calibrated on normalized data: an unusual input range.
+    normalized = [s * 4.76 - 2.13 for s in images]
+    plain = keras_to_tflite(_classifier(keras.layers.Flatten(), 6), normalized, tf.int8)
+    models["normalized_calib_int8.tflite"] = plain
+    models["normalized_calib_int8_metadata.tflite"] = with_metadata(
+        plain, normalization_metadata([0.0], [255.0]))
     for name, content in models.items():
         (out / name).write_bytes(content)
     return {name: len(content) for name, content in models.items()}

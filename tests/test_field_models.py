@@ -46,7 +46,8 @@ def _frames(directory: Path) -> list[Path]:
     return paths
 
 
-def _plain_loop(model: Path, frames: list[Path]) -> list[list[np.ndarray[Any, Any]]]:
+def _plain_loop(model: Path, frames: list[Path], normalization: tuple[float, float] | None = None
+                ) -> list[list[np.ndarray[Any, Any]]]:
     """What a careful user's own loop publishes: pixels normalised as edged
     documents (a quantized input's own range; [-1, 1] for a float input),
     laid out as the tensor's shape says, outputs (q - zero_point) * scale."""
@@ -62,7 +63,12 @@ def _plain_loop(model: Path, frames: list[Path]) -> list[list[np.ndarray[Any, An
         if inp["shape"][1] == 3:  # channel-first
             rgb = rgb.transpose(2, 0, 1)
         scale, zp = inp["quantization"]
-        if inp["dtype"] == np.float32:
+        if normalization is not None:
+            info = np.iinfo(inp["dtype"])
+            real = (rgb - normalization[0]) / normalization[1]
+            q = np.clip(np.floor(real / scale + 0.5) + zp, info.min, info.max)
+            it.set_tensor(inp["index"], q.astype(inp["dtype"])[None])
+        elif inp["dtype"] == np.float32:
             it.set_tensor(inp["index"], ((rgb - 127.5) / 127.5).astype(np.float32)[None])
         else:
             info = np.iinfo(inp["dtype"])
@@ -178,3 +184,43 @@ def test_a_derived_normalization_is_flagged_when_its_range_is_unusual() -> None:
     # A YOLOv8n full-integer export: calibrated on normalized data.
     low, high = unusual_derived_range(_tensor(np.int8, 0.0186584, -14)) or (0, 0)
     assert low == pytest.approx(-2.13, abs=0.01) and high == pytest.approx(2.64, abs=0.01)
+
+
+def test_normalization_stated_in_the_model_file_is_used_and_said(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A model calibrated on normalized data has the input range [-2.13, 2.63]:
+    derived from it, pixels would go in as (p - 114) / 53.6. When the file
+    states p / 255 (TFLite metadata), edged feeds that and says where it came
+    from; without metadata check-config names the settings to try (issue 14.7)."""
+    plain, stated = FIELD / "normalized_calib_int8.tflite", \
+        FIELD / "normalized_calib_int8_metadata.tflite"
+    frames = _frames(tmp_path / "frames")
+    for model in (plain, stated):
+        norm = orjson.loads(_edged("inspect", "--json", str(model)).stdout)[
+            "inputs"][0]["normalization"]
+        if model == stated:
+            assert norm == {"mean": [0.0], "std": [255.0],
+                            "source": "model metadata (TFLite NormalizationOptions)"}
+        else:
+            assert norm["source"] == "derived from the input's quantization range"
+        cfg = base_config(mosquitto.port, model=model, frames=tmp_path / "frames",
+                          source={"kind": "folder", "uri": str(tmp_path / "frames"),
+                                  "loop": False})
+        check = _edged("check-config", str(write_config(tmp_path / "edged.toml", cfg)))
+        assert check.returncode == 0, check.stderr
+        warned = "which is no usual training range" in check.stderr
+        assert warned == (model == plain), check.stderr
+    assert "mean = [0] and std = [255]" in _edged(
+        "check-config", str(write_config(tmp_path / "plain.toml", base_config(
+            mosquitto.port, model=plain, frames=tmp_path / "frames")))).stderr
+
+    path = write_config(tmp_path / "edged.toml", cfg)  # the stated model's
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        got = results(sub.wait_count(lambda m: m.topic.endswith("/results"), FRAME_COUNT,
+                                     timeout=60))
+        assert daemon.stop() == 0
+    assert "model metadata (TFLite NormalizationOptions)" in daemon.log_text()
+    want = _plain_loop(stated, frames, normalization=(0.0, 255.0))
+    for doc, outs in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(doc["outputs"][0]["data"], np.float32).ravel(),
+                                   outs[0].ravel(), rtol=1e-6, atol=1e-7)

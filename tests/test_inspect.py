@@ -76,7 +76,9 @@ def test_mobilenet_v2_details(shared_models: Path, capsys: pytest.CaptureFixture
         "normalization": None, "pixel_path": "identity",
         "image": {"layout": "nhwc", "height": 224, "width": 224, "channels": 3}}
     assert i["normalization"] == {"mean": [128.0], "std": [128.0],
-                                  "source": "derived from the input's quantization range"}
+                                  "source": "derived from the input's quantization range; "
+                                            "the model metadata (TFLite NormalizationOptions) "
+                                            "agrees"}
     assert o["index"] == 173 and o["dtype"] == "uint8" and o["shape"] == [1, 1001]
     assert o["quantization"] == {"kind": "per_tensor", "scale": 0.00390625, "zero_point": 0}
     assert o["formula"] == "(q - 0) * 0.00390625"
