@@ -12,20 +12,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edged import __version__, nativeout
+from edged import __version__
+from edged.system import nativeout
 
 # sub-command -> module exposing `register(subparsers)`; each module's
 # registered handler returns the process exit code. Imported lazily so that
 # `edged inspect` does not pay for paho, and `edged listen` not for the runtime.
 COMMANDS: dict[str, str] = {
-    "run": "edged.daemon",
-    "check-config": "edged.checkcommand",
-    "inspect": "edged.inspect",
-    "listen": "edged.listen",
-    "bench": "edged.bench",
+    "run": "edged.service.daemon",
+    "check-config": "edged.config.checkcommand",
+    "inspect": "edged.inference.inspect",
+    "listen": "edged.mqtt.listen",
+    "bench": "edged.bench.command",
     "demo": "edged.demo",
 }
-# What each command does with native libraries' own stderr output (edged.nativeout):
+# What each command does with native libraries' own stderr output (edged.system.nativeout):
 # the daemon logs it, one-shot commands that load the runtime or OpenCV drop it.
 # `demo` and `listen` load neither (demo's daemon is an `edged run` of its own).
 NATIVE_OUTPUT: dict[str, Callable[[], bool]] = {

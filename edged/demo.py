@@ -1,10 +1,10 @@
 """`edged demo`: the daemon on the bundled digits model and frames, results printed live.
 
 Starts a private mosquitto on a free loopback port (nothing is exposed beyond
-127.0.0.1), or, when mosquitto is not installed, the embedded demo broker
-(`edged.minibroker`, also loopback only); runs `edged run` as a real child
-process against it, subscribes, prints each result as it arrives, then stops
-everything cleanly.
+127.0.0.1), or, when mosquitto is not installed, amqtt (a maintained
+pure-Python broker, the optional extra `edged[demo]`, also loopback only), or
+says how to install one; runs `edged run` as a real child process against it,
+subscribes, prints each result as it arrives, then stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -25,14 +25,17 @@ from typing import Any
 
 import orjson
 
-from edged.childproc import stop_process
+from edged.system.childproc import stop_process
 
 DATA = Path(__file__).resolve().parent / "data"
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 BROKER_ENV = "EDGED_DEMO_BROKER"
-BROKER_HELP = (f"environment: {BROKER_ENV}=auto|embedded|mosquitto chooses the broker: auto "
-               "(default) runs mosquitto when installed, else the embedded pure-Python demo "
-               "broker; both listen on 127.0.0.1 only.")
+BROKER_HELP = (f"environment: {BROKER_ENV}=auto|mosquitto|amqtt chooses the broker: auto "
+               "(default) runs mosquitto when installed, else amqtt (pip install "
+               "'edged[demo]'); both listen on 127.0.0.1 only.")
+INSTALL_HELP = ("no MQTT broker to run the demo against: install mosquitto "
+                "(sudo apt-get install mosquitto, or scripts/setup.sh), or the pure-Python "
+                "amqtt (.venv/bin/pip install 'edged[demo]')")
 
 
 def register(sub: Any) -> None:
@@ -87,34 +90,51 @@ def start_private_mosquitto(mosquitto: str, folder: Path, *, nagle: bool = False
     return proc, port
 
 
+def find_amqtt() -> str | None:
+    """The amqtt broker command beside this Python (the `demo` extra), if installed."""
+    beside = Path(sys.executable).parent / "amqtt"
+    return str(beside) if beside.exists() else shutil.which("amqtt")
+
+
+def start_private_amqtt(amqtt: str, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    (folder / "amqtt.yaml").write_text(
+        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n")
+    proc = subprocess.Popen([amqtt, "-c", str(folder / "amqtt.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_for_port(port):
+        stop_process(proc, 2.0)
+        raise RuntimeError(f"amqtt did not start on 127.0.0.1:{port}")
+    return proc, port
+
+
 def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
     """Port of a private loopback broker that `stack` stops, or None (reason
     printed). Prints the demo's first line: which broker it uses."""
-    from edged.minibroker import MiniBroker
-
     choice = os.environ.get(BROKER_ENV, "auto")
-    if choice not in ("auto", "embedded", "mosquitto"):
-        print(f"edged demo: {BROKER_ENV}={choice!r}: must be auto, embedded or mosquitto",
+    if choice not in ("auto", "mosquitto", "amqtt"):
+        print(f"edged demo: {BROKER_ENV}={choice!r}: must be auto, mosquitto or amqtt",
               file=sys.stderr)
         return None
-    mosquitto = None if choice == "embedded" else find_mosquitto()
-    if mosquitto is None and choice == "mosquitto":
-        print("edged demo: mosquitto is not installed: run scripts/setup.sh "
-              "(or apt-get install mosquitto)", file=sys.stderr)
-        return None
-    if mosquitto is None:
-        port = stack.enter_context(MiniBroker()).port
-        why = "mosquitto not found" if choice == "auto" else f"{BROKER_ENV}=embedded"
-        print(f"broker: embedded Python MQTT broker on 127.0.0.1:{port} ({why}; demo only)",
-              flush=True)
-        return port
+    mosquitto = find_mosquitto() if choice in ("auto", "mosquitto") else None
+    amqtt = find_amqtt() if choice == "amqtt" or (choice == "auto" and not mosquitto) else None
     try:
-        broker, port = start_private_mosquitto(mosquitto, tmp)
+        if mosquitto is not None:
+            broker, port = start_private_mosquitto(mosquitto, tmp)
+            name = "private mosquitto"
+        elif amqtt is not None:
+            broker, port = start_private_amqtt(amqtt, tmp)
+            name = "private amqtt (pure-Python, demo only)"
+        else:
+            print(f"edged demo: {INSTALL_HELP}", file=sys.stderr)
+            return None
     except RuntimeError as exc:
         print(f"edged demo: {exc}", file=sys.stderr)
         return None
     stack.callback(stop_process, broker, 5.0)
-    print(f"broker: private mosquitto on 127.0.0.1:{port}", flush=True)
+    print(f"broker: {name} on 127.0.0.1:{port}", flush=True)
     return port
 
 

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edged.bench import BENCH_MNV2
-from edged.delegates import DelegateSpec
-from edged.model import Model
-from edged.runtime import select_runtime
+from edged.bench.command import BENCH_MNV2
+from edged.inference.delegates import DelegateSpec
+from edged.inference.model import Model
+from edged.inference.runtime import select_runtime
 from edged.sources.resilient import ResilientSource
 from edged.sources.synthetic import SyntheticSource
 

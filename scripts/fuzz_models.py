@@ -39,12 +39,12 @@ from broker import Mosquitto  # noqa: E402
 from edged.cli import main as edged_main  # noqa: E402
 
 CLASSES = (
-    ("not a valid TFLite model", "refused by edged.modelfile (structure)"),
-    ("not a TFLite model", "refused by edged.modelfile (identifier)"),
+    ("not a valid TFLite model", "refused by edged.inference.modelfile (structure)"),
+    ("not a TFLite model", "refused by edged.inference.modelfile (identifier)"),
     ("model file is empty", "refused: empty file"),
     ("the runtime cannot load it", "refused by the runtime while loading"),
     ("the runtime cannot prepare it", "refused by the runtime while allocating"),
-    ("has no data after allocation", "refused by edged.model (no tensor data)"),
+    ("has no data after allocation", "refused by edged.inference.model (no tensor data)"),
     ("inference failed", "refused by the worker's warm-up inference"),
     ("the runtime crashed", "runtime crashed in inspect's child"),
 )

@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edged.bench import BENCH_MNV2
-from edged.benchdaemon import (
+from edged.bench.command import BENCH_MNV2
+from edged.bench.daemon import (
     DaemonSpec,
     cpu_seconds,
     daemon_config,
     stat_cpu_seconds,
     worker_pid,
 )
-from edged.childproc import stop_process
 from edged.demo import find_mosquitto, start_private_mosquitto
+from edged.system.childproc import stop_process
 
 SKIP = 30  # results while the daemon warms up
 

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.bench import BENCH_MNV2
-from edged.benchdaemon import cpu_seconds
-from edged.childproc import stop_process
-from edged.delegates import DelegateSpec
+from edged.bench.command import BENCH_MNV2
+from edged.bench.daemon import cpu_seconds
 from edged.demo import find_mosquitto, start_private_mosquitto
-from edged.model import Model
-from edged.payload import Result, encode_result_json, outputs_from
-from edged.runtime import select_runtime
+from edged.inference.delegates import DelegateSpec
+from edged.inference.model import Model
+from edged.inference.runtime import select_runtime
+from edged.mqtt.payload import Result, encode_result_json, outputs_from
+from edged.system.childproc import stop_process
 
 
 def result_line(model: Model) -> bytes:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.childproc import stop_process
+from edged.system.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
@@ -106,7 +106,7 @@ def worker_of(pid: int) -> int:
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 with contextlib.suppress(OSError):
-                    if b"edged.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    if b"edged.inference.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                         return int(child)
     return 0
 

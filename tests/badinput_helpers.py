@@ -136,11 +136,11 @@ def check_batch(paths: Sequence[Path], timeout_s: float = 60.0) -> list[Outcome]
 def _child(paths: Sequence[str]) -> int:
     import numpy as np
 
-    from edged.model import Model, ModelError
-    from edged.modelfile import ModelFileError
-    from edged.quantize import PixelQuantizer
-    from edged.runtime import select_runtime
-    from edged.worker import pixel_shape
+    from edged.inference.model import Model, ModelError
+    from edged.inference.modelfile import ModelFileError
+    from edged.inference.runtime import select_runtime
+    from edged.inference.worker import pixel_shape
+    from edged.numerics.quantize import PixelQuantizer
 
     # A crash here is a finding, not something to write a core file for.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -47,7 +47,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edged.childproc import stop_process
+from edged.system.childproc import stop_process
 
 MOSQUITTO = os.environ.get("EDGED_TEST_MOSQUITTO", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = os.environ.get("EDGED_TEST_MOSQUITTO_PASSWD", "mosquitto_passwd")

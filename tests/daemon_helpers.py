@@ -78,13 +78,13 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace")
 
     def worker_pid(self, timeout: float = 10.0) -> int:
-        """The inference worker: the daemon's child running edged.worker."""
+        """The inference worker: the daemon's child running edged.inference.worker."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for task in Path(f"/proc/{self.pid}/task").iterdir():
                 for child in (task / "children").read_text().split():
                     cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-                    if b"edged.worker" in cmdline:
+                    if b"edged.inference.worker" in cmdline:
                         return int(child)
             time.sleep(0.05)
         raise AssertionError(f"no worker process under {self.pid}:\n{self.log_text()}")

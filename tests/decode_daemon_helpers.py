@@ -26,7 +26,7 @@ from broker import Mosquitto
 from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, write_config
 from numpy.typing import NDArray
 
-from edged.childproc import stop_process
+from edged.system.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "edged" / "schemas" / "result-v1.schema.json").read_text())

@@ -17,8 +17,8 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from numpy.typing import NDArray
 
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from edged.publish import Publisher, PublisherSettings
+from edged.mqtt.publisher import Publisher, PublisherSettings
 
 
 def main() -> int:

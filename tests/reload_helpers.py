@@ -91,12 +91,12 @@ def worker_environ(pid: int) -> dict[str, str]:
 
 
 def worker_count(daemon: DaemonProcess) -> int:
-    """How many edged.worker children the daemon has right now."""
+    """How many edged.inference.worker children the daemon has right now."""
     n = 0
     for task in Path(f"/proc/{daemon.pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             try:
-                if b"edged.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"edged.inference.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                     n += 1
             except FileNotFoundError:
                 pass

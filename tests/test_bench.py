@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edged.benchdaemon import DaemonSpec, daemon_config
-from edged.benchtable import cores_note, render
-from edged.childproc import stop_process
+from edged.bench.daemon import DaemonSpec, daemon_config
+from edged.bench.table import cores_note, render
 from edged.config import load_config
 from edged.demo import find_mosquitto, start_private_mosquitto, wait_for_port
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Preprocessor
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.system.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = {"capture", "resize", "quantize", "invoke", "dequantize", "decode", "encode", "publish"}
@@ -268,7 +268,7 @@ def test_mqtt_floor_script_compares_the_loop_alone_and_with_c_mqtt_tools() -> No
 
 
 def test_subscriber_records_are_framed_by_length_so_any_payload_survives() -> None:
-    from edged.benchdaemon import split_records
+    from edged.bench.daemon import split_records
 
     binary = b"EDG\x00 \n\n{x}"  # spaces and newlines inside: the length frames it
     stream = (b"1700000000.123456789 2 {}\n"

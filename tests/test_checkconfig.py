@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.checkconfig import check_config
+from edged.config.check import check_config
 
 PYTHON = Path("/tmp/venv/bin/python")
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from edged.childproc import stop_process
+from edged.system.childproc import stop_process
 
 SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
 STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from edged import configdoc
 from edged.config import (
     SECTIONS,
     Config,
@@ -27,7 +26,8 @@ from edged.config import (
     default_device_id,
     load_config,
 )
-from edged.configtext import key_lines, line_of
+from edged.config import doc as configdoc
+from edged.config.text import key_lines, line_of
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "config" / "edged.toml"
@@ -177,7 +177,7 @@ opts = { a = 1, b.c = 2 }
 
 def test_committed_config_is_the_generated_one() -> None:
     assert DOC.read_text(encoding="utf-8") == configdoc.generate(), (
-        "config/edged.toml is stale: run python -m edged.configdoc > config/edged.toml")
+        "config/edged.toml is stale: run python -m edged.config.doc > config/edged.toml")
 
 
 def test_committed_config_loads_to_the_defaults() -> None:
@@ -198,7 +198,7 @@ def test_every_key_is_documented_with_a_valid_example() -> None:
 
 
 def test_configdoc_runs_as_a_module() -> None:
-    out = subprocess.run([sys.executable, "-m", "edged.configdoc"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "edged.config.doc"], capture_output=True,
                          text=True, check=True, timeout=60)
     assert out.stdout == configdoc.generate()
 

@@ -146,7 +146,7 @@ def test_last_will_after_sigkill(tmp_path: Path, mosquitto: Mosquitto,
     while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{worker}/cmdline").exists() or \
-        b"edged.worker" not in Path(f"/proc/{worker}/cmdline").read_bytes()
+        b"edged.inference.worker" not in Path(f"/proc/{worker}/cmdline").read_bytes()
     sub.stop()
 
 

@@ -19,8 +19,8 @@ from edged.decode import (
     infer_kind,
     prepare_labels,
 )
-from edged.modelfile import read_model_file
-from edged.tensors import TensorInfo
+from edged.inference.modelfile import read_model_file
+from edged.numerics.tensors import TensorInfo
 
 F32 = np.dtype(np.float32)
 
@@ -109,7 +109,7 @@ def test_every_committed_model_with_the_model_files_ssd_roles(test_models: Path)
 
 
 def test_ssd_roles_only_when_the_ops_outputs_are_the_models() -> None:
-    from edged.modelfile import BUILTIN_CUSTOM, _ssd_roles
+    from edged.inference.modelfile import BUILTIN_CUSTOM, _ssd_roles
 
     codes = [(3, ""), (BUILTIN_CUSTOM, "TFLite_Detection_PostProcess")]
     ops = ((0, (5,)), (1, (7, 8, 9, 10)))

@@ -19,7 +19,7 @@ from edged.decode import (
     prepare_labels,
     top_classes,
 )
-from edged.tensors import TensorInfo
+from edged.numerics.tensors import TensorInfo
 
 U8 = TensorInfo(0, "probs", (1, 5), np.dtype(np.uint8), (1 / 256,), (0,))
 F32 = TensorInfo(0, "logits", (1, 5), np.dtype(np.float32))

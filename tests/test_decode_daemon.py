@@ -35,10 +35,10 @@ from decode_daemon_helpers import (
     yolo_box_atol,
 )
 
-from edged.checkconfig import check_config
+from edged.config.check import check_config
+from edged.numerics.quantize import PixelQuantizer
+from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Preprocessor
-from edged.quantize import PixelQuantizer
-from edged.tensors import TensorInfo
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COLOURS = ["red", "green", "blue"]

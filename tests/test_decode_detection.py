@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from decode_helpers import Letterbox, Stretch
 
-from edged.benchdecode import realistic_yolo_head
+from edged.bench.decode import realistic_yolo_head
 from edged.decode import (
     ClassFilter,
     DecodeError,
@@ -18,8 +18,8 @@ from edged.decode import (
     nms,
     ssd_outputs,
 )
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 
 F32 = np.dtype(np.float32)
 

@@ -27,8 +27,8 @@ from edged.decode import (
     decode_yolo,
     infer_kind,
 )
-from edged.quantize import PixelQuantizer, dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import PixelQuantizer, dequantize
+from edged.numerics.tensors import TensorInfo
 
 LABELS = Labels.from_names(["red", "green", "blue"])
 

@@ -10,7 +10,7 @@ import pytest
 from decode_helpers import Letterbox, Stretch, letterbox_to, read_rgb, run_model, stretch_to
 
 from edged.decode import COCO_KEYPOINTS, DecodeError, decode_pose
-from edged.tensors import TensorInfo
+from edged.numerics.tensors import TensorInfo
 
 INFO = TensorInfo(0, "StatefulPartitionedCall:0", (1, 1, 17, 3), np.dtype(np.float32))
 

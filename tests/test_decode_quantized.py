@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edged.decode import DetectionSettings, decode_yolo, quantized_threshold
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 
 DTYPES = st.sampled_from([np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16)])
 SCALES = st.floats(1e-5, 10.0, allow_nan=False) | st.sampled_from([1 / 255, 1 / 256, 0.00390625,

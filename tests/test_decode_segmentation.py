@@ -17,7 +17,7 @@ from edged.decode import (
     load_labels,
     summarize_segmentation,
 )
-from edged.tensors import TensorInfo
+from edged.numerics.tensors import TensorInfo
 
 ARGMAX = TensorInfo(0, "ArgMax", (1, 4, 6), np.dtype(np.int64))
 IDS = np.array([[0, 0, 1, 1, 2, 2],

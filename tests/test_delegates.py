@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.delegates import EDGETPU_LIBRARY, DelegateError, DelegateSpec, load_delegate
-from edged.model import Model
-from edged.modelfile import ModelFileError
-from edged.runtime import Runtime, select_runtime
+from edged.inference.delegates import EDGETPU_LIBRARY, DelegateError, DelegateSpec, load_delegate
+from edged.inference.model import Model
+from edged.inference.modelfile import ModelFileError
+from edged.inference.runtime import Runtime, select_runtime
 
 STUB_SOURCE = Path(__file__).parent / "stub_delegate" / "stub_delegate.c"
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -105,7 +105,7 @@ def test_libedgetpu_absent_falls_back_to_cpu(runtime: Runtime, shared_models: Pa
                                              caplog: pytest.LogCaptureFixture) -> None:
     if _libedgetpu_present():
         pytest.skip("libedgetpu.so.1 is installed here")
-    with caplog.at_level(logging.WARNING, logger="edged.delegates"):
+    with caplog.at_level(logging.WARNING, logger="edged.inference.delegates"):
         model = Model.load(shared_models / CPU_MODEL, runtime, DelegateSpec("edgetpu"))
     assert model.delegate_in_use == "cpu"
     assert model.fallback_reason == f"{NOT_INSTALLED}; running on the CPU instead (fallback = cpu)"
@@ -191,7 +191,7 @@ def test_edgetpu_stand_in_failure_falls_back_to_cpu_with_one_line(
         caplog: pytest.LogCaptureFixture) -> None:
     record = stub_fails
     spec = DelegateSpec("edgetpu", device="usb:1", library=str(stub_library))
-    with caplog.at_level(logging.WARNING, logger="edged.delegates"):
+    with caplog.at_level(logging.WARNING, logger="edged.inference.delegates"):
         model = Model.load(shared_models / CPU_MODEL, runtime, spec)
     assert lines(record) == ["device=usb:1", "failed"]
     assert model.delegate_in_use == "cpu"
@@ -228,8 +228,8 @@ def test_edgetpu_stand_in_failure_by_option(runtime: Runtime, stub_library: Path
 
 NOISE_SCRIPT = """
 import gc, sys
-from edged.delegates import DelegateError, DelegateSpec, load_delegate
-from edged.runtime import select_runtime
+from edged.inference.delegates import DelegateError, DelegateSpec, load_delegate
+from edged.inference.runtime import select_runtime
 rt = select_runtime("auto")
 for spec in [DelegateSpec("edgetpu", library="/nonexistent/libedgetpu.so.1"),
              DelegateSpec("external", library="libc.so.6"),

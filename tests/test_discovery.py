@@ -19,7 +19,7 @@ from daemon_helpers import MODELS, DaemonProcess, base_config, write_config
 from fleet_helpers import check_device_discovery, copy_frames, render
 
 from edged.config import Config
-from edged.discovery import discovery_config, discovery_topic, object_id
+from edged.mqtt.discovery import discovery_config, discovery_topic, object_id
 
 TOPIC = "homeassistant/device/edged_cam_1/config"
 

@@ -27,8 +27,8 @@ from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, write_con
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
-from edged.checkconfig import check_config
 from edged.config import ConfigError, load_config
+from edged.config.check import check_config
 
 MODEL = MODELS / "digits_int8.tflite"
 BASE = base_config(1883, model=MODEL, frames=FRAMES)

@@ -24,7 +24,7 @@ from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, write_con
 from faults_helpers import record_figure
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edged.discovery import discovery_topic
+from edged.mqtt.discovery import discovery_topic
 
 MODEL = MODELS / "digits_int8.tflite"
 BIG = 200 * 1024 * 1024

@@ -102,7 +102,7 @@ def test_sighup_after_the_model_file_was_replaced_loads_it(tmp_path: Path,
 SITECUSTOMIZE = textwrap.dedent("""
     import os
     if os.environ.get("EDGED_TEST_INJECT_BUG"):
-        import edged.pipeline as pipeline
+        import edged.service.pipeline as pipeline
         finish = pipeline.Pipeline._finish
 
         def _finish(self, job, *args):

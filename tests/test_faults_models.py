@@ -8,7 +8,7 @@ a forked child); a sample goes through the real `edged run`. The full
 campaign, with `edged run` on every mutant: scripts/fuzz_models.py, and the
 `slow` test below.
 
-The files that crashed the runtime before edged.modelfile learned to refuse
+The files that crashed the runtime before edged.inference.modelfile learned to refuse
 them are kept as regression cases (`CRASHERS`), and one that still crashes it
 after passing every check (`PAST_VALIDATION`) proves the isolation: only the
 worker, or inspect's child, dies.
@@ -32,7 +32,7 @@ from badinput_helpers import (
 from broker import Mosquitto
 
 from edged.cli import main
-from edged.modelfile import ModelFileError, read_model_file
+from edged.inference.modelfile import ModelFileError, read_model_file
 
 N_MUTANTS = 300
 SEED = 0
@@ -51,7 +51,7 @@ CRASHERS = [
     # Not a crash: the runtime's Python wrapper raised UnicodeDecodeError, a traceback.
     ("digits_int8.tflite", 1, 2194, "UnicodeDecodeError", "tensors[15].name: not UTF-8"),
 ]
-# Passes every check in edged.modelfile and still crashes the runtime: a
+# Passes every check in edged.inference.modelfile and still crashes the runtime: a
 # corrupt TFLite_Detection_PostProcess option blob (a flexbuffer the runtime
 # parses without bounds checks; edged does not parse custom options).
 PAST_VALIDATION = [

@@ -105,8 +105,8 @@ def test_damaged_images_leave_edgeds_one_line_and_no_library_noise(
 
 CHILD = textwrap.dedent("""
     import os, subprocess, sys, time
-    from edged import nativeout
-    from edged.logsetup import setup_logging
+    from edged.system import nativeout
+    from edged.system.logsetup import setup_logging
     assert nativeout.route_native_output_to_log()
     setup_logging("info")
     os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")

@@ -42,7 +42,7 @@ from faults_helpers import (
 )
 from notify_helpers import path_listener
 
-from edged.childproc import stop_process
+from edged.system.childproc import stop_process
 
 MOSQUITTO = os.environ.get("EDGED_TEST_MOSQUITTO", "/usr/sbin/mosquitto")
 PORT = 1883  # inside the broker's own namespace: nothing else listens there

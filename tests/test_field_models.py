@@ -21,8 +21,8 @@ from ai_edge_litert.interpreter import Interpreter
 from broker import Mosquitto, Subscriber
 from daemon_helpers import MODELS, DaemonProcess, base_config, results, write_config
 
-from edged.quantize import unusual_derived_range
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import unusual_derived_range
+from edged.numerics.tensors import TensorInfo
 
 FIELD = MODELS / "field"
 IMAGE_MODELS = ["dynbatch_flatten_int8", "dynbatch_flatten_uint8", "dynbatch_reshape_int8",

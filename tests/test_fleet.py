@@ -16,7 +16,7 @@ from broker import Mosquitto, Subscriber
 from daemon_helpers import MODELS, DaemonProcess, base_config, write_config
 from fleet_helpers import copy_frames
 
-from edged.publish import Publisher, PublisherSettings
+from edged.mqtt.publisher import Publisher, PublisherSettings
 
 
 @contextlib.contextmanager

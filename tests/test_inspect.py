@@ -157,8 +157,8 @@ def test_real_command_line(shared_models: Path) -> None:
 
 def test_integer_ranges_are_printed_exactly_even_int64() -> None:
     """float(int64 max) rounds up: inspect printed ...808 for ...807 (issue 14.9)."""
-    from edged.inspect import _fmt_range, _tensor
-    from edged.tensors import TensorInfo
+    from edged.inference.inspect import _fmt_range, _tensor
+    from edged.numerics.tensors import TensorInfo
 
     t = TensorInfo(3, "ids", (1, 4), np.dtype(np.int64), (), ())
     d = _tensor(0, t, "ids", is_input=False)
@@ -177,8 +177,8 @@ def test_inspect_never_forks_the_calling_process(monkeypatch: pytest.MonkeyPatch
     import threading
     import warnings
 
-    from edged.inspect import guarded_report
-    from edged.runtime import select_runtime
+    from edged.inference.inspect import guarded_report
+    from edged.inference.runtime import select_runtime
 
     def refuse(*_: object) -> int:
         raise AssertionError("os.fork() called in the inspecting process")

@@ -15,9 +15,9 @@ import orjson
 import pytest
 from broker import Mosquitto
 
-from edged.payload import Result, encode_result_binary, encode_result_json, outputs_from
-from edged.publish import Publisher, PublisherSettings
-from edged.tensors import TensorInfo
+from edged.mqtt.payload import Result, encode_result_binary, encode_result_json, outputs_from
+from edged.mqtt.publisher import Publisher, PublisherSettings
+from edged.numerics.tensors import TensorInfo
 
 SCHEMA = Path(__file__).resolve().parent.parent / "edged" / "schemas" / "result-v1.schema.json"
 

@@ -12,7 +12,7 @@ from broker import Mosquitto
 from daemon_helpers import MODELS, DaemonProcess, base_config, write_config
 from fleet_helpers import copy_frames
 
-from edged.listen import decoded_text
+from edged.mqtt.listen import decoded_text
 
 
 def listen(port: int, *extra: str) -> subprocess.Popen[str]:

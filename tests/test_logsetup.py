@@ -1,4 +1,4 @@
-"""edged.logsetup: journald lines under systemd, timestamped lines by hand, one event per line."""
+"""edged.system.logsetup: journald lines under systemd, timestamped by hand, one event per line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TextIO
 
 import pytest
 
-from edged.logsetup import (
+from edged.system.logsetup import (
     clear_secrets,
     register_secret,
     setup_logging,
@@ -177,7 +177,7 @@ def test_syslog_priorities() -> None:
 _CHILD = textwrap.dedent(
     """
     import logging, sys
-    from edged.logsetup import setup_logging
+    from edged.system.logsetup import setup_logging
     setup_logging("info")
     logging.getLogger("edged.daemon").info("started")
     try:

@@ -15,7 +15,7 @@ from daemon_helpers import MODELS, DaemonProcess, base_config, write_config
 from fleet_helpers import copy_frames, parse_prom, sample
 
 from edged.config import ConfigError, load_config
-from edged.metrics import Textfile, render, write_atomic
+from edged.service.metrics import Textfile, render, write_atomic
 
 FIGURES = {"frames": 120, "fps": 29.5, "invoke_ms_p50": 4.25, "invoke_ms_p95": 7.5,
            "latency_ms_p50": 9.0, "latency_ms_p95": 12.125, "uptime_s": 61.2,
@@ -60,7 +60,7 @@ def test_write_is_atomic_and_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_an_unwritable_directory_is_logged_once_and_never_raises(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tf = Textfile(tmp_path / "missing" / "edged.prom")
-    with caplog.at_level(logging.WARNING, logger="edged.metrics"):
+    with caplog.at_level(logging.WARNING, logger="edged.service.metrics"):
         assert tf.write("cam", FIGURES) is False
         assert tf.write("cam", FIGURES) is False
     assert [r.getMessage() for r in caplog.records] == [

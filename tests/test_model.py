@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.model import Model, ModelError
-from edged.modelfile import ModelFileError, read_model_file
-from edged.quantize import PixelQuantizer
-from edged.runtime import Runtime, select_runtime
-from edged.tensors import TensorInfo
+from edged.inference.model import Model, ModelError
+from edged.inference.modelfile import ModelFileError, read_model_file
+from edged.inference.runtime import Runtime, select_runtime
+from edged.numerics.quantize import PixelQuantizer
+from edged.numerics.tensors import TensorInfo
 
 RUNNABLE = ["mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v1_0.25_128_quant.tflite",
             "movenet_single_pose_lightning_ptq.tflite", "deeplabv3_mnv2_dm05_pascal_quant.tflite",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.modelfile import (
+from edged.inference.modelfile import (
     EDGETPU_CUSTOM_OP,
     ModelFileError,
     check_model_file,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from edged.payload import (
+from edged.mqtt.payload import (
     BINARY_MAGIC,
     PayloadError,
     Result,
@@ -27,8 +27,8 @@ from edged.payload import (
     summarize,
     validate_device_id,
 )
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edged.numerics.quantize import PixelQuantizer
+from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Geometry, Preprocessor, plan_geometry
-from edged.quantize import PixelQuantizer
-from edged.tensors import TensorInfo
 
 sizes = st.tuples(st.integers(8, 1200), st.integers(8, 1200))
 modes = st.sampled_from(["stretch", "letterbox", "crop"])

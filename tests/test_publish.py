@@ -25,19 +25,19 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Subscriber, TlsFiles, make_ca, make_tls_files, retained
 
-import edged.publish
-from edged.payload import (
+import edged.mqtt.publisher
+from edged.mqtt.backoff import backoff_delay
+from edged.mqtt.loop import ACK_BATCH_S, PublishLoop
+from edged.mqtt.payload import (
     Result,
     decode_result,
     encode_result_binary,
     encode_result_json,
     outputs_from,
 )
-from edged.publish import Publisher, PublisherError, PublisherSettings, TlsSettings
-from edged.publish_backoff import backoff_delay
-from edged.publish_loop import ACK_BATCH_S, PublishLoop
-from edged.publish_setup import Outbox
-from edged.tensors import TensorInfo
+from edged.mqtt.publisher import Publisher, PublisherError, PublisherSettings, TlsSettings
+from edged.mqtt.settings import Outbox
+from edged.numerics.tensors import TensorInfo
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
 HELPER = Path(__file__).resolve().parent / "publish_helpers.py"
@@ -144,13 +144,13 @@ def test_a_lost_connection_that_was_logged_is_followed_by_its_reconnect_in_the_l
         broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
     # Lost within FLAP_S of connecting counts as flapping; the reconnect line was
     # then left out, and the log ended on "connection lost" while all was well.
-    caplog.set_level(logging.INFO, logger="edged.publish")
+    caplog.set_level(logging.INFO, logger="edged.mqtt.publisher")
     pub = publisher(broker.port)
     try:
         assert pub.wait_connected(5)
         broker.restart()
         assert pub.wait_idle(10) and pub.counters().connects == 2
-        said = [r.getMessage() for r in caplog.records if r.name == "edged.publish"]
+        said = [r.getMessage() for r in caplog.records if r.name == "edged.mqtt.publisher"]
         lost = [i for i, m in enumerate(said) if "connection lost" in m]
         assert len(lost) == 1, said
         assert "dropped right after connecting" in said[lost[0]]
@@ -516,7 +516,7 @@ class _RaisingLoop(PublishLoop):
 
 def test_a_failing_callback_does_not_kill_the_network_thread(
         broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(edged.publish, "PublishLoop", _RaisingLoop)
+    monkeypatch.setattr(edged.mqtt.publisher, "PublishLoop", _RaisingLoop)
     pub = Publisher(PublisherSettings(device_id="cam-1", port=broker.port, **FAST))
     pub.start()
     try:

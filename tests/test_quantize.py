@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edged.quantize import (
+from edged.numerics.quantize import (
     Normalization,
     PixelQuantizer,
     default_normalization,
@@ -16,7 +16,7 @@ from edged.quantize import (
     quantize,
     round_half_away,
 )
-from edged.tensors import TensorError, TensorInfo
+from edged.numerics.tensors import TensorError, TensorInfo
 
 INT_DTYPES = [np.int8, np.uint8, np.int16]
 

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from edged.runtime import RUNTIME_ORDER, RuntimeUnavailableError, select_runtime
+from edged.inference.runtime import RUNTIME_ORDER, RuntimeUnavailableError, select_runtime
 
 
 def test_auto_picks_first_importable_and_reports_name_and_version() -> None:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from edged.quantize import PixelQuantizer, dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import PixelQuantizer, dequantize
+from edged.numerics.tensors import TensorInfo
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE: dict[str, Any] = json.loads((DATA / "reference.json").read_text())

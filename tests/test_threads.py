@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from edged.threads import COMM_MAX, NamedThread, set_os_thread_name
+from edged.system.threads import COMM_MAX, NamedThread, set_os_thread_name
 
 
 def _kernel_name(native_id: int) -> str:

@@ -20,7 +20,7 @@ from edged.decode.results import (
     real_values,
     score_threshold,
 )
-from edged.tensors import TensorInfo
+from edged.numerics.tensors import TensorInfo
 
 
 def num_classes(info: TensorInfo) -> int:

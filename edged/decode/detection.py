@@ -28,8 +28,8 @@ from edged.decode.results import (
     real_values,
     score_threshold,
 )
-from edged.modelfile import SSD_ROLES
-from edged.tensors import TensorInfo
+from edged.inference.modelfile import SSD_ROLES
+from edged.numerics.tensors import TensorInfo
 
 SSD_NAME = re.compile(r"TFLite_Detection_PostProcess(?::(\d+))?$")
 

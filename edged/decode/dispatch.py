@@ -27,7 +27,7 @@ from edged.decode.results import (
 )
 from edged.decode.segmentation import segmentation_layout, summarize_segmentation
 from edged.decode.yolo import BoxUnits, YoloLayout, decode_yolo, yolo_layout
-from edged.tensors import TensorInfo
+from edged.numerics.tensors import TensorInfo
 
 DecoderKind = Literal["none", "classification", "detection", "pose", "segmentation"]
 DECODERS: tuple[str, ...] = (*get_args(DecoderKind), "auto")

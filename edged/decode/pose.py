@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike
 
 from edged.decode.detection import checked_wh
 from edged.decode.results import DecodeError, FrameMapping, Keypoint, Pose, real_values
-from edged.tensors import TensorInfo
+from edged.numerics.tensors import TensorInfo
 
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",

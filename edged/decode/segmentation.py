@@ -21,8 +21,8 @@ from edged.decode.results import (
     SegmentationMask,
     SegmentationSummary,
 )
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 
 
 def segmentation_layout(info: TensorInfo) -> str:

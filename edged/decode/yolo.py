@@ -27,8 +27,8 @@ from edged.decode.results import (
     float32_at_least,
     score_threshold,
 )
-from edged.quantize import dequantize
-from edged.tensors import TensorInfo
+from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 
 YoloLayout = Literal["auto", "channels_first", "channels_last"]
 BoxUnits = Literal["auto", "pixels", "normalized"]
@@ -50,7 +50,7 @@ def quantized_threshold(threshold: float, scale: float, zero_point: int,
     t = float(float32_at_least(threshold))
 
     def passes(q: int) -> bool:
-        # Same arithmetic as edged.quantize.dequantize: float64 product, one float32 rounding.
+        # As edged.numerics.quantize.dequantize: float64 product, one float32 rounding.
         return float(np.float32((q - zero_point) * scale)) >= t
 
     guess = t / scale + zero_point

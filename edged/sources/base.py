@@ -11,7 +11,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from edged.secrecy import redact_credentials
+from edged.system.secrecy import redact_credentials
 
 Pixels = NDArray[np.uint8]
 

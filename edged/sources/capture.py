@@ -22,7 +22,7 @@ import time
 
 from edged.sources.base import Frame
 from edged.sources.resilient import ResilientSource
-from edged.threads import NamedThread
+from edged.system.threads import NamedThread
 
 log = logging.getLogger("edged.sources")
 

@@ -1,0 +1,1 @@
+"""`edged bench`: throughput, latency and memory against a baseline in the same run."""

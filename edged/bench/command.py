@@ -1,0 +1,353 @@
+"""`edged bench`: how fast edged runs a model, next to the model's own speed.
+
+One run, one model, one runtime, one thread count, one input, four rows:
+
+* limit: a bare `invoke()` loop on a fixed, already-quantized input;
+* naive: the common recipe done honestly (float normalisation, astype,
+  set_tensor, invoke, get_tensor, `(q - zp) * scale`, json.dumps(tolist()));
+* edged in-process: edged's own source -> preprocess -> quantize -> invoke ->
+  dequantize -> encode, in one thread;
+* edged daemon: the real `edged run` with its worker, publishing to a private
+  mosquitto on loopback, measured by a subscriber (results/s, latency).
+
+Each row runs after a warm-up, several times, interleaved with the others;
+the table shows medians and the min-max of the runs (the machine's noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.bench.rows import STAGES, RowSpec, micro
+from edged.bench.table import cores_note, render, target_lines, targets
+from edged.system.childproc import stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
+SHARED_MNV2 = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+BENCH_MNV2 = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
+MAKE_BENCH_MODEL = "/tmp/tfvenv/bin/python scripts/make_test_models.py --bench"
+ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "micro", "rss", "latency")
+ROW_TITLES = {"limit": "limit", "naive": "naive", "inprocess": "edged in-process",
+              "daemon": "edged daemon"}
+MAX_SOURCE_FPS = 1000.0  # the config's bound on source.fps
+RSS_SOURCE_FPS = 200.0  # the memory check: below what the MQTT path sustains here
+# The daemon's source offers this times one limit run's frame rate: enough above it
+# that a slow run does not cap the row (1.1 did once, fourth round); each frame
+# beyond what the daemon takes costs its capture thread ~0.1 ms.
+OFFER = 1.25
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="measure edged against the model's own speed",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", default=None,
+                   help="model to measure (repeatable; default: the committed digits model, "
+                        "the shared MobileNetV2 and the generated MobileNetV2 int8 when present)")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--frames", type=int, default=None, help="frames per run (default 600)")
+    p.add_argument("--runs", type=int, default=None, help="runs per row after warm-up (default 5)")
+    p.add_argument("--runtime", default="auto", help="TFLite runtime (default auto)")
+    p.add_argument("--delegate", choices=("cpu", "edgetpu"), default="cpu",
+                   help="cpu, or edgetpu with a Coral attached (and an _edgetpu model)")
+    p.add_argument("--rows", default=",".join(ALL_ROWS),
+                   help=f"comma-separated subset of {','.join(ALL_ROWS)}")
+    p.add_argument("--rss-frames", type=int, default=None,
+                   help="frames for the RSS growth check (default 20000)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few hundred frames on the committed model (CI)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(handler=_bench)
+
+
+@dataclass
+class Settings:
+    models: list[Path]
+    threads: int
+    frames: int
+    runs: int
+    runtime: str
+    delegate: str
+    rows: tuple[str, ...]
+    rss_frames: int
+    latency_results: int
+    quick: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    unknown = [r for r in rows if r not in ALL_ROWS]
+    if unknown:
+        raise ValueError(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(ALL_ROWS)}")
+    notes: list[str] = []
+    if args.model:
+        models = [Path(m).resolve() for m in args.model]
+        for m in models:
+            if not m.is_file():
+                hint = f" (create it with: {MAKE_BENCH_MODEL})" if m.name == BENCH_MNV2.name else ""
+                raise ValueError(f"--model: {m}: no such file{hint}")
+    elif args.quick:
+        models = [COMMITTED]
+    else:
+        models = [COMMITTED] + [m for m in (SHARED_MNV2, BENCH_MNV2) if m.is_file()]
+        if not BENCH_MNV2.is_file():
+            notes.append(f"{BENCH_MNV2.relative_to(ROOT)} is absent: create it with "
+                         f"{MAKE_BENCH_MODEL}")
+    if args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    frames = args.frames or (200 if args.quick else 600)
+    runs = args.runs or (2 if args.quick else 5)
+    if frames < 20 or runs < 1:
+        raise ValueError("--frames must be >= 20 and --runs >= 1")
+    return Settings(models, args.threads, frames, runs, args.runtime, args.delegate, rows,
+                    args.rss_frames or (500 if args.quick else 20000),
+                    30 if args.quick else 600, args.quick, notes)
+
+
+def check_delegate(delegate: str, runtime: str) -> None:
+    """Fail at once, with the delegate layer's own line, when the accelerator is absent."""
+    if delegate == "cpu":
+        return
+    from edged.inference.delegates import DelegateSpec, load_delegate
+    from edged.inference.runtime import select_runtime
+
+    load_delegate(DelegateSpec(kind=delegate, fallback="fail"),  # type: ignore[arg-type]
+                  select_runtime(runtime))  # type: ignore[arg-type]
+
+
+class RowProcess:
+    """One in-process row in its own child (see edged.bench.rows)."""
+
+    def __init__(self, spec: RowSpec) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "edged.bench.rows", *spec.argv()],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        first = self._read()
+        if "error" in first:
+            self.close()
+            raise RuntimeError(f"{spec.row} row: {first['error']}")
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench row process exited with {self.proc.wait()}")
+        doc: dict[str, Any] = json.loads(line)
+        return doc
+
+    def run(self, frames: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"frames": frames}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        stop_process(self.proc, 10.0, sig=None)  # a closed stdin ends it
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs, with the fps noise (min-max)."""
+    fps = [r["fps"] for r in runs]
+    stages = {s: float(np.median([r["stages_us"][s] for r in runs]))
+              for s in STAGES if all(s in r["stages_us"] for r in runs)}
+    out: dict[str, Any] = {"fps": float(np.median(fps)), "fps_min": min(fps),
+                           "fps_max": max(fps), "runs": len(runs), "stages_us": stages,
+                           "peak_rss_mb": max(r["peak_rss_kb"] for r in runs) / 1024}
+    for key in ("latency_ms", "invoke_ms", "cpu_us_per_result"):
+        if all(key in r for r in runs):
+            out[key] = {p: float(np.median([r[key][p] for r in runs])) for p in runs[0][key]}
+    return out
+
+
+def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
+                  broker: Any) -> list[dict[str, Any]]:
+    """All selected rows for one model and one frame size, interleaved run by run."""
+    from edged.bench.daemon import BenchDaemon, DaemonSpec, summarize_run
+
+    procs: dict[str, RowProcess] = {}
+    daemon: BenchDaemon | None = None
+    runs: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for row in ("limit", "naive", "inprocess"):
+            if row in s.rows or (row == "limit" and "daemon" in s.rows):
+                procs[row] = RowProcess(RowSpec(row, str(model), s.threads, size, s.runtime,
+                                                s.delegate))
+                procs[row].run(max(20, s.frames // 4))  # warm-up
+        limit_fps = procs["limit"].run(s.frames)["fps"] if "limit" in procs else 0.0
+        if "daemon" in s.rows:
+            fps = min(MAX_SOURCE_FPS, max(limit_fps * OFFER, 5.0))
+            daemon = BenchDaemon(DaemonSpec(str(model), s.threads, size, fps, s.runtime,
+                                            s.delegate), broker[0], broker[1],
+                                 f"{model.stem}-{label}")
+            daemon.measure(max(20, s.frames // 4), keep=False)  # warm-up
+        for _ in range(s.runs):
+            for row, proc in procs.items():
+                runs.setdefault(row, []).append(proc.run(s.frames))
+            if daemon is not None:
+                result = summarize_run(daemon.measure(s.frames))
+                result["cpu_us_per_result"] = daemon.cpu_us_per_result
+                mem = daemon.memory_kb()
+                result["peak_rss_kb"] = mem["VmHWM"]
+                runs.setdefault("daemon", []).append(result)
+    finally:
+        for proc in procs.values():
+            proc.close()
+        if daemon is not None:
+            daemon.stop()
+    rows = []
+    for row, row_runs in runs.items():
+        if row not in s.rows:
+            continue
+        agg = aggregate(row_runs)
+        rows.append({"model": model.name, "source": label, "row": row,
+                     "title": ROW_TITLES[row], **agg})
+    limit = next((r["fps"] for r in rows if r["row"] == "limit"), 0.0)
+    for r in rows:
+        r["ratio"] = r["fps"] / limit if limit else None
+        if r["row"] == "daemon":
+            r["offered_fps"] = fps
+    return rows
+
+
+def rss_growth(s: Settings, model: Path, broker: Any) -> dict[str, Any]:
+    """RSS after warm-up vs after `rss_frames` more frames, in-process and daemon."""
+    from edged.bench.daemon import BenchDaemon, DaemonSpec
+
+    shape = _input_size(model)
+    out: dict[str, Any] = {"model": model.name, "frames": s.rss_frames}
+    proc = RowProcess(RowSpec("inprocess", str(model), s.threads, shape, s.runtime, s.delegate))
+    try:
+        proc.run(500)
+        done = proc.run(s.rss_frames)
+        out["inprocess_kb"] = done["rss_kb"] - done["rss_before_kb"]
+    finally:
+        proc.close()
+    if "daemon" in s.rows or not s.quick:
+        # Offered at a rate the MQTT path sustains: at saturation the bounded result
+        # queue fills up (queue_size payloads, megabytes by design), which is not growth.
+        daemon = BenchDaemon(DaemonSpec(str(model), s.threads, shape, RSS_SOURCE_FPS, s.runtime,
+                                        s.delegate), broker[0], broker[1], f"{model.stem}-rss")
+        try:
+            daemon.measure(500, keep=False)
+            before = daemon.memory_kb()["VmRSS"]
+            daemon.measure(s.rss_frames, keep=False, timeout_s=3600)
+            out["daemon_kb"] = daemon.memory_kb()["VmRSS"] - before
+        finally:
+            daemon.stop()
+    return out
+
+
+def latency_at_30fps(s: Settings, model: Path, broker: Any) -> dict[str, Any]:
+    """End-to-end latency with frames offered at 30/s, next to the invoke time."""
+    from edged.bench.daemon import BenchDaemon, DaemonSpec, summarize_run
+
+    daemon = BenchDaemon(DaemonSpec(str(model), s.threads, _input_size(model), 30.0, s.runtime,
+                                    s.delegate), broker[0], broker[1], f"{model.stem}-30fps")
+    try:
+        daemon.measure(30, keep=False)
+        run = summarize_run(daemon.measure(s.latency_results))
+    finally:
+        daemon.stop()
+    return {"model": model.name, "offered_fps": 30.0, "results": s.latency_results,
+            "fps": run["fps"], "latency_ms": run["latency_ms"], "invoke_ms": run["invoke_ms"]}
+
+
+def _input_size(model: Path) -> tuple[int, int]:
+    from edged.inference.runtime import select_runtime
+
+    it = select_runtime().interpreter_class(model_path=str(model))
+    shape = it.get_input_details()[0]["shape"]
+    return int(shape[1]), int(shape[2])
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from edged.inference.runtime import select_runtime
+
+        runtime = select_runtime().describe()
+    except Exception as exc:  # the table says why rather than failing
+        runtime = f"unavailable: {exc}"
+    return {"cpu": cpu, "cores": str(len(os.sched_getaffinity(0))),
+            "python": platform.python_version(), "numpy": np.__version__, "runtime": runtime}
+
+
+def run_bench(s: Settings) -> dict[str, Any]:
+    from edged.bench.daemon import private_broker
+
+    report: dict[str, Any] = {"machine": machine(), "threads": s.threads, "frames": s.frames,
+                              "runs": s.runs, "delegate": s.delegate, "notes": list(s.notes),
+                              "rows": []}
+    needs_broker = any(r in s.rows for r in ("daemon", "rss", "latency"))
+    with (private_broker() if needs_broker else _no_broker()) as broker:
+        for model in s.models:
+            h, w = _input_size(model)
+            sizes = [((h, w), f"{w}x{h}")] + ([((480, 640), "640x480")] if (h, w) != (480, 640)
+                                              else [])
+            for size, label in sizes:
+                report["rows"] += measure_group(s, model, size, label, broker)
+        primary = s.models[-1]
+        if "micro" in s.rows:
+            report["micro"] = micro(quick=s.quick)
+        if "latency" in s.rows:
+            report["latency_30fps"] = latency_at_30fps(s, primary, broker)
+        if "rss" in s.rows:
+            report["rss_growth"] = rss_growth(s, primary, broker)
+    note = cores_note(s.threads, int(report["machine"]["cores"]), s.rows)
+    if note:
+        report["notes"].append(note)
+    report["targets"] = targets(report)
+    return report
+
+
+class _no_broker:  # noqa: N801 - used like a context manager function
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        s = settings_from(args)
+        check_delegate(s.delegate, s.runtime)
+    except Exception as exc:
+        print(f"edged bench: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    try:
+        report = run_bench(s)
+    except Exception as exc:
+        print(f"edged bench: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(render(report))
+        for line in target_lines(report):
+            print(line)
+    return 0

@@ -1,0 +1,353 @@
+"""The configuration file: loading, validation messages and warnings.
+
+Every field has a default that works, so an empty file runs the demo
+(synthetic frames, the bundled digits model, a broker on localhost). Relative
+paths are relative to the directory of the config file, because under
+systemd the working directory is `/`. The sections themselves are in
+`edged.config.frames` (source to inference), `edged.config.publish` (device,
+mqtt, output, logging) and `edged.config.integrations`, on the base in
+`edged.config.sections`; the daemon's own are re-exported here.
+
+Problems are reported as `file:line: section.key: message`, all of them at
+once, never as a traceback; see `load_config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from edged.config.frames import (
+    InferenceConfig,
+    ModelConfig,
+    PreprocessConfig,
+    SourceConfig,
+    packaged_model,
+)
+from edged.config.integrations import HomeAssistantConfig, MetricsConfig
+from edged.config.publish import (
+    DeviceConfig,
+    LoggingConfig,
+    MqttConfig,
+    OutputConfig,
+    default_device_id,
+)
+from edged.config.sections import Section
+from edged.config.text import (
+    ConfigError,
+    KeyPath,
+    key_lines,
+    line_of,
+    os_error,
+    show,
+    syntax_error,
+)
+from edged.system.secrecy import is_secret_key, what_it_is
+
+__all__ = [
+    "DEFAULT_PATH", "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
+    "InferenceConfig", "LoggingConfig", "MetricsConfig", "ModelConfig", "MqttConfig",
+    "OutputConfig", "PreprocessConfig", "SourceConfig",
+    "config_warnings", "default_device_id", "default_path", "load_config", "packaged_model",
+    "read_config", "read_toml",
+]
+
+
+DEFAULT_PATH = "/etc/edged/edged.toml"
+
+
+def default_path() -> str:
+    """The file `edged run` and `edged check-config` read when given none."""
+    return os.environ.get("EDGED_CONFIG") or DEFAULT_PATH
+
+
+class Config(Section):
+    """The whole file: one attribute per section."""
+
+    device: DeviceConfig = Field(
+        default_factory=DeviceConfig, description="This device: its name in MQTT topics.")
+    source: SourceConfig = Field(
+        default_factory=SourceConfig, description="Where frames come from.")
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig, description="How a frame becomes the model's input.")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="The model files.")
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description=(
+            "Runtime, delegate (CPU, Edge TPU, external) and the supervised inference worker."))
+    mqtt: MqttConfig = Field(
+        default_factory=MqttConfig,
+        description="The broker connection and what is published where.")
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="What a result message contains.")
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Logging, to stderr (journald under systemd).")
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery (off unless enabled).")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Prometheus metrics as a textfile for node_exporter (no HTTP port).")
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id in effect."""
+        return self.mqtt.client_id or f"edged-{self.device.id}"
+
+    @property
+    def topic_base(self) -> str:
+        """`<topic_prefix>/<device id>`, under which every topic lives."""
+        return f"{self.mqtt.topic_prefix}/{self.device.id}"
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: info.annotation for name, info in Config.model_fields.items()  # type: ignore[misc]
+}
+# Names people reach for that are not ours (issue text, other tools).
+_SECTION_ALIASES = {"camera": "source", "broker": "mqtt", "log": "logging",
+                    "home_assistant": "homeassistant", "hass": "homeassistant",
+                    "prometheus": "metrics",
+                    "decoder": "output", "delegate": "inference", "tpu": "inference"}
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config as loaded, with the text it came from, to place messages on lines."""
+
+    path: Path
+    config: Config
+    text: str = ""
+    lines: Mapping[KeyPath, int] = field(default_factory=dict)
+
+    def problem(self, key: str, message: str, *, warning: bool = False) -> str:
+        """A message about dotted `key`, placed on its line in this file."""
+        return format_problem(self.path, self.lines, tuple(key.split(".")), message,
+                              warning=warning)
+
+
+def where(path: Path | str, lines: Mapping[KeyPath, int], loc: tuple[str | int, ...]) -> str:
+    """`file:line` of a key, or just `file` when the key is not written in it."""
+    line = line_of(lines, loc)
+    return f"{path}:{line}" if line is not None else f"{path}"
+
+
+def format_problem(path: Path | str, lines: Mapping[KeyPath, int],
+                   loc: tuple[str | int, ...], message: str, *, warning: bool = False) -> str:
+    """One line: `file:line: [warning: ]section.key: message`."""
+    key = dotted(loc)
+    prefix = f"{where(path, lines, loc)}: " + ("warning: " if warning else "")
+    return f"{prefix}{key}: {message}" if key else f"{prefix}{message}"
+
+
+def dotted(loc: tuple[str | int, ...]) -> str:
+    """`mqtt.port`, `preprocess.mean[2]`, `camera."my key"`: a key path as TOML writes it."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + (part if _BARE_KEY.match(part) else show(part, 60))
+    return out
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise `ConfigError` listing every problem."""
+    return read_config(path).config
+
+
+def read_toml(shown: Path) -> tuple[str, dict[str, Any]]:
+    """The file's text and its TOML document; ConfigError (one line) when unreadable."""
+    try:
+        text = shown.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{shown}: cannot read: {os_error(exc)}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{shown}: cannot read: not UTF-8 text (byte "
+                           f"0x{exc.object[exc.start]:02x} at offset {exc.start})"]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line, words = syntax_error(str(exc), text)
+        place = f"{shown}:{line}" if line is not None else f"{shown}"
+        raise ConfigError([f"{place}: TOML syntax error: {words}"]) from None
+
+
+def read_config(path: str | os.PathLike[str]) -> ConfigFile:
+    """As `load_config`, keeping the text and key lines for later messages."""
+    shown = Path(path)
+    text, data = read_toml(shown)
+    lines = key_lines(text)
+    base_dir = shown.absolute().parent
+    context = {"base_dir": base_dir}
+    try:
+        config = Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        found = _messages(exc) + _cross_checks_behind(data, _messages(exc), context)
+        numbered = [(line_of(lines, loc), format_problem(shown, lines, loc, message))
+                    for loc, message in found]
+        # File order, as a compiler reports; problems with no line (defaults) last.
+        numbered.sort(key=lambda item: item[0] if item[0] is not None else 1 << 30)
+        problems = [text for _, text in numbered]
+        raise ConfigError(sorted(set(problems), key=problems.index)) from None
+    return ConfigFile(shown, config, text, lines)
+
+
+def _cross_checks_behind(data: dict[str, Any], reported: list[tuple[tuple[str | int, ...], str]],
+                         context: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """The cross-field problems a section's field errors kept from being checked.
+
+    pydantic runs a section's cross-field validator only when all its fields
+    are valid; to report every problem in one go, validate the section again
+    without the broken keys and keep what it says about the other keys.
+    """
+    broken: dict[str, set[str]] = {}
+    for loc, _ in reported:
+        if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], str):
+            broken.setdefault(loc[0], set()).add(loc[1])
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for section, keys in broken.items():
+        model, values = SECTIONS.get(section), data.get(section)
+        if model is None or not isinstance(values, dict):
+            continue
+        try:
+            model.model_validate({k: v for k, v in values.items() if k not in keys},
+                                 context=context)
+        except ValidationError as exc:
+            found.extend(((section, *loc), message) for loc, message in _messages(exc)
+                         if loc and loc[0] not in keys)
+    return found
+
+
+def _messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if p != "[key]")
+        ctx = error.get("ctx") or {}
+        if error["type"] == "edged_cross":
+            out.extend(((*loc, key), message) for key, message in ctx["problems"])
+        else:
+            out.append((loc, _message(error["type"], loc, error.get("input"), ctx,
+                                      error["msg"])))
+    return out
+
+
+_TYPE_WORDS = {
+    "int_type": "must be a whole number", "int_from_float": "must be a whole number",
+    "float_type": "must be a number", "bool_type": "must be true or false",
+    "string_type": "must be a string (in quotes)", "list_type": "must be a list, e.g. [1, 2]",
+    "dict_type": "must be a table", "model_type": "must be a table",
+    "finite_number": "must be a finite number", "model_attributes_type": "must be a table",
+    "path_type": "must be a string (a file path)",
+}
+
+
+def _message(kind: str, loc: tuple[str | int, ...], value: Any, ctx: Mapping[str, Any],
+             pydantic_msg: str) -> str:
+    # A secret key's value is never quoted, whatever its type: a list or a
+    # table holding the password is as secret as the string would be.
+    shown = f"{what_it_is(value)}, not shown" if is_secret_key(loc) else show(value)
+    got = f" (got {shown})"
+    if kind == "extra_forbidden":
+        return _unknown(loc, value)
+    if kind in _TYPE_WORDS:
+        if kind in ("model_type", "dict_type") and len(loc) == 1:
+            return f"must be a table (a [{loc[0]}] section){got}"
+        return _TYPE_WORDS[kind] + got
+    bounds = {"less_than_equal": "<=", "greater_than_equal": ">=",
+              "less_than": "<", "greater_than": ">"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # `gt=0` on a float field reads better as 0 than 0.0
+        return f"must be {bounds[kind]} {limit}{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected'].replace(chr(39), chr(34))}{got}"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items{got}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return f"{ctx.get('error', pydantic_msg)}{got}"
+    return f"{pydantic_msg[:1].lower()}{pydantic_msg[1:]}{got}"
+
+
+def _unknown(loc: tuple[str | int, ...], value: Any) -> str:
+    *parents, name = (str(p) for p in loc)
+    if not parents:
+        owner = [s for s, model in SECTIONS.items() if name in model.model_fields]
+        if not isinstance(value, dict):
+            # A key written above the first [section] header.
+            where = f"; it belongs in [{owner[0]}]" if owner else ""
+            return f"unknown top-level key{where}"
+        valid = list(SECTIONS)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = _SECTION_ALIASES.get(name) or (close[0] if close else None)
+        if hint:
+            return f'unknown section (did you mean "{hint}"?)'
+        return f"unknown section (valid: {', '.join(valid)})"
+    model = SECTIONS.get(parents[0])
+    fields = list(model.model_fields) if model else []
+    close = difflib.get_close_matches(name, fields, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    elsewhere = [s for s, m in SECTIONS.items() if name in m.model_fields and s != parents[0]]
+    if elsewhere:
+        return f"unknown key here; it belongs in [{elsewhere[0]}]"
+    return "unknown key"
+
+
+def config_warnings(path: str | os.PathLike[str], config: Config) -> list[str]:
+    """Problems that do not stop edged from running but should be fixed.
+
+    Files holding secrets that others can read, inline secrets, and passwords
+    sent without TLS. Each is one line naming the file or key and the fix.
+    """
+    shown = Path(path)
+    try:
+        lines = key_lines(shown.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        lines = {}
+    warnings = []
+    mqtt = config.mqtt
+    if mqtt.password is not None:
+        warnings.append(format_problem(
+            shown, lines, ("mqtt", "password"), "inline password; move it to a file "
+            "(password_file) or the environment (password_env)", warning=True))
+        warnings.extend(_exposed(shown, "holds mqtt.password"))
+    if mqtt.password_file is not None:
+        warnings.extend(_exposed(Path(mqtt.password_file), "holds the MQTT password"))
+    if mqtt.key_file is not None:
+        warnings.extend(_exposed(Path(mqtt.key_file), "holds the TLS private key"))
+    has_password = mqtt.password is not None or mqtt.password_file or mqtt.password_env
+    if has_password and not mqtt.tls and mqtt.host not in ("localhost", "127.0.0.1", "::1"):
+        warnings.append(format_problem(
+            shown, lines, ("mqtt", "tls"), f"the password goes to {mqtt.host} in plain text; "
+            "set tls = true", warning=True))
+    if mqtt.tls and mqtt.port == 1883:
+        warnings.append(format_problem(
+            shown, lines, ("mqtt", "port"), "TLS on port 1883, the plain-text port; "
+            "TLS brokers usually listen on 8883", warning=True))
+    return warnings
+
+
+def _exposed(path: Path, what: str) -> list[str]:
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return []  # missing files are check-config errors, not warnings
+    if mode & 0o077:
+        return [f"{path}: warning: {what} and is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"]
+    return []

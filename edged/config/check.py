@@ -1,0 +1,390 @@
+"""`edged check-config FILE`: every problem with a config, one line each.
+
+Beyond what the file says (syntax, types, ranges, cross-field rules), it
+looks at what the file points to, because that is where deployments fail:
+the model and labels files, the Edge TPU model, the password source, the TLS
+files (parsed, and the client key matched to its certificate), the delegate
+library, and the model's outputs against the JSON size limit and the
+decoder. Exit 0 when the daemon would start with this file, 1 otherwise;
+warnings (secrets readable by others, ...) are printed but do not fail.
+
+It never opens the Edge TPU itself: a running daemon holds the device, and
+a check before `systemctl reload` must not disturb it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edged.config import (
+    ConfigError,
+    ConfigFile,
+    config_warnings,
+    read_config,
+)
+from edged.config.partial import read_valid_sections
+from edged.config.publish import OutputConfig
+from edged.config.text import os_error
+from edged.numerics.tensors import TensorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What a check found, each a complete line; `errors` fail it, `warnings` do not."""
+
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    notes: tuple[str, ...]
+    delegate_loads: bool = True  # False: the delegate library cannot load (a CPU fallback)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass
+class Report:
+    """Collects findings while the checks run."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    delegate_loads: bool = True
+
+    def result(self) -> CheckResult:
+        return CheckResult(tuple(self.errors), tuple(self.warnings), tuple(self.notes),
+                           self.delegate_loads)
+
+
+def check_config(path: str | Path) -> CheckResult:
+    """Load `path` and check everything it refers to. Never raises for bad input.
+
+    A value the schema refuses does not hide the rest: the files named by the
+    sections that did validate are checked too (those of a broken one are not,
+    as its defaults would stand in for what the file says).
+    """
+    report = Report()
+    try:
+        cf = read_config(path)
+    except ConfigError as exc:
+        report.errors.extend(exc.problems)
+        try:
+            partial, broken = read_valid_sections(path)
+        except ConfigError:
+            return report.result()  # unreadable, or not TOML: nothing more to look at
+        _look(partial, report, broken)
+        return report.result()
+    _look(cf, report)
+    return report.result()
+
+
+def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) -> None:
+    def valid(*sections: str) -> bool:
+        return broken.isdisjoint(sections)
+
+    if valid("mqtt"):
+        report.warnings.extend(config_warnings(cf.path, cf.config))
+    if valid("source"):
+        _check_source(cf, report)
+    outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
+    if valid("model"):
+        _check_labels(cf, report)
+    if valid("mqtt"):
+        _check_password(cf, report)
+        _check_tls(cf, report)
+    if valid("inference"):
+        _check_delegate_library(cf, report)
+    if outputs is not None and valid("output"):
+        _check_outputs(cf, outputs, report)
+    if inputs and valid("preprocess"):
+        _check_normalization(cf, inputs[0], report)
+
+
+def _check_source(cf: ConfigFile, report: Report) -> None:
+    source = cf.config.source
+    if source.kind in ("video", "folder"):
+        path = Path(source.uri)
+        want_dir = source.kind == "folder"
+        if not path.exists():
+            report.errors.append(cf.problem("source.uri", f"{path}: not found"))
+        elif want_dir != path.is_dir():
+            kind = "a directory" if want_dir else "a file"
+            report.errors.append(cf.problem("source.uri", f"{path}: is not {kind}"))
+    elif source.kind == "v4l2" and source.uri.startswith("/dev/") and not Path(
+            source.uri).exists():
+        # A USB camera may be plugged in later; the daemon waits for it.
+        report.warnings.append(cf.problem("source.uri", f"{source.uri} does not exist now "
+                                          "(edged will keep retrying)", warning=True))
+
+
+def _check_models(cf: ConfigFile, report: Report
+                  ) -> tuple[tuple[TensorInfo, ...] | None, tuple[TensorInfo, ...]]:
+    """Check the model files; return the CPU model's outputs and inputs when it loads."""
+    from edged.inference.modelfile import ModelFileError, check_runnable, read_model_file
+
+    config = cf.config
+    inference = config.inference
+    on_tpu = inference.delegate == "edgetpu"
+    cpu_model = Path(config.model.path)
+    if on_tpu and config.model.edgetpu_path is not None:
+        try:
+            check_runnable(read_model_file(config.model.edgetpu_path), "edgetpu")
+        except ModelFileError as exc:
+            report.errors.append(cf.problem("model.edgetpu_path", str(exc)))
+    try:
+        info = read_model_file(cpu_model)
+    except ModelFileError as exc:
+        report.errors.append(cf.problem("model.path", str(exc)))
+        return None, ()
+    uses_path_on_tpu = on_tpu and config.model.edgetpu_path is None
+    try:
+        check_runnable(info, "edgetpu" if uses_path_on_tpu else inference.delegate)
+    except ModelFileError as exc:
+        report.errors.append(cf.problem("model.path", str(exc)))
+        return None, ()
+    if info.needs_edgetpu:
+        if inference.fallback == "cpu":
+            report.warnings.append(cf.problem(
+                "model.path", f"{cpu_model} runs only on the Edge TPU, so fallback = \"cpu\" "
+                "has nothing to fall back to: set model.edgetpu_path to it and model.path to "
+                "the CPU model", warning=True))
+        report.notes.append("model outputs not checked (the model runs only on the Edge TPU)")
+        return None, ()
+    return _load_tensors(cf, cpu_model, report)
+
+
+def _load_tensors(cf: ConfigFile, path: Path, report: Report
+                  ) -> tuple[tuple[TensorInfo, ...] | None, tuple[TensorInfo, ...]]:
+    from edged.inference.model import Model, ModelError
+    from edged.inference.modelfile import ModelFileError
+    from edged.inference.runtime import RuntimeUnavailableError, select_runtime
+
+    try:
+        runtime = select_runtime(cf.config.inference.runtime)
+    except RuntimeUnavailableError as exc:
+        report.errors.append(cf.problem("inference.runtime", str(exc)))
+        return None, ()
+    try:
+        # The CPU is enough to learn the tensors, and leaves the Edge TPU alone.
+        model = Model.load(path, runtime)
+    except (ModelError, ModelFileError) as exc:
+        report.errors.append(cf.problem("model.path", str(exc)))
+        return None, ()
+    return model.outputs, model.inputs
+
+
+def _check_labels(cf: ConfigFile, report: Report) -> None:
+    if cf.config.model.labels is None:
+        return
+    from edged.decode.labels import LabelsError, load_labels
+
+    try:
+        load_labels(cf.config.model.labels)
+    except LabelsError as exc:
+        report.errors.append(cf.problem("model.labels", str(exc)))
+
+
+def _check_password(cf: ConfigFile, report: Report) -> None:
+    mqtt = cf.config.mqtt
+    try:
+        mqtt.resolve_password()
+    except ConfigError as exc:
+        key, _, message = exc.problems[0].partition(": ")
+        if key == "mqtt.password_env":
+            # The service's environment (EnvironmentFile=, LoadCredential=) is not ours.
+            report.warnings.append(cf.problem(key, message + " in this shell; make sure the "
+                                              "service's environment sets it", warning=True))
+        else:
+            report.errors.append(cf.problem(key, message))
+
+
+def _pem(path: Path, marker: str) -> str | None:
+    """A one-line reason `path` is not a readable PEM file holding `marker`, or None."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except (OSError, ValueError) as exc:
+        return f"cannot read {path}: {os_error(exc)}"
+    if marker not in text:
+        return f"{path}: no {marker.strip('-').strip()} block (not a PEM file?)"
+    if "ENCRYPTED" in text and "PRIVATE KEY" in marker:
+        return f"{path}: the key is encrypted; edged needs it unencrypted (and chmod 600)"
+    return None
+
+
+def _check_tls(cf: ConfigFile, report: Report) -> None:
+    mqtt = cf.config.mqtt
+    if not mqtt.tls:
+        return
+    context = ssl.create_default_context()
+    if mqtt.ca_file is not None:
+        problem = _pem(Path(mqtt.ca_file), "-----BEGIN CERTIFICATE-----")
+        if problem is None:
+            try:
+                context.load_verify_locations(cafile=str(mqtt.ca_file))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problem = f"{mqtt.ca_file}: not a usable CA certificate ({_ssl_reason(exc)})"
+        if problem:
+            report.errors.append(cf.problem("mqtt.ca_file", problem))
+    if mqtt.cert_file is None or mqtt.key_file is None:
+        return
+    cert_problem = _pem(Path(mqtt.cert_file), "-----BEGIN CERTIFICATE-----")
+    key_problem = _pem(Path(mqtt.key_file), "PRIVATE KEY-----")
+    if cert_problem:
+        report.errors.append(cf.problem("mqtt.cert_file", cert_problem))
+    if key_problem:
+        report.errors.append(cf.problem("mqtt.key_file", key_problem))
+    if cert_problem or key_problem:
+        return
+    try:
+        # An empty password makes an encrypted key fail instead of prompting on the tty.
+        context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file), password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = _ssl_reason(exc)
+        if "KEY_VALUES_MISMATCH" in reason:
+            reason = f"{mqtt.key_file} is not the key of {mqtt.cert_file}"
+        report.errors.append(cf.problem("mqtt.key_file", reason))
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.strerror or exc)
+    return os_error(exc)
+
+
+def _check_delegate_library(cf: ConfigFile, report: Report) -> None:
+    inference = cf.config.inference
+    if inference.delegate == "cpu":
+        return
+    key = "inference.edgetpu_library" if inference.delegate == "edgetpu" \
+        else "inference.external_library"
+    library = inference.edgetpu_library if inference.delegate == "edgetpu" \
+        else inference.external_library
+    try:
+        # dlopen only: the plugin is not created, so no device is opened.
+        handle = ctypes.CDLL(library)
+        problem = None if hasattr(handle, "tflite_plugin_create_delegate") else (
+            f"{library} is not a TFLite delegate plugin (no tflite_plugin_create_delegate)")
+    except OSError as exc:
+        hint = " (apt install libedgetpu1-std)" if inference.delegate == "edgetpu" else ""
+        detail = " ".join(str(exc).split()).removeprefix(f"{library}: ")
+        problem = f"cannot load {library}: {detail}{hint}"
+    if problem is None:
+        return
+    report.delegate_loads = False
+    if inference.fallback == "cpu" and _runs_only_on_edgetpu(cf.config.model.path):
+        # What edged run does then: exit 78 (edged.service.lifecycle); not an OK here.
+        report.errors.append(cf.problem(key, f"{problem}, and {Path(cf.config.model.path).name} "
+                                        "(model.path) runs only on the Edge TPU: edged would "
+                                        "exit (status 78); give model.path the model's CPU "
+                                        "build"))
+    elif inference.fallback == "cpu":
+        report.warnings.append(cf.problem(key, problem + "; edged would run on the CPU "
+                                          "(fallback = \"cpu\")", warning=True))
+    else:
+        report.errors.append(cf.problem(key, problem))
+
+
+def _runs_only_on_edgetpu(path: Path) -> bool:
+    from edged.inference.modelfile import ModelFileError, read_model_file
+
+    try:
+        return read_model_file(path).needs_edgetpu
+    except ModelFileError:  # said under model.path already
+        return False
+
+
+def _suggest_decoder(outputs: tuple[TensorInfo, ...]) -> str:
+    from edged.decode.dispatch import infer_kind
+    from edged.decode.results import DecodeError
+
+    try:
+        kind, _ = infer_kind(outputs)
+    except DecodeError:
+        return "a decoder"
+    return f'output.decoder = "{kind}"'
+
+
+def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Report) -> None:
+    out = cf.config.output
+    if out.decoder != "none":
+        from edged.decode.dispatch import decode_kind, ssd_names_for
+        from edged.decode.results import DecodeError
+        from edged.inference.modelfile import ModelFileError, read_model_file
+
+        try:
+            from_file = read_model_file(cf.config.model.path).ssd_outputs
+        except ModelFileError:  # read fine a moment ago: changed under our feet
+            from_file = {}
+        names, source = ssd_names_for(out.ssd_outputs, from_file)
+        try:
+            kind, reason = decode_kind(out.decoder, outputs, names)
+            if out.decoder == "auto":
+                report.notes.append(f"decoder auto: {kind} ({reason})")
+            if kind == "detection" and names:
+                report.notes.append(f"detection: SSD {source}")
+        except DecodeError as exc:
+            key = ("output.ssd_outputs" if out.ssd_outputs and "SSD output names" in str(exc)
+                   else "output.decoder")
+            report.errors.append(cf.problem(key, str(exc)))
+    problem = too_large_for_json(outputs, out)
+    if problem is not None:
+        report.errors.append(cf.problem("output.max_values", problem))
+
+
+def too_large_for_json(outputs: tuple[TensorInfo, ...], out: OutputConfig) -> str | None:
+    """Why these outputs cannot go in one JSON message as configured, or None.
+
+    The daemon refuses to start on the same message: check-config only says it earlier.
+    """
+    if out.encoding != "json" or not out.include_raw:
+        return None
+    total = sum(o.size for o in outputs)
+    if total <= out.max_values:
+        return None
+    biggest = max(outputs, key=lambda o: o.size)
+    decoder = _suggest_decoder(outputs) if out.decoder == "none" else "the decoder"
+    return (f"the model's outputs have {total} values (largest: {biggest.name!r} "
+            f"{list(biggest.shape)} {biggest.dtype}), more than max_values = {out.max_values} "
+            f'allows in one JSON message: set output.encoding = "binary", or {decoder} with '
+            f"output.include_raw = false, or raise max_values")
+
+
+def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> None:
+    from edged.inference.modelmeta import stated_normalization
+    from edged.numerics.imageinput import NotAnImageError, image_input
+    from edged.numerics.quantize import input_channels, unusual_derived_range
+
+    pre = cf.config.preprocess
+    try:
+        image_input(tensor, pre.layout)
+    except NotAnImageError as exc:
+        report.errors.append(cf.problem("model.path", f"{cf.config.model.path}: {exc}"))
+        return
+    channels = input_channels(tensor, pre.layout)
+    # The file's own metadata, when it has any, is what edged feeds (edged.inference.modelmeta).
+    stated = pre.mean or stated_normalization(cf.config.model.path) is not None
+    unusual = None if stated else unusual_derived_range(tensor)
+    if unusual is not None:
+        report.warnings.append(cf.problem("preprocess.mean", (
+            f"not set, so edged derives the normalization from input {tensor.name!r}'s "
+            f"quantization range [{unusual[0]:.4g}, {unusual[1]:.4g}], which is no usual "
+            "training range (a model calibrated on normalized data?): if it was trained "
+            "on p / 255 set mean = [0] and std = [255]; on ImageNet-normalized pixels "
+            "mean = [123.675, 116.28, 103.53] and std = [58.395, 57.12, 57.375]"),
+            warning=True))
+    elif not stated and tensor.kind == "float":
+        report.warnings.append(cf.problem("preprocess.mean", (
+            f"not set, and input {tensor.name!r} is float: edged assumes [-1, 1] "
+            "((p - 127.5) / 127.5); set preprocess.mean/std to the model's training "
+            "normalization (p / 255: mean = [0], std = [255])"), warning=True))
+    for key in ("mean", "std"):
+        values = getattr(cf.config.preprocess, key)
+        if len(values) not in (0, 1, channels):
+            report.errors.append(cf.problem(
+                f"preprocess.{key}", f"{len(values)} values, but the model input "
+                f"{tensor.name!r} {list(tensor.shape)} has {channels} channel"
+                f"{'s' if channels != 1 else ''}: give "
+                f"{'1' if channels == 1 else f'1 or {channels}'}"))

@@ -1,0 +1,391 @@
+"""The daemon's side of the inference worker: start it, feed it, restart it.
+
+A worker that dies (SIGKILL, SIGABRT from libedgetpu, SIGSEGV) or hangs past
+the invoke deadline is killed and started again with exponential backoff;
+after `cpu_fallback_after` failures in a row on an accelerator, and when the
+fallback policy allows it, the next worker runs on the CPU. Only the pipeline
+thread calls into a `Supervisor`; MQTT and the watchdog run on other threads
+and carry on meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edged.inference.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, receive, send
+from edged.numerics.tensors import TensorInfo
+
+log = logging.getLogger("edged.supervisor")
+
+LOAD_TIMEOUT_S = 60.0  # an Edge TPU model's first load uploads its weights over USB
+LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before giving up
+
+
+class ModelLoadError(RuntimeError):
+    """The worker could not load the model: a problem with the file or the setup.
+
+    `heals`: what is missing may come by itself (a Coral not plugged in yet):
+    worth waiting for, unlike a refused file, which a restart cannot mend.
+    """
+
+    def __init__(self, message: str, *, heals: bool = False) -> None:
+        super().__init__(message)
+        self.heals = heals
+
+
+class WorkerError(RuntimeError):
+    """The worker died, hung or broke the protocol; it has been killed."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the running worker loaded, as it reported it."""
+
+    pid: int
+    runtime: str
+    delegate: str
+    delegate_note: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    pixel_path: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # SSD post-process outputs by role (tensor index), from the model file's op.
+    ssd_outputs: Mapping[str, int] = field(default_factory=dict)
+    model_path: str = ""  # the file loaded: the CPU build after a fallback at load
+    normalization_source: str = ""  # config, model metadata or derived (edged.numerics.quantize)
+
+    @classmethod
+    def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
+        return cls(int(m["pid"]), str(m["runtime"]), str(m["delegate"]),
+                   str(m.get("delegate_note", "")),
+                   tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
+                   tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
+                   str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
+                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()},
+                   str(m.get("model_path", "")), str(m.get("normalization_source", "")))
+
+
+@dataclass(frozen=True)
+class Done:
+    slot: int
+    quantize_us: int
+    invoke_us: int
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "hung"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class Supervisor:
+    """Owns one worker process at a time and the shared memory it works in."""
+
+    def __init__(self, params: WorkerParams, *, slots: int = 2, invoke_timeout_s: float = 5.0,
+                 restart_backoff_s: float = 0.2, restart_backoff_max_s: float = 30.0,
+                 cpu_fallback_after: int = 3, cpu_model_path: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.params = params
+        self.env = env  # None: the daemon's own; see edged.system.secrecy.scrubbed_environ
+        self.slots = slots
+        self.invoke_timeout_s = invoke_timeout_s
+        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = restart_backoff_max_s
+        self.cpu_fallback_after = cpu_fallback_after
+        self.cpu_model_path = cpu_model_path or params.model_path
+        self.info: ModelInfo | None = None
+        self.layout: Layout | None = None
+        self.restarts = 0
+        self.consecutive_failures = 0
+        self.last_failure = ""
+        # Why the model does not run where the config asked (a CPU fallback), or "".
+        self.fallback_reason = ""
+        self.state = "stopped"
+        self.stopping = False  # set by abandon(): what fails from now on is the stop's doing
+        self.model_stamp: tuple[int, ...] = ()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._inbox = bytearray(MAX_PACKET)
+        self._memfd = -1
+        self._buf: mmap.mmap | None = None
+        self._pixels: list[NDArray[np.uint8]] = []
+        self._outputs: list[list[NDArray[Any]]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> ModelInfo:
+        """Start a worker and wait until it has loaded the model and mapped the slots.
+
+        Raises ModelLoadError when the worker reports that the model cannot be
+        loaded, WorkerError when it dies or stalls while loading.
+        """
+        self.state = "starting"
+        self.model_stamp = file_stamp(self.params.model_path)  # what this worker loads
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "edged.inference.worker", str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=self.env,
+            )
+        finally:
+            child.close()
+        self._sock = parent
+        send(parent, {"op": "load", **_params_dict(self.params)})
+        message = self._receive(LOAD_TIMEOUT_S, "loading the model")
+        if message.get("op") == "error":
+            self._reap()
+            self.state = "failed"
+            raise ModelLoadError(str(message.get("message", "worker failed to load the model")),
+                                 heals=bool(message.get("heals")))
+        info = ModelInfo.from_ready(message)
+        self._map(info)
+        self.info = info
+        if info.delegate_note:
+            self.fallback_reason = info.delegate_note
+        self.state = "running"
+        return info
+
+    def _map(self, info: ModelInfo) -> None:
+        layout = Layout.plan(self.slots, pixel_shape(info.inputs[0]), info.outputs)
+        if layout != self.layout:
+            # A different model (CPU fallback) may have other shapes: new memory.
+            self._unmap()
+            self._memfd = os.memfd_create("edged-slots", os.MFD_CLOEXEC)
+            os.ftruncate(self._memfd, layout.size)
+            self._buf = mmap.mmap(self._memfd, layout.size)
+            self.layout = layout
+            self._pixels = [layout.pixels(self._buf, s) for s in range(self.slots)]
+            self._outputs = [layout.raw_outputs(self._buf, s) for s in range(self.slots)]
+        assert self._sock is not None
+        send(self._sock, {"op": "attach", "layout": layout.to_dict()}, [self._memfd])
+
+    def _unmap(self) -> None:
+        self._pixels, self._outputs = [], []
+        if self._buf is not None:
+            # BufferError: a caller still holds a view; the mapping goes when it does.
+            with contextlib.suppress(BufferError):
+                self._buf.close()
+            self._buf = None
+        if self._memfd >= 0:
+            os.close(self._memfd)
+            self._memfd = -1
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                send(self._sock, {"op": "stop"})
+        self._reap(grace_s=1.0)
+        self._unmap()
+        self.state = "stopped"
+
+    def abandon(self) -> None:
+        """From another thread, when stopping: kill the worker now, whatever it is
+        doing, so a frozen one cannot hold the stop for the invoke deadline. The
+        thread waiting for it then sees it gone, as a stop (INFO), not a failure."""
+        self.stopping = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    def _reap(self, grace_s: float = 0.0) -> int | None:
+        code = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(grace_s) if grace_s else self._proc.poll()
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        return code
+
+    @property
+    def model_name(self) -> str:
+        """The model file the worker runs (its CPU build after a fallback)."""
+        loaded = self.info.model_path if self.info is not None else ""
+        return Path(loaded or self.params.model_path).name
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- per frame ---------------------------------------------------------------------
+
+    def pixels(self, slot: int) -> NDArray[np.uint8]:
+        """The slot's pixel buffer: preprocess writes the next frame straight into it."""
+        return self._pixels[slot]
+
+    def raw_outputs(self, slot: int) -> list[NDArray[Any]]:
+        """The slot's raw output tensors, valid until the slot is submitted again."""
+        return self._outputs[slot]
+
+    def submit(self, slot: int) -> None:
+        assert self._sock is not None
+        try:
+            send(self._sock, {"op": "infer", "slot": slot})
+        except OSError:
+            raise self._failed(f"worker {self._exit_description()} before a frame was sent"
+                               ) from None
+
+    def wait(self, slot: int) -> Done:
+        message = self._receive(self.invoke_timeout_s, "inference")
+        if message.get("op") != "done" or message.get("slot") != slot:
+            raise self._failed(f"worker protocol error: unexpected {message.get('op')!r}")
+        self.consecutive_failures = 0
+        return Done(slot, int(message["quantize_us"]), int(message["invoke_us"]))
+
+    def _receive(self, timeout_s: float, doing: str) -> dict[str, Any]:
+        assert self._sock is not None and self._proc is not None
+        ready, _, _ = select.select([self._sock], [], [], timeout_s)
+        if not ready:
+            raise self._failed(f"worker hung: no answer within {timeout_s:g} s while {doing}")
+        try:
+            message, _ = receive(self._sock, self._inbox)
+        except (OSError, EOFError):
+            raise self._failed(f"worker {self._exit_description()} while {doing}") from None
+        return message
+
+    def _exit_description(self) -> str:
+        """How the worker ended, once its socket has closed."""
+        assert self._proc is not None
+        try:
+            return _describe_exit(self._proc.wait(1.0))
+        except subprocess.TimeoutExpired:
+            return "closed its socket"
+
+    def _failed(self, why: str) -> WorkerError:
+        self._reap()
+        if self.stopping:
+            log.info("inference worker stopped (%s)", why)
+            self.state = "stopped"
+            return WorkerError(why)
+        self.consecutive_failures += 1
+        self.last_failure = why
+        self.state = "restarting"
+        log.error("%s", why)
+        return WorkerError(why)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def next_backoff_s(self) -> float:
+        n = max(self.consecutive_failures - 1, 0)
+        return float(min(self.restart_backoff_max_s, self.restart_backoff_s * (2 ** min(n, 16))))
+
+    def should_fall_back(self) -> bool:
+        return (self.params.delegate != "cpu" and self.params.fallback == "cpu"
+                and self.consecutive_failures >= self.cpu_fallback_after)
+
+    def start_until_loaded(self, should_stop: Callable[[], bool]) -> ModelInfo:
+        """`start()`, retrying a worker that dies while loading (libedgetpu can abort).
+
+        Retries back off, towards the CPU when the fallback policy allows it. On the
+        CPU the same file kills it the same way every time (a damaged model the
+        runtime crashes on): after LOAD_DEATHS_MAX deaths this says so in one
+        ModelLoadError, which a restart cannot mend either. A load error that
+        heals (no Coral yet, with fallback = "fail") is waited for here, in state
+        "waiting", said once; `should_stop` is polled meanwhile (and may do the
+        caller's housekeeping). A stop request ends the wait with a ModelLoadError.
+        """
+        attempt = self.start
+        cpu_deaths = 0
+        while True:
+            try:
+                return attempt()
+            except ModelLoadError as exc:
+                if not exc.heals:
+                    raise
+                self._wait_for(str(exc))
+            except WorkerError as exc:
+                cpu_deaths += self.params.delegate == "cpu"
+                if cpu_deaths >= LOAD_DEATHS_MAX:
+                    raise ModelLoadError(
+                        f"{self.params.model_path}: {exc} ({cpu_deaths} times in a row): the "
+                        "file is corrupt or the runtime cannot handle it") from None
+                attempt = self.restart
+            if should_stop():
+                raise ModelLoadError("stopped while the worker was starting")
+            wait_backoff(self.next_backoff_s(), should_stop)
+            if should_stop():
+                raise ModelLoadError("stopped while the worker was starting")
+
+    def _wait_for(self, why: str) -> None:
+        """A load error that may heal: count it, say it once, wait (state "waiting")."""
+        if why != self.last_failure:
+            log.warning("%s; waiting for it (retrying, at most %g s apart)", why,
+                        self.restart_backoff_max_s)
+        self.consecutive_failures += 1
+        self.last_failure = why
+        self.state = "waiting"
+
+    def restart(self) -> ModelInfo:
+        """Start a replacement worker (the caller has waited `next_backoff_s()`)."""
+        if self.should_fall_back():
+            self.fallback_reason = (f"worker failed {self.consecutive_failures} times on "
+                                    f"{self.params.delegate}: falling back to the CPU with "
+                                    f"{self.cpu_model_path}")
+            log.warning("%s", self.fallback_reason)
+            # The external delegate's library and options mean nothing on the CPU
+            # (and the CPU spec refuses them): drop them with the delegate.
+            self.params = replace(self.params, delegate="cpu", model_path=self.cpu_model_path,
+                                  external_library="", external_options={})
+        self.restarts += 1
+        try:
+            return self.start()
+        except WorkerError:
+            raise
+        except ModelLoadError as exc:
+            # After a restart a load error counts as one more failure, not the end:
+            # a USB device may come back.
+            raise self._failed(str(exc)) from None
+
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Which file is at `path` now (device, inode, size, mtime); () when there is none.
+    A model replaced at the same path changes it, so a reload can tell."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _params_dict(params: WorkerParams) -> dict[str, Any]:
+    d = dict(params.__dict__)
+    d["mean"], d["std"] = list(params.mean), list(params.std)
+    return d
+
+
+def wait_backoff(seconds: float, deadline_check: Any = None) -> None:
+    """Sleep in small steps so a stop request is seen promptly."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if deadline_check is not None and deadline_check():
+            return
+        time.sleep(min(left, 0.05))

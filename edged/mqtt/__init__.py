@@ -1,0 +1,3 @@
+"""MQTT: the publisher, its network loop and settings, payloads and schemas,
+discovery, `edged listen`.
+"""

@@ -1,0 +1,261 @@
+"""Home Assistant MQTT discovery: one device-based config message per device.
+
+Home Assistant's device discovery (2024.11+) takes every entity of a device in
+one retained message on `<discovery_prefix>/device/<object_id>/config`::
+
+    {"dev": {...}, "o": {...}, "qos": 0,
+     "cmps": {"<component id>": {"p": "sensor", "uniq_id": ..., "stat_t": ...,
+                                 "val_tpl": "{{ value_json.fps }}", ...}, ...}}
+
+`dev` (device) and `o` (origin) are required at the root; each component needs
+`p` (platform) and `uniq_id`. Keys use Home Assistant's documented
+abbreviations. Entities read edged's own topics, nothing is published for
+Home Assistant alone: the retained status (availability and a connectivity
+sensor, whose attributes say why it is offline and where the model runs), the
+retained stats (fps, inference time, delegate, CPU fallback, worker restarts)
+and, for JSON results with a decoder, the results (top class and score, or
+object counts per class).
+
+When: on every (re)connect and whenever Home Assistant's birth message
+(`<discovery_prefix>/status` = `online`) arrives, so a restarted Home
+Assistant or a broker that lost its retained messages sees the device again.
+Disabled: an edged config left on the broker earlier is cleared with an
+empty retained message, which is how Home Assistant removes a device.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any, Final
+
+import orjson
+
+from edged import __version__
+from edged.config import Config
+from edged.mqtt.publisher import Publisher
+
+log = logging.getLogger("edged.discovery")
+
+ORIGIN: Final = "edged"
+# Home Assistant allows only these in the <object_id> of a discovery topic.
+_OBJECT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+_AVAILABLE: Final = "{{ value_json.state }}"
+# Why it is offline (a fatal stop's error) and where the model runs, as attributes.
+_STATUS_ATTRIBUTES: Final = (
+    "{{ {'reason': value_json.reason, 'error': value_json.error | default(''), "
+    "'delegate': value_json.delegate | default(''), "
+    "'fallback': value_json.fallback | default('')} | tojson }}")
+# Results templates: a missing `decoded` (a frame the decoder skipped) must not
+# break the entity, hence the `default` filters.
+_CLASSES: Final = "{% set c = (value_json.decoded | default({})).classes | default([]) %}"
+_DETECTIONS: Final = "{% set d = (value_json.decoded | default({})).detections | default([]) %}"
+_POSES: Final = "{% set p = (value_json.decoded | default({})).poses | default([]) %}"
+_COUNTS: Final = (
+    _DETECTIONS + "{% set ns = namespace(c={}) %}{% for x in d %}"
+    "{% set k = (x.label if x.label is not none else x.label_id) | string %}"
+    "{% set ns.c = dict(ns.c, **{k: ns.c.get(k, 0) + 1}) %}{% endfor %}{{ ns.c | tojson }}")
+
+
+def object_id(device_id: str) -> str:
+    """The device's discovery object id: `edged_<device id>`, `.` and any
+    other character Home Assistant refuses replaced by `_`."""
+    return "edged_" + _OBJECT_ID_UNSAFE.sub("_", device_id)
+
+
+def discovery_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/device/{object_id(device_id)}/config"
+
+
+def _sensor(oid: str, key: str, name: str, topic: str, template: str, **extra: Any
+            ) -> dict[str, Any]:
+    return {"p": "sensor", "name": name, "uniq_id": f"{oid}_{key}", "stat_t": topic,
+            "val_tpl": template, **extra}
+
+
+# The first class's label, or its id when the model has no labels file.
+_TOP_LABEL = _CLASSES + ("{{ ((c[0].label if c[0].label is not none else c[0].label_id)"
+                         " if c else 'none') }}")
+
+
+def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
+                       ) -> dict[str, dict[str, Any]]:
+    """Entities fed by the results topic, per decoder kind."""
+    meas = {"stat_cla": "measurement"}
+    if kind == "classification":
+        return {
+            "top_class": _sensor(oid, "top_class", "Top class", topic, _TOP_LABEL, ic="mdi:tag"),
+            "top_score": _sensor(oid, "top_score", "Top score", topic,
+                                 _CLASSES + "{{ c[0].score if c else 0 }}",
+                                 sug_dsp_prc=2, **meas),
+        }
+    if kind == "detection":
+        comps = {"objects": _sensor(oid, "objects", "Objects", topic,
+                                    _DETECTIONS + "{{ d | count }}", ic="mdi:shape",
+                                    json_attr_t=topic, json_attr_tpl=_COUNTS, **meas)}
+        for name in class_names:
+            key = "count_" + _OBJECT_ID_UNSAFE.sub("_", name.lower())
+            comps[key] = _sensor(
+                oid, key, f"{name} count", topic,
+                _DETECTIONS + "{{ d | selectattr('label', 'eq', " + orjson.dumps(name).decode()
+                + ") | list | count }}", **meas)
+        return comps
+    if kind == "pose":
+        return {"pose_score": _sensor(oid, "pose_score", "Pose score", topic,
+                                      _POSES + "{{ p[0].score if p else 0 }}",
+                                      sug_dsp_prc=2, **meas)}
+    if kind == "segmentation":
+        return {
+            "top_class": _sensor(oid, "top_class", "Largest class", topic,
+                                 _TOP_LABEL, ic="mdi:tag"),
+            "top_fraction": _sensor(oid, "top_fraction", "Largest class fraction", topic,
+                                    _CLASSES + "{{ c[0].fraction if c else 0 }}",
+                                    sug_dsp_prc=2, **meas),
+        }
+    return {}
+
+
+def discovery_config(cfg: Config, *, model: str, decoder: str) -> dict[str, Any]:
+    """The device discovery payload for this config, model file and decoder kind."""
+    dev_id = cfg.device.id
+    oid = object_id(dev_id)
+    base = cfg.topic_base
+    status, stats, results = f"{base}/status", f"{base}/stats", f"{base}/results"
+    avty = [{"t": status, "val_tpl": _AVAILABLE}]
+    diag = {"ent_cat": "diagnostic"}
+    cmps: dict[str, dict[str, Any]] = {
+        "status": {"p": "binary_sensor", "name": "Online", "uniq_id": f"{oid}_status",
+                   "dev_cla": "connectivity", "stat_t": status, "val_tpl": _AVAILABLE,
+                   "pl_on": "online", "pl_off": "offline", "json_attr_t": status,
+                   "json_attr_tpl": _STATUS_ATTRIBUTES, **diag},
+        "fps": _sensor(oid, "fps", "Inference rate", stats, "{{ value_json.fps }}",
+                       unit_of_meas="fps", stat_cla="measurement", sug_dsp_prc=1,
+                       ic="mdi:speedometer"),
+        "inference_ms": _sensor(oid, "inference_ms", "Inference time", stats,
+                                "{{ value_json.invoke_ms_p50 }}", unit_of_meas="ms",
+                                dev_cla="duration", stat_cla="measurement", sug_dsp_prc=1),
+        "latency_ms": _sensor(oid, "latency_ms", "Latency", stats,
+                              "{{ value_json.latency_ms_p50 }}", unit_of_meas="ms",
+                              dev_cla="duration", stat_cla="measurement", sug_dsp_prc=1),
+        "delegate": _sensor(oid, "delegate", "Delegate", stats, "{{ value_json.delegate }}",
+                            ic="mdi:chip", **diag),
+        # On while the model runs on the CPU instead of the configured delegate; the
+        # reason (often longer than a state's 255 characters) is an attribute.
+        "fallback": {"p": "binary_sensor", "name": "CPU fallback", "uniq_id": f"{oid}_fallback",
+                     "dev_cla": "problem", "stat_t": stats,
+                     "val_tpl": "{{ 'ON' if value_json.fallback | default('') else 'OFF' }}",
+                     "json_attr_t": stats,
+                     "json_attr_tpl": "{{ {'reason': value_json.fallback | default('')} "
+                                      "| tojson }}", **diag},
+        "worker_restarts": _sensor(oid, "worker_restarts", "Worker restarts", stats,
+                                   "{{ value_json.worker_restarts }}",
+                                   stat_cla="total_increasing", ic="mdi:restart", **diag),
+    }
+    if cfg.output.encoding == "json":  # Home Assistant cannot read the binary encoding
+        cmps.update(_result_components(oid, decoder, results, list(cfg.output.classes_keep)))
+    for key, comp in cmps.items():
+        if key != "status":  # the connectivity sensor must still say "off" when offline
+            comp["avty"] = avty
+    return {
+        "dev": {"ids": [oid], "name": cfg.homeassistant.name or f"edged {dev_id}",
+                "mf": "edged", "mdl": model, "sw": __version__, "sn": dev_id},
+        "o": {"name": ORIGIN, "sw": __version__},
+        "qos": 0,
+        "cmps": cmps,
+    }
+
+
+class _Births:
+    """Home Assistant's birth message, answered at most every ANSWER_S and logged at
+    most every LOG_S: anyone who may publish on the topic can send thousands, and
+    the config is retained, so a restarted Home Assistant that asks twice in a
+    few seconds has it already."""
+
+    ANSWER_S: Final = 10.0
+    LOG_S: Final = 600.0
+
+    def __init__(self) -> None:
+        self._answered = self._logged = float("-inf")
+        self._unlogged = 0
+
+    def arrived(self, now: float) -> tuple[bool | None, int]:
+        """None: leave it; True: answer and log it; False: answer quietly. With the
+        count of birth messages not logged before this one."""
+        if now - self._logged >= self.LOG_S:
+            self._answered = self._logged = now
+            unlogged, self._unlogged = self._unlogged, 0
+            return True, unlogged
+        self._unlogged += 1
+        if now - self._answered < self.ANSWER_S:
+            return None, self._unlogged
+        self._answered = now
+        return False, self._unlogged
+
+
+def _is_ours(payload: bytes) -> bool:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("o"), dict) \
+        and doc["o"].get("name") == ORIGIN
+
+
+class Discovery:
+    """Keeps one device's discovery config on the broker, through `publisher`.
+
+    Build it before `publisher.start()` (it subscribes on every connect).
+    Enabled: `announce(config)` publishes now (when connected), again on every
+    reconnect and on Home Assistant's birth message. Disabled: a config of
+    ours found retained on the broker is cleared.
+    """
+
+    def __init__(self, publisher: Publisher, cfg: Config) -> None:
+        ha = cfg.homeassistant
+        self.enabled = ha.enabled
+        self.topic = discovery_topic(ha.discovery_prefix, cfg.device.id)
+        self.birth_topic = f"{ha.discovery_prefix}/status"
+        self._publisher = publisher
+        self._payload: bytes | None = None
+        self._births = _Births()
+        if self.enabled:
+            publisher.watch(self.birth_topic, self._on_birth)
+            publisher.add_connect_hook(self._send)
+        else:
+            # Only what was retained there, once: not a standing subscription anyone
+            # may flood (the publisher refuses oversized messages in any case).
+            publisher.watch(self.topic, self._on_left_behind, once=True)
+
+    def announce(self, config: dict[str, Any]) -> None:
+        """Set (or change) the config; published now if connected."""
+        if not self.enabled:
+            return
+        payload = orjson.dumps(config)
+        if payload == self._payload:
+            return
+        self._payload = payload
+        if self._publisher.is_connected():
+            self._send()
+
+    def _send(self) -> None:
+        if self._payload is not None:
+            self._publisher.publish_control(self.topic, self._payload)
+
+    def _on_birth(self, payload: bytes) -> None:
+        if payload.strip() != b"online":
+            return
+        say, unlogged = self._births.arrived(time.monotonic())
+        if say is None:
+            return
+        if say:
+            log.info("Home Assistant is online: announcing %s again%s", self.topic,
+                     f" ({unlogged} birth messages since this was last logged)"
+                     if unlogged else "")
+        self._send()
+
+    def _on_left_behind(self, payload: bytes) -> None:
+        if payload and _is_ours(payload):
+            log.info("homeassistant.enabled = false: removing %s", self.topic)
+            self._publisher.publish_control(self.topic, b"")

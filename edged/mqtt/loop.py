@@ -1,0 +1,402 @@
+"""The MQTT publisher's network thread: its connection loop and paho's callbacks.
+
+`edged.mqtt.publisher.Publisher` is the thread-safe front (its docstring says why we
+drive paho's external loop ourselves); this is the one thread behind it. The
+two meet only at an `Outbox` (in `edged.mqtt.settings`): the queued results,
+control messages and pending stats, the counters and the wake-up socket, under
+one lock. The paho client and all that is in flight or about the connection
+belong to `PublishLoop` and are changed by the network thread alone; the front
+only reads a few of its fields (`state`, `connected`, `inflight_results`,
+`beat`, `crashed`). Kept apart from the front so that what may run on which
+thread is plain from the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edged.mqtt.backoff import backoff_delay, retry_cap, unreachable
+from edged.mqtt.inbound import Inbound
+from edged.mqtt.payload import BINARY_MAGIC, encode_status
+from edged.mqtt.settings import (
+    Outbox,
+    PublisherSettings,
+    describe_error,
+    guarded,
+    make_client,
+    paho_error_logger,
+    reason_text,
+    result_properties,
+    socket_error_text,
+    tls_hint,
+)
+
+log = logging.getLogger("edged.publish")  # not __name__: see publish_setup
+FLAP_S = 5.0  # a connection lost sooner than this after CONNACK counts as flapping
+ACK_BATCH_S = 0.02  # while acks are due, how long they may wait to be read (see _serve)
+
+
+class PublishLoop:
+    """The network thread (`run`) and the paho client it alone drives."""
+
+    def __init__(self, settings: PublisherSettings, out: Outbox, stop: threading.Event, *,
+                 client_id: str, results_topic: str, status_topic: str, stats_topic: str,
+                 rng: random.Random) -> None:
+        s = settings
+        self.settings = s
+        self._out = out
+        self._stop = stop
+        self.client_id = client_id
+        self.results_topic, self.status_topic, self.stats_topic = (
+            results_topic, status_topic, stats_topic)
+        self._rng = rng
+        # Filled by the front; hooks and subscriptions are renewed on every connect.
+        self.connect_hooks: list[Callable[[], None]] = []
+        self.inbound = Inbound(s.protocol == "5")
+        # Changed on the network thread only (paho callbacks run there too).
+        self.state = "new"
+        self._inflight: dict[int, str] = {}
+        self.inflight_results = 0
+        self._stats_mid: int | None = None
+        self._offline_mid: int | None = None
+        self._offline_done = False
+        self.connected = False
+        self._logged_failures: set[str] = set()  # since the last good connection
+        # A broker that drops us right after every connect (an oversized packet
+        # it will not take, re-sent on each reconnect) would log two lines every
+        # few milliseconds: while connections stay that short, each reason is
+        # logged once; `connects` in the counters tells how often.
+        self._connected_at = 0.0
+        self._flapping = False
+        self._loss_said = False  # the last loss was logged: say when it is over
+        self._sock_error: str | None = None
+        self._unreachable = False  # the last attempt found no TCP listener (see retry_cap)
+        self._server_max = 0
+        self.beat = time.monotonic()
+        self.crashed: str | None = None
+        self.client = make_client(s, self.client_id, self.status_topic)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        # Not `on_log`: paho would format a debug line for every packet sent and
+        # received to hand it over (a tenth of this thread's CPU at 400 results/s).
+        # A logger of paho's own is asked `isEnabledFor` first; only errors pass.
+        self.client.enable_logger(paho_error_logger(self.paho_error))
+        self.inbound.attach(self.client)
+        self._props = result_properties(s)
+
+    def run(self) -> None:
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                self.beat = time.monotonic()
+                self.state = "connecting"
+                if self._connect():
+                    connects, failures = self._out.n["connects"], self._out.n["connect_failures"]
+                    self._serve()
+                    if self._out.n["connects"] > connects:
+                        attempt = 0
+                    elif self._out.n["connect_failures"] == failures and not self._stop.is_set():
+                        why = self._sock_error or "no reason given"
+                        self._failure(f"connection closed before CONNACK: {why}"
+                                      + tls_hint(self.settings, why, handshake=False))
+                if self._stop.is_set():
+                    break
+                self.state = "disconnected"
+                self._sleep(backoff_delay(attempt, self.settings.backoff_min_s,
+                                          retry_cap(self.settings, self._unreachable),
+                                          self._rng))
+                attempt = min(attempt + 1, 30)
+        except Exception as exc:
+            self.crashed = describe_error(exc)
+            log.exception("MQTT: network thread failed")
+        finally:
+            self.state = "stopped"
+            self.connected = False
+            self._out.close_wake()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self.beat = time.monotonic()
+            left = deadline - self.beat
+            if left <= 0:
+                return
+            self._stop.wait(min(left, 1.0))
+
+    def _connect(self) -> bool:
+        s = self.settings
+        self._sock_error = None
+        self._unreachable = False
+        try:
+            self.client.connect(s.host, s.port, keepalive=s.keepalive_s,
+                                properties=self.inbound.connect_properties())
+        except Exception as exc:
+            self._unreachable = unreachable(exc)
+            why = describe_error(exc)
+            self._failure(why + tls_hint(s, why, handshake=True))
+            return False
+        # paho leaves Nagle on: a result written while the broker has not yet
+        # acknowledged the previous packet would wait for that ACK (up to the
+        # peer's delayed-ACK timer). Results are latency-sensitive, one packet each.
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+
+    def _failure(self, reason: str) -> None:
+        with self._out.lock:
+            self._out.n["connect_failures"] += 1
+            self._out.last_error = reason
+        if reason not in self._logged_failures and len(self._logged_failures) < 8:
+            # once per distinct reason (a few alternate), not once per retry
+            log.warning("MQTT %s:%d: %s; retrying with backoff", self.settings.host,
+                        self.settings.port, reason)
+            self._logged_failures.add(reason)
+
+    def _serve(self) -> None:
+        """One connection, from CONNECT sent until it is lost or we stop."""
+        client, out = self.client, self._out
+        sock = client.socket()
+        closing_until: float | None = None
+        read_by = 0.0
+        while sock is not None and client.socket() is sock:
+            self.beat = now = time.monotonic()
+            if self._stop.is_set():
+                if not self.connected:
+                    break
+                if closing_until is None:
+                    closing_until = now + self.settings.drain_timeout_s
+                if self._close_step(now, closing_until):
+                    return
+            want_w = [sock] if client.want_write() else []
+            timeout = 0.05 if closing_until is not None else 1.0
+            # Acks in batches: while messages are in flight (and the window is far from
+            # full), a PUBACK does not wake this thread; the socket is read whenever it
+            # wakes to publish anyway, or ACK_BATCH_S later. At saturation that halves
+            # its wake-ups, and each one preempts one of the interpreter's threads.
+            lazy = (self.connected and closing_until is None
+                    and 0 < len(self._inflight) < self.settings.max_inflight // 2)
+            if lazy:
+                timeout = min(timeout, max(read_by - now, 0.0))
+            try:
+                readable, _, _ = select.select([out.wake_r] if lazy else [sock, out.wake_r],
+                                               want_w, [], timeout)
+            except (OSError, ValueError):
+                break
+            if out.wake_r in readable:
+                out.drain_wake()
+            if lazy or sock in readable:
+                # Non-blocking: with nothing to read, paho's loop_read is one recv.
+                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                read_by = time.monotonic() + ACK_BATCH_S
+            if self.connected and closing_until is None:
+                # Again while messages landed during the pump: their wake() found a
+                # look pending and sent nothing (see Outbox.pumped).
+                while self._pump() and out.pumped(stats_sendable=self._stats_mid is None):
+                    pass
+            if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if self.connected:
+                self.inbound.tick(client, now)
+        if client.socket() is not None:  # we left first (stop before CONNACK, select error)
+            client._sock_close()
+        if self.connected:
+            lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+            self._on_disconnect(client, None, None, lost, None)
+
+    def _close_step(self, now: float, until: float) -> bool:
+        """Clean stop: drain, then `offline`, then DISCONNECT. True when done."""
+        client = self.client
+        if self._offline_mid is None and not self._offline_done:
+            if self._out.queue and now < until:
+                self._pump()
+                return False
+            if self.inflight_results and now < until:
+                return False
+            info = client.publish(self.status_topic,
+                                  encode_status(self.settings.device_id, "offline",
+                                                self._out.offline_reason, time.time(),
+                                                self._out.status_fields),
+                                  qos=self.settings.status_qos, retain=True)
+            if self.settings.status_qos:
+                self._offline_mid = info.mid
+                self._inflight[info.mid] = "offline"
+            else:
+                self._offline_done = True
+        if not self._offline_done and now < until + 0.5:
+            return False
+        client.disconnect()
+        deadline = time.monotonic() + 0.5
+        while client.want_write() and time.monotonic() < deadline:
+            if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            time.sleep(0.005)
+        if client.socket() is not None:
+            client._sock_close()
+        self.connected = False
+        log.info("MQTT: disconnected cleanly (offline published)")
+        return True
+
+    def _pump(self) -> bool:
+        """Feed paho from our queue while its window and the socket have room.
+
+        True when it stopped because everything queued was taken; False when
+        paho's window or the socket stopped it (a PUBACK or a writable socket
+        wakes this thread for the rest)."""
+        client, s, out = self.client, self.settings, self._out
+        while out.control and not client.want_write():
+            with out.lock:
+                topic, body = out.control.popleft()
+            client.publish(topic, body, qos=s.status_qos, retain=True)
+        if out.control:
+            return False
+        if self._stats_mid is None and out.pending_stats is not None:
+            with out.lock:
+                stats, out.pending_stats = out.pending_stats, None
+            if stats is not None and self._server_max and len(stats) + 128 > self._server_max:
+                # Sending it would cost the connection (MQTT 5 brokers announce their limit).
+                out.too_large(len(stats), f"the broker's maximum packet size "
+                              f"{self._server_max} (stats)")
+            elif stats is not None:
+                info = client.publish(self.stats_topic, stats, qos=s.stats_qos,
+                                      retain=s.stats_retain)
+                if s.stats_qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._stats_mid = info.mid
+                    self._inflight[info.mid] = "stats"
+        while not client.want_write():  # unsent bytes: the socket is the bottleneck
+            if s.results_qos and self.inflight_results >= s.max_inflight:
+                return False
+            with out.lock:
+                if not out.queue:
+                    return True
+                payload = out.queue.popleft()
+            limit = self._server_max
+            if limit and len(payload) + len(self.results_topic) + 64 > limit:
+                out.too_large(len(payload), f"the broker's maximum packet size {limit}")
+                continue
+            info = client.publish(self.results_topic, payload, qos=s.results_qos,
+                                  retain=s.results_retain,
+                                  properties=self._props[payload[:4] == BINARY_MAGIC])
+            if s.results_qos:
+                # paho keeps a QoS>0 message even when the send failed (NO_CONN)
+                # and sends it after the reconnect: it is in flight either way.
+                self._inflight[info.mid] = "result"
+                self.inflight_results += 1
+            elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                with out.lock:  # QoS 0 not sent: back where it was, unless newer filled it
+                    if len(out.queue) < s.queue_size:
+                        out.queue.appendleft(payload)
+                    else:
+                        out.n["dropped"] += 1
+                return False
+            with out.lock:
+                out.n["published"] += 1
+        return False
+
+    # ----------------------------------------------- paho callbacks
+
+    @guarded(log)
+    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
+                    props: Any) -> None:
+        if rc.is_failure:
+            self._failure(f"broker refused the connection: {reason_text(rc)}")
+            return
+        self.connected = True
+        self.state = "connected"
+        with self._out.lock:
+            self._out.n["connects"] += 1
+            failures = self._out.n["connect_failures"]
+            self._out.last_error = None
+        self._connected_at = time.monotonic()
+        if not self._flapping or self._loss_said:  # a logged loss is followed by its end
+            log.info("MQTT: connected to %s:%d as %s%s", self.settings.host,
+                     self.settings.port, self.client_id,
+                     f" ({failures} failed attempts so far)" if self._logged_failures else "")
+        if not self._flapping:
+            self._logged_failures.clear()
+        self._out.drop_logged = False
+        # MQTT 5 brokers may announce the largest packet they accept; a bigger
+        # one would cost the connection, so such results are not sent at all.
+        self._server_max = int(getattr(props, "MaximumPacketSize", 0) or 0)
+        info = client.publish(self.status_topic,
+                              encode_status(self.settings.device_id, "online",
+                                            self._out.online_reason, time.time(),
+                                            self._out.status_fields),
+                              qos=self.settings.status_qos, retain=True)
+        if self.settings.status_qos:
+            self._inflight[info.mid] = "status"
+        self.inbound.on_connect(client)
+        for hook in self.connect_hooks:
+            hook()
+
+    @guarded(log)
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
+                       _props: Any) -> None:
+        out = self._out
+        was = self.connected
+        self.connected = False
+        self._stats_mid = None  # paho re-sends it; a newer one may go meanwhile
+        if not was or self._stop.is_set():
+            return
+        reason = self._sock_error or (
+            "closed by the broker" if rc.value == 0x80 else reason_text(rc))
+        with out.lock:
+            out.last_error = f"connection lost: {reason}"
+            queued = len(out.queue)
+        self._flapping = time.monotonic() - self._connected_at < FLAP_S
+        if not self._flapping:
+            self._logged_failures.clear()  # it had been working: this loss is news
+        self._loss_said = out.last_error not in self._logged_failures
+        if not self._loss_said:
+            return
+        if self._flapping:
+            self._logged_failures.add(out.last_error)
+        log.warning("MQTT %s:%d: connection lost (%s); %d results queued, retrying with backoff%s",
+                    self.settings.host, self.settings.port, reason, queued,
+                    " (dropped right after connecting: logged once while that goes on)"
+                    if self._flapping else "")
+
+    @guarded(log)
+    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, rc: ReasonCode,
+                    _props: Any) -> None:
+        out = self._out
+        kind = self._inflight.pop(mid, None)
+        if kind == "result":
+            self.inflight_results -= 1
+            with out.lock:
+                if rc.is_failure:
+                    out.n["rejected"] += 1
+                    first = out.last_error != f"broker refused a result: {reason_text(rc)}"
+                    out.last_error = f"broker refused a result: {reason_text(rc)}"
+                else:
+                    out.n["acked"] += 1
+                    first = False
+            if first:
+                log.error("MQTT: %s (topic %s)", out.last_error, self.results_topic)
+        elif kind == "stats":
+            self._stats_mid = None
+        elif kind == "offline":
+            self._offline_done = True
+
+    def paho_error(self, text: str) -> None:
+        # The only place paho tells why a socket read/write failed.
+        self._sock_error = socket_error_text(text.split(": ", 1)[-1])
+        log.debug("paho: %s", text)

@@ -1,0 +1,1 @@
+"""The daemon: composes sources, preprocess, inference, decode and MQTT; reload, health, stats."""

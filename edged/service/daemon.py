@@ -1,0 +1,444 @@
+"""`edged run`: the long-running process, its threads, signals and reloads.
+
+Threads: capture (source -> one-slot buffer), pipeline (preprocess -> worker
+process -> dequantize -> decode -> encode), MQTT network (paho), and this main
+thread doing housekeeping every half second: signals, the systemd watchdog,
+STATUS= and the stats topic.
+
+READY=1 is sent when the first result has been handed to the MQTT client
+(queued if the broker is away): at that point a frame has gone through every
+stage on this configuration. When something that heals by itself keeps that
+from happening (no Coral yet, camera absent), READY=1 is sent once the daemon
+waits for it, with STATUS= saying what it waits for: edged is up, and a restart
+would not help (`edged.service.lifecycle` has the whole contract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import faulthandler
+import logging
+import signal
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edged.config import (
+    DEFAULT_PATH,
+    Config,
+    ConfigError,
+    config_warnings,
+    default_path,
+    load_config,
+    read_config,
+)
+from edged.config.check import too_large_for_json
+from edged.inference.supervisor import ModelInfo, ModelLoadError, Supervisor, file_stamp
+from edged.mqtt.discovery import Discovery, discovery_config
+from edged.mqtt.publisher import Publisher
+from edged.service import lifecycle, report, wiring
+from edged.service.housekeeping import TICK_S, Housekeeping
+from edged.service.lifecycle import EX_CONFIG
+from edged.service.metrics import Textfile
+from edged.service.notify import Notifier, ProgressMonitor
+from edged.service.pipeline import Deliver, Pipeline, Preprocess
+from edged.service.reload import (
+    ReloadPlan,
+    plan_reload,
+    preflight,
+    vanished_warnings,
+    with_model_file_changed,
+)
+from edged.service.stats import Stats
+from edged.service.threaddeaths import ThreadDeaths
+from edged.sources.capture import CaptureThread
+from edged.system.logsetup import register_secret, setup_logging
+from edged.system.threads import NamedThread
+
+log = logging.getLogger("edged")
+
+STOP_GRACE_S = 2.0  # for the frame in flight when stopping or replacing the pipeline
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the daemon", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", "-c", default=default_path(),
+                   help=f"config file (default: $EDGED_CONFIG or {DEFAULT_PATH})")
+    p.add_argument("--exit-on-end", action="store_true",
+                   help="exit (status 0) once a video or folder with loop = false has ended "
+                        "and its last result has reached the broker; without it edged idles")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # A watchdog SIGABRT then leaves every thread's stack in the journal.
+    faulthandler.enable()
+    setup_logging("info")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("%s", line)
+        return EX_CONFIG
+    return Daemon(Path(args.config), cfg, exit_on_end=args.exit_on_end).run()
+
+
+class Daemon:
+    def __init__(self, path: Path, cfg: Config, *, exit_on_end: bool = False) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.exit_on_end = exit_on_end
+        self._stop_reason = "stopped"  # what the offline status says after a clean stop
+        # The worker must not inherit NOTIFY_SOCKET: only the main process speaks for the unit.
+        self.notifier = Notifier.from_env(unset_environment=True)
+        self.stats = Stats()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.reload_error = ""
+        self.fatal_error = ""  # why the daemon stopped for good, left on the broker
+        self.exit_code = 0
+        self.capture: CaptureThread | None = None
+        self.supervisor: Supervisor | None = None
+        self.publisher: Publisher | None = None
+        self.pipeline: Pipeline | None = None
+        self.pipeline_thread: threading.Thread | None = None
+        self.first_result = threading.Event()
+        self.frames = ProgressMonitor(window=10.0)
+        self._frames_lost_before = 0  # by pipelines replaced on reload
+        self._carried: Counter[str] = Counter()  # counts of replaced parts (report.Parts)
+        self.discovery: Discovery | None = None
+        self._textfile: Textfile | None = None
+        self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
+        self.keeper = Housekeeping(self)
+
+    # -- start and stop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        self._apply_logging(self.cfg)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.deaths.install()
+        try:
+            self._start_publisher()
+            self._start_worker()
+            assert self.info is not None
+            too_large = too_large_for_json(self.info.outputs, self.cfg.output)
+            if too_large is not None:
+                return self._fatal([f"{self.path}: output.max_values: {too_large}"], EX_CONFIG)
+            self._announce()
+            self._start_capture()
+            self._start_pipeline()
+        except ConfigError as exc:  # e.g. password_env names an unset variable
+            return self._fatal(exc.problems, EX_CONFIG)
+        except (ModelLoadError, ValueError, OSError) as exc:
+            if self.stop_requested.is_set():  # a stop while starting is not an error
+                log.info("stopped while starting")
+                self._shutdown()
+                return 0
+            return self._fatal([_first_line(exc)], lifecycle.exit_code(exc))
+        log.info("edged running: %s", self._status_line())
+        try:
+            self._housekeeping()
+        finally:
+            self.notifier.stopping("stopping")
+            self._shutdown(reason="failed" if self.fatal_error else self._stop_reason)
+        return self.exit_code
+
+    def _start_worker(self, cfg: Config | None = None) -> None:
+        if self.supervisor is not None:
+            self._carried["worker_restarts"] += self.supervisor.restarts
+        self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
+        info = sup.start_until_loaded(self.keeper.tick_while_waiting)
+        log.info("model %s: runtime %s, delegate %s, input %s %s %s", sup.model_name,
+                 info.runtime, info.delegate, list(info.inputs[0].shape),
+                 info.inputs[0].dtype, wiring.describe_pixels(cfg or self.cfg, info))
+        if info.delegate_note:
+            log.warning("%s", info.delegate_note)
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """What the current worker runs (it changes on a CPU fallback)."""
+        return self.supervisor.info if self.supervisor else None
+
+    def _start_capture(self) -> None:
+        assert self.info is not None
+        size = wiring.input_size(self.cfg, self.info)
+        self.capture = wiring.build_capture(self.cfg, size).start()
+
+    def _start_pipeline(self, stages: tuple[Preprocess | None, Deliver | None] = (None, None)
+                        ) -> None:
+        assert self.capture and self.supervisor and self.info and self.publisher
+        pre, deliver = stages
+        self.pipeline = Pipeline(
+            self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
+            self.supervisor, deliver or wiring.build_deliver(
+                self.cfg, self.supervisor, self.publisher, self._on_published),
+            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info))
+        self._pace()
+        self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
+                                           daemon=True)
+        self.pipeline_thread.start()
+
+    def _pace(self) -> None:
+        """inference.max_fps: a file (every frame inferred) is read at that rate, a
+        camera's frames are taken at it; either way no result waits for it."""
+        if self.capture is not None and self.pipeline is not None:
+            max_fps, lossless = self.cfg.inference.max_fps, self.capture.lossless
+            self.capture.pace(max_fps if lossless else 0.0)
+            self.pipeline.pace(0.0 if lossless else max_fps)
+
+    def _stop_pipeline(self) -> None:
+        if self.pipeline is not None and self.pipeline_thread is not None:
+            self.pipeline.stop()
+            # It may be waiting for the frame in flight. A worker that does not answer
+            # soon (frozen, or a slow first Edge TPU invoke) is not waited for up to the
+            # invoke deadline: a stop or a reload ends it.
+            self.pipeline_thread.join(STOP_GRACE_S)
+            if self.pipeline_thread.is_alive() and self.supervisor is not None:
+                log.info("the inference worker has not answered for %.0f s: stopping it "
+                         "without its last frame", STOP_GRACE_S)
+                self.supervisor.abandon()
+                self.pipeline_thread.join(STOP_GRACE_S)
+        if self.pipeline is not None:
+            self._frames_lost_before += self.pipeline.frames_lost
+            # A counter only grows for the life of the process (issue 15): a worker
+            # reload replaces the pipeline, not what it has counted.
+            self._carried["frames_dropped"] += self.pipeline.frames_dropped
+        self.pipeline = self.pipeline_thread = None
+
+    def _fatal(self, problems: Sequence[str], code: int) -> int:
+        """Stop for good: every problem logged, the first one left where subscribers
+        look (the retained offline status and the last stats)."""
+        for line in problems:
+            log.error("%s", line)
+        self.fatal_error = problems[0]
+        self._shutdown(reason="failed")
+        return code
+
+    def _shutdown(self, reason: str = "stopped") -> None:
+        # Order: stop taking frames, finish the frame in flight, then say offline.
+        if self.capture is not None:
+            self.capture.stop(timeout=0.5)
+        self._stop_pipeline()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self.publisher is not None:
+            # Final figures, so the stats topic's retained message tells how the run ended.
+            self._report(up=False)
+            self.publisher.stop(reason=reason, error=self.fatal_error)
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop_requested.set()
+        if self.pipeline is None and self.supervisor is not None:
+            # Still starting: this thread waits for the worker to load (up to 60 s).
+            self.supervisor.abandon()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload_requested.set()
+
+    def _on_published(self) -> None:
+        self.frames.beat()
+        if not self.first_result.is_set():  # set() takes a lock and notifies, every time
+            self.first_result.set()
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        while not self.stop_requested.wait(TICK_S):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload()
+            self.keeper.tick()
+            if self.exit_on_end and lifecycle.batch_done(self.capture, self.pipeline,
+                                                         self.publisher):
+                log.info("source ended: every result delivered; exiting (--exit-on-end)")
+                self._stop_reason = "source ended"
+                self.stop_requested.set()
+
+    def figures(self) -> dict[str, Any]:
+        figures = report.figures(report.Parts(
+            self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
+            self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried))
+        if self.fatal_error:
+            figures["last_error"] = self.fatal_error
+        return figures
+
+    def _status_line(self, failing: tuple[str, ...] = ()) -> str:
+        why = self.publisher.counters().last_error if self.publisher else None
+        failing = (*self.deaths.reasons, *(f for f in failing if f != "a thread died"))
+        return report.status_line(self.figures(), why, failing, self.reload_error)
+
+    # -- reload -----------------------------------------------------------------------
+
+    def _apply_logging(self, cfg: Config) -> None:
+        setup_logging(cfg.logging.level)
+        for warning in config_warnings(self.path, cfg):
+            log.warning("%s", warning)
+        # An unreadable password source is reported where the publisher is built.
+        with contextlib.suppress(ConfigError):
+            secret = cfg.mqtt.resolve_password()
+            if secret:
+                register_secret(secret)
+
+    def _reload(self) -> None:
+        """SIGHUP: check the file; apply what changed, or keep running on the old config."""
+        # Before READY=1 systemd is still waiting for the start: no reload to announce.
+        if self.keeper.ready_sent:
+            self.notifier.reloading(f"reloading {self.path}")
+        try:
+            cf = read_config(self.path)
+            plan = plan_reload(self.cfg, cf.config)
+            sup = self.supervisor  # the file it runs, replaced on disk at the same path
+            if sup is not None and file_stamp(sup.params.model_path) != sup.model_stamp:
+                plan = with_model_file_changed(plan)
+            problems = preflight(cf, plan)
+            if problems:
+                raise ConfigError(problems)
+            for warning in vanished_warnings(self.cfg, cf):
+                log.warning("reload: %s", warning)
+            log.info("reload: changed: %s; restarting: %s",
+                     ", ".join(plan.changed) or "nothing", plan.restarts())
+            self._apply(cf.config, plan)
+        except ConfigError as exc:
+            self._reload_failed(exc.problems)
+        except (ModelLoadError, ValueError, OSError) as exc:
+            self._reload_failed((_first_line(exc),))
+        else:
+            self.reload_error = ""
+            log.info("reload: applied")
+        if self.keeper.ready_sent:
+            self.notifier.ready(self._status_line())
+        self._report()
+
+    def _reload_failed(self, problems: Sequence[str]) -> None:
+        for line in problems:
+            log.error("reload: %s", line)
+        self.reload_error = f"{len(problems)} problem(s), kept the running config: {problems[0]}"
+        log.error("reload failed: still running with the previous config")
+
+    def _apply(self, new: Config, plan: ReloadPlan) -> None:
+        """Build every changed part first, then swap them in: a failure to build
+        leaves the running parts untouched (the worker, which cannot be built
+        beside the running one on an Edge TPU, is restored instead)."""
+        assert self.publisher is not None and self.info is not None
+        old_size = wiring.input_size(self.cfg, self.info)
+        publisher = wiring.build_publisher(new) if plan.publisher else None
+        try:
+            if plan.worker:
+                self._replace_worker(new)
+            try:
+                stages = self._build_stages(new, plan, publisher or self.publisher)
+                # The Pi camera's ISP scales to the model input: a new input size reopens it.
+                new_size = wiring.input_size(new, self.info)
+                resize = new.source.kind == "picamera2" and new_size != old_size
+                capture = wiring.build_capture(
+                    new, new_size,
+                    first_seq=self.capture.source.frames if self.capture else 0,
+                ) if plan.source or resize else None
+            except BaseException:
+                if plan.worker:
+                    self._restore_worker()
+                raise
+        except BaseException:
+            if publisher is not None:
+                publisher.stop()  # never started: this only closes its sockets
+            raise
+        self.cfg = new
+        if self.pipeline is not None:  # kept running: new stages take over between frames
+            if stages[0] is not None:
+                self.pipeline.preprocess = stages[0]
+            if stages[1] is not None:
+                self.pipeline.set_deliver(stages[1])
+        if publisher is not None:
+            assert self.publisher is not None
+            self.publisher.stop()
+            publisher.take_over(self.publisher)  # queued results and counters carry over
+            self._start_publisher(publisher)
+        if capture is not None:
+            old, self.capture = self.capture, capture
+            if self.pipeline is not None:
+                self.pipeline.feed = capture.buffer  # waits on the new, empty buffer meanwhile
+            if old is not None:
+                old.stop()
+                self._carried.update(frames_dropped=old.buffer.dropped,
+                                     source_reopens=old.source.reopen_count,
+                                     frames_skipped=old.source.status().skipped)
+            capture.start()
+        if self.pipeline is None:
+            self._start_pipeline(stages)
+        self._pace()  # a new source or a new max_fps
+        self._apply_logging(new)
+        self._announce()
+
+    def _build_stages(self, new: Config, plan: ReloadPlan, publisher: Publisher
+                      ) -> tuple[Preprocess | None, Deliver | None]:
+        assert self.supervisor is not None and self.info is not None
+        too_large = too_large_for_json(self.info.outputs, new.output) if plan.deliver else None
+        if too_large is not None:
+            raise ConfigError([f"{self.path}: output.max_values: {too_large}"])
+        return (wiring.build_preprocess(new, self.info) if plan.preprocess else None,
+                wiring.build_deliver(new, self.supervisor, publisher, self._on_published)
+                if plan.deliver else None)
+
+    def _replace_worker(self, new: Config) -> None:
+        assert self.supervisor is not None
+        self._stop_pipeline()
+        self.supervisor.stop()
+        try:
+            self._start_worker(new)
+        except ModelLoadError:
+            self._restore_worker()
+            raise
+
+    def _restore_worker(self) -> None:
+        """After a failed reload: the running config's worker and pipeline again."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        try:
+            self._start_worker(self.cfg)
+        except ModelLoadError as exc:
+            self.fatal_error = (f"reload: the previous model does not load any more either "
+                                f"({_first_line(exc)}); exiting")
+            log.error("%s", self.fatal_error)
+            self.exit_code = lifecycle.exit_code(exc)
+            self.stop_requested.set()
+            raise
+        self._start_pipeline()
+
+    # -- integrations: Home Assistant discovery, Prometheus textfile -------------------
+
+    def _start_publisher(self, publisher: Publisher | None = None) -> None:
+        self.publisher = publisher or wiring.build_publisher(self.cfg)
+        # Before start: it subscribes on every connect.
+        self.discovery = Discovery(self.publisher, self.cfg)
+        self.publisher.start()
+        self._announce()
+
+    def _announce(self) -> None:
+        info, sup = self.info, self.supervisor
+        if self.discovery is None or info is None or sup is None:
+            return
+        kind = wiring.decoder_kind(self.cfg, info)
+        self.discovery.announce(discovery_config(
+            self.cfg, model=sup.model_name, decoder=kind))
+
+    def _report(self, up: bool = True) -> None:
+        """One set of figures to the stats topic and the metrics textfile."""
+        figures = self.figures()
+        if self.publisher is not None:
+            self.publisher.publish_stats(figures)
+        path = self.cfg.metrics.textfile
+        if path is not None:
+            if self._textfile is None or self._textfile.path != path:
+                self._textfile = Textfile(path)
+            model = self.supervisor.model_name if self.supervisor else ""
+            self._textfile.write(self.cfg.device.id, figures, up=up, model=model)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

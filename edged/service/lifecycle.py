@@ -1,0 +1,103 @@
+"""How a run ends, and what it waits for: the contract systemd's restart loop relies on.
+
+* A problem a restart cannot mend (a config, model, labels or delegate setup
+  that is wrong) ends `edged run` with status 78, which the unit's
+  `RestartPreventExitStatus=78` does not restart; the one line saying why is
+  logged and left on the broker (retained offline status, last stats).
+* A problem that can heal by itself (no Coral yet, broker away, camera absent,
+  a worker that dies) is waited out inside the daemon: it is "up" for systemd
+  (READY=1, the watchdog fed) while it retries, and STATUS= says what it waits for.
+* Anything else unexpected (out of memory, no processes left) exits 1, and
+  `Restart=on-failure` tries again later.
+
+docs/field-guide.md has the table users read; tests/test_exit_contract.py runs
+each case through the real `edged run`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from edged.config.text import ConfigError
+from edged.inference.supervisor import ModelLoadError, Supervisor
+from edged.mqtt.publisher import Publisher
+from edged.service.pipeline import Pipeline
+from edged.sources.capture import CaptureThread
+
+EX_CONFIG = 78  # sysexits: the unit's RestartPreventExitStatus stops a restart loop on it
+EX_SOFTWARE = 1  # the rest: Restart=on-failure tries again
+FRAMES_WINDOW_S = 10.0  # the watchdog's "no frames inferred recently" window
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit status for a problem that stopped the daemon from starting.
+
+    edged's one-line errors about what the config names are ValueErrors (a
+    refused model, labels, a decoder that does not fit, MQTT/TLS settings) or
+    ConfigErrors; a model that cannot load is a ModelLoadError. None of them
+    heals by restarting. An OSError here is the system (memory, processes,
+    file descriptors), which a later start may find mended.
+    """
+    if isinstance(exc, ConfigError | ModelLoadError | ValueError):
+        return EX_CONFIG
+    return EX_SOFTWARE
+
+
+def waiting_for(supervisor: Supervisor | None, capture: CaptureThread | None) -> str:
+    """What the daemon waits for on purpose ("" when nothing): a wait that ends by
+    itself, so the watchdog stays fed and READY=1 need not wait for a result."""
+    # Short phrases: what is missing is in STATUS= and the stats (last_error) already.
+    if supervisor is not None and supervisor.state == "waiting":
+        return "the model to load"
+    if supervisor is not None and supervisor.state == "restarting":
+        return "the inference worker to restart"
+    if capture is None:
+        return ""
+    source = capture.source
+    if source.state == "ended":
+        return "nothing: the source ended"
+    status = source.status()
+    # Retried on schedule (a stuck open or read shows as no attempts at all).
+    recent = status.last_attempt_mono is not None and (
+        time.monotonic() - status.last_attempt_mono < source.max_backoff + FRAMES_WINDOW_S)
+    if status.state == "reopening" and recent:
+        return "the source to open"
+    return ""
+
+
+def status_words(supervisor: Supervisor | None, capture: CaptureThread | None
+                 ) -> tuple[str, dict[str, Any]]:
+    """The online status's reason and fields: the delegate in use and why it fell back."""
+    fields: dict[str, Any] = {}
+    if supervisor is not None and supervisor.info is not None:
+        fields = {"delegate": supervisor.info.delegate, "fallback": supervisor.fallback_reason}
+    ended = capture is not None and capture.source.state == "ended"
+    return ("source ended" if ended else "connected"), fields
+
+
+class StatusSayer:
+    """Sends the retained status's words when they change (or the publisher does)."""
+
+    def __init__(self) -> None:
+        self._publisher: Publisher | None = None
+        self._said: tuple[Any, ...] = ()
+
+    def __call__(self, publisher: Publisher | None, supervisor: Supervisor | None,
+                 capture: CaptureThread | None) -> None:
+        if publisher is None:
+            return
+        reason, fields = status_words(supervisor, capture)
+        said = (reason, tuple(sorted(fields.items())))
+        # A reload's new publisher starts with none of these words: tell it too.
+        if publisher is not self._publisher or said != self._said:
+            self._publisher, self._said = publisher, said
+            publisher.set_status(reason, fields)
+
+
+def batch_done(capture: CaptureThread | None, pipeline: Pipeline | None,
+               publisher: Publisher | None) -> bool:
+    """A finite source ended and every result it led to has reached the broker."""
+    return (capture is not None and capture.source.state == "ended"
+            and pipeline is not None and pipeline.drained
+            and publisher is not None and publisher.wait_idle(0.0))

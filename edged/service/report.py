@@ -1,0 +1,111 @@
+"""The daemon's figures: one dict for the stats topic, STATUS= and the textfile.
+
+Pure reads of the running parts; nothing here changes them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from edged.inference.supervisor import Supervisor
+from edged.mqtt.publisher import Publisher
+from edged.service.pipeline import Pipeline
+from edged.service.stats import Stats
+from edged.sources.capture import CaptureThread
+from edged.system.logsetup import redact_text
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the figures are read from (any part may not exist yet)."""
+
+    stats: Stats
+    supervisor: Supervisor | None
+    capture: CaptureThread | None
+    publisher: Publisher | None
+    pipeline: Pipeline | None
+    frames_lost_before: int  # lost by pipelines that a reload replaced
+    reload_error: str
+    failure: str = ""  # a thread of the daemon died: outranks every other error
+    # Counts of the parts a reload replaced (a source, a worker supervisor), added to
+    # the running ones': counters only grow for the life of the process.
+    carried: Counter[str] = field(default_factory=Counter)
+
+
+def figures(p: Parts) -> dict[str, Any]:
+    snap: dict[str, Any] = dict(p.stats.snapshot())
+    sup, cap, pub = p.supervisor, p.capture, p.publisher
+    counters = pub.counters() if pub else None
+    src = cap.source.status() if cap else None
+    info = sup.info if sup else None
+    snap.update({
+        "frames_dropped": (cap.buffer.dropped if cap else 0) + (
+            p.pipeline.frames_dropped if p.pipeline else 0),
+        # Taken by a dying worker: in flight, never inferred, never published.
+        "frames_lost": p.frames_lost_before + (p.pipeline.frames_lost if p.pipeline else 0),
+        "results_queued": counters.queued if counters else 0,
+        "results_dropped": counters.dropped if counters else 0,
+        "results_published": counters.published if counters else 0,
+        # Refused by the broker (MQTT 5 PUBACK: ACL, size) or too big to send at all.
+        "results_rejected": counters.rejected if counters else 0,
+        "results_too_large": counters.too_large if counters else 0,
+        "mqtt_connects": counters.connects if counters else 0,
+        "mqtt_connect_failures": counters.connect_failures if counters else 0,
+        "delegate": info.delegate if info else "none",
+        # Why it is not the configured delegate (a CPU fallback, at start or later), or "".
+        "fallback": sup.fallback_reason if sup else "",
+        "worker_state": sup.state if sup else "stopped",
+        "worker_restarts": sup.restarts if sup else 0,
+        "worker_pid": (sup.pid or 0) if sup else 0,
+        # Why the worker was last restarted; kept after it recovers (last_error is not).
+        "worker_last_failure": sup.last_failure if sup else "",
+        "broker": "connected" if counters and counters.connected else "disconnected",
+        "source": src.state if src else "stopped",
+        "source_reopens": src.reopen_count if src else 0,
+        "frames_skipped": src.skipped if src else 0,  # corrupt frames the source threw away
+        "last_error": last_error(p),
+        "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
+    })
+    for key, value in p.carried.items():
+        snap[key] += value
+    # Retained and read by every subscriber: no secret, however a message came to hold one.
+    for key in _TEXTS:
+        snap[key] = redact_text(snap[key])
+    return snap
+
+
+_TEXTS = ("last_error", "worker_last_failure", "config_reload")
+
+
+def last_error(p: Parts) -> str:
+    """The most relevant current problem: a dead thread, worker, source, broker, pipeline."""
+    sup, cap, pub, pipe = p.supervisor, p.capture, p.publisher, p.pipeline
+    for err in (p.failure,
+                sup.last_failure if sup and sup.state != "running" else "",
+                # Kept by the source for its logs; history once frames flow again.
+                cap.source.last_error if cap and cap.source.state != "running" else "",
+                pub.counters().last_error if pub else "",
+                pipe.last_error if pipe else ""):
+        if err:
+            return err
+    return ""
+
+
+def status_line(f: dict[str, Any], broker_why: str | None, failing: tuple[str, ...],
+                reload_error: str) -> str:
+    """The line `systemctl status` shows."""
+    broker = f["broker"]
+    if broker != "connected" and broker_why:
+        broker += f" ({broker_why})"  # e.g. the TLS or authentication failure, as logged
+    fallback = " (fallback)" if f.get("fallback") else ""  # why: the stats and the journal
+    line = (f"{f['fps']:.1f} fps, invoke p50 {f['invoke_ms_p50']:.1f} ms, "
+            f"delegate {f['delegate']}{fallback}, broker {broker}, source {f['source']}")
+    if f["worker_state"] != "running":
+        line += f", worker {f['worker_state']}"
+    if failing:
+        line += f"; unhealthy: {', '.join(failing)}"
+    if reload_error:
+        line += f"; reload failed: {reload_error}"
+    return redact_text(line)

@@ -1,0 +1,256 @@
+"""Build each stage from its config section. No threads are started here.
+
+Kept apart from `daemon.py` so a reload can rebuild exactly the stages whose
+section changed, with the same functions that built them at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edged.config import Config, ConfigError
+from edged.decode.dispatch import (
+    DecoderKind,
+    DecodeSettings,
+    decode,
+    decode_kind,
+    decoded_json,
+    prepare_labels,
+    ssd_names_for,
+)
+from edged.decode.labels import Labels, load_labels
+from edged.decode.results import ClassFilter
+from edged.inference.supervisor import ModelInfo, Supervisor
+from edged.inference.worker import WorkerParams
+from edged.mqtt.payload import Result as Payload
+from edged.mqtt.payload import encode_result_binary, encode_result_json, outputs_from
+from edged.mqtt.publisher import Publisher
+from edged.mqtt.settings import PublisherSettings, TlsSettings
+from edged.numerics.imageinput import ImageInput, image_input
+from edged.numerics.quantize import normalization_source
+from edged.preprocess import Preprocessor
+from edged.service.pipeline import Result
+from edged.sources import open_source
+from edged.sources.capture import CaptureThread
+from edged.sources.resilient import ResilientSource
+from edged.system.secrecy import scrubbed_environ
+from edged.system.threads import leave_cores_to_the_model
+
+log = logging.getLogger("edged.wiring")
+
+# Config kinds name what the user has; the drivers are fewer.
+_DRIVER = {"v4l2": "opencv", "stream": "opencv", "video": "opencv"}
+# Files are not real time: every frame is inferred, none dropped.
+_LOSSLESS = {"video", "folder"}
+
+
+def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
+                  ) -> CaptureThread:
+    s = cfg.source
+    kind = _DRIVER.get(s.kind, s.kind)
+    params: dict[str, Any]
+    if kind == "synthetic":
+        params = {"size": (s.height, s.width), "fps": s.fps}
+    elif kind == "folder":
+        params = {"path": s.uri, "loop": s.loop, "fps": s.fps}
+    elif kind == "picamera2":
+        # The ISP scales the lores stream to the model's input: no CPU resize. The
+        # main stream is left to the source, which keeps the model's aspect ratio
+        # so the ISP crops rather than stretches.
+        params = {"size": input_size if s.lores else (s.height, s.width), "fps": s.fps}
+    else:
+        params = {"uri": s.uri, "width": s.width, "height": s.height, "fps": s.fps,
+                  "loop": s.loop}
+    # A video or folder with loop = false ends for good: reopening would replay it.
+    source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
+                             max_backoff=s.reopen_backoff_max_s,
+                             reopen_on_end=s.loop or s.kind not in _LOSSLESS,
+                             first_seq=first_seq)
+    return CaptureThread(source, lossless=s.kind in _LOSSLESS)
+
+
+def worker_params(cfg: Config) -> WorkerParams:
+    inf, model = cfg.inference, cfg.model
+    path = model.edgetpu_path if inf.delegate == "edgetpu" and model.edgetpu_path else model.path
+    return WorkerParams(
+        model_path=str(path), runtime=inf.runtime, delegate=inf.delegate,
+        num_threads=inf.num_threads, edgetpu_device=inf.edgetpu_device,
+        edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
+        external_options=dict(inf.external_options), fallback=inf.fallback,
+        mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
+        layout=cfg.preprocess.layout, cpu_model_path=str(model.path),
+    )
+
+
+def build_supervisor(cfg: Config) -> Supervisor:
+    inf = cfg.inference
+    return Supervisor(
+        worker_params(cfg), invoke_timeout_s=inf.invoke_timeout_s,
+        restart_backoff_s=inf.restart_backoff_s, restart_backoff_max_s=inf.restart_backoff_max_s,
+        cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
+        env=worker_environ(cfg),
+    )
+
+
+def worker_environ(cfg: Config) -> dict[str, str]:
+    """The daemon's environment without the MQTT password: the worker needs none."""
+    password = None
+    with contextlib.suppress(ConfigError):  # reported where the publisher is built
+        password = cfg.mqtt.resolve_password()
+    return scrubbed_environ(os.environ, names=[cfg.mqtt.password_env],
+                            values=[password] if password else [])
+
+
+def image_of(cfg: Config, info: ModelInfo) -> ImageInput:
+    """The running model's image input (the worker refused any other at load)."""
+    return image_input(info.inputs[0], cfg.preprocess.layout)
+
+
+def describe_pixels(cfg: Config, info: ModelInfo) -> str:
+    """For the start-up log: the layout, and the normalization with where it came from."""
+    def nums(v: tuple[float, ...]) -> str:
+        return ", ".join(f"{x:.6g}" for x in v)
+
+    source = info.normalization_source or normalization_source(
+        info.inputs[0], bool(cfg.preprocess.mean))
+    return (f"({image_of(cfg, info).describe()}; pixels (p - [{nums(info.mean)}]) / "
+            f"[{nums(info.std)}], {source}; {info.pixel_path} path)")
+
+
+def input_size(cfg: Config, info: ModelInfo) -> tuple[int, int]:
+    return image_of(cfg, info).size
+
+
+def build_preprocess(cfg: Config, info: ModelInfo
+                     ) -> Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]:
+    p = cfg.preprocess
+    image = image_of(cfg, info)
+    pre = Preprocessor(image.size, image.channels, mode=p.resize, pad_value=p.pad_value,
+                       color_order=p.color_order)
+    leave_cores_to_the_model()  # the worker's interpreter threads own the cores
+
+    def preprocess(pixels: NDArray[np.uint8], dst: NDArray[np.uint8]) -> Any:
+        pre(pixels, out=dst)  # straight into the worker's slot
+        return pre.geometry
+
+    return preprocess
+
+
+def build_publisher(cfg: Config) -> Publisher:
+    m = cfg.mqtt
+    tls = None
+    if m.tls:
+        # No CA file: the system trust store (never "no verification").
+        tls = TlsSettings(ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
+    return Publisher(PublisherSettings(
+        device_id=cfg.device.id, host=m.host, port=m.port, prefix=m.topic_prefix,
+        client_id=cfg.client_id, protocol=m.protocol, keepalive_s=m.keepalive_s,
+        username=m.username or None, password=m.resolve_password(), tls=tls,
+        results_qos=m.qos_results, results_retain=m.retain_results,
+        status_qos=m.qos_status, stats_qos=m.qos_status,
+        message_expiry_s=m.message_expiry_s or None, queue_size=m.queue_size,
+        backoff_min_s=m.reconnect_min_s, backoff_max_s=m.reconnect_max_s,
+    ))
+
+
+def decoder_kind(cfg: Config, info: ModelInfo) -> str:
+    """What `output.decoder` resolves to for this model ("none" when it cannot:
+    `build_deliver` reports why)."""
+    ssd_names, _ = ssd_names_for(cfg.output.ssd_outputs, info.ssd_outputs)
+    try:
+        return decode_kind(cfg.output.decoder, info.outputs, ssd_names)[0]
+    except ValueError:
+        return "none"
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoder as set up for one loaded model."""
+
+    info: ModelInfo
+    kind: DecoderKind
+    settings: DecodeSettings
+    labels: Labels | None
+    input_wh: tuple[int, int]
+
+
+def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
+                   announce: bool = True) -> Decoding:
+    """Resolve the decoder for `info`'s outputs; DecodeError (one line) if it does not fit."""
+    out = cfg.output
+    ssd_names, ssd_source = ssd_names_for(out.ssd_outputs, info.ssd_outputs)
+    kind, reason = decode_kind(out.decoder, info.outputs, ssd_names)
+    classes = ClassFilter.of(out.classes_keep, out.classes_ignore)
+    if labels is not None:
+        labels = prepare_labels(kind, labels, info.outputs)
+    if announce:
+        if out.decoder == "auto":
+            log.info("decoder auto: %s (%s)", kind, reason)
+        if kind == "detection" and ssd_names:
+            log.info("detection: SSD %s", ssd_source)
+        for note in labels.notes if labels is not None else ():
+            log.info("labels: %s", note)
+        for name in classes.unknown_names(labels.names()) if labels is not None else ():
+            log.warning("output.classes_keep/classes_ignore: %r is not a label in %s", name,
+                        cfg.model.labels)
+    # top_k bounds boxes as well as classes (its documented meaning for detection).
+    settings = DecodeSettings(
+        min_score=out.min_score, top_k=out.top_k, iou_threshold=out.nms_iou,
+        max_detections=out.top_k, min_box_area=out.min_box_area, classes=classes,
+        mask_max_side=out.segmentation_mask or None, ssd_names=ssd_names)
+    height, width = input_size(cfg, info)
+    return Decoding(info, kind, settings, labels, (width, height))
+
+
+def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
+                  on_published: Callable[[], None]) -> Callable[[Result], None]:
+    """Decode (as configured), encode and hand off one result."""
+    assert supervisor.info is not None
+    out = cfg.output
+    labels = load_labels(cfg.model.labels) if cfg.model.labels else None
+    decoding = build_decoding(cfg, supervisor.info, labels)
+    encode = encode_result_binary if out.encoding == "binary" else encode_result_json
+    device_id = cfg.device.id
+    # Per loaded model, not per result (a Path per result was a tenth of this
+    # thread's CPU): a CPU fallback changes the file, and brings a new `info`.
+    model_name = supervisor.model_name
+
+    def deliver(result: Result) -> None:
+        nonlocal decoding, model_name
+        if supervisor.info is not None and supervisor.info is not decoding.info:
+            # A restarted worker, maybe on the CPU model after an Edge TPU fallback: another
+            # file can have other tensor indices (SSD roles) or class counts.
+            decoding = build_decoding(cfg, supervisor.info, labels, announce=False)
+            model_name = supervisor.model_name
+        d = decoding
+        t0 = time.perf_counter_ns()
+        decoded = None
+        if d.kind != "none":
+            geometry = result.geometry
+            decoded = decoded_json(d.kind, decode(
+                d.kind, result.raw_outputs, result.tensors, settings=d.settings,
+                input_wh=d.input_wh, geometry=geometry, labels=d.labels,
+                content_box=getattr(geometry, "content", None)))
+        t1 = time.perf_counter_ns()
+        timings = result.times.as_dict()
+        timings["decode"] = (t1 - t0) // 1000
+        payload = encode(Payload(
+            device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
+            model=model_name,
+            delegate=decoding.info.delegate,
+            outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
+            timings_us=timings, decoded=decoded,
+        ))
+        publisher.publish_result(payload)
+        on_published()
+
+    return deliver

@@ -1,0 +1,3 @@
+"""Process, thread and OS plumbing: child processes, thread names, native
+stderr, secrets, logging.
+"""
