@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,10 +23,10 @@ from typing import Any
 
 import orjson
 
+from edged.mqtt import broker
 from edged.system.childproc import stop_process
 
 DATA = Path(__file__).resolve().parent / "data"
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 BROKER_ENV = "EDGED_DEMO_BROKER"
 BROKER_HELP = (f"environment: {BROKER_ENV}=auto|mosquitto|amqtt chooses the broker: auto "
                "(default) runs mosquitto when installed, else amqtt (pip install "
@@ -46,70 +44,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_demo)
 
 
-def find_mosquitto() -> str | None:
-    found = shutil.which("mosquitto")
-    return found or next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def private_mosquitto_conf(port: int, *, nodelay: bool = True) -> str:
-    """A loopback-only, anonymous, memory-only mosquitto for the demo and the bench.
-
-    `set_tcp_nodelay`: mosquitto leaves Nagle on towards subscribers, and a
-    result of a few kB then reaches them 5-12 ms late now and then (measured:
-    p99 10.7 ms on loopback, 0.96 ms with it). docs/field-guide.md asks the
-    same of a production broker. `nodelay=False` keeps mosquitto's default,
-    to measure that.
-    """
-    user = "user root\n" if os.geteuid() == 0 else ""
-    return (f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            + ("set_tcp_nodelay true\n" if nodelay else "") + user)
-
-
-def start_private_mosquitto(mosquitto: str, folder: Path, *, nagle: bool = False
-                            ) -> tuple[subprocess.Popen[bytes], int]:
-    """`mosquitto` on a free 127.0.0.1 port with `private_mosquitto_conf` (written
-    into `folder`), once it accepts connections: (process, port). `nagle` leaves
-    mosquitto's own default, for measuring what set_tcp_nodelay buys.
-    Raises RuntimeError, the process stopped, when it does not start."""
-    port = free_port()
-    (folder / "mosquitto.conf").write_text(private_mosquitto_conf(port, nodelay=not nagle))
-    proc = subprocess.Popen([mosquitto, "-c", str(folder / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 10.0
-    while not wait_for_port(port, 0.25):
-        if proc.poll() is not None or time.monotonic() > end:  # an exit says so at once
-            stop_process(proc, 5.0)
-            raise RuntimeError(f"mosquitto did not start on 127.0.0.1:{port}")
-    return proc, port
-
-
-def find_amqtt() -> str | None:
-    """The amqtt broker command beside this Python (the `demo` extra), if installed."""
-    beside = Path(sys.executable).parent / "amqtt"
-    return str(beside) if beside.exists() else shutil.which("amqtt")
-
-
-def start_private_amqtt(amqtt: str, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    (folder / "amqtt.yaml").write_text(
-        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
-        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-        "    allow_anonymous: true\n")
-    proc = subprocess.Popen([amqtt, "-c", str(folder / "amqtt.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_for_port(port):
-        stop_process(proc, 2.0)
-        raise RuntimeError(f"amqtt did not start on 127.0.0.1:{port}")
-    return proc, port
-
-
 def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
     """Port of a private loopback broker that `stack` stops, or None (reason
     printed). Prints the demo's first line: which broker it uses."""
@@ -118,14 +52,15 @@ def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
         print(f"edged demo: {BROKER_ENV}={choice!r}: must be auto, mosquitto or amqtt",
               file=sys.stderr)
         return None
-    mosquitto = find_mosquitto() if choice in ("auto", "mosquitto") else None
-    amqtt = find_amqtt() if choice == "amqtt" or (choice == "auto" and not mosquitto) else None
+    mosquitto = broker.find_mosquitto() if choice in ("auto", "mosquitto") else None
+    wants_amqtt = choice == "amqtt" or (choice == "auto" and not mosquitto)
+    amqtt = broker.find_amqtt() if wants_amqtt else None
     try:
         if mosquitto is not None:
-            broker, port = start_private_mosquitto(mosquitto, tmp)
+            proc, port = broker.start_private_mosquitto(mosquitto, tmp)
             name = "private mosquitto"
         elif amqtt is not None:
-            broker, port = start_private_amqtt(amqtt, tmp)
+            proc, port = broker.start_private_amqtt(amqtt, tmp)
             name = "private amqtt (pure-Python, demo only)"
         else:
             print(f"edged demo: {INSTALL_HELP}", file=sys.stderr)
@@ -133,20 +68,9 @@ def _start_broker(tmp: Path, stack: contextlib.ExitStack) -> int | None:
     except RuntimeError as exc:
         print(f"edged demo: {exc}", file=sys.stderr)
         return None
-    stack.callback(stop_process, broker, 5.0)
+    stack.callback(stop_process, proc, 5.0)
     print(f"broker: {name} on 127.0.0.1:{port}", flush=True)
     return port
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def demo_config(port: int, fps: float) -> str:

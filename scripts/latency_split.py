@@ -34,7 +34,7 @@ from edged.bench.daemon import (
     stat_cpu_seconds,
     worker_pid,
 )
-from edged.demo import find_mosquitto, start_private_mosquitto
+from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.system.childproc import stop_process
 
 SKIP = 30  # results while the daemon warms up

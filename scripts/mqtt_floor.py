@@ -29,10 +29,10 @@ import numpy as np
 
 from edged.bench.command import BENCH_MNV2
 from edged.bench.daemon import cpu_seconds
-from edged.demo import find_mosquitto, start_private_mosquitto
 from edged.inference.delegates import DelegateSpec
 from edged.inference.model import Model
 from edged.inference.runtime import select_runtime
+from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.mqtt.payload import Result, encode_result_json, outputs_from
 from edged.system.childproc import stop_process
 

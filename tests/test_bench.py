@@ -24,7 +24,7 @@ import pytest
 from edged.bench.daemon import DaemonSpec, daemon_config
 from edged.bench.table import cores_note, render
 from edged.config import load_config
-from edged.demo import find_mosquitto, start_private_mosquitto, wait_for_port
+from edged.mqtt.broker import find_mosquitto, start_private_mosquitto, wait_for_port
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Preprocessor

@@ -19,6 +19,7 @@ from edged.decode import (
     infer_kind,
     prepare_labels,
 )
+from edged.decode.detection import ssd_roles_in_op_order
 from edged.inference.modelfile import read_model_file
 from edged.numerics.tensors import TensorInfo
 
@@ -89,7 +90,7 @@ def test_every_committed_model_with_the_model_files_ssd_roles(test_models: Path)
     models = sorted(test_models.glob("*.tflite"))
     assert {m.name for m in models} == set(COMMITTED)
     for model in models:
-        roles = read_model_file(model).ssd_outputs
+        roles = ssd_roles_in_op_order(read_model_file(model).ssd_outputs)
         outputs = output_infos(model)
         if model.name != "ssd_postprocess.tflite":
             assert roles == {}, model.name
@@ -109,20 +110,21 @@ def test_every_committed_model_with_the_model_files_ssd_roles(test_models: Path)
 
 
 def test_ssd_roles_only_when_the_ops_outputs_are_the_models() -> None:
-    from edged.inference.modelfile import BUILTIN_CUSTOM, _ssd_roles
+    from edged.inference.modelfile import BUILTIN_CUSTOM, _ssd_op_outputs
 
     codes = [(3, ""), (BUILTIN_CUSTOM, "TFLite_Detection_PostProcess")]
     ops = ((0, (5,)), (1, (7, 8, 9, 10)))
-    assert _ssd_roles(codes, ops, (7, 8, 9, 10)) == {"boxes": 7, "classes": 8, "scores": 9,
-                                                     "count": 10}
+    assert _ssd_op_outputs(codes, ops, (7, 8, 9, 10)) == (7, 8, 9, 10)
+    assert ssd_roles_in_op_order((7, 8, 9, 10)) == {"boxes": 7, "classes": 8, "scores": 9,
+                                                    "count": 10}
     # Another op consumes the boxes: the model's outputs are not the op's.
-    assert _ssd_roles(codes, ops, (11, 8, 9, 10)) == {}
-    assert _ssd_roles([(3, ""), (BUILTIN_CUSTOM, "Other")], ops, (7, 8, 9, 10)) == {}
+    assert _ssd_op_outputs(codes, ops, (11, 8, 9, 10)) == ()
+    assert _ssd_op_outputs([(3, ""), (BUILTIN_CUSTOM, "Other")], ops, (7, 8, 9, 10)) == ()
 
 
 def test_every_shared_model_with_the_model_files_ssd_roles(shared_models: Path) -> None:
     for model in sorted(shared_models.glob("*.tflite")):
-        roles = read_model_file(model).ssd_outputs
+        roles = ssd_roles_in_op_order(read_model_file(model).ssd_outputs)
         assert roles == {}, model.name
         if model.name in SHARED:
             assert infer_kind(output_infos(model), roles or None)[0] == SHARED[model.name]

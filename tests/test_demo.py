@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edged import demo
-from edged.demo import find_amqtt, find_mosquitto
+from edged.mqtt import broker
+from edged.mqtt.broker import find_amqtt, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,8 +57,8 @@ def test_without_any_broker_the_demo_says_how_to_install_one_standin(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ) -> None:
     """Stand-in for a machine with neither broker installed (both are here)."""
-    monkeypatch.setattr(demo, "find_mosquitto", lambda: None)
-    monkeypatch.setattr(demo, "find_amqtt", lambda: None)
+    monkeypatch.setattr(broker, "find_mosquitto", lambda: None)
+    monkeypatch.setattr(broker, "find_amqtt", lambda: None)
     with contextlib.ExitStack() as stack:
         assert demo._start_broker(tmp_path, stack) is None
     err = capsys.readouterr().err

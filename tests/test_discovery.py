@@ -20,6 +20,7 @@ from fleet_helpers import check_device_discovery, copy_frames, render
 
 from edged.config import Config
 from edged.mqtt.discovery import discovery_config, discovery_topic, object_id
+from edged.service.wiring import discovery_settings
 
 TOPIC = "homeassistant/device/edged_cam_1/config"
 
@@ -54,7 +55,7 @@ def test_components_per_decoder_follow_the_documented_schema(
     cfg = Config.model_validate({"device": {"id": "cam.1"}, "homeassistant": {"enabled": True},
                                  "output": {"encoding": encoding,
                                             "classes_keep": ["person", "car"]}})
-    doc = discovery_config(cfg, model="m.tflite", decoder=decoder)
+    doc = discovery_config(discovery_settings(cfg), model="m.tflite", decoder=decoder)
     check_device_discovery(discovery_topic("homeassistant", "cam.1"), doc)
     base = {"status", "fps", "inference_ms", "latency_ms", "delegate", "fallback",
             "worker_restarts"}

@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 
 from edged.bench.rows import proc_status_kb
-from edged.demo import find_mosquitto, start_private_mosquitto
+from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.system.childproc import stop_process
 
 SETTLE_RESULTS = 10  # results after a resume that are not counted (warming up again)

@@ -317,7 +317,7 @@ def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Repo
         try:
             from_file = read_model_file(cf.config.model.path).ssd_outputs
         except ModelFileError:  # read fine a moment ago: changed under our feet
-            from_file = {}
+            from_file = ()
         names, source = ssd_names_for(out.ssd_outputs, from_file)
         try:
             kind, reason = decode_kind(out.decoder, outputs, names)

@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_v
 
 from edged.config.sections import FilePath, Section, raise_cross_field, topic_levels_problem
 from edged.config.text import ConfigError, os_error, show
-from edged.inference.modelfile import SSD_ROLES
+from edged.decode.detection import SSD_ROLES
 
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 

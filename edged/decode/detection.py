@@ -28,10 +28,20 @@ from edged.decode.results import (
     real_values,
     score_threshold,
 )
-from edged.inference.modelfile import SSD_ROLES
 from edged.numerics.tensors import TensorInfo
 
 SSD_NAME = re.compile(r"TFLite_Detection_PostProcess(?::(\d+))?$")
+# TFLite_Detection_PostProcess's outputs, in the order the op writes them (its
+# kernel's fixed output list; the tensor names are whatever the converter chose).
+SSD_ROLES = ("boxes", "classes", "scores", "count")
+
+
+def ssd_roles_in_op_order(op_outputs: Sequence[int]) -> dict[str, int]:
+    """Role -> tensor index, from the op's outputs in op order (the model file's
+    `ssd_outputs`); empty when the model has no such op."""
+    if len(op_outputs) != len(SSD_ROLES):
+        return {}
+    return dict(zip(SSD_ROLES, op_outputs, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

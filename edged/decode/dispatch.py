@@ -13,7 +13,13 @@ from typing import Any, Literal, get_args
 from numpy.typing import ArrayLike
 
 from edged.decode.classification import decode_classification, num_classes
-from edged.decode.detection import SSD_NAME, DetectionSettings, decode_ssd, ssd_outputs
+from edged.decode.detection import (
+    SSD_NAME,
+    DetectionSettings,
+    decode_ssd,
+    ssd_outputs,
+    ssd_roles_in_op_order,
+)
 from edged.decode.labels import Labels
 from edged.decode.pose import decode_pose, pose_keypoint_count
 from edged.decode.results import (
@@ -137,13 +143,15 @@ def _single(outputs: Sequence[TensorInfo], kind: str) -> TensorInfo:
     return outputs[0]
 
 
-def ssd_names_for(configured: Mapping[str, str], from_file: Mapping[str, int]
+def ssd_names_for(configured: Mapping[str, str], from_file: Sequence[int]
                   ) -> tuple[dict[str, str | int] | None, str]:
-    """The SSD roles to decode with and where they came from; the config wins."""
+    """The SSD roles to decode with and where they came from; the config wins.
+    `from_file`: the post-process op's output tensors in op order (modelfile)."""
     if configured:
         return dict(configured), "roles from output.ssd_outputs"
     if from_file:
-        return dict(from_file), "roles from the model file's TFLite_Detection_PostProcess op"
+        return (dict(ssd_roles_in_op_order(from_file)),
+                "roles from the model file's TFLite_Detection_PostProcess op")
     return None, ""
 
 

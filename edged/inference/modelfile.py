@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -36,10 +35,8 @@ RESOURCE_VARIABLE_OPS = frozenset({142, 143, 144})
 # Custom ops every runtime's BuiltinOpResolver registers itself
 # (tensorflow/lite/core/kernels/register.cc): not "unresolved".
 SSD_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+SSD_OUTPUT_COUNT = 4  # the op's fixed output list; what each means is decode.detection's
 RUNTIME_CUSTOM_OPS = frozenset({SSD_POSTPROCESS_OP, "Mfcc", "AudioSpectrogram", "NumericVerify"})
-# The post-process op's outputs, in the order the op writes them (its kernel's
-# fixed output list; the tensor names are whatever the converter chose).
-SSD_ROLES = ("boxes", "classes", "scores", "count")
 # Anything bigger cannot be a flatbuffer (32-bit offsets), and refusing it
 # keeps a mistaken path (a video file, /dev/zero) from being read into memory.
 MAX_FILE_BYTES = 2**31 - 1
@@ -77,9 +74,10 @@ class ModelFileInfo:
     outputs: tuple[int, ...]
     tensor_names: tuple[str, ...]
     signatures: tuple[SignatureInfo, ...]
-    # Role -> tensor index of the SSD post-process op's outputs, when the model
-    # has that op and all four outputs are model outputs; empty otherwise.
-    ssd_outputs: Mapping[str, int] = field(default_factory=dict)
+    # The SSD post-process op's output tensors in the order the op writes them,
+    # when the model has that op and all four are model outputs; empty otherwise.
+    # decode.detection.SSD_ROLES says which is which.
+    ssd_outputs: tuple[int, ...] = ()
     # Each output depends on the invokes before it (resource variables).
     stateful: bool = False
 
@@ -184,9 +182,9 @@ def _check_subgraph(sg: Table, n_opcodes: int, n_buffers: int,
     return inputs, outputs, tuple(names), tuple(ops)
 
 
-def _ssd_roles(opcodes: list[tuple[int, str]], ops: tuple[tuple[int, tuple[int, ...]], ...],
-               outputs: tuple[int, ...]) -> dict[str, int]:
-    """The SSD post-process op's outputs by role, when they are the model's outputs.
+def _ssd_op_outputs(opcodes: list[tuple[int, str]], ops: tuple[tuple[int, tuple[int, ...]], ...],
+                    outputs: tuple[int, ...]) -> tuple[int, ...]:
+    """The SSD post-process op's outputs in op order, when they are the model's outputs.
 
     TF2 exports name these outputs `StatefulPartitionedCall:N` in an order of the
     converter's choosing, and classes and scores share a shape: the op's own
@@ -195,9 +193,9 @@ def _ssd_roles(opcodes: list[tuple[int, str]], ops: tuple[tuple[int, tuple[int, 
     for code_index, op_outputs in ops:
         code, name = opcodes[code_index]
         if (code == BUILTIN_CUSTOM and name == SSD_POSTPROCESS_OP
-                and len(op_outputs) == len(SSD_ROLES) and set(op_outputs) <= set(outputs)):
-            return dict(zip(SSD_ROLES, op_outputs, strict=True))
-    return {}
+                and len(op_outputs) == SSD_OUTPUT_COUNT and set(op_outputs) <= set(outputs)):
+            return tuple(op_outputs)
+    return ()
 
 
 def _signature(t: Table, subgraph_count: int) -> SignatureInfo:
@@ -257,7 +255,7 @@ def _parse(data: bytes, path: Path) -> ModelFileInfo:
     return ModelFileInfo(path=path, size=len(data), schema_version=version, custom_ops=custom,
                          subgraph_count=len(subgraphs), inputs=inputs, outputs=outputs,
                          tensor_names=names, signatures=signatures,
-                         ssd_outputs=_ssd_roles(opcodes, ops, outputs),
+                         ssd_outputs=_ssd_op_outputs(opcodes, ops, outputs),
                          stateful=any(code in RESOURCE_VARIABLE_OPS for code, _ in opcodes))
 
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,8 @@ class ModelInfo:
     pixel_path: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    # SSD post-process outputs by role (tensor index), from the model file's op.
-    ssd_outputs: Mapping[str, int] = field(default_factory=dict)
+    # The SSD post-process op's output tensors in op order (decode.detection.SSD_ROLES).
+    ssd_outputs: tuple[int, ...] = ()
     model_path: str = ""  # the file loaded: the CPU build after a fallback at load
     normalization_source: str = ""  # config, model metadata or derived (edged.numerics.quantize)
 
@@ -78,7 +78,7 @@ class ModelInfo:
                    tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
                    tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
                    str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
-                   {str(k): int(v) for k, v in (m.get("ssd_outputs") or {}).items()},
+                   tuple(int(i) for i in m.get("ssd_outputs") or ()),
                    str(m.get("model_path", "")), str(m.get("normalization_source", "")))
 
 

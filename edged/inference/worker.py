@@ -199,7 +199,7 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
         "model_path": str(model.path),  # the CPU build after a fallback at load
         "inputs": [t.to_dict() for t in model.inputs],
         "outputs": [t.to_dict() for t in model.outputs],
-        "ssd_outputs": dict(model.file.ssd_outputs),
+        "ssd_outputs": list(model.file.ssd_outputs),
         "pixel_path": quantizer.path,
         "mean": list(quantizer.normalization.mean),
         "std": list(quantizer.normalization.std),

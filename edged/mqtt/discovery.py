@@ -28,12 +28,12 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from edged import __version__
-from edged.config import Config
 from edged.mqtt.publisher import Publisher
 
 log = logging.getLogger("edged.discovery")
@@ -117,11 +117,24 @@ def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
     return {}
 
 
-def discovery_config(cfg: Config, *, model: str, decoder: str) -> dict[str, Any]:
-    """The device discovery payload for this config, model file and decoder kind."""
-    dev_id = cfg.device.id
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """What discovery needs from the config, and no more (service builds it)."""
+
+    device_id: str
+    topic_base: str  # <prefix>/<device id>
+    enabled: bool = False  # homeassistant.enabled
+    prefix: str = "homeassistant"  # homeassistant.discovery_prefix
+    name: str = ""  # homeassistant.name; empty: "edged <device id>"
+    json_results: bool = True  # output.encoding == "json": HA cannot read binary
+    classes_keep: tuple[str, ...] = ()
+
+
+def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[str, Any]:
+    """The device discovery payload for these settings, model file and decoder kind."""
+    dev_id = s.device_id
     oid = object_id(dev_id)
-    base = cfg.topic_base
+    base = s.topic_base
     status, stats, results = f"{base}/status", f"{base}/stats", f"{base}/results"
     avty = [{"t": status, "val_tpl": _AVAILABLE}]
     diag = {"ent_cat": "diagnostic"}
@@ -153,13 +166,13 @@ def discovery_config(cfg: Config, *, model: str, decoder: str) -> dict[str, Any]
                                    "{{ value_json.worker_restarts }}",
                                    stat_cla="total_increasing", ic="mdi:restart", **diag),
     }
-    if cfg.output.encoding == "json":  # Home Assistant cannot read the binary encoding
-        cmps.update(_result_components(oid, decoder, results, list(cfg.output.classes_keep)))
+    if s.json_results:
+        cmps.update(_result_components(oid, decoder, results, list(s.classes_keep)))
     for key, comp in cmps.items():
         if key != "status":  # the connectivity sensor must still say "off" when offline
             comp["avty"] = avty
     return {
-        "dev": {"ids": [oid], "name": cfg.homeassistant.name or f"edged {dev_id}",
+        "dev": {"ids": [oid], "name": s.name or f"edged {dev_id}",
                 "mf": "edged", "mdl": model, "sw": __version__, "sn": dev_id},
         "o": {"name": ORIGIN, "sw": __version__},
         "qos": 0,
@@ -212,11 +225,10 @@ class Discovery:
     ours found retained on the broker is cleared.
     """
 
-    def __init__(self, publisher: Publisher, cfg: Config) -> None:
-        ha = cfg.homeassistant
-        self.enabled = ha.enabled
-        self.topic = discovery_topic(ha.discovery_prefix, cfg.device.id)
-        self.birth_topic = f"{ha.discovery_prefix}/status"
+    def __init__(self, publisher: Publisher, s: DiscoverySettings) -> None:
+        self.enabled = s.enabled
+        self.topic = discovery_topic(s.prefix, s.device_id)
+        self.birth_topic = f"{s.prefix}/status"
         self._publisher = publisher
         self._payload: bytes | None = None
         self._births = _Births()

@@ -415,7 +415,7 @@ class Daemon:
     def _start_publisher(self, publisher: Publisher | None = None) -> None:
         self.publisher = publisher or wiring.build_publisher(self.cfg)
         # Before start: it subscribes on every connect.
-        self.discovery = Discovery(self.publisher, self.cfg)
+        self.discovery = Discovery(self.publisher, wiring.discovery_settings(self.cfg))
         self.publisher.start()
         self._announce()
 
@@ -425,7 +425,7 @@ class Daemon:
             return
         kind = wiring.decoder_kind(self.cfg, info)
         self.discovery.announce(discovery_config(
-            self.cfg, model=sup.model_name, decoder=kind))
+            wiring.discovery_settings(self.cfg), model=sup.model_name, decoder=kind))
 
     def _report(self, up: bool = True) -> None:
         """One set of figures to the stats topic and the metrics textfile."""

@@ -31,6 +31,7 @@ from edged.decode.labels import Labels, load_labels
 from edged.decode.results import ClassFilter
 from edged.inference.supervisor import ModelInfo, Supervisor
 from edged.inference.worker import WorkerParams
+from edged.mqtt.discovery import DiscoverySettings
 from edged.mqtt.payload import Result as Payload
 from edged.mqtt.payload import encode_result_binary, encode_result_json, outputs_from
 from edged.mqtt.publisher import Publisher
@@ -254,3 +255,12 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
         on_published()
 
     return deliver
+
+
+def discovery_settings(cfg: Config) -> DiscoverySettings:
+    """The part of the config Home Assistant discovery needs."""
+    ha = cfg.homeassistant
+    return DiscoverySettings(
+        device_id=cfg.device.id, topic_base=cfg.topic_base, enabled=ha.enabled,
+        prefix=ha.discovery_prefix, name=ha.name,
+        json_results=cfg.output.encoding == "json", classes_keep=tuple(cfg.output.classes_keep))
