@@ -15,7 +15,7 @@ For each mutant (truncation, bit flips, zeroed blocks; tests/badinput_helpers.py
 
 Prints counts by outcome and message class, and the time per case. Exit
 status 1 when anything died by a signal, hung, or broke the one-line contract.
-Longer version of tests/test_faults_models.py; figures go in RELIABILITY.md.
+Longer version of tests/inference/test_faults_models.py; figures go in RELIABILITY.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ if [ ! -x .venv-tflite/bin/python ]; then
 fi
 echo "== the same numerics on tflite-runtime with numpy<2 =="
 .venv-tflite/bin/python -m pytest -p no:cacheprovider \
-    tests/test_quantize.py tests/test_model.py tests/test_delegates.py tests/test_modelfile.py
+    tests/numerics/test_quantize.py tests/inference/test_model.py tests/inference/test_delegates.py tests/inference/test_modelfile.py
 
 # Python 3.13 (Debian 13 / Raspberry Pi OS trixie): numerics, model, inspect and one
 # daemon run, in a venv of its own. Skipped, saying so, where no 3.13 is installed.
@@ -41,5 +41,5 @@ if [ ! -x .venv-py313/bin/python ]; then
 fi
 echo "== the numerics, model, inspect and a daemon run on Python 3.13 =="
 .venv-py313/bin/python -m pytest -p no:cacheprovider -W error::DeprecationWarning \
-    tests/test_quantize.py tests/test_model.py tests/test_inspect.py tests/test_field_models.py \
-    "tests/test_daemon.py::test_received_floats_equal_the_models_dequantized_outputs"
+    tests/numerics/test_quantize.py tests/inference/test_model.py tests/inference/test_inspect.py tests/inference/test_field_models.py \
+    "tests/service/test_daemon.py::test_received_floats_equal_the_models_dequantized_outputs"

@@ -30,7 +30,7 @@ from edged.mqtt.payload import (
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:

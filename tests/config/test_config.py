@@ -29,7 +29,7 @@ from edged.config import (
 from edged.config import doc as configdoc
 from edged.config.text import key_lines, line_of
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "config" / "edged.toml"
 BROKEN = sorted(CONFIGS.glob("*.toml"))
 LINE_RE = re.compile(r"^[^\n:]+(:\d+)?: \S")

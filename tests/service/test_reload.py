@@ -29,7 +29,7 @@ from reload_helpers import (
     worker_count,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ROOT / "edged" / "data" / "digits_labels.txt"
 MODEL = MODELS / "digits_int8.tflite"
 LOADED = "model digits_int8.tflite:"  # logged once per model load

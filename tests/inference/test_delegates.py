@@ -22,7 +22,7 @@ from edged.inference.model import Model
 from edged.inference.modelfile import ModelFileError
 from edged.inference.runtime import Runtime, select_runtime
 
-STUB_SOURCE = Path(__file__).parent / "stub_delegate" / "stub_delegate.c"
+STUB_SOURCE = Path(__file__).parents[1] / "stub_delegate" / "stub_delegate.c"
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 NOT_INSTALLED = (f"Edge TPU delegate: {EDGETPU_LIBRARY} not found: the Edge TPU runtime is not "
                  "installed (apt install libedgetpu1-std)")

@@ -17,7 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 from broker import Mosquitto, Subscriber, retained
 from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, results, write_config
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
 
 
 def expected_outputs(model: Path, frame: Path) -> list[np.ndarray]:

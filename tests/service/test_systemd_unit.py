@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "edged.service"
 SYSUSERS = ROOT / "systemd" / "edged.sysusers"
 UDEV_RULES = ROOT / "systemd" / "99-edged-coral.rules"

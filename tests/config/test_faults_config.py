@@ -1,6 +1,6 @@
 """Damaged config files through the real processes: `edged check-config`, `edged run`, SIGHUP.
 
-tests/test_config.py already feeds random garbage to `load_config` in-process;
+tests/config/test_config.py already feeds random garbage to `load_config` in-process;
 here hypothesis damages a *working* daemon config (wrong types, huge numbers,
 unicode, unknown keys and sections, missing sections) and the real command
 lines must answer with `file:line: key: message` lines and their exit code,

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "edged" / "schemas"
 
 

@@ -30,7 +30,7 @@ from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Preprocessor
 from edged.system.childproc import stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"capture", "resize", "quantize", "invoke", "dequantize", "decode", "encode", "publish"}
 
 

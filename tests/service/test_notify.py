@@ -25,7 +25,7 @@ from edged.service.notify import (
     monotonic_usec,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -14,7 +14,7 @@ import pytest
 
 from edged.cli import main
 
-MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 
 SHARED = ["mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v1_0.25_128_quant.tflite",
           "mobilenet_v1_0.25_128_quant_edgetpu.tflite", "movenet_single_pose_lightning_ptq.tflite",

@@ -22,7 +22,7 @@ from ai_edge_litert.interpreter import Interpreter
 from edged.numerics.quantize import PixelQuantizer, dequantize
 from edged.numerics.tensors import TensorInfo
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 REFERENCE: dict[str, Any] = json.loads((DATA / "reference.json").read_text())
 MODELS: dict[str, Any] = REFERENCE["models"]
 COMPARED = [m for m in MODELS if all("atol" in f for f in MODELS[m]["frames"].values())]

@@ -19,7 +19,7 @@ from edged.mqtt.payload import Result, encode_result_binary, encode_result_json,
 from edged.mqtt.publisher import Publisher, PublisherSettings
 from edged.numerics.tensors import TensorInfo
 
-SCHEMA = Path(__file__).resolve().parent.parent / "edged" / "schemas" / "result-v1.schema.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "edged" / "schemas" / "result-v1.schema.json"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from edged.config.check import check_config
 
 PYTHON = Path("/tmp/venv/bin/python")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def python() -> str:
@@ -215,7 +215,7 @@ def test_edgetpu_only_model_cannot_fall_back(tmp_path: Path, shared_models: Path
     path = write(tmp_path, f'[model]\npath = "{model}"\n[inference]\ndelegate = "edgetpu"\n'
                            'edgetpu_library = "/nonexistent/libedgetpu.so.1"\n')
     report = check_config(path)
-    # edged run exits 78 with this file (tests/test_exit_contract.py): not an OK here.
+    # edged run exits 78 with this file (tests/service/test_exit_contract.py): not an OK here.
     assert report.errors == (
         f"{path}:5: inference.edgetpu_library: cannot load /nonexistent/libedgetpu.so.1: "
         "cannot open shared object file: No such file or directory (apt install "

@@ -39,8 +39,8 @@ from edged.mqtt.publisher import Publisher, PublisherError, PublisherSettings, T
 from edged.mqtt.settings import Outbox
 from edged.numerics.tensors import TensorInfo
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "edged" / "schemas"
-HELPER = Path(__file__).resolve().parent / "publish_helpers.py"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
+HELPER = Path(__file__).resolve().parents[1] / "publish_helpers.py"
 FAST = {"keepalive_s": 5, "backoff_min_s": 0.1, "backoff_max_s": 0.4, "connect_timeout_s": 3.0}
 
 

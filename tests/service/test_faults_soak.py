@@ -15,7 +15,7 @@ import orjson
 import pytest
 from faults_helpers import record_figure
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _soak_module() -> ModuleType:
