@@ -35,11 +35,8 @@ ALLOWED: dict[str, set[str]] = {
 MAX_LINES = 360
 # Over the limit today, each with the split it needs; the list only shrinks.
 KNOWN_OVERSIZE: dict[str, str] = {
-    "service/daemon.py": "the reload application (_reload.._restore_worker) into service/",
-    "mqtt/loop.py": "the inflight/ack bookkeeping into its own module",
-    "inference/supervisor.py": "the worker-process protocol (start, ready, restart) apart",
-    "config/check.py": "per-section file checks into config/checks_*.py",
-    "mqtt/payload.py": "the binary encoding apart from the JSON one",
+    "mqtt/loop.py": "the paho callbacks (connect, disconnect, publish acks) apart from the "
+                    "loop that pumps the outbox",
 }
 
 

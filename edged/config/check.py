@@ -15,8 +15,6 @@ a check before `systemctl reload` must not disturb it.
 from __future__ import annotations
 
 import ctypes
-import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged.config import (
@@ -25,38 +23,11 @@ from edged.config import (
     config_warnings,
     read_config,
 )
+from edged.config.check_mqtt import check_password, check_tls
+from edged.config.findings import CheckResult, Report
 from edged.config.partial import read_valid_sections
 from edged.config.publish import OutputConfig
-from edged.config.text import os_error
 from edged.numerics.tensors import TensorInfo
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """What a check found, each a complete line; `errors` fail it, `warnings` do not."""
-
-    errors: tuple[str, ...]
-    warnings: tuple[str, ...]
-    notes: tuple[str, ...]
-    delegate_loads: bool = True  # False: the delegate library cannot load (a CPU fallback)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-@dataclass
-class Report:
-    """Collects findings while the checks run."""
-
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    delegate_loads: bool = True
-
-    def result(self) -> CheckResult:
-        return CheckResult(tuple(self.errors), tuple(self.warnings), tuple(self.notes),
-                           self.delegate_loads)
 
 
 def check_config(path: str | Path) -> CheckResult:
@@ -93,8 +64,8 @@ def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) 
     if valid("model"):
         _check_labels(cf, report)
     if valid("mqtt"):
-        _check_password(cf, report)
-        _check_tls(cf, report)
+        check_password(cf, report)
+        check_tls(cf, report)
     if valid("inference"):
         _check_delegate_library(cf, report)
     if outputs is not None and valid("output"):
@@ -185,73 +156,6 @@ def _check_labels(cf: ConfigFile, report: Report) -> None:
         load_labels(cf.config.model.labels)
     except LabelsError as exc:
         report.errors.append(cf.problem("model.labels", str(exc)))
-
-
-def _check_password(cf: ConfigFile, report: Report) -> None:
-    mqtt = cf.config.mqtt
-    try:
-        mqtt.resolve_password()
-    except ConfigError as exc:
-        key, _, message = exc.problems[0].partition(": ")
-        if key == "mqtt.password_env":
-            # The service's environment (EnvironmentFile=, LoadCredential=) is not ours.
-            report.warnings.append(cf.problem(key, message + " in this shell; make sure the "
-                                              "service's environment sets it", warning=True))
-        else:
-            report.errors.append(cf.problem(key, message))
-
-
-def _pem(path: Path, marker: str) -> str | None:
-    """A one-line reason `path` is not a readable PEM file holding `marker`, or None."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace")
-    except (OSError, ValueError) as exc:
-        return f"cannot read {path}: {os_error(exc)}"
-    if marker not in text:
-        return f"{path}: no {marker.strip('-').strip()} block (not a PEM file?)"
-    if "ENCRYPTED" in text and "PRIVATE KEY" in marker:
-        return f"{path}: the key is encrypted; edged needs it unencrypted (and chmod 600)"
-    return None
-
-
-def _check_tls(cf: ConfigFile, report: Report) -> None:
-    mqtt = cf.config.mqtt
-    if not mqtt.tls:
-        return
-    context = ssl.create_default_context()
-    if mqtt.ca_file is not None:
-        problem = _pem(Path(mqtt.ca_file), "-----BEGIN CERTIFICATE-----")
-        if problem is None:
-            try:
-                context.load_verify_locations(cafile=str(mqtt.ca_file))
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                problem = f"{mqtt.ca_file}: not a usable CA certificate ({_ssl_reason(exc)})"
-        if problem:
-            report.errors.append(cf.problem("mqtt.ca_file", problem))
-    if mqtt.cert_file is None or mqtt.key_file is None:
-        return
-    cert_problem = _pem(Path(mqtt.cert_file), "-----BEGIN CERTIFICATE-----")
-    key_problem = _pem(Path(mqtt.key_file), "PRIVATE KEY-----")
-    if cert_problem:
-        report.errors.append(cf.problem("mqtt.cert_file", cert_problem))
-    if key_problem:
-        report.errors.append(cf.problem("mqtt.key_file", key_problem))
-    if cert_problem or key_problem:
-        return
-    try:
-        # An empty password makes an encrypted key fail instead of prompting on the tty.
-        context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file), password=lambda: b"")
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        reason = _ssl_reason(exc)
-        if "KEY_VALUES_MISMATCH" in reason:
-            reason = f"{mqtt.key_file} is not the key of {mqtt.cert_file}"
-        report.errors.append(cf.problem("mqtt.key_file", reason))
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc.strerror or exc)
-    return os_error(exc)
 
 
 def _check_delegate_library(cf: ConfigFile, report: Report) -> None:

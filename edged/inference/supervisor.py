@@ -21,72 +21,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edged.inference.messages import Done, ModelInfo, ModelLoadError, WorkerError
 from edged.inference.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, receive, send
-from edged.numerics.tensors import TensorInfo
 
 log = logging.getLogger("edged.supervisor")
 
 LOAD_TIMEOUT_S = 60.0  # an Edge TPU model's first load uploads its weights over USB
 LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before giving up
-
-
-class ModelLoadError(RuntimeError):
-    """The worker could not load the model: a problem with the file or the setup.
-
-    `heals`: what is missing may come by itself (a Coral not plugged in yet):
-    worth waiting for, unlike a refused file, which a restart cannot mend.
-    """
-
-    def __init__(self, message: str, *, heals: bool = False) -> None:
-        super().__init__(message)
-        self.heals = heals
-
-
-class WorkerError(RuntimeError):
-    """The worker died, hung or broke the protocol; it has been killed."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the running worker loaded, as it reported it."""
-
-    pid: int
-    runtime: str
-    delegate: str
-    delegate_note: str
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    pixel_path: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    # The SSD post-process op's output tensors in op order (decode.detection.SSD_ROLES).
-    ssd_outputs: tuple[int, ...] = ()
-    model_path: str = ""  # the file loaded: the CPU build after a fallback at load
-    normalization_source: str = ""  # config, model metadata or derived (edged.numerics.quantize)
-
-    @classmethod
-    def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
-        return cls(int(m["pid"]), str(m["runtime"]), str(m["delegate"]),
-                   str(m.get("delegate_note", "")),
-                   tuple(TensorInfo.from_dict(t) for t in m["inputs"]),
-                   tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
-                   str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
-                   tuple(int(i) for i in m.get("ssd_outputs") or ()),
-                   str(m.get("model_path", "")), str(m.get("normalization_source", "")))
-
-
-@dataclass(frozen=True)
-class Done:
-    slot: int
-    quantize_us: int
-    invoke_us: int
 
 
 def _describe_exit(code: int | None) -> str:

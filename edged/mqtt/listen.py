@@ -20,14 +20,17 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
+from numpy.typing import NDArray
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edged.mqtt.payload import PayloadError, decode_result, summarize
+from edged.mqtt.payload import JSON_OPTS, PayloadError, decode_result
 from edged.mqtt.settings import describe_error, reason_text
 
 
@@ -212,3 +215,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"edged listen: {args.host}:{args.port}: {listener.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def summarize(doc: Mapping[str, Any], top: int = 3) -> str:
+    """One readable line for a decoded result (what `edged listen` prints)."""
+    parts = [f"{doc.get('device_id', '?')} seq={doc.get('seq', '?')}"]
+    cap, pub = doc.get("captured_at"), doc.get("published_at")
+    if isinstance(cap, int | float) and isinstance(pub, int | float):
+        parts.append(f"latency={(pub - cap) * 1000:.1f}ms")
+    parts.append(f"{doc.get('model', '?')}@{doc.get('delegate', '?')}")
+    decoded = doc.get("decoded")
+    if decoded is not None:
+        parts.append(f"decoded={_short(decoded)}")
+    for out in doc.get("outputs", ()):
+        parts.append(f"{out.get('name', '?')}{list(out.get('shape', ()))}: "
+                     f"{_top_values(np.asarray(out.get('data')), top)}")
+    return "  ".join(parts)
+
+
+def _top_values(data: NDArray[Any], top: int) -> str:
+    flat = data.ravel()
+    if flat.size == 0:
+        return "(empty)"
+    if flat.size <= top:
+        return " ".join(_fmt(v) for v in flat)
+    finite = np.where(np.isnan(flat), -np.inf, flat) if flat.dtype.kind == "f" else flat
+    idx = np.argpartition(finite, -top)[-top:]
+    idx = idx[np.argsort(finite[idx])[::-1]]
+    return "top " + " ".join(f"{int(i)}={_fmt(flat[i])}" for i in idx)
+
+
+def _fmt(v: Any) -> str:
+    return f"{float(v):.4g}" if isinstance(v, float | np.floating) else str(v)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = orjson.dumps(value, option=JSON_OPTS).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

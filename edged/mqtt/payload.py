@@ -72,7 +72,7 @@ BINARY_MAGIC: Final = b"EDGB"
 BINARY_VERSION: Final = 1
 _HEADER = struct.Struct("<4sBBHI")
 _ALIGN = 8
-_JSON_OPTS: Final = orjson.OPT_SERIALIZE_NUMPY
+JSON_OPTS: Final = orjson.OPT_SERIALIZE_NUMPY
 
 # Keys a stats figure may not use: they belong to the envelope.
 # Tensor dtype char -> the dtype its values travel in (see the module docstring).
@@ -180,7 +180,7 @@ def encode_result_json(result: Result, published_at: float | None = None) -> byt
     if result.decoded is not None:
         doc["decoded"] = result.decoded
     try:
-        return orjson.dumps(doc, option=_JSON_OPTS)
+        return orjson.dumps(doc, option=JSON_OPTS)
     except TypeError as exc:
         raise PayloadError(f"result {result.seq}: cannot encode as JSON: {exc}") from None
 
@@ -203,7 +203,7 @@ def encode_result_binary(result: Result, published_at: float | None = None) -> b
     doc["outputs"] = entries
     if result.decoded is not None:
         doc["decoded"] = result.decoded
-    meta = orjson.dumps(doc, option=_JSON_OPTS)
+    meta = orjson.dumps(doc, option=JSON_OPTS)
     parts: list[bytes | memoryview] = [
         _HEADER.pack(BINARY_MAGIC, BINARY_VERSION, 0, len(arrays), len(meta)),
         meta,
@@ -314,46 +314,9 @@ def encode_stats(device_id: str, figures: Mapping[str, Any], at: float | None = 
                            "boot_id": BOOT_ID, "at": time.time() if at is None else at}
     doc.update(figures)
     try:
-        return orjson.dumps(doc, option=_JSON_OPTS)
+        return orjson.dumps(doc, option=JSON_OPTS)
     except TypeError as exc:
         raise PayloadError(f"stats: cannot encode as JSON: {exc}") from None
-
-
-def summarize(doc: Mapping[str, Any], top: int = 3) -> str:
-    """One readable line for a decoded result (what `edged listen` prints)."""
-    parts = [f"{doc.get('device_id', '?')} seq={doc.get('seq', '?')}"]
-    cap, pub = doc.get("captured_at"), doc.get("published_at")
-    if isinstance(cap, int | float) and isinstance(pub, int | float):
-        parts.append(f"latency={(pub - cap) * 1000:.1f}ms")
-    parts.append(f"{doc.get('model', '?')}@{doc.get('delegate', '?')}")
-    decoded = doc.get("decoded")
-    if decoded is not None:
-        parts.append(f"decoded={_short(decoded)}")
-    for out in doc.get("outputs", ()):
-        parts.append(f"{out.get('name', '?')}{list(out.get('shape', ()))}: "
-                     f"{_top_values(np.asarray(out.get('data')), top)}")
-    return "  ".join(parts)
-
-
-def _top_values(data: NDArray[Any], top: int) -> str:
-    flat = data.ravel()
-    if flat.size == 0:
-        return "(empty)"
-    if flat.size <= top:
-        return " ".join(_fmt(v) for v in flat)
-    finite = np.where(np.isnan(flat), -np.inf, flat) if flat.dtype.kind == "f" else flat
-    idx = np.argpartition(finite, -top)[-top:]
-    idx = idx[np.argsort(finite[idx])[::-1]]
-    return "top " + " ".join(f"{int(i)}={_fmt(flat[i])}" for i in idx)
-
-
-def _fmt(v: Any) -> str:
-    return f"{float(v):.4g}" if isinstance(v, float | np.floating) else str(v)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = orjson.dumps(value, option=_JSON_OPTS).decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_device_id(device_id: str) -> str:

@@ -34,25 +34,18 @@ from edged.config import (
     config_warnings,
     default_path,
     load_config,
-    read_config,
 )
 from edged.config.check import too_large_for_json
-from edged.inference.supervisor import ModelInfo, ModelLoadError, Supervisor, file_stamp
+from edged.inference.messages import ModelInfo, ModelLoadError
+from edged.inference.supervisor import Supervisor
 from edged.mqtt.discovery import Discovery, discovery_config
 from edged.mqtt.publisher import Publisher
-from edged.service import lifecycle, report, wiring
+from edged.service import applying, lifecycle, report, wiring
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
 from edged.service.notify import Notifier, ProgressMonitor
 from edged.service.pipeline import Deliver, Pipeline, Preprocess
-from edged.service.reload import (
-    ReloadPlan,
-    plan_reload,
-    preflight,
-    vanished_warnings,
-    with_model_file_changed,
-)
 from edged.service.stats import Stats
 from edged.service.threaddeaths import ThreadDeaths
 from edged.sources.capture import CaptureThread
@@ -286,129 +279,7 @@ class Daemon:
                 register_secret(secret)
 
     def _reload(self) -> None:
-        """SIGHUP: check the file; apply what changed, or keep running on the old config."""
-        # Before READY=1 systemd is still waiting for the start: no reload to announce.
-        if self.keeper.ready_sent:
-            self.notifier.reloading(f"reloading {self.path}")
-        try:
-            cf = read_config(self.path)
-            plan = plan_reload(self.cfg, cf.config)
-            sup = self.supervisor  # the file it runs, replaced on disk at the same path
-            if sup is not None and file_stamp(sup.params.model_path) != sup.model_stamp:
-                plan = with_model_file_changed(plan)
-            problems = preflight(cf, plan)
-            if problems:
-                raise ConfigError(problems)
-            for warning in vanished_warnings(self.cfg, cf):
-                log.warning("reload: %s", warning)
-            log.info("reload: changed: %s; restarting: %s",
-                     ", ".join(plan.changed) or "nothing", plan.restarts())
-            self._apply(cf.config, plan)
-        except ConfigError as exc:
-            self._reload_failed(exc.problems)
-        except (ModelLoadError, ValueError, OSError) as exc:
-            self._reload_failed((_first_line(exc),))
-        else:
-            self.reload_error = ""
-            log.info("reload: applied")
-        if self.keeper.ready_sent:
-            self.notifier.ready(self._status_line())
-        self._report()
-
-    def _reload_failed(self, problems: Sequence[str]) -> None:
-        for line in problems:
-            log.error("reload: %s", line)
-        self.reload_error = f"{len(problems)} problem(s), kept the running config: {problems[0]}"
-        log.error("reload failed: still running with the previous config")
-
-    def _apply(self, new: Config, plan: ReloadPlan) -> None:
-        """Build every changed part first, then swap them in: a failure to build
-        leaves the running parts untouched (the worker, which cannot be built
-        beside the running one on an Edge TPU, is restored instead)."""
-        assert self.publisher is not None and self.info is not None
-        old_size = wiring.input_size(self.cfg, self.info)
-        publisher = wiring.build_publisher(new) if plan.publisher else None
-        try:
-            if plan.worker:
-                self._replace_worker(new)
-            try:
-                stages = self._build_stages(new, plan, publisher or self.publisher)
-                # The Pi camera's ISP scales to the model input: a new input size reopens it.
-                new_size = wiring.input_size(new, self.info)
-                resize = new.source.kind == "picamera2" and new_size != old_size
-                capture = wiring.build_capture(
-                    new, new_size,
-                    first_seq=self.capture.source.frames if self.capture else 0,
-                ) if plan.source or resize else None
-            except BaseException:
-                if plan.worker:
-                    self._restore_worker()
-                raise
-        except BaseException:
-            if publisher is not None:
-                publisher.stop()  # never started: this only closes its sockets
-            raise
-        self.cfg = new
-        if self.pipeline is not None:  # kept running: new stages take over between frames
-            if stages[0] is not None:
-                self.pipeline.preprocess = stages[0]
-            if stages[1] is not None:
-                self.pipeline.set_deliver(stages[1])
-        if publisher is not None:
-            assert self.publisher is not None
-            self.publisher.stop()
-            publisher.take_over(self.publisher)  # queued results and counters carry over
-            self._start_publisher(publisher)
-        if capture is not None:
-            old, self.capture = self.capture, capture
-            if self.pipeline is not None:
-                self.pipeline.feed = capture.buffer  # waits on the new, empty buffer meanwhile
-            if old is not None:
-                old.stop()
-                self._carried.update(frames_dropped=old.buffer.dropped,
-                                     source_reopens=old.source.reopen_count,
-                                     frames_skipped=old.source.status().skipped)
-            capture.start()
-        if self.pipeline is None:
-            self._start_pipeline(stages)
-        self._pace()  # a new source or a new max_fps
-        self._apply_logging(new)
-        self._announce()
-
-    def _build_stages(self, new: Config, plan: ReloadPlan, publisher: Publisher
-                      ) -> tuple[Preprocess | None, Deliver | None]:
-        assert self.supervisor is not None and self.info is not None
-        too_large = too_large_for_json(self.info.outputs, new.output) if plan.deliver else None
-        if too_large is not None:
-            raise ConfigError([f"{self.path}: output.max_values: {too_large}"])
-        return (wiring.build_preprocess(new, self.info) if plan.preprocess else None,
-                wiring.build_deliver(new, self.supervisor, publisher, self._on_published)
-                if plan.deliver else None)
-
-    def _replace_worker(self, new: Config) -> None:
-        assert self.supervisor is not None
-        self._stop_pipeline()
-        self.supervisor.stop()
-        try:
-            self._start_worker(new)
-        except ModelLoadError:
-            self._restore_worker()
-            raise
-
-    def _restore_worker(self) -> None:
-        """After a failed reload: the running config's worker and pipeline again."""
-        if self.supervisor is not None:
-            self.supervisor.stop()
-        try:
-            self._start_worker(self.cfg)
-        except ModelLoadError as exc:
-            self.fatal_error = (f"reload: the previous model does not load any more either "
-                                f"({_first_line(exc)}); exiting")
-            log.error("%s", self.fatal_error)
-            self.exit_code = lifecycle.exit_code(exc)
-            self.stop_requested.set()
-            raise
-        self._start_pipeline()
+        applying.reload(self)
 
     # -- integrations: Home Assistant discovery, Prometheus textfile -------------------
 

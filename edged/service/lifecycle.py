@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 from edged.config.text import ConfigError
-from edged.inference.supervisor import ModelLoadError, Supervisor
+from edged.inference.messages import ModelLoadError
+from edged.inference.supervisor import Supervisor
 from edged.mqtt.publisher import Publisher
 from edged.service.pipeline import Pipeline
 from edged.sources.capture import CaptureThread

@@ -21,13 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from edged.inference.supervisor import (
-    ModelInfo,
-    ModelLoadError,
-    Supervisor,
-    WorkerError,
-    wait_backoff,
-)
+from edged.inference.messages import ModelInfo, ModelLoadError, WorkerError
+from edged.inference.supervisor import Supervisor, wait_backoff
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
 from edged.service.stats import StageTimes, Stats

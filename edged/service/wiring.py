@@ -29,7 +29,8 @@ from edged.decode.dispatch import (
 )
 from edged.decode.labels import Labels, load_labels
 from edged.decode.results import ClassFilter
-from edged.inference.supervisor import ModelInfo, Supervisor
+from edged.inference.messages import ModelInfo
+from edged.inference.supervisor import Supervisor
 from edged.inference.worker import WorkerParams
 from edged.mqtt.discovery import DiscoverySettings
 from edged.mqtt.payload import Result as Payload

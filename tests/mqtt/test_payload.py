@@ -14,6 +14,7 @@ import orjson
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
+from edged.mqtt.listen import summarize
 from edged.mqtt.payload import (
     BINARY_MAGIC,
     PayloadError,
@@ -24,7 +25,6 @@ from edged.mqtt.payload import (
     encode_stats,
     encode_status,
     outputs_from,
-    summarize,
     validate_device_id,
 )
 from edged.numerics.quantize import dequantize
