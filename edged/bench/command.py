@@ -33,7 +33,7 @@ from edged.bench.rows import STAGES, RowSpec, micro
 from edged.bench.table import cores_note, render, target_lines, targets
 from edged.system.childproc import stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: edged/bench/ -> edged/ -> .
 COMMITTED = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
 SHARED_MNV2 = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 BENCH_MNV2 = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"

@@ -105,7 +105,7 @@ def test_libedgetpu_absent_falls_back_to_cpu(runtime: Runtime, shared_models: Pa
                                              caplog: pytest.LogCaptureFixture) -> None:
     if _libedgetpu_present():
         pytest.skip("libedgetpu.so.1 is installed here")
-    with caplog.at_level(logging.WARNING, logger="edged.inference.delegates"):
+    with caplog.at_level(logging.WARNING, logger="edged.delegates"):
         model = Model.load(shared_models / CPU_MODEL, runtime, DelegateSpec("edgetpu"))
     assert model.delegate_in_use == "cpu"
     assert model.fallback_reason == f"{NOT_INSTALLED}; running on the CPU instead (fallback = cpu)"
@@ -191,7 +191,7 @@ def test_edgetpu_stand_in_failure_falls_back_to_cpu_with_one_line(
         caplog: pytest.LogCaptureFixture) -> None:
     record = stub_fails
     spec = DelegateSpec("edgetpu", device="usb:1", library=str(stub_library))
-    with caplog.at_level(logging.WARNING, logger="edged.inference.delegates"):
+    with caplog.at_level(logging.WARNING, logger="edged.delegates"):
         model = Model.load(shared_models / CPU_MODEL, runtime, spec)
     assert lines(record) == ["device=usb:1", "failed"]
     assert model.delegate_in_use == "cpu"

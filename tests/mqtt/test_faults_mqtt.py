@@ -33,7 +33,7 @@ def _start(tmp_path: Path, port: int, **mqtt: Any) -> DaemonProcess:
 
 def _publish_lines(daemon: DaemonProcess) -> list[str]:
     return [line for line in daemon.log_text().splitlines()
-            if "edged.mqtt.publisher" in line and (" WARNING " in line or " ERROR " in line)]
+            if "edged.publish" in line and (" WARNING " in line or " ERROR " in line)]
 
 
 def _latest_stats(sub: Subscriber, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:

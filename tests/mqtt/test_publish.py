@@ -144,13 +144,13 @@ def test_a_lost_connection_that_was_logged_is_followed_by_its_reconnect_in_the_l
         broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
     # Lost within FLAP_S of connecting counts as flapping; the reconnect line was
     # then left out, and the log ended on "connection lost" while all was well.
-    caplog.set_level(logging.INFO, logger="edged.mqtt.publisher")
+    caplog.set_level(logging.INFO, logger="edged.publish")
     pub = publisher(broker.port)
     try:
         assert pub.wait_connected(5)
         broker.restart()
         assert pub.wait_idle(10) and pub.counters().connects == 2
-        said = [r.getMessage() for r in caplog.records if r.name == "edged.mqtt.publisher"]
+        said = [r.getMessage() for r in caplog.records if r.name == "edged.publish"]
         lost = [i for i, m in enumerate(said) if "connection lost" in m]
         assert len(lost) == 1, said
         assert "dropped right after connecting" in said[lost[0]]

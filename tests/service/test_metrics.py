@@ -60,7 +60,7 @@ def test_write_is_atomic_and_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_an_unwritable_directory_is_logged_once_and_never_raises(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tf = Textfile(tmp_path / "missing" / "edged.prom")
-    with caplog.at_level(logging.WARNING, logger="edged.service.metrics"):
+    with caplog.at_level(logging.WARNING, logger="edged.metrics"):
         assert tf.write("cam", FIGURES) is False
         assert tf.write("cam", FIGURES) is False
     assert [r.getMessage() for r in caplog.records] == [

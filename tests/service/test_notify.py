@@ -101,7 +101,7 @@ def test_no_socket_makes_every_call_a_no_op() -> None:
 def test_unsupported_address_is_disabled_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="edged.service.notify"):
+    with caplog.at_level(logging.WARNING, logger="edged.notify"):
         notifier = Notifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not notifier.enabled
     assert not notifier.ready()
@@ -152,7 +152,7 @@ def test_lost_socket_logs_once_then_recovers_without_reconnecting(
         assert notifier.ready()
         first.receive()
     # The socket is gone (systemd re-executing): sends fail, quietly after the first.
-    with caplog.at_level(logging.INFO, logger="edged.service.notify"):
+    with caplog.at_level(logging.INFO, logger="edged.notify"):
         results = [notifier.watchdog() for _ in range(5)]
         assert results == [False] * 5
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -203,7 +203,7 @@ def test_gate_pings_at_interval_and_only_while_checks_hold(
                 sent.append(clock.now)
             clock.now = round(clock.now + 0.1, 6)  # a 10 Hz main loop
 
-    with caplog.at_level(logging.INFO, logger="edged.service.notify"):
+    with caplog.at_level(logging.INFO, logger="edged.notify"):
         run(5.0, beating=True)
         assert sent == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0]
         assert gate.failing == ()
@@ -246,7 +246,7 @@ def test_gate_withholds_when_a_check_raises_and_logs_it_once(
     gate = WatchdogGate(
         _notifier(listener, WATCHDOG_USEC="2000000"), [HealthCheck("stats", broken)], clock=clock
     )
-    with caplog.at_level(logging.ERROR, logger="edged.service.notify"):
+    with caplog.at_level(logging.ERROR, logger="edged.notify"):
         for _ in range(30):
             assert not gate.tick()
             clock.now += 0.1

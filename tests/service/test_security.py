@@ -142,7 +142,7 @@ def test_tls_never_falls_back_to_plain_text(tmp_path: Path, tls_files: TlsFiles,
         assert daemon.stop() == 0
     assert "New connection" in plain.log_text()  # it did try, on this port
     assert "New client connected" not in plain.log_text(), plain.log_text()
-    failures = [line for line in daemon.log_text().splitlines() if "edged.mqtt.publisher" in line
+    failures = [line for line in daemon.log_text().splitlines() if "edged.publish" in line
                 and " WARNING " in line]
     assert len(failures) == 1 and "TLS" in failures[0], failures
 

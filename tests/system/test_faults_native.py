@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import orjson
 from broker import Mosquitto, Subscriber
 from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, write_config
 from faults_helpers import copy_digit_frames, is_stats
@@ -86,8 +85,9 @@ def test_damaged_images_leave_edgeds_one_line_and_no_library_noise(
         write_config(path, cfg)
         daemon.send(signal.SIGHUP)
         wait_log(daemon, "reload: applied")
-        skipped = orjson.loads(sub.on("/stats")[-1].payload)["frames_skipped"]
-        sub.wait_for(is_stats(lambda s: s["frames_skipped"] >= skipped + 2), timeout=60)
+        # The log, not the stats: a stats message may count passes made before the reload.
+        wait_log(daemon, "edged.native: libpng error", timeout=30)
+        wait_log(daemon, "Premature end of JPEG file", timeout=30)
         assert daemon.stop() == 0
     assert [w for w in NATIVE_WORDS if w in info_log] == [], info_log
     assert info_log.count(f"skipping unreadable image {bad_crc}") == 1, info_log
