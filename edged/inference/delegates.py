@@ -27,11 +27,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from edged.inference.runtime import Runtime
+from edged.system.hardware import pci_edgetpus, usb_edgetpus
 
 DelegateKind = Literal["cpu", "edgetpu", "external"]
 FallbackPolicy = Literal["cpu", "fail"]
@@ -40,9 +40,6 @@ EDGETPU_LIBRARY = "libedgetpu.so.1"
 # usb, usb:N, pci, pci:N, :N (N-th Edge TPU of any kind), "" (the first found);
 # the forms libedgetpu documents for its "device" option.
 _DEVICE_RE = re.compile(r"(usb|pci)?(:\d+)?")
-# Coral USB Accelerator before (Global Unichip) and after (Google) firmware load.
-_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
-_SYSFS_USB = Path("/sys/bus/usb/devices")
 
 
 class DelegateError(RuntimeError):
@@ -129,32 +126,10 @@ def _disarm(tb: TracebackType | None) -> None:
         tb = tb.tb_next
 
 
-def _find_usb_edgetpu() -> list[Path]:
-    """Device nodes of Coral USB Accelerators, from sysfs (no libusb needed)."""
-    found = []
-    try:
-        entries = sorted(_SYSFS_USB.iterdir())
-    except OSError:
-        return []
-    for dev in entries:
-        try:
-            ids = ((dev / "idVendor").read_text().strip(), (dev / "idProduct").read_text().strip())
-            if ids in _USB_IDS:
-                bus, num = int((dev / "busnum").read_text()), int((dev / "devnum").read_text())
-                found.append(Path(f"/dev/bus/usb/{bus:03d}/{num:03d}"))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def _find_pci_edgetpu() -> list[Path]:
-    return sorted(Path("/dev").glob("apex_*"))
-
-
 def _diagnose_device(device: str) -> str:
     kind = device.split(":", maxsplit=1)[0]
-    nodes = ([] if kind == "pci" else _find_usb_edgetpu()) + \
-            ([] if kind == "usb" else _find_pci_edgetpu())
+    nodes = ([] if kind == "pci" else [t.node for t in usb_edgetpus()]) + \
+            ([] if kind == "usb" else pci_edgetpus())
     if not nodes:
         where = {"usb": "USB", "pci": "PCIe"}.get(kind, "USB or PCIe")
         return (f"no {where} Edge TPU found (device {device or 'first found'!r}): check it is "
