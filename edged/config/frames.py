@@ -159,6 +159,13 @@ class InferenceConfig(Section):
         "for the device, retrying (a missing delegate library exits 78)."))
     cpu_fallback_after: int = Field(default=3, ge=1, le=1000, description=(
         "Inference worker failures in a row before falling back to the CPU."))
+    failback: bool = Field(default=True, description=(
+        "After a CPU fallback: watch for the Edge TPU (or external delegate) to return, "
+        "start a worker on it beside the CPU one, and switch back once it has given a "
+        "good result. false = stay on the CPU until edged restarts."))
+    failback_interval_s: float = Field(default=60.0, ge=1, le=86400, description=(
+        "At most one switch between the CPU and the accelerator per this many seconds; "
+        "after a failed try or a relapse the wait doubles, up to 16 times this."))
     num_threads: int = Field(default=2, ge=0, le=64, description=(
         "CPU threads for the interpreter; 0 = the runtime's default. Fewer threads than "
         "cores leaves a core to edged's own threads (capture, pipeline, MQTT) and each "

@@ -56,6 +56,7 @@ class Supervisor:
                  cpu_fallback_after: int = 3, cpu_model_path: str | None = None,
                  env: Mapping[str, str] | None = None) -> None:
         self.params = params
+        self.asked = params  # what the config asked for: a fail-back returns to it
         self.env = env  # None: the daemon's own; see edged.system.secrecy.scrubbed_environ
         self.slots = slots
         self.invoke_timeout_s = invoke_timeout_s
@@ -179,6 +180,25 @@ class Supervisor:
         """The model file the worker runs (its CPU build after a fallback)."""
         loaded = self.info.model_path if self.info is not None else ""
         return Path(loaded or self.params.model_path).name
+
+    @property
+    def on_fallback(self) -> bool:
+        """Running on the CPU although the config asked for an accelerator."""
+        return (self.asked.delegate != "cpu" and self.info is not None
+                and self.info.delegate == "cpu")
+
+    def adopt(self, other: Supervisor) -> None:
+        """Take over `other`'s running worker and stop this one's (a fail-back); only
+        between frames, on the pipeline thread: the slots change with it."""
+        self.stop()
+        for name in ("_proc", "_sock", "_memfd", "_buf", "layout", "_pixels", "_outputs",
+                     "info", "model_stamp"):
+            setattr(self, name, getattr(other, name))
+        other._proc, other._sock, other._memfd, other._buf = None, None, -1, None
+        other.state = "stopped"
+        self.params = self.asked
+        self.fallback_reason, self.last_failure, self.consecutive_failures = "", "", 0
+        self.state = "running"
 
     @property
     def pid(self) -> int | None:

@@ -143,7 +143,7 @@ def _build_stages(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
 def _replace_worker(d: Daemon, new: Config) -> None:
     assert d.supervisor is not None
     d._stop_pipeline()
-    d.supervisor.stop()
+    d._stop_worker()
     try:
         d._start_worker(new)
     except ModelLoadError:
@@ -153,8 +153,7 @@ def _replace_worker(d: Daemon, new: Config) -> None:
 
 def _restore_worker(d: Daemon) -> None:
     """After a failed reload: the running config's worker and pipeline again."""
-    if d.supervisor is not None:
-        d.supervisor.stop()
+    d._stop_worker()
     try:
         d._start_worker(d.cfg)
     except ModelLoadError as exc:

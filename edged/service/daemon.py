@@ -36,6 +36,7 @@ from edged.config import (
     load_config,
 )
 from edged.config.check import too_large_for_json
+from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo, ModelLoadError
 from edged.inference.supervisor import Supervisor
 from edged.mqtt.discovery import Discovery, discovery_config
@@ -96,6 +97,7 @@ class Daemon:
         self.exit_code = 0
         self.capture: CaptureThread | None = None
         self.supervisor: Supervisor | None = None
+        self.failback: FailBack | None = None  # watches for the accelerator after a fallback
         self.publisher: Publisher | None = None
         self.pipeline: Pipeline | None = None
         self.pipeline_thread: threading.Thread | None = None
@@ -146,6 +148,7 @@ class Daemon:
         if self.supervisor is not None:
             self._carried["worker_restarts"] += self.supervisor.restarts
         self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
+        self.failback = wiring.build_failback(cfg or self.cfg, sup)
         info = sup.start_until_loaded(self.keeper.tick_while_waiting)
         log.info("model %s: runtime %s, delegate %s, input %s %s %s", sup.model_name,
                  info.runtime, info.delegate, list(info.inputs[0].shape),
@@ -171,7 +174,8 @@ class Daemon:
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
                 self.cfg, self.supervisor, self.publisher, self._on_published),
-            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info))
+            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info),
+            failback=self.failback)
         self._pace()
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
@@ -204,6 +208,16 @@ class Daemon:
             self._carried["frames_dropped"] += self.pipeline.frames_dropped
         self.pipeline = self.pipeline_thread = None
 
+    def _stop_worker(self) -> None:
+        """The worker, and a fail-back's worker in the making, which never takes over."""
+        if self.failback is not None:
+            self.failback.close()
+            self._carried.update(failbacks=self.failback.switches,
+                                 failback_tries=self.failback.tries)
+            self.failback = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+
     def _fatal(self, problems: Sequence[str], code: int) -> int:
         """Stop for good: every problem logged, the first one left where subscribers
         look (the retained offline status and the last stats)."""
@@ -218,8 +232,7 @@ class Daemon:
         if self.capture is not None:
             self.capture.stop(timeout=0.5)
         self._stop_pipeline()
-        if self.supervisor is not None:
-            self.supervisor.stop()
+        self._stop_worker()
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
             self._report(up=False)
@@ -256,7 +269,8 @@ class Daemon:
     def figures(self) -> dict[str, Any]:
         figures = report.figures(report.Parts(
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
-            self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried))
+            self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried,
+            self.failback))
         if self.fatal_error:
             figures["last_error"] = self.fatal_error
         return figures

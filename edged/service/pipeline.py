@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo, ModelLoadError, WorkerError
 from edged.inference.supervisor import Supervisor, wait_backoff
 from edged.numerics.quantize import dequantize
@@ -77,8 +78,10 @@ class _InFlight:
 class Pipeline:
     def __init__(self, feed: FrameFeed, preprocess: Preprocess, supervisor: Supervisor,
                  deliver: Deliver, stats: Stats, *, max_fps: float = 0.0,
-                 rebuild: Callable[[ModelInfo], Preprocess] | None = None) -> None:
+                 rebuild: Callable[[ModelInfo], Preprocess] | None = None,
+                 failback: FailBack | None = None) -> None:
         self.feed = feed
+        self.failback = failback  # back to the accelerator after a CPU fallback
         self.preprocess = preprocess
         # A restarted worker may load another model (the file replaced at the same
         # path, a CPU fallback to another file): preprocess is built for its input.
@@ -172,6 +175,8 @@ class Pipeline:
         self._held += 1
         t0 = time.perf_counter_ns()
         geometry = self.preprocess(frame.pixels, self.supervisor.pixels(slot))
+        if self.failback is not None and self.failback.wants_frame:
+            self.failback.offer(self.supervisor.pixels(slot))
         return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000)
 
     def _due_frame(self, timeout: float, due: float) -> FrameLike | None:
@@ -197,8 +202,10 @@ class Pipeline:
         pending: _InFlight | None = None
         next_due = 0.0
         while not self._stop.is_set():
+            handing_over = self._handing_over(pending is None)
             slot = 0 if pending is None else pending.slot ^ 1
-            due = time.monotonic() >= next_due
+            # No new frame while a fail-back waits for the one in flight to finish.
+            due = not handing_over and time.monotonic() >= next_due
             if pending is None and not due:
                 # max_fps, nothing in flight: sleep until a frame may be taken. Never
                 # with a result in flight: it is delivered first, whenever it is ready.
@@ -217,7 +224,7 @@ class Pipeline:
                 pending = ahead
                 continue
             done = self.supervisor.wait(pending.slot)
-            if ahead is None and time.monotonic() >= next_due:
+            if ahead is None and not handing_over and time.monotonic() >= next_due:
                 # Deliver now rather than hold the result until the next frame
                 # arrives (33 ms at 30 fps); one that came during the invoke still overlaps.
                 ahead = self._next_frame(slot, 0.0)
@@ -231,6 +238,22 @@ class Pipeline:
             # left on the socket for the next pipeline (a reload keeps the worker).
             done = self.supervisor.wait(pending.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
+
+    def _handing_over(self, idle: bool) -> bool:
+        """Poll the fail-back; switch workers when it is ready and nothing is in flight.
+        True while it waits for the frame in flight."""
+        if self.failback is None:
+            return False
+        self.failback.poll()
+        if not self.failback.ready:
+            return False
+        if not idle:
+            return True
+        self.failback.hand_over()
+        info = self.supervisor.info
+        if self.rebuild is not None and info is not None:
+            self.preprocess = self.rebuild(info)  # the accelerator's model may take another input
+        return False
 
     def _finish(self, job: _InFlight, quantize_us: int, invoke_us: int) -> None:
         self._held -= 1

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from edged.inference.failback import FailBack
 from edged.inference.supervisor import Supervisor
 from edged.mqtt.publisher import Publisher
 from edged.service.pipeline import Pipeline
@@ -32,6 +33,7 @@ class Parts:
     # Counts of the parts a reload replaced (a source, a worker supervisor), added to
     # the running ones': counters only grow for the life of the process.
     carried: Counter[str] = field(default_factory=Counter)
+    failback: FailBack | None = None
 
 
 def figures(p: Parts) -> dict[str, Any]:
@@ -56,6 +58,9 @@ def figures(p: Parts) -> dict[str, Any]:
         "delegate": info.delegate if info else "none",
         # Why it is not the configured delegate (a CPU fallback, at start or later), or "".
         "fallback": sup.fallback_reason if sup else "",
+        # Returns to the configured accelerator after a fallback, and tries at it.
+        "failbacks": p.failback.switches if p.failback else 0,
+        "failback_tries": p.failback.tries if p.failback else 0,
         "worker_state": sup.state if sup else "stopped",
         "worker_restarts": sup.restarts if sup else 0,
         "worker_pid": (sup.pid or 0) if sup else 0,

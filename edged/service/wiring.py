@@ -29,6 +29,7 @@ from edged.decode.dispatch import (
 )
 from edged.decode.labels import Labels, load_labels
 from edged.decode.results import ClassFilter
+from edged.inference.failback import FailBack, FailbackPolicy
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.inference.worker import WorkerParams
@@ -101,6 +102,14 @@ def build_supervisor(cfg: Config) -> Supervisor:
         cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
         env=worker_environ(cfg),
     )
+
+
+def build_failback(cfg: Config, supervisor: Supervisor) -> FailBack | None:
+    """Back to the accelerator after a CPU fallback; None when nothing can fall back."""
+    inf = cfg.inference
+    if inf.delegate == "cpu" or inf.fallback != "cpu" or not inf.failback:
+        return None
+    return FailBack(supervisor, FailbackPolicy(interval_s=inf.failback_interval_s))
 
 
 def worker_environ(cfg: Config) -> dict[str, str]:

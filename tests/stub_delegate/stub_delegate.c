@@ -17,6 +17,10 @@
  * STUB_DELEGATE_FAIL_IF_EXISTS=PATH makes it fail only while PATH exists (a
  * Coral that is plugged in later).
  * STUB_DELEGATE_RECORD=PATH is the default for record=.
+ * STUB_DELEGATE_DEVICE=PATH: the "device" exists only while PATH exists
+ * (a fake sysfs entry of a USB Accelerator): create fails while it is gone,
+ * as libedgetpu does with no Edge TPU plugged in.
+ * STUB_DELEGATE_ABORT_IF_EXISTS=PATH is the default for abort_if_exists=.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -71,8 +75,11 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     const char *record = getenv("STUB_DELEGATE_RECORD");
     const char *env_fail = getenv("STUB_DELEGATE_FAIL");
     const char *env_fail_if = getenv("STUB_DELEGATE_FAIL_IF_EXISTS");
+    const char *env_device = getenv("STUB_DELEGATE_DEVICE");
+    const char *env_abort_if = getenv("STUB_DELEGATE_ABORT_IF_EXISTS");
     int fail = (env_fail && strcmp(env_fail, "1") == 0) ||
-               (env_fail_if && env_fail_if[0] && access(env_fail_if, F_OK) == 0);
+               (env_fail_if && env_fail_if[0] && access(env_fail_if, F_OK) == 0) ||
+               (env_device && env_device[0] && access(env_device, F_OK) != 0);
     for (int i = 0; i < n; i++) {
         if (strcmp(keys[i], "record") == 0) record = values[i];
         if (strcmp(keys[i], "fail") == 0 && strcmp(values[i], "1") == 0) fail = 1;
@@ -80,6 +87,8 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     StubData *data = calloc(1, sizeof(StubData));
     if (!data) return NULL;
     if (record) snprintf(data->record, sizeof(data->record), "%s", record);
+    if (env_abort_if) snprintf(data->abort_if_exists, sizeof(data->abort_if_exists), "%s",
+                               env_abort_if);
     for (int i = 0; i < n; i++) {
         if (strcmp(keys[i], "abort_on_prepare") == 0 && strcmp(values[i], "1") == 0)
             data->abort_on_prepare = 1;
