@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "listen": "edged.mqtt.listen",
     "bench": "edged.bench.command",
     "demo": "edged.demo",
+    "doctor": "edged.doctor.command",
 }
 # What each command does with native libraries' own stderr output (edged.system.nativeout):
 # the daemon logs it, one-shot commands that load the runtime or OpenCV drop it.
@@ -34,6 +35,7 @@ NATIVE_OUTPUT: dict[str, Callable[[], bool]] = {
     "check-config": nativeout.silence_native_output,
     "inspect": nativeout.silence_native_output,
     "bench": nativeout.silence_native_output,
+    "doctor": nativeout.silence_native_output,
 }
 
 DESCRIPTION = """\
@@ -48,6 +50,7 @@ typical use:
   edged listen --host broker.local   watch the results arrive, one line each
   edged inspect model.tflite         see what edged does with a model
   edged demo                         try it on the bundled model and frames
+  edged doctor                       what keeps it from the Coral, camera or broker, with fixes
 
 `edged COMMAND --help` shows a command's options. Every config key, with its
 default and meaning, is in config/edged.toml (installed as /etc/edged/edged.toml)."""
@@ -94,6 +97,16 @@ ABOUT: dict[str, tuple[str, str]] = {
         "Try edged without a camera or a broker of your own: runs the daemon on the bundled "
         "digits model and frames against a private broker, prints the results as they "
         "arrive, and stops."),
+    "doctor": (
+        "check the Edge TPU, power, camera, broker and config, each with its fix",
+        "Check what edged needs on this device, one line each (ok, info, warn, FAIL) with "
+        "the fix for each problem: the config; libedgetpu, its package and the TFLite "
+        "runtime it must match; the Edge TPU (USB IDs before and after its firmware loads, "
+        "/dev/apex_N), permission to open it, its USB link speed and temperature; the "
+        "Raspberry Pi's under-voltage and throttling; the camera device; the broker, with "
+        "the configured TLS and credentials.\n\n"
+        "Exit status: 1 when something keeps edged from running as configured, 0 "
+        "otherwise (warnings do not count). Safe beside a running edged."),
 }
 
 

@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "service": {"numerics", "system", "sources", "preprocess", "inference", "decode",
                 "mqtt", "config"},
     "bench": {"numerics", "system", "sources", "preprocess", "inference", "decode", "mqtt"},
+    "doctor": {"system", "config", "inference"},
     # Top-level modules: the command line and the demo.
     "cli": {"system"},
     "demo": {"system", "mqtt"},
