@@ -117,6 +117,31 @@ def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
     return {}
 
 
+def _board_components(oid: str, stats: str, board: tuple[str, ...]
+                      ) -> dict[str, dict[str, Any]]:
+    """Temperatures and throttling, for the figures this board reports."""
+    diag = {"ent_cat": "diagnostic"}
+    temp = {"unit_of_meas": "°C", "dev_cla": "temperature", "stat_cla": "measurement",
+            "sug_dsp_prc": 1, **diag}
+    comps: dict[str, dict[str, Any]] = {}
+    if "soc_temp_c" in board:
+        comps["soc_temp"] = _sensor(oid, "soc_temp", "SoC temperature", stats,
+                                    "{{ value_json.soc_temp_c }}", **temp)
+    if "edgetpu_temp_c" in board:
+        comps["edgetpu_temp"] = _sensor(oid, "edgetpu_temp", "Edge TPU temperature", stats,
+                                        "{{ value_json.edgetpu_temp_c }}", **temp)
+    if "throttled" in board:
+        comps["throttled"] = {
+            "p": "binary_sensor", "name": "Throttled", "uniq_id": f"{oid}_throttled",
+            "dev_cla": "problem", "stat_t": stats,
+            "val_tpl": "{{ 'ON' if value_json.throttled | default([]) else 'OFF' }}",
+            "json_attr_t": stats,
+            "json_attr_tpl": "{{ {'now': value_json.throttled | default([]), 'since_boot': "
+                             "value_json.throttled_since_boot | default([])} | tojson }}",
+            **diag}
+    return comps
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoverySettings:
     """What discovery needs from the config, and no more (service builds it)."""
@@ -128,6 +153,7 @@ class DiscoverySettings:
     name: str = ""  # homeassistant.name; empty: "edged <device id>"
     json_results: bool = True  # output.encoding == "json": HA cannot read binary
     classes_keep: tuple[str, ...] = ()
+    board: tuple[str, ...] = ()  # the health figures the board reports (soc_temp_c, ...)
 
 
 def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[str, Any]:
@@ -166,6 +192,7 @@ def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[
                                    "{{ value_json.worker_restarts }}",
                                    stat_cla="total_increasing", ic="mdi:restart", **diag),
     }
+    cmps.update(_board_components(oid, stats, s.board))
     if s.json_results:
         cmps.update(_result_components(oid, decoder, results, list(s.classes_keep)))
     for key, comp in cmps.items():

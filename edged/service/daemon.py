@@ -42,6 +42,7 @@ from edged.inference.supervisor import Supervisor
 from edged.mqtt.discovery import Discovery, discovery_config
 from edged.mqtt.publisher import Publisher
 from edged.service import applying, lifecycle, report, wiring
+from edged.service.boardhealth import BoardHealth
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -107,6 +108,7 @@ class Daemon:
         self._carried: Counter[str] = Counter()  # counts of replaced parts (report.Parts)
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
+        self.board = BoardHealth()  # temperatures and throttling, for the stats
         self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
         self.keeper = Housekeeping(self)
 
@@ -271,6 +273,7 @@ class Daemon:
             self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
             self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried,
             self.failback))
+        figures.update(self.board.figures())
         if self.fatal_error:
             figures["last_error"] = self.fatal_error
         return figures
@@ -300,7 +303,8 @@ class Daemon:
     def _start_publisher(self, publisher: Publisher | None = None) -> None:
         self.publisher = publisher or wiring.build_publisher(self.cfg)
         # Before start: it subscribes on every connect.
-        self.discovery = Discovery(self.publisher, wiring.discovery_settings(self.cfg))
+        self.discovery = Discovery(self.publisher, wiring.discovery_settings(
+            self.cfg, self.board.available()))
         self.publisher.start()
         self._announce()
 
@@ -310,7 +314,8 @@ class Daemon:
             return
         kind = wiring.decoder_kind(self.cfg, info)
         self.discovery.announce(discovery_config(
-            wiring.discovery_settings(self.cfg), model=sup.model_name, decoder=kind))
+            wiring.discovery_settings(self.cfg, self.board.available()), model=sup.model_name,
+            decoder=kind))
 
     def _report(self, up: bool = True) -> None:
         """One set of figures to the stats topic and the metrics textfile."""

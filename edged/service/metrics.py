@@ -65,6 +65,12 @@ METRICS: Final = (
            "worker_restarts"),
     Metric("edged_source_reopens_total", "counter", "Frame source reopen attempts.",
            "source_reopens"),
+    Metric("edged_failbacks_total", "counter", "Returns to the configured accelerator after "
+           "a CPU fallback.", "failbacks"),
+    Metric("edged_soc_temperature_celsius", "gauge", "The SoC's temperature (thermal zone 0).",
+           "soc_temp_c"),
+    Metric("edged_edgetpu_temperature_celsius", "gauge", "The hottest PCIe Edge TPU's "
+           "temperature.", "edgetpu_temp_c"),
 )
 
 
@@ -115,6 +121,11 @@ def render(device_id: str, figures: Mapping[str, Any], *, up: bool = True,
         family("edged_fallback", "gauge", "1 while the model runs on the CPU instead of the "
                "configured delegate (why: the stats topic's fallback).")
         lines.append(f"edged_fallback{_labels(common)} {int(bool(fallback))}")
+    throttled = figures.get("throttled")
+    if isinstance(throttled, list):
+        family("edged_throttled", "gauge", "1 while the board reports under-voltage or "
+               "throttling (get_throttled).")
+        lines.append(f"edged_throttled{_labels(common)} {int(bool(throttled))}")
     for key, text in (("worker_state", "Inference worker state (1 for the current one)."),
                       ("source", "Frame source state (1 for the current one).")):
         state = figures.get(key)

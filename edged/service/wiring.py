@@ -267,10 +267,12 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     return deliver
 
 
-def discovery_settings(cfg: Config) -> DiscoverySettings:
-    """The part of the config Home Assistant discovery needs."""
+def discovery_settings(cfg: Config, board: tuple[str, ...] = ()) -> DiscoverySettings:
+    """The part of the config Home Assistant discovery needs; `board`: the health
+    figures this board reports (edged.service.boardhealth)."""
     ha = cfg.homeassistant
     return DiscoverySettings(
         device_id=cfg.device.id, topic_base=cfg.topic_base, enabled=ha.enabled,
         prefix=ha.discovery_prefix, name=ha.name,
-        json_results=cfg.output.encoding == "json", classes_keep=tuple(cfg.output.classes_keep))
+        json_results=cfg.output.encoding == "json", classes_keep=tuple(cfg.output.classes_keep),
+        board=board)

@@ -118,7 +118,7 @@ def test_back_on_the_coral_when_it_returns_and_again_after_a_relapse_edgetpu_sta
                                           timeout=10).payload)
         assert stats["fallback"] == "" and stats["failback_tries"] == 1, stats
         wait_until(lambda: BACK.format(pid=daemon.worker_pid()) in daemon.log_text(), 10,
-                   "the fail-back line", daemon.log_text)
+                   "the fail-back line")
         # Pulled out: libedgetpu aborts the worker; the CPU again, then the Coral again.
         unplug(entry)
         pulled = time.time()
