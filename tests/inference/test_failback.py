@@ -11,6 +11,7 @@ the CPU kernels, and the results name the delegate edgetpu.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -112,6 +113,8 @@ def test_back_on_the_coral_when_it_returns_and_again_after_a_relapse_edgetpu_sta
         plugged = time.time()
         entry = plug(root)
         _on(sub, "edgetpu", plugged, timeout=20)
+        back_at = sub.wait_for(lambda m: m.topic.endswith("/results") and m.received_at > plugged
+                               and orjson.loads(m.payload)["delegate"] == "edgetpu").received_at
         status = _status(sub, plugged, lambda s: s.get("delegate") == "edgetpu")
         assert status["fallback"] == "", status
         stats = orjson.loads(sub.wait_for(is_stats(lambda s: s["failbacks"] == 1),
@@ -131,6 +134,11 @@ def test_back_on_the_coral_when_it_returns_and_again_after_a_relapse_edgetpu_sta
         assert daemon.stop() == 0
     seqs = [orjson.loads(m.payload)["seq"] for m in sub.on("/results")]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # The switch itself: results keep coming from the CPU until the handover.
+    arrivals = [m.received_at for m in sub.on("/results") if plugged < m.received_at < pulled]
+    gap = max(b - a for a, b in itertools.pairwise(arrivals))
+    record_figure("failback", plugged_to_edgetpu_s=round(back_at - plugged, 2),
+                  longest_result_gap_s=round(gap, 3))
     final = orjson.loads(sub.on("/stats")[-1].payload)
     assert final["frames_lost"] <= 2, final  # only what the aborted worker held
     log = daemon.log_text()
