@@ -67,6 +67,10 @@ def register(sub: Any) -> None:
                    help="frames for the RSS growth check (default 20000)")
     p.add_argument("--quick", action="store_true",
                    help="a few hundred frames on the committed model (CI)")
+    p.add_argument("--sizes", default="640x480",
+                   help="camera frame sizes measured besides the model's own, WxH, comma-"
+                        "separated (default 640x480; camera targets: 640x480,1280x720,"
+                        "1920x1080)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=_bench)
 
@@ -84,6 +88,7 @@ class Settings:
     latency_results: int
     quick: bool
     notes: list[str] = field(default_factory=list)
+    sizes: tuple[tuple[int, int], ...] = ((480, 640),)  # (h, w) camera frames
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -113,7 +118,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise ValueError("--frames must be >= 20 and --runs >= 1")
     return Settings(models, args.threads, frames, runs, args.runtime, args.delegate, rows,
                     args.rss_frames or (500 if args.quick else 20000),
-                    30 if args.quick else 600, args.quick, notes)
+                    30 if args.quick else 600, args.quick, notes, parse_sizes(args.sizes))
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        w, _, h = item.partition("x")
+        if not (w.isdigit() and h.isdigit()) or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+            raise ValueError(f"--sizes: {item!r} is not WxH (16 to 8192 each), e.g. 1280x720")
+        sizes.append((int(h), int(w)))
+    return tuple(sizes)
 
 
 def check_delegate(delegate: str, runtime: str) -> None:
@@ -303,8 +318,8 @@ def run_bench(s: Settings) -> dict[str, Any]:
     with (private_broker() if needs_broker else _no_broker()) as broker:
         for model in s.models:
             h, w = _input_size(model)
-            sizes = [((h, w), f"{w}x{h}")] + ([((480, 640), "640x480")] if (h, w) != (480, 640)
-                                              else [])
+            sizes = [((h, w), f"{w}x{h}")] + [(c, f"{c[1]}x{c[0]}") for c in s.sizes
+                                              if c != (h, w)]
             for size, label in sizes:
                 report["rows"] += measure_group(s, model, size, label, broker)
         primary = s.models[-1]

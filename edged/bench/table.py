@@ -127,9 +127,11 @@ def cores_note(threads: int, cores: int, rows: tuple[str, ...]) -> str | None:
             f"(--threads {cores - 1} shows that case)")
 
 
-def _row(report: dict[str, Any], model: str, row: str) -> dict[str, Any] | None:
+def _row(report: dict[str, Any], model: str, row: str, source: str = ""
+         ) -> dict[str, Any] | None:
+    """The row at `source` frames; "" for the model's own input size (the first group)."""
     found: list[dict[str, Any]] = [r for r in report["rows"] if r["model"] == model
-                                   and r["row"] == row and r["source"] != "640x480"]
+                                   and r["row"] == row and (r["source"] == source or not source)]
     return found[0] if found else None
 
 
@@ -145,6 +147,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         r = _row(report, TARGET_MODEL, row)
         if r is not None and r.get("ratio") is not None and report["threads"] == 2:
             add(f"{row}/limit results/s, {TARGET_MODEL}, 2 threads", r["ratio"], bar, True)
+    # Camera-size frames (issue 21): the daemon against the limit at the same size.
+    for source, bar in (("640x480", 0.85), ("1280x720", 0.80), ("1920x1080", 0.80)):
+        r = _row(report, TARGET_MODEL, "daemon", source)
+        if r is not None and r.get("ratio") is not None and report["threads"] == 2:
+            add(f"daemon/limit results/s at {source}, {TARGET_MODEL}, 2 threads", r["ratio"],
+                bar, True)
     lat = report.get("latency_30fps")
     if lat:
         add("latency p99 - invoke p99 at 30 fps offered (ms)",

@@ -146,7 +146,7 @@ def build_preprocess(cfg: Config, info: ModelInfo
     p = cfg.preprocess
     image = image_of(cfg, info)
     pre = Preprocessor(image.size, image.channels, mode=p.resize, pad_value=p.pad_value,
-                       color_order=p.color_order)
+                       color_order=p.color_order, interpolation=p.interpolation)
     leave_cores_to_the_model()  # the worker's interpreter threads own the cores
 
     def preprocess(pixels: NDArray[np.uint8], dst: NDArray[np.uint8]) -> Any:

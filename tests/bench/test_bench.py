@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edged.bench.command import parse_sizes
 from edged.bench.daemon import DaemonSpec, daemon_config
-from edged.bench.table import cores_note, render
+from edged.bench.table import cores_note, render, targets
 from edged.config import load_config
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto, wait_for_port
 from edged.numerics.quantize import dequantize
@@ -157,6 +158,21 @@ def test_the_daemon_rows_config_loads_with_the_specs_settings(tmp_path: Path) ->
     assert cfg.model.path == DIGITS_MODEL
 
 
+def test_camera_size_targets_compare_the_daemon_at_each_size() -> None:
+    """Issue 21's bars: the daemon against the limit at the same frame size."""
+    model = "mobilenetv2_224_int8.tflite"
+    rows = [{"model": model, "source": source, "row": "daemon", "ratio": ratio}
+            for source, ratio in (("224x224", 0.74), ("640x480", 0.86), ("1280x720", 0.79),
+                                  ("1920x1080", 0.81))]
+    got = {t["target"]: (t["value"], t["bar"], t["met"])
+           for t in targets({"rows": rows, "threads": 2})}
+    assert got[f"daemon/limit results/s, {model}, 2 threads"] == (0.74, 0.9, False)
+    assert got[f"daemon/limit results/s at 640x480, {model}, 2 threads"] == (0.86, 0.85, True)
+    assert got[f"daemon/limit results/s at 1280x720, {model}, 2 threads"] == (0.79, 0.8, False)
+    assert got[f"daemon/limit results/s at 1920x1080, {model}, 2 threads"] == (0.81, 0.8, True)
+    assert parse_sizes("640x480, 1920x1080") == ((480, 640), (1080, 1920))
+
+
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
     done = bench("--delegate", "edgetpu", "--quick", timeout=60)
     assert done.returncode == 1
@@ -172,6 +188,8 @@ def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
     (("--model", "build/models/absent/mobilenetv2_224_int8.tflite"),
      "create it with: /tmp/tfvenv/bin/python scripts/make_test_models.py --bench"),
     (("--threads", "0"), "edged bench: --threads must be >= 1"),
+    (("--sizes", "1280x"), "edged bench: --sizes: '1280x' is not WxH (16 to 8192 each), e.g. "
+                           "1280x720"),
 ])
 def test_bad_options_fail_with_one_line(args: tuple[str, ...], message: str) -> None:
     done = bench(*args, timeout=60)

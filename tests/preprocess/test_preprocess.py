@@ -138,10 +138,46 @@ def test_output_buffer_is_reused_and_a_new_frame_size_replans_once() -> None:
 
 def test_interpolation_area_down_linear_up() -> None:
     prep = Preprocessor((224, 224), 3)
-    assert prep.plan((480, 640, 3)).interpolation == cv2.INTER_AREA
-    assert prep.plan((100, 100, 3)).interpolation == cv2.INTER_LINEAR
+    assert prep.plan((400, 300, 3)).interpolation == cv2.INTER_AREA  # within 2x: exact
+    assert prep.plan((100, 100, 3)).interpolation == cv2.INTER_LINEAR  # enlarging
     assert Preprocessor((224, 224), 3, interpolation="nearest").plan(
         (480, 640, 3)).interpolation == cv2.INTER_NEAREST
+
+
+@pytest.mark.parametrize(("frame", "halvings", "last"), [
+    ((480, 640), [(240, 320)], cv2.INTER_LINEAR),
+    ((720, 1280), [(360, 640), (360, 320)], cv2.INTER_LINEAR),
+    ((1080, 1920), [(540, 960), (270, 480), (270, 240)], cv2.INTER_LINEAR),
+    ((1232, 1640), [(616, 820), (308, 410)], cv2.INTER_LINEAR),  # Pi camera v2 binned
+    ((1081, 1920), [(1081, 960), (1081, 480), (1081, 240)], cv2.INTER_AREA),  # odd: exact
+])
+def test_camera_frames_are_halved_by_averaging_then_linear(
+        frame: tuple[int, int], halvings: list[tuple[int, int]], last: int) -> None:
+    """A frame more than twice the input is halved (2x2 averages) until within 2x."""
+    prep = Preprocessor((224, 224), 3)
+    plan = prep.plan((*frame, 3))
+    assert [b.shape[:2] for b in plan.halvings] == halvings
+    assert plan.interpolation == last
+    assert not Preprocessor((224, 224), 3, interpolation="area").plan((*frame, 3)).halvings
+
+
+def test_halving_then_linear_stays_close_to_the_exact_average() -> None:
+    """On a smooth scene the fast path is within a few levels of one INTER_AREA step;
+    on a fine pattern it does not alias the way linear alone does."""
+    yy, xx = np.mgrid[0:1080, 0:1920]
+    smooth = np.stack([(xx / 8) % 256, (yy / 5) % 256, ((xx + yy) / 12) % 256], -1)
+    smooth = np.ascontiguousarray(smooth.astype(np.uint8))
+    stripes = np.ascontiguousarray(np.repeat(((xx % 2) * 255).astype(np.uint8)[..., None], 3, -1))
+    exact = Preprocessor((224, 224), 3, interpolation="area")
+    fast = Preprocessor((224, 224), 3)
+    linear = Preprocessor((224, 224), 3, interpolation="linear")
+    diff = np.abs(fast(smooth).astype(int) - exact(smooth).astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+    # One-pixel stripes average to mid-grey: exactly, with whole 2x2 boxes (one
+    # INTER_AREA step at 8.57x mixes partial pixels: 119-136); linear alone aliases.
+    assert np.abs(fast(stripes).astype(float) - 127.5).max() <= 1
+    assert np.abs(exact(stripes).astype(float) - 127.5).max() <= 10
+    assert np.abs(linear(stripes).astype(float) - 127.5).max() > 100
 
 
 def test_output_feeds_the_pixel_quantizer() -> None:
