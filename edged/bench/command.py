@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edged.bench.rows import STAGES, RowSpec, micro
-from edged.bench.table import cores_note, render, target_lines, targets
+from edged.bench.table import cores_note, parse_sizes, render, target_lines, targets
 from edged.system.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: edged/bench/ -> edged/ -> .
@@ -120,15 +120,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     args.rss_frames or (500 if args.quick else 20000),
                     30 if args.quick else 600, args.quick, notes, parse_sizes(args.sizes))
 
-
-def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
-    sizes = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        w, _, h = item.partition("x")
-        if not (w.isdigit() and h.isdigit()) or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
-            raise ValueError(f"--sizes: {item!r} is not WxH (16 to 8192 each), e.g. 1280x720")
-        sizes.append((int(h), int(w)))
-    return tuple(sizes)
 
 
 def check_delegate(delegate: str, runtime: str) -> None:

@@ -173,3 +173,13 @@ def target_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {'met ' if t['met'] else 'MISS'}  {t['target']}: {t['value']:g} "
                      f"(bar {t['bar']:g})")
     return lines
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        w, _, h = item.partition("x")
+        if not (w.isdigit() and h.isdigit()) or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+            raise ValueError(f"--sizes: {item!r} is not WxH (16 to 8192 each), e.g. 1280x720")
+        sizes.append((int(h), int(w)))
+    return tuple(sizes)

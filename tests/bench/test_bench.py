@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edged.bench.command import parse_sizes
 from edged.bench.daemon import DaemonSpec, daemon_config
-from edged.bench.table import cores_note, render, targets
+from edged.bench.table import cores_note, parse_sizes, render, targets
 from edged.config import load_config
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto, wait_for_port
 from edged.numerics.quantize import dequantize
