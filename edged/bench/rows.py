@@ -312,7 +312,33 @@ def micro(quick: bool = False) -> dict[str, dict[str, Any]]:
     out["dequantize_encode_1x1001"] = {"us": med, "min": lo, "max": hi, "target_us": 30.0}
     med, lo, hi = time_call(yolo_decode_call(), number=max(number // 5, 20))
     out["decode_yolo_1x84x8400_int8"] = {"us": med, "min": lo, "max": hi, "target_us": 2000.0}
+    med, lo, hi = time_call(events_call(), number=number)
+    out["events_50_detections"] = {"us": med, "min": lo, "max": hi, "target_us": 300.0}
     return out
+
+
+def events_call() -> Callable[[], object]:
+    """One frame of 50 objects walking through 3 zones and across a line: tracking,
+    zones and events (issue 18's hot path), at steady state."""
+    from edged.decode.results import Detection
+    from edged.events.engine import EventEngine
+    from edged.events.zones import Line, Zone
+
+    zones = [Zone(f"z{i}", ((i * 600.0, 0.0), (i * 600.0 + 500, 0.0), (i * 600.0 + 500, 1080.0),
+                            (i * 600.0, 1080.0))) for i in range(3)]
+    engine = EventEngine(zones=zones, lines=[Line("gate", (960.0, 0.0), (960.0, 1080.0))])
+    frame = [0]
+
+    def step() -> object:
+        f = frame[0] = frame[0] + 1
+        dets = [Detection(i % 3, ("person", "car", "dog")[i % 3], 0.8,
+                          ((i * 37 + 4 * f) % 1800.0, i * 20.0, (i * 37 + 4 * f) % 1800.0 + 60,
+                           i * 20.0 + 80)) for i in range(50)]
+        return engine.step(dets, f / 30, (1080, 1920))
+
+    for _ in range(10):
+        step()
+    return step
 
 
 def main(argv: list[str]) -> int:

@@ -80,7 +80,7 @@ def test_quick_json_extras_and_targets(quick_report: dict[str, Any]) -> None:
     micro = quick_report["micro"]
     assert set(micro) == {"quantize_224x224x3_identity", "quantize_224x224x3_xor",
                           "quantize_224x224x3_table", "dequantize_encode_1x1001",
-                          "decode_yolo_1x84x8400_int8"}
+                          "decode_yolo_1x84x8400_int8", "events_50_detections"}
     assert all(f["us"] > 0 and f["min"] <= f["us"] <= f["max"] for f in micro.values())
     lat = quick_report["latency_30fps"]
     assert lat["offered_fps"] == 30.0 and lat["results"] == 30

@@ -1,0 +1,1 @@
+"""Events from detections: tracks across frames, zones, debounced occupancy (issue 18)."""
