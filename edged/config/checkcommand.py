@@ -59,11 +59,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_config_file_argument(parser: argparse.ArgumentParser) -> None:
+    """FILE, optional, read as `edged run` reads it (check-config, doctor)."""
+    parser.add_argument("file", nargs="?", default=None,
+                        help=f"the TOML config file (default: $EDGED_CONFIG or {DEFAULT_PATH}, "
+                             "as edged run)")
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "check-config", help="check a config file and every file it names",
         description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("file", nargs="?", default=None,
-                        help=f"the TOML config file (default: $EDGED_CONFIG or {DEFAULT_PATH}, "
-                             "as edged run)")
+    add_config_file_argument(parser)
     parser.set_defaults(handler=main)

@@ -19,8 +19,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edged.config import DEFAULT_PATH, Config, ConfigError, default_path, read_config
+from edged.config import Config, ConfigError, default_path, read_config
 from edged.config.check import check_config
+from edged.config.checkcommand import add_config_file_argument
 from edged.doctor.checks import (
     Check,
     Wanted,
@@ -173,7 +174,5 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "doctor", help="check the Edge TPU, power, camera, broker and config, with fixes",
         description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("file", nargs="?", default=None,
-                        help=f"the TOML config file (default: $EDGED_CONFIG or {DEFAULT_PATH}, "
-                             "as edged run)")
+    add_config_file_argument(parser)
     parser.set_defaults(handler=main)
