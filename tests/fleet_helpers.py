@@ -29,6 +29,10 @@ COMPONENT_KEYS = {
     "binary_sensor": {"p", "name", "uniq_id", "stat_t", "val_tpl", "avty", "avty_mode",
                       "dev_cla", "ent_cat", "ic", "pl_on", "pl_off", "exp_aft", "en", "qos",
                       "json_attr_t", "json_attr_tpl"},
+    "event": {"p", "name", "uniq_id", "stat_t", "val_tpl", "evt_typ", "avty", "avty_mode",
+              "dev_cla", "ent_cat", "ic", "en", "qos", "json_attr_t", "json_attr_tpl"},
+    "image": {"p", "name", "uniq_id", "img_t", "img_e", "cont_type", "url_t", "url_tpl", "avty",
+              "avty_mode", "ent_cat", "ic", "en", "qos"},
 }
 SENSOR_STATE_CLASSES = {"measurement", "total", "total_increasing"}
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -46,13 +50,22 @@ def check_device_discovery(topic: str, doc: dict[str, Any], prefix: str = "homea
     assert set(doc["dev"]) <= DEVICE_KEYS and (doc["dev"].get("ids") or doc["dev"].get("cns"))
     assert set(doc["o"]) <= ORIGIN_KEYS and doc["o"].get("name"), "origin needs a name"
     assert doc["cmps"], "at least one component"
-    unique_ids = [c.get("uniq_id") for c in doc["cmps"].values()]
+    # A component given by its platform alone is how device discovery removes it.
+    live = {k: c for k, c in doc["cmps"].items() if set(c) != {"p"}}
+    unique_ids = [c.get("uniq_id") for c in live.values()]
     assert all(unique_ids) and len(set(unique_ids)) == len(unique_ids), unique_ids
     for key, comp in doc["cmps"].items():
         assert _OBJECT_ID.match(key), key
         platform = comp.get("p")
         assert platform in COMPONENT_KEYS, f"{key}: platform {platform!r}"
         assert set(comp) <= COMPONENT_KEYS[platform], (key, set(comp) - COMPONENT_KEYS[platform])
+        if key not in live:
+            continue
+        if platform == "image":
+            assert comp.get("img_t") or comp.get("url_t"), f"{key}: no image topic"
+            continue
+        if platform == "event":
+            assert comp.get("evt_typ"), f"{key}: an event entity needs its event types"
         assert comp.get("stat_t") or doc.get("stat_t"), f"{key}: no state topic"
         if "stat_cla" in comp:
             assert comp["stat_cla"] in SENSOR_STATE_CLASSES, key

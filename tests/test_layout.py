@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "events": {"decode"},
     "config": {"numerics", "system", "decode", "inference", "sources"},
     "service": {"numerics", "system", "sources", "preprocess", "inference", "decode",
-                "mqtt", "config"},
+                "events", "mqtt", "config"},
     "bench": {"numerics", "system", "sources", "preprocess", "inference", "decode", "mqtt",
               "events"},
     "doctor": {"system", "config", "inference"},

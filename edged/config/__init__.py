@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from edged.config.events import EventsConfig
 from edged.config.frames import (
     InferenceConfig,
     ModelConfig,
@@ -89,6 +90,10 @@ class Config(Section):
         description="The broker connection and what is published where.")
     output: OutputConfig = Field(
         default_factory=OutputConfig, description="What a result message contains.")
+    events: EventsConfig = Field(
+        default_factory=EventsConfig, description=(
+            "Detections into tracked objects, zones, debounced events, occupancy and "
+            "snapshots; on when output.publish is \"events\" or \"both\"."))
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Logging, to stderr (journald under systemd).")
     homeassistant: HomeAssistantConfig = Field(

@@ -229,6 +229,10 @@ def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Repo
                 report.notes.append(f"decoder auto: {kind} ({reason})")
             if kind == "detection" and names:
                 report.notes.append(f"detection: SSD {source}")
+            if out.publish != "results" and kind != "detection":
+                report.errors.append(cf.problem("output.publish", (
+                    f'"{out.publish}" needs detections; this model\'s outputs decode as '
+                    f"{kind} ({reason})")))
         except DecodeError as exc:
             key = ("output.ssd_outputs" if out.ssd_outputs and "SSD output names" in str(exc)
                    else "output.decoder")

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import annotated_types
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from edged.config import SECTIONS
 
@@ -65,9 +66,11 @@ def describe_type(info: FieldInfo) -> str:
         text = "one of " + ", ".join(json.dumps(v) for v in typing.get_args(annotation))
     elif origin is list:
         item = typing.get_args(annotation)[0]
-        text = f"list of {'numbers' if item is float else 'strings'}"
+        kind = "numbers" if item is float else "points" if item == list[float] else "strings"
+        text = f"list of {kind}"
     elif origin is dict:
-        text = "table of strings"
+        value = typing.get_args(annotation)[1]
+        text = f"table of {'numbers' if value is float else 'strings'}"
     else:
         text = {bool: "true or false", int: "integer", float: "number", str: "string",
                 Path: "path", SecretStr: "string (secret)"}.get(annotation, str(annotation))
@@ -141,6 +144,44 @@ def field_lines(name: str, info: FieldInfo) -> list[str]:
     return lines
 
 
+def _nested(info: FieldInfo) -> tuple[type[BaseModel] | None, bool]:
+    """(the section model, is it an array of tables) of a field holding sections."""
+    annotation = _base(info.annotation)
+    many = typing.get_origin(annotation) is list
+    inner = typing.get_args(annotation)[0] if many else annotation
+    if isinstance(inner, type) and issubclass(inner, BaseModel):
+        return inner, many
+    return None, False
+
+
+def _table_lines(path: str, model: type[BaseModel]) -> list[str]:
+    """A section's keys, then its sub-tables (`[a.b]`) and arrays of tables, as examples."""
+    out, later = [], []
+    for name, info in model.model_fields.items():
+        inner, many = _nested(info)
+        if inner is None:
+            out.append("\n".join(field_lines(name, info)) + "\n")
+        elif many:
+            lines = [*_comment(f"{info.description} None by default; each one is a table:"),
+                     f"# [[{path}.{name}]]"]
+            for key, item in inner.model_fields.items():
+                lines += [*_comment(item.description or ""), f"#   {key} = "
+                          f"{toml_value(_example(item))}"]
+            later.append("\n" + "\n".join(lines) + "\n")
+        else:
+            later.append(f"\n[{path}.{name}]\n# {info.description}\n")
+            later += _table_lines(f"{path}.{name}", inner)
+    return out + later
+
+
+def _example(info: FieldInfo) -> Any:
+    if info.examples:
+        return info.examples[0]
+    if info.default_factory is not None:
+        return info.default_factory()  # type: ignore[call-arg]
+    return "" if info.default is PydanticUndefined else info.default
+
+
 def generate() -> str:
     from edged.config import Config
 
@@ -148,8 +189,7 @@ def generate() -> str:
     for section, model in SECTIONS.items():
         title = Config.model_fields[section].description or ""
         out.append(f"\n[{section}]\n# {title}\n")
-        for name, info in model.model_fields.items():
-            out.append("\n".join(field_lines(name, info)) + "\n")
+        out += _table_lines(section, model)
     return "\n".join(part.rstrip("\n") + "\n" for part in out)
 
 

@@ -32,6 +32,9 @@ class SourceConfig(Section):
         "Where frames come from: synthetic (a moving test pattern), picamera2 (Raspberry Pi "
         "camera), v4l2 (USB/V4L2 camera via OpenCV), stream (RTSP or HTTP MJPEG URL), video "
         "(a video file), folder (images in a directory, in name order)."))
+    name: str = Field(default="camera", pattern=r"^[A-Za-z0-9_-]{1,64}$", description=(
+        "This camera's id in its own topics (<device>/<name>/events, snapshots, occupancy) "
+        "and in Home Assistant: 1 to 64 letters, digits, '_' or '-'."))
     uri: str = Field(default="", description=(
         "v4l2: device path or index (\"/dev/video0\", \"0\"; empty = 0); stream: rtsp://, "
         "rtsps://, http:// or https:// URL; video: file; folder: directory; picamera2: camera "

@@ -201,6 +201,9 @@ class OutputConfig(Section):
         "this many pixels, one uint8 class id per pixel (0 = no mask)."))
     stats_interval_s: float = Field(default=10.0, ge=1, le=86400, description=(
         "Seconds between retained stats messages (fps, timings, drops, delegate)."))
+    publish: Literal["results", "events", "both"] = Field(default="results", description=(
+        "results: a message per frame on <device>/results; events: only tracked objects' "
+        "events, occupancy and snapshots ([events], a detection decoder); both."))
 
     @model_validator(mode="after")
     def _consistent(self) -> OutputConfig:
@@ -209,6 +212,10 @@ class OutputConfig(Section):
             problems.append(("include_raw", 'false with decoder = "none" would publish nothing'))
         if self.classes_keep and self.classes_ignore:
             problems.append(("classes_ignore", "set classes_keep or classes_ignore, not both"))
+        if self.publish != "results" and self.decoder not in ("detection", "auto"):
+            problems.append(("publish", f'"{self.publish}" needs detections: decoder = '
+                             f'"detection" (or "auto" on a detection model), not '
+                             f'"{self.decoder}"'))
         if self.ssd_outputs:
             problems.extend(("ssd_outputs", p) for p in _ssd_output_problems(self.ssd_outputs))
         raise_cross_field(problems)

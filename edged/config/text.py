@@ -23,7 +23,7 @@ _ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
 _INLINE_KEY_RE = re.compile(rf"[{{,]\s*({_DOTTED})\s*=")
 _PART_RE = re.compile(_KEY)
 
-KeyPath = tuple[str, ...]
+KeyPath = tuple[str | int, ...]  # ints: the index of an array of tables ([[a.b]])
 
 
 def _split(dotted: str) -> KeyPath:
@@ -42,6 +42,7 @@ def key_lines(text: str) -> dict[KeyPath, int]:
     """Map every table and key path in `text` to its 1-based line number."""
     lines: dict[KeyPath, int] = {}
     table: KeyPath = ()
+    arrays: dict[KeyPath, int] = {}  # [[a.b]] headers seen so far, per array
     in_multiline = False
     for number, line in enumerate(text.splitlines(), start=1):
         # A multi-line string may hold text that looks like `key = value`.
@@ -55,6 +56,11 @@ def key_lines(text: str) -> dict[KeyPath, int]:
         if header:
             table = _split(header.group(1))
             lines.setdefault(table, number)
+            if line.lstrip().startswith("[["):  # one more element of an array of tables
+                index = arrays.get(table, 0)
+                arrays[table] = index + 1
+                table = (*table, index)
+                lines[table] = number
             continue
         assign = _ASSIGN_RE.match(line)
         if not assign:
@@ -74,11 +80,7 @@ def line_of(lines: Mapping[KeyPath, int], path: Sequence[str | int]) -> int | No
     A table that has no header of its own (only dotted keys such as
     `mqtt.port = 1`) is placed at its first key.
     """
-    keys = []
-    for part in path:
-        if not isinstance(part, str):
-            break  # a list index: the list's own line is the best there is
-        keys.append(part)
+    keys = list(path)  # a list index not written as [[a.b]]: the list's own line is found
     for n in range(len(keys), 0, -1):
         prefix = tuple(keys[:n])
         if prefix in lines:

@@ -44,13 +44,16 @@ class Event:
     left: tuple[str, ...] = ()
     crossed: tuple[tuple[str, str], ...] = ()  # (line, "in" | "out")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, clock: float = 0.0) -> dict[str, Any]:
+        """`clock`: added to start and end (the engine runs on the monotonic clock;
+        messages carry wall-clock times)."""
         doc: dict[str, Any] = {
             "type": self.type, "id": self.track_id, "label_id": self.label_id,
             "label": self.label, "score": round(self.score, 4),
             "best_score": round(self.best_score, 4),
             "box": [round(v, 1) for v in self.box], "zones": list(self.zones),
-            "start": round(self.start, 3), "end": round(self.end, 3) if self.end else None}
+            "start": round(self.start + clock, 3),
+            "end": round(self.end + clock, 3) if self.end is not None else None}
         if self.type == "update":
             doc.update(why=list(self.why), entered=list(self.entered), left=list(self.left),
                        crossed=[{"line": n, "direction": d} for n, d in self.crossed])

@@ -21,6 +21,9 @@ When: on every (re)connect and whenever Home Assistant's birth message
 Assistant or a broker that lost its retained messages sees the device again.
 Disabled: an edged config left on the broker earlier is cleared with an
 empty retained message, which is how Home Assistant removes a device.
+Enabled: an entity of an earlier config (retained, or announced before a
+reload) that this one lacks is sent as a platform-only component, which is
+how device discovery removes one entity (events turned off, a zone removed).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Final
 import orjson
 
 from edged import __version__
+from edged.mqtt.eventdiscovery import EventEntities, event_components
 from edged.mqtt.publisher import Publisher
 
 log = logging.getLogger("edged.discovery")
@@ -154,6 +158,7 @@ class DiscoverySettings:
     json_results: bool = True  # output.encoding == "json": HA cannot read binary
     classes_keep: tuple[str, ...] = ()
     board: tuple[str, ...] = ()  # the health figures the board reports (soc_temp_c, ...)
+    events: EventEntities | None = None  # output.publish events/both: the camera's entities
 
 
 def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[str, Any]:
@@ -195,6 +200,8 @@ def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[
     cmps.update(_board_components(oid, stats, s.board))
     if s.json_results:
         cmps.update(_result_components(oid, decoder, results, list(s.classes_keep)))
+    if s.events is not None:
+        cmps.update(event_components(oid, base, s.events))
     for key, comp in cmps.items():
         if key != "status":  # the connectivity sensor must still say "off" when offline
             comp["avty"] = avty
@@ -234,6 +241,13 @@ class _Births:
         return False, self._unlogged
 
 
+def _platforms(config: dict[str, Any]) -> dict[str, str]:
+    """Component -> platform, of the components that are more than a removal."""
+    cmps = config.get("cmps")
+    return {k: str(v["p"]) for k, v in cmps.items()
+            if isinstance(v, dict) and "p" in v and len(v) > 1} if isinstance(cmps, dict) else {}
+
+
 def _is_ours(payload: bytes) -> bool:
     try:
         doc = orjson.loads(payload)
@@ -258,9 +272,14 @@ class Discovery:
         self.birth_topic = f"{s.prefix}/status"
         self._publisher = publisher
         self._payload: bytes | None = None
+        self._config: dict[str, Any] | None = None
+        # Components announced before (by this run, or the config found retained) and
+        # their platforms: one that is gone is removed with a platform-only entry.
+        self._before: dict[str, str] = {}
         self._births = _Births()
         if self.enabled:
             publisher.watch(self.birth_topic, self._on_birth)
+            publisher.watch(self.topic, self._on_previous, once=True)
             publisher.add_connect_hook(self._send)
         else:
             # Only what was retained there, once: not a standing subscription anyone
@@ -271,12 +290,29 @@ class Discovery:
         """Set (or change) the config; published now if connected."""
         if not self.enabled:
             return
-        payload = orjson.dumps(config)
+        if self._config is not None:
+            self._before.update(_platforms(self._config))
+        self._config = config
+        self._render()
+
+    def _render(self) -> None:
+        if self._config is None:
+            return
+        cmps = self._config["cmps"]
+        gone = {k: {"p": p} for k, p in self._before.items() if k not in cmps}
+        payload = orjson.dumps({**self._config, "cmps": {**cmps, **gone}})
         if payload == self._payload:
             return
         self._payload = payload
         if self._publisher.is_connected():
             self._send()
+
+    def _on_previous(self, payload: bytes) -> None:
+        """The config retained from an earlier run: entities it had and this one has
+        not (zones or labels removed, events turned off) are removed."""
+        if payload and _is_ours(payload):
+            self._before.update(_platforms(orjson.loads(payload)))
+            self._render()
 
     def _send(self) -> None:
         if self._payload is not None:

@@ -226,7 +226,7 @@ class PublishLoop:
         """Clean stop: drain, then `offline`, then DISCONNECT. True when done."""
         client = self.client
         if self._offline_mid is None and not self._offline_done:
-            if self._out.queue and now < until:
+            if (self._out.queue or self._out.events) and now < until:
                 self._pump()
                 return False
             if self.inflight_results and now < until:
@@ -262,11 +262,25 @@ class PublishLoop:
         paho's window or the socket stopped it (a PUBACK or a writable socket
         wakes this thread for the rest)."""
         client, s, out = self.client, self.settings, self._out
-        while out.control and not client.want_write():
+        # Control and events share paho's window with results (sized for them plus
+        # status and stats): a burst of snapshots or events must not park messages
+        # in paho's own queue, which it does not re-send after a reconnect.
+        while out.control and not client.want_write() and self._room():
             with out.lock:
                 topic, body = out.control.popleft()
-            client.publish(topic, body, qos=s.status_qos, retain=True)
+            info = client.publish(topic, body, qos=s.status_qos, retain=True)
+            if s.status_qos:
+                self._inflight[info.mid] = "control"
         if out.control:
+            return False
+        while out.events and not client.want_write() and self._room():
+            with out.lock:
+                topic, body = out.events.popleft()
+                out.n["events_published"] += 1
+            info = client.publish(topic, body, qos=s.results_qos, retain=False)
+            if s.results_qos:
+                self._inflight[info.mid] = "event"
+        if out.events:
             return False
         if self._stats_mid is None and out.pending_stats is not None:
             with out.lock:
@@ -282,7 +296,7 @@ class PublishLoop:
                     self._stats_mid = info.mid
                     self._inflight[info.mid] = "stats"
         while not client.want_write():  # unsent bytes: the socket is the bottleneck
-            if s.results_qos and self.inflight_results >= s.max_inflight:
+            if s.results_qos and (self.inflight_results >= s.max_inflight or not self._room()):
                 return False
             with out.lock:
                 if not out.queue:
@@ -310,6 +324,10 @@ class PublishLoop:
             with out.lock:
                 out.n["published"] += 1
         return False
+
+    def _room(self) -> bool:
+        """paho's window (max_inflight + 4) has room, keeping two for status and stats."""
+        return len(self._inflight) < self.settings.max_inflight + 2
 
     # ----------------------------------------------- paho callbacks
 

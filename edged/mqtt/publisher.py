@@ -153,6 +153,17 @@ class Publisher:
                 control.append((topic, payload))
         self._out.wake()
 
+    def publish_event(self, topic: str, payload: bytes) -> None:
+        """Queue one message that is not retained (an event) for a topic of the
+        caller's, at the results' QoS, ahead of results; bounded, the oldest
+        dropped (counted) when an outage fills it. Any thread."""
+        with self._out.lock:
+            events = self._out.events
+            if len(events) == events.maxlen:
+                self._out.n["events_dropped"] += 1
+            events.append((topic, payload))
+        self._out.wake()
+
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
         """`hook()` runs on the network thread after every successful connect and,
         when connected now, once right away on the caller's thread. It should only
@@ -203,9 +214,10 @@ class Publisher:
         with theirs.lock:
             carried, counts = unacked + list(theirs.queue), dict(theirs.n)
             counts["published"] -= len(unacked)  # counted again when this one sends them
-            control = list(theirs.control)
+            control, events = list(theirs.control), list(theirs.events)
             theirs.queue.clear()
             theirs.control.clear()
+            theirs.events.clear()
             old._successor = self
         with mine.lock:
             merged = carried + list(mine.queue)
@@ -216,6 +228,7 @@ class Publisher:
                 mine.n[key] += value
             mine.n["dropped"] += overflow
             mine.control.extendleft(reversed(control))
+            mine.events.extendleft(reversed(events))
         mine.wake()
 
     def counters(self) -> PublisherCounters:

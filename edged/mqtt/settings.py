@@ -105,6 +105,8 @@ class PublisherCounters:
     connects: int
     connect_failures: int
     last_error: str | None
+    events_published: int = 0  # event messages (non-retained, beside results) sent
+    events_dropped: int = 0  # discarded oldest-first: EVENTS_QUEUE full in an outage
 
 
 def describe_error(exc: BaseException) -> str:
@@ -268,6 +270,9 @@ def result_properties(s: PublisherSettings) -> dict[bool, Properties | None]:
     return out
 
 
+EVENTS_QUEUE = 1000  # a day of events for a busy camera; an outage's worth is plenty
+
+
 class Outbox:
     """What the front (`Publisher`) hands the network thread (`PublishLoop`),
     and all that both of them change; `lock` guards the deques, `n` and
@@ -280,8 +285,12 @@ class Outbox:
         # Retained "control" messages (e.g. Home Assistant discovery): never dropped,
         # sent before results.
         self.control: deque[tuple[str, bytes]] = deque()
+        # Events (not retained, rarer than results and each one news): sent before
+        # results, bounded like them, oldest dropped first.
+        self.events: deque[tuple[str, bytes]] = deque(maxlen=EVENTS_QUEUE)
         self.n = dict.fromkeys(("published", "acked", "rejected", "dropped", "too_large",
-                                "connects", "connect_failures"), 0)
+                                "connects", "connect_failures", "events_published",
+                                "events_dropped"), 0)
         self.last_error: str | None = None
         # What status messages say besides the state (Publisher.set_status, stop):
         # the reason an online / offline one gives, the daemon's fields (delegate...).
@@ -331,7 +340,7 @@ class Outbox:
         and every later result waited for a PUBACK or the 1 s select timeout."""
         self.wake_pending = False
         with self.lock:
-            return bool(self.queue or self.control) or (
+            return bool(self.queue or self.control or self.events) or (
                 stats_sendable and self.pending_stats is not None)
 
     def close_wake(self) -> None:

@@ -136,7 +136,7 @@ def _build_stages(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
     if too_large is not None:
         raise ConfigError([f"{d.path}: output.max_values: {too_large}"])
     return (wiring.build_preprocess(new, d.info) if plan.preprocess else None,
-            wiring.build_deliver(new, d.supervisor, publisher, d._on_published)
+            wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.snapshots)
             if plan.deliver else None)
 
 

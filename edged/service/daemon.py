@@ -43,6 +43,7 @@ from edged.mqtt.discovery import Discovery, discovery_config
 from edged.mqtt.publisher import Publisher
 from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
+from edged.service.eventstage import SnapshotEncoder
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -109,6 +110,7 @@ class Daemon:
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
         self.board = BoardHealth()  # temperatures and throttling, for the stats
+        self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
         self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
         self.keeper = Housekeeping(self)
 
@@ -131,7 +133,9 @@ class Daemon:
             self._start_capture()
             self._start_pipeline()
         except ConfigError as exc:  # e.g. password_env names an unset variable
-            return self._fatal(exc.problems, EX_CONFIG)
+            where = f"{self.path}: "
+            return self._fatal([p if p.startswith(where) else where + p for p in exc.problems],
+                               EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
             if self.stop_requested.is_set():  # a stop while starting is not an error
                 log.info("stopped while starting")
@@ -175,7 +179,7 @@ class Daemon:
         self.pipeline = Pipeline(
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
-                self.cfg, self.supervisor, self.publisher, self._on_published),
+                self.cfg, self.supervisor, self.publisher, self._on_published, self.snapshots),
             self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info),
             failback=self.failback)
         self._pace()
@@ -235,6 +239,7 @@ class Daemon:
             self.capture.stop(timeout=0.5)
         self._stop_pipeline()
         self._stop_worker()
+        self.snapshots.stop()  # the pending ones still go out before offline
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
             self._report(up=False)

@@ -58,6 +58,7 @@ class Result:
     tensors: tuple[TensorInfo, ...]
     geometry: Any
     times: StageTimes
+    pixels: NDArray[np.uint8] | None = None  # the frame itself, for event snapshots
 
 
 Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]
@@ -270,7 +271,7 @@ class Pipeline:
             dequantize=dequantize_us,
         )
         result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
-                        info.outputs, job.geometry, times)
+                        info.outputs, job.geometry, times, frame.pixels)
         try:
             self.deliver(result)
         except Exception as exc:

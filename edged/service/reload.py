@@ -5,7 +5,7 @@ A reload restarts only the parts whose settings changed (`plan_reload`):
 | changed                                 | restarted                                  |
 |-----------------------------------------|--------------------------------------------|
 | `logging`                               | the log level (nothing else)               |
-| `output`, `model.labels`                | decode/encode, swapped between two frames  |
+| `output`, `events`, `model.labels`      | decode/encode, events: swapped between frames |
 | `preprocess` resize, color_order, pad   | preprocess, swapped between two frames     |
 | `mqtt`, `device`, `homeassistant`       | the MQTT connection (queue carried over)   |
 | `inference`, model files, mean/std/layout | the inference worker (model loaded again)  |
@@ -82,7 +82,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         changed=changed, worker=worker, source=old.source != new.source, publisher=publisher,
         preprocess=worker or old.preprocess != new.preprocess,
         # device.id is in every payload; a new worker may bring other outputs.
-        deliver=worker or publisher or old.output != new.output or old.model != new.model,
+        deliver=(worker or publisher or old.output != new.output or old.model != new.model
+                 or old.events != new.events or old.source.name != new.source.name),
         logging=old.logging != new.logging,
     )
 

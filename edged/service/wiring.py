@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,12 +28,13 @@ from edged.decode.dispatch import (
     ssd_names_for,
 )
 from edged.decode.labels import Labels, load_labels
-from edged.decode.results import ClassFilter
+from edged.decode.results import ClassFilter, Detection
 from edged.inference.failback import FailBack, FailbackPolicy
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.inference.worker import WorkerParams
 from edged.mqtt.discovery import DiscoverySettings
+from edged.mqtt.eventdiscovery import EventEntities
 from edged.mqtt.payload import Result as Payload
 from edged.mqtt.payload import encode_result_binary, encode_result_json, outputs_from
 from edged.mqtt.publisher import Publisher
@@ -41,6 +42,7 @@ from edged.mqtt.settings import PublisherSettings, TlsSettings
 from edged.numerics.imageinput import ImageInput, image_input
 from edged.numerics.quantize import normalization_source
 from edged.preprocess import Preprocessor
+from edged.service.eventstage import EventStage, SnapshotEncoder
 from edged.service.pipeline import Result
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
@@ -223,12 +225,22 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 
 
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
-                  on_published: Callable[[], None]) -> Callable[[Result], None]:
-    """Decode (as configured), encode and hand off one result."""
+                  on_published: Callable[[], None], snapshots: SnapshotEncoder | None = None
+                  ) -> Callable[[Result], None]:
+    """Decode (as configured), encode and hand off one result; with output.publish
+    events or both, detections go through the events stage too."""
     assert supervisor.info is not None
     out = cfg.output
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
     decoding = build_decoding(cfg, supervisor.info, labels)
+    events = None
+    if out.publish != "results":
+        if decoding.kind != "detection":
+            raise ConfigError([f'output.publish: "{out.publish}" needs detections; this '
+                               f"model's outputs decode as {decoding.kind}"])
+        events = EventStage(cfg, publisher, snapshots or SnapshotEncoder())
+        events.start()
+    results = out.publish != "events"
     encode = encode_result_binary if out.encoding == "binary" else encode_result_json
     device_id = cfg.device.id
     # Per loaded model, not per result (a Path per result was a tenth of this
@@ -247,10 +259,17 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
         decoded = None
         if d.kind != "none":
             geometry = result.geometry
-            decoded = decoded_json(d.kind, decode(
+            found = decode(
                 d.kind, result.raw_outputs, result.tensors, settings=d.settings,
                 input_wh=d.input_wh, geometry=geometry, labels=d.labels,
-                content_box=getattr(geometry, "content", None)))
+                content_box=getattr(geometry, "content", None))
+            if events is not None and d.kind == "detection" and result.pixels is not None:
+                events.step(cast(tuple[Detection, ...], found), result.pixels,
+                            result.captured_at, result.captured_mono)
+            if not results:
+                on_published()
+                return
+            decoded = decoded_json(d.kind, found)
         t1 = time.perf_counter_ns()
         timings = result.times.as_dict()
         timings["decode"] = (t1 - t0) // 1000
@@ -274,5 +293,8 @@ def discovery_settings(cfg: Config, board: tuple[str, ...] = ()) -> DiscoverySet
     return DiscoverySettings(
         device_id=cfg.device.id, topic_base=cfg.topic_base, enabled=ha.enabled,
         prefix=ha.discovery_prefix, name=ha.name,
-        json_results=cfg.output.encoding == "json", classes_keep=tuple(cfg.output.classes_keep),
-        board=board)
+        json_results=cfg.output.encoding == "json" and cfg.output.publish != "events",
+        classes_keep=tuple(cfg.output.classes_keep), board=board,
+        events=EventEntities(cfg.source.name, tuple(z.name for z in cfg.events.zones),
+                             tuple(cfg.events.labels), cfg.events.snapshot.enabled)
+        if cfg.output.publish != "results" else None)

@@ -15,7 +15,7 @@ import pytest
 from config_helpers import CONFIGS, expected_problems, toml_document
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from edged.config import (
     SECTIONS,
@@ -186,9 +186,20 @@ def test_committed_config_loads_to_the_defaults() -> None:
 
 def test_every_key_is_documented_with_a_valid_example() -> None:
     text = DOC.read_text(encoding="utf-8")
-    for section, model in SECTIONS.items():
+    tables: list[tuple[str, type[BaseModel]]] = list(SECTIONS.items())
+    for section, model in tables:
         body = text.split(f"\n[{section}]\n", 1)[1].split("\n[", 1)[0]
         for name, info in model.model_fields.items():
+            inner, many = configdoc._nested(info)
+            if inner is not None and not many:  # a sub-table: [events.snapshot]
+                tables.append((f"{section}.{name}", inner))
+                continue
+            if inner is not None:  # an array of tables: its example must load
+                block = body.split(f"# [[{section}.{name}]]\n", 1)[1].split("\n\n", 1)[0]
+                example = tomllib.loads("\n".join(
+                    line[4:] for line in block.splitlines() if line.startswith("#   ")))
+                inner.model_validate(example)
+                continue
             match = re.search(rf"^# {name} = (.*)$", body, re.MULTILINE)
             assert match, f"{section}.{name} is not in config/edged.toml"
             value = tomllib.loads(f"v = {match.group(1)}")["v"]
