@@ -327,14 +327,16 @@ def events_call() -> Callable[[], object]:
     zones = [Zone(f"z{i}", ((i * 600.0, 0.0), (i * 600.0 + 500, 0.0), (i * 600.0 + 500, 1080.0),
                             (i * 600.0, 1080.0))) for i in range(3)]
     engine = EventEngine(zones=zones, lines=[Line("gate", (960.0, 0.0), (960.0, 1080.0))])
+    # Made beforehand (they are the decoder's work, timed in its own rows); 450 frames
+    # are one whole cycle of the walk (4 px a frame, wrapping at 1800), so none jumps.
+    scenes = [[Detection(i % 3, ("person", "car", "dog")[i % 3], 0.8,
+                         ((i * 37 + 4 * f) % 1800.0, i * 20.0, (i * 37 + 4 * f) % 1800.0 + 60,
+                          i * 20.0 + 80)) for i in range(50)] for f in range(450)]
     frame = [0]
 
     def step() -> object:
         f = frame[0] = frame[0] + 1
-        dets = [Detection(i % 3, ("person", "car", "dog")[i % 3], 0.8,
-                          ((i * 37 + 4 * f) % 1800.0, i * 20.0, (i * 37 + 4 * f) % 1800.0 + 60,
-                           i * 20.0 + 80)) for i in range(50)]
-        return engine.step(dets, f / 30, (1080, 1920))
+        return engine.step(scenes[f % 450], f / 30, (1080, 1920))
 
     for _ in range(10):
         step()

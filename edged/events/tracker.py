@@ -79,6 +79,9 @@ def greedy_pairs(iou: NDArray[np.float64], same_label: NDArray[np.bool_], floor:
     """(row, column) pairs, best IoU first, each row and column used once."""
     scores = np.where(same_label, iou, 0.0)
     rows, cols = np.nonzero(scores >= floor)
+    if len(np.unique(rows)) == len(rows) and len(np.unique(cols)) == len(cols):
+        # No track or detection has a rival (objects apart, the usual case): all pairs.
+        return list(zip(rows.tolist(), cols.tolist(), strict=True))
     order = np.argsort(-scores[rows, cols], kind="stable")
     used_r: set[int] = set()
     used_c: set[int] = set()
@@ -126,27 +129,34 @@ class Tracker:
                ) -> list[Detection]:
         if not tracks or not dets:
             return list(dets)
-        boxes_t = np.array([tr.predicted() for tr in tracks], dtype=np.float64)
+        # Track.predicted for all tracks at once: one array per field, not a call each.
+        boxes = np.array([tr.box for tr in tracks], dtype=np.float64)
+        velocity = np.array([tr.velocity for tr in tracks], dtype=np.float64)
+        steps = np.array([tr.missed + 1 for tr in tracks], dtype=np.float64)[:, None]
+        boxes_t = boxes + np.tile(velocity * steps, 2)
         boxes_d = np.array([d.box for d in dets], dtype=np.float64)
         labels_t = np.array([tr.label_id for tr in tracks])
         labels_d = np.array([d.label_id for d in dets])
         pairs = greedy_pairs(iou_matrix(boxes_t, boxes_d), labels_t[:, None] == labels_d[None, :],
                              self.settings.match_iou)
-        for r, c in pairs:
-            _follow(tracks[r], dets[c], t)
+        if not pairs:
+            return list(dets)
+        rows, cols = (np.array(v) for v in zip(*pairs, strict=True))
+        # Velocities, all pairs at once: smoothed, so one jittery box does not throw the
+        # prediction off.
+        old = (boxes[rows, :2] + boxes[rows, 2:]) / 2
+        new = (boxes_d[cols, :2] + boxes_d[cols, 2:]) / 2
+        smoothed = (0.5 * velocity[rows] + 0.5 * (new - old) / steps[rows]).tolist()
+        for (r, c), (vx, vy) in zip(pairs, smoothed, strict=True):
+            _follow(tracks[r], dets[c], t, (vx, vy))
             seen.append(tracks[r])
-        matched = {c for _, c in pairs}
+        matched = set(cols.tolist())
         return [d for i, d in enumerate(dets) if i not in matched]
 
 
-def _follow(track: Track, det: Detection, t: float) -> None:
-    steps = track.missed + 1
-    ox = (track.box[0] + track.box[2]) / 2
-    oy = (track.box[1] + track.box[3]) / 2
-    nx, ny = (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2
-    vx, vy = (nx - ox) / steps, (ny - oy) / steps
-    # Smoothed: one jittery box must not throw the prediction off.
-    track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
+def _follow(track: Track, det: Detection, t: float, velocity: tuple[float, float]) -> None:
+    """`track` matched `det` at `t`; `velocity`: its smoothed centre velocity (see _match)."""
+    track.velocity = velocity
     track.box, track.score, track.last_seen = det.box, det.score, t
     track.best_score = max(track.best_score, det.score)
     track.hits += 1

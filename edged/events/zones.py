@@ -60,6 +60,26 @@ def points_in_polygon(points: NDArray[np.float64], polygon_edges: NDArray[np.flo
     return np.asarray(np.count_nonzero(crossing, axis=1) % 2 == 1)
 
 
+def points_in_polygons(points: NDArray[np.float64], polygon_edges: NDArray[np.float64],
+                       starts: NDArray[np.intp]) -> NDArray[np.bool_]:
+    """(N, Z): `points_in_polygon` for several polygons in one pass, their edges side by
+    side (`starts`: where each polygon's edges begin); one pass, not one per zone."""
+    x, y = points[:, :1], points[:, 1:]
+    xi, yi, xj, yj = polygon_edges[:, None, :]
+    spans = (yi > y) != (yj > y)
+    dy = np.where(yj == yi, 1.0, yj - yi)
+    crossing = spans & (x < (xj - xi) * (y - yi) / dy + xi)
+    return np.asarray(np.add.reduceat(crossing, starts, axis=1) % 2 == 1)
+
+
+def zone_edges(zones: tuple[Zone, ...], frame_size: tuple[int, int]
+               ) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
+    """The zones' edges side by side and where each zone's begin, for `points_in_polygons`."""
+    parts = [_edges_at(z, frame_size) for z in zones]
+    starts = np.cumsum([0] + [p.shape[1] for p in parts[:-1]]).astype(np.intp)
+    return np.concatenate(parts, axis=1), starts
+
+
 @dataclass(frozen=True, slots=True)
 class Zone:
     name: str
@@ -116,6 +136,25 @@ class Line:
         if (_side(before, after, a) > 0) == (_side(before, after, b) > 0):
             return None
         return "in" if right1 else "out"
+
+
+    def crossings(self, before: NDArray[np.float64], after: NDArray[np.float64],
+                  frame_size: tuple[int, int]) -> NDArray[np.int8]:
+        """`crossing` for (N, 2) steps at once: +1 "in", -1 "out", 0 none."""
+        h, w = frame_size
+        a, b = (((self.a[0] * w, self.a[1] * h), (self.b[0] * w, self.b[1] * h))
+                if self.normalized else (self.a, self.b))
+        right0, right1 = _sides(a, b, before) > 0, _sides(a, b, after) > 0
+        # The step's own line must separate the segment's ends (vectorized _side).
+        dx, dy = after[:, 0] - before[:, 0], after[:, 1] - before[:, 1]
+        sa = dx * (a[1] - before[:, 1]) - dy * (a[0] - before[:, 0])
+        sb = dx * (b[1] - before[:, 1]) - dy * (b[0] - before[:, 0])
+        hit = (right0 != right1) & ((sa > 0) != (sb > 0))
+        return np.where(hit, np.where(right1, 1, -1), 0).astype(np.int8)
+
+
+def _sides(a: Point, b: Point, p: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.asarray((b[0] - a[0]) * (p[:, 1] - a[1]) - (b[1] - a[1]) * (p[:, 0] - a[0]))
 
 
 def _side(a: Point, b: Point, p: Point) -> float:

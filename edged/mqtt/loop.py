@@ -265,14 +265,7 @@ class PublishLoop:
         # Control and events share paho's window with results (sized for them plus
         # status and stats): a burst of snapshots or events must not park messages
         # in paho's own queue, which it does not re-send after a reconnect.
-        while out.control and not client.want_write() and self._room():
-            with out.lock:
-                topic, body = out.control.popleft()
-            info = client.publish(topic, body, qos=s.status_qos, retain=True)
-            if s.status_qos:
-                self._inflight[info.mid] = "control"
-        if out.control:
-            return False
+        # Events first: "a car arrived" reaches subscribers before the count it changed.
         while out.events and not client.want_write() and self._room():
             with out.lock:
                 topic, body = out.events.popleft()
@@ -281,6 +274,14 @@ class PublishLoop:
             if s.results_qos:
                 self._inflight[info.mid] = "event"
         if out.events:
+            return False
+        while out.control and not client.want_write() and self._room():
+            with out.lock:
+                topic, body = out.control.popleft()
+            info = client.publish(topic, body, qos=s.status_qos, retain=True)
+            if s.status_qos:
+                self._inflight[info.mid] = "control"
+        if out.control:
             return False
         if self._stats_mid is None and out.pending_stats is not None:
             with out.lock:

@@ -279,6 +279,8 @@ class Daemon:
             self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried,
             self.failback))
         figures.update(self.board.figures())
+        if self.cfg.output.publish != "results":
+            figures["snapshots"] = self.snapshots.encoded
         if self.fatal_error:
             figures["last_error"] = self.fatal_error
         return figures

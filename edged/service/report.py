@@ -53,6 +53,9 @@ def figures(p: Parts) -> dict[str, Any]:
         # Refused by the broker (MQTT 5 PUBACK: ACL, size) or too big to send at all.
         "results_rejected": counters.rejected if counters else 0,
         "results_too_large": counters.too_large if counters else 0,
+        # output.publish events/both: event messages sent, and dropped in an outage.
+        "events_published": counters.events_published if counters else 0,
+        "events_dropped": counters.events_dropped if counters else 0,
         "mqtt_connects": counters.connects if counters else 0,
         "mqtt_connect_failures": counters.connect_failures if counters else 0,
         "delegate": info.delegate if info else "none",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import jsonschema
 import numpy as np
 import orjson
 from broker import Mosquitto, Received, Subscriber
@@ -22,6 +23,12 @@ from fleet_helpers import check_device_discovery, render
 from scene_helpers import FPS, LABELS, LINES, MODEL, SIZE, ZONES, Shape, write_scene
 
 CAMERA = "drive"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
+
+
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
+        orjson.loads((SCHEMAS / f"{name}-v1.schema.json").read_bytes()))
 
 
 def _config(tmp: Path, port: int, frames: Path, *, loop: bool = False, ha: bool = False,
@@ -71,6 +78,7 @@ def test_scene_gives_the_exact_events_occupancy_and_snapshots(
     ], daemon.log_text()
     # Flicker (every third frame missing, frames 12-30) never ended the person: one id.
     for e in events:
+        _validator("event").validate(e)
         assert e["camera"] == CAMERA and e["device_id"] == "scene"
         assert e["start"] <= e["at"] and (e["end"] is None or e["start"] <= e["end"] <= e["at"])
     # The car's box, parked at (160, 176)-(240, 224) in frame pixels, to a pixel or two.
@@ -87,8 +95,8 @@ def test_scene_gives_the_exact_events_occupancy_and_snapshots(
     assert states[0] == zero  # fresh at start
     assert states[-1] == zero
     assert {"all": {"person": 1, "car": 1}, "driveway": {"person": 1, "car": 1}} in states
-    retained = [m for m in sub.on(f"/{CAMERA}/occupancy")]
-    assert all(orjson.loads(m.payload)["camera"] == CAMERA for m in retained)
+    for m in sub.on(f"/{CAMERA}/occupancy"):
+        _validator("occupancy").validate(orjson.loads(m.payload))
 
     for label in ("person", "car"):
         shots = sub.on(f"/{CAMERA}/snapshot/{label}")
@@ -156,3 +164,26 @@ def test_a_restart_mid_event_leaves_no_stale_occupancy_or_entities(
         assert cmps[f"{CAMERA}_event"] == {"p": "event"}
         assert cmps[f"{CAMERA}_driveway_car_occupied"] == {"p": "binary_sensor"}
         assert "fps" in cmps and len(cmps["fps"]) > 1
+
+
+def test_a_reload_of_the_zones_starts_a_fresh_stage_without_a_restart(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    parked = write_scene(tmp_path / "parked", [[Shape(1, 160, 176, (80, 48))]] * 40)
+    occupancy = f"edged/scene/{CAMERA}/occupancy"
+    path = _config(tmp_path, mosquitto.port, parked, loop=True)
+    with Subscriber(mosquitto.port, f"edged/scene/{CAMERA}/#") as sub, \
+            DaemonProcess(path) as daemon:
+        sub.wait_for(lambda m: m.topic == occupancy and
+                     _occupancy(m)["driveway"]["car"] == 1, timeout=30)
+        pid = daemon.worker_pid()
+        garage = {"name": "garage", "points": [[0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.5, 1.0]]}
+        _config(tmp_path, mosquitto.port, parked, loop=True, zones=[*ZONES, garage])
+        daemon.send(signal.SIGHUP)
+        # Zeros first (a fresh stage), then the parked car counted again in both zones.
+        fresh = sub.wait_for(lambda m: m.topic == occupancy and "garage" in _occupancy(m),
+                             timeout=30)
+        assert _occupancy(fresh)["garage"] == {"person": 0, "car": 0}
+        sub.wait_for(lambda m: m.topic == occupancy and
+                     _occupancy(m).get("garage", {}).get("car") == 1, timeout=30)
+        assert daemon.worker_pid() == pid  # the model was not reloaded for it
+        assert daemon.stop() == 0, daemon.log_text()
