@@ -109,20 +109,22 @@ class Tracker:
         weak = [d for d in detections if s.low_score <= d.score < s.high_score]
         seen: list[Track] = []
         unmatched = self._match(self.tracks, strong, t, seen)
-        matched = {id(tr) for tr in seen}
-        remaining = [tr for tr in self.tracks if id(tr) not in matched]
-        self._match(remaining, weak, t, seen)
+        if weak:
+            self._match([tr for tr in self.tracks if tr.last_seen != t], weak, t, seen)
+        kept = []
+        for track in self.tracks:  # a track matched now has last_seen == t
+            if track.last_seen != t:
+                if t - track.last_seen > s.max_age_s:
+                    continue
+                track.missed += 1
+            kept.append(track)
         for det in unmatched:
             track = Track(self._next_id, det.label_id, det.label, det.box, det.score, det.score,
                           t, t)
             self._next_id += 1
-            self.tracks.append(track)
+            kept.append(track)
             seen.append(track)
-        matched = {id(tr) for tr in seen}
-        for track in self.tracks:
-            if id(track) not in matched:
-                track.missed += 1
-        self.tracks = [tr for tr in self.tracks if t - tr.last_seen <= s.max_age_s]
+        self.tracks = kept
         return seen
 
     def _match(self, tracks: list[Track], dets: list[Detection], t: float, seen: list[Track]
@@ -130,13 +132,12 @@ class Tracker:
         if not tracks or not dets:
             return list(dets)
         # Track.predicted for all tracks at once: one array per field, not a call each.
-        boxes = np.array([tr.box for tr in tracks], dtype=np.float64)
-        velocity = np.array([tr.velocity for tr in tracks], dtype=np.float64)
-        steps = np.array([tr.missed + 1 for tr in tracks], dtype=np.float64)[:, None]
+        state = np.array([(*tr.box, *tr.velocity, tr.missed + 1, tr.label_id) for tr in tracks],
+                         dtype=np.float64)
+        boxes, velocity, steps, labels_t = state[:, :4], state[:, 4:6], state[:, 6:7], state[:, 7]
         boxes_t = boxes + np.tile(velocity * steps, 2)
-        boxes_d = np.array([d.box for d in dets], dtype=np.float64)
-        labels_t = np.array([tr.label_id for tr in tracks])
-        labels_d = np.array([d.label_id for d in dets])
+        found = np.array([(*d.box, d.label_id) for d in dets], dtype=np.float64)
+        boxes_d, labels_d = found[:, :4], found[:, 4]
         pairs = greedy_pairs(iou_matrix(boxes_t, boxes_d), labels_t[:, None] == labels_d[None, :],
                              self.settings.match_iou)
         if not pairs:
