@@ -185,11 +185,10 @@ class EventEngine:
         none: list[tuple[tuple[str, str], ...]] = [()] * len(tracks)
         if not self.lines:
             return none
-        before = after.copy()
-        for i, tr in enumerate(tracks):
-            obj = self._objects.get(tr.id)
-            if obj is not None:
-                before[i] = obj.anchor
+        objects = self._objects
+        before = np.array([objects[tr.id].anchor if tr.id in objects else (np.nan, np.nan)
+                           for tr in tracks], dtype=np.float64)
+        before = np.where(np.isnan(before), after, before)  # no object yet: no step
         for line in self.lines:
             ways = line.crossings(before, after, frame_size)
             for i in np.flatnonzero(ways).tolist():

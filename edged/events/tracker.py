@@ -79,7 +79,7 @@ def greedy_pairs(iou: NDArray[np.float64], same_label: NDArray[np.bool_], floor:
     """(row, column) pairs, best IoU first, each row and column used once."""
     scores = np.where(same_label, iou, 0.0)
     rows, cols = np.nonzero(scores >= floor)
-    if len(np.unique(rows)) == len(rows) and len(np.unique(cols)) == len(cols):
+    if not len(rows) or (np.bincount(rows).max() == 1 and np.bincount(cols).max() == 1):
         # No track or detection has a rival (objects apart, the usual case): all pairs.
         return list(zip(rows.tolist(), cols.tolist(), strict=True))
     order = np.argsort(-scores[rows, cols], kind="stable")
@@ -149,16 +149,13 @@ class Tracker:
         new = (boxes_d[cols, :2] + boxes_d[cols, 2:]) / 2
         smoothed = (0.5 * velocity[rows] + 0.5 * (new - old) / steps[rows]).tolist()
         for (r, c), (vx, vy) in zip(pairs, smoothed, strict=True):
-            _follow(tracks[r], dets[c], t, (vx, vy))
-            seen.append(tracks[r])
+            # The one per-track step left in Python: inlined, as it runs ~50 times a frame.
+            track, det = tracks[r], dets[c]
+            track.velocity = (vx, vy)
+            track.box, track.score, track.last_seen = det.box, det.score, t
+            track.best_score = max(track.best_score, det.score)
+            track.hits += 1
+            track.missed = 0
+            seen.append(track)
         matched = set(cols.tolist())
         return [d for i, d in enumerate(dets) if i not in matched]
-
-
-def _follow(track: Track, det: Detection, t: float, velocity: tuple[float, float]) -> None:
-    """`track` matched `det` at `t`; `velocity`: its smoothed centre velocity (see _match)."""
-    track.velocity = velocity
-    track.box, track.score, track.last_seen = det.box, det.score, t
-    track.best_score = max(track.best_score, det.score)
-    track.hits += 1
-    track.missed = 0
