@@ -1,9 +1,10 @@
-"""The MQTT publisher's network thread: its connection loop and paho's callbacks.
+"""The MQTT publisher's network thread: its connection loop (paho's callbacks, which
+run on it, are in `edged.mqtt.callbacks`).
 
 `edged.mqtt.publisher.Publisher` is the thread-safe front (its docstring says why we
 drive paho's external loop ourselves); this is the one thread behind it. The
 two meet only at an `Outbox` (in `edged.mqtt.settings`): the queued results,
-control messages and pending stats, the counters and the wake-up socket, under
+control messages, events and pending stats, the counters and the wake-up socket, under
 one lock. The paho client and all that is in flight or about the connection
 belong to `PublishLoop` and are changed by the network thread alone; the front
 only reads a few of its fields (`state`, `connected`, `inflight_results`,
@@ -21,36 +22,32 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.mqtt.backoff import backoff_delay, retry_cap, unreachable
+from edged.mqtt.callbacks import PahoCallbacks
 from edged.mqtt.inbound import Inbound
 from edged.mqtt.payload import BINARY_MAGIC, encode_status
 from edged.mqtt.settings import (
     Outbox,
     PublisherSettings,
     describe_error,
-    guarded,
     make_client,
     paho_error_logger,
-    reason_text,
     result_properties,
-    socket_error_text,
     tls_hint,
 )
 
 log = logging.getLogger("edged.publish")  # not __name__: see publish_setup
-FLAP_S = 5.0  # a connection lost sooner than this after CONNACK counts as flapping
 ACK_BATCH_S = 0.02  # while acks are due, how long they may wait to be read (see _serve)
 
 
-class PublishLoop:
-    """The network thread (`run`) and the paho client it alone drives."""
+class PublishLoop(PahoCallbacks):
+    """The network thread (`run`) and the paho client it alone drives; paho's callbacks,
+    which run on it too, are in `edged.mqtt.callbacks`."""
 
     def __init__(self, settings: PublisherSettings, out: Outbox, stop: threading.Event, *,
                  client_id: str, results_topic: str, status_topic: str, stats_topic: str,
@@ -157,16 +154,6 @@ class PublishLoop:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
-
-    def _failure(self, reason: str) -> None:
-        with self._out.lock:
-            self._out.n["connect_failures"] += 1
-            self._out.last_error = reason
-        if reason not in self._logged_failures and len(self._logged_failures) < 8:
-            # once per distinct reason (a few alternate), not once per retry
-            log.warning("MQTT %s:%d: %s; retrying with backoff", self.settings.host,
-                        self.settings.port, reason)
-            self._logged_failures.add(reason)
 
     def _serve(self) -> None:
         """One connection, from CONNECT sent until it is lost or we stop."""
@@ -329,93 +316,3 @@ class PublishLoop:
     def _room(self) -> bool:
         """paho's window (max_inflight + 4) has room, keeping two for status and stats."""
         return len(self._inflight) < self.settings.max_inflight + 2
-
-    # ----------------------------------------------- paho callbacks
-
-    @guarded(log)
-    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
-                    props: Any) -> None:
-        if rc.is_failure:
-            self._failure(f"broker refused the connection: {reason_text(rc)}")
-            return
-        self.connected = True
-        self.state = "connected"
-        with self._out.lock:
-            self._out.n["connects"] += 1
-            failures = self._out.n["connect_failures"]
-            self._out.last_error = None
-        self._connected_at = time.monotonic()
-        if not self._flapping or self._loss_said:  # a logged loss is followed by its end
-            log.info("MQTT: connected to %s:%d as %s%s", self.settings.host,
-                     self.settings.port, self.client_id,
-                     f" ({failures} failed attempts so far)" if self._logged_failures else "")
-        if not self._flapping:
-            self._logged_failures.clear()
-        self._out.drop_logged = False
-        # MQTT 5 brokers may announce the largest packet they accept; a bigger
-        # one would cost the connection, so such results are not sent at all.
-        self._server_max = int(getattr(props, "MaximumPacketSize", 0) or 0)
-        info = client.publish(self.status_topic,
-                              encode_status(self.settings.device_id, "online",
-                                            self._out.online_reason, time.time(),
-                                            self._out.status_fields),
-                              qos=self.settings.status_qos, retain=True)
-        if self.settings.status_qos:
-            self._inflight[info.mid] = "status"
-        self.inbound.on_connect(client)
-        for hook in self.connect_hooks:
-            hook()
-
-    @guarded(log)
-    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
-                       _props: Any) -> None:
-        out = self._out
-        was = self.connected
-        self.connected = False
-        self._stats_mid = None  # paho re-sends it; a newer one may go meanwhile
-        if not was or self._stop.is_set():
-            return
-        reason = self._sock_error or (
-            "closed by the broker" if rc.value == 0x80 else reason_text(rc))
-        with out.lock:
-            out.last_error = f"connection lost: {reason}"
-            queued = len(out.queue)
-        self._flapping = time.monotonic() - self._connected_at < FLAP_S
-        if not self._flapping:
-            self._logged_failures.clear()  # it had been working: this loss is news
-        self._loss_said = out.last_error not in self._logged_failures
-        if not self._loss_said:
-            return
-        if self._flapping:
-            self._logged_failures.add(out.last_error)
-        log.warning("MQTT %s:%d: connection lost (%s); %d results queued, retrying with backoff%s",
-                    self.settings.host, self.settings.port, reason, queued,
-                    " (dropped right after connecting: logged once while that goes on)"
-                    if self._flapping else "")
-
-    @guarded(log)
-    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, rc: ReasonCode,
-                    _props: Any) -> None:
-        out = self._out
-        kind = self._inflight.pop(mid, None)
-        if kind == "result":
-            self.inflight_results -= 1
-            with out.lock:
-                if rc.is_failure:
-                    out.n["rejected"] += 1
-                    first = out.last_error != f"broker refused a result: {reason_text(rc)}"
-                    out.last_error = f"broker refused a result: {reason_text(rc)}"
-                else:
-                    out.n["acked"] += 1
-                    first = False
-            if first:
-                log.error("MQTT: %s (topic %s)", out.last_error, self.results_topic)
-        elif kind == "stats":
-            self._stats_mid = None
-        elif kind == "offline":
-            self._offline_done = True
-
-    def paho_error(self, text: str) -> None:
-        # The only place paho tells why a socket read/write failed.
-        self._sock_error = socket_error_text(text.split(": ", 1)[-1])
-        log.debug("paho: %s", text)
