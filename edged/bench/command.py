@@ -17,6 +17,7 @@ the table shows medians and the min-max of the runs (the machine's noise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,7 +39,8 @@ COMMITTED = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
 SHARED_MNV2 = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 BENCH_MNV2 = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
 MAKE_BENCH_MODEL = "/tmp/tfvenv/bin/python scripts/make_test_models.py --bench"
-ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "micro", "rss", "latency")
+ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "micro", "rss",
+            "latency")
 ROW_TITLES = {"limit": "limit", "naive": "naive", "inprocess": "edged in-process",
               "daemon": "edged daemon"}
 MAX_SOURCE_FPS = 1000.0  # the config's bound on source.fps
@@ -305,8 +307,8 @@ def run_bench(s: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "threads": s.threads, "frames": s.frames,
                               "runs": s.runs, "delegate": s.delegate, "notes": list(s.notes),
                               "rows": []}
-    needs_broker = any(r in s.rows for r in ("daemon", "rss", "latency"))
-    with (private_broker() if needs_broker else _no_broker()) as broker:
+    needs_broker = any(r in s.rows for r in ("daemon", "accelerator", "rss", "latency"))
+    with private_broker() if needs_broker else contextlib.nullcontext() as broker:
         for model in s.models:
             h, w = _input_size(model)
             sizes = [((h, w), f"{w}x{h}")] + [(c, f"{c[1]}x{c[0]}") for c in s.sizes
@@ -314,6 +316,11 @@ def run_bench(s: Settings) -> dict[str, Any]:
             for size, label in sizes:
                 report["rows"] += measure_group(s, model, size, label, broker)
         primary = s.models[-1]
+        if "accelerator" in s.rows:
+            from edged.bench.accelerator import accelerator_section
+
+            report["rows"] += accelerator_section(s, primary, _input_size(primary), broker,
+                                                  report["notes"])
         if "micro" in s.rows:
             report["micro"] = micro(quick=s.quick)
         if "latency" in s.rows:
@@ -325,14 +332,6 @@ def run_bench(s: Settings) -> dict[str, Any]:
         report["notes"].append(note)
     report["targets"] = targets(report)
     return report
-
-
-class _no_broker:  # noqa: N801 - used like a context manager function
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -56,6 +56,9 @@ class DaemonSpec:
     runtime: str = "auto"
     delegate: str = "cpu"
     qos_results: int = 1
+    # delegate = "external": the library and its options (the accelerator row's stand-in).
+    external_library: str = ""
+    external_options: tuple[tuple[str, str], ...] = ()
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -88,6 +91,9 @@ def worker_pid(daemon_pid: int) -> int | None:
 
 def daemon_config(spec: DaemonSpec, port: int) -> str:
     h, w = spec.source_size
+    options = ", ".join(f'{k} = "{v}"' for k, v in spec.external_options)
+    external = (f'external_library = "{spec.external_library}"\n'
+                f"external_options = {{{options}}}\n") if spec.external_library else ""
     return f"""\
 # Written by `edged bench`.
 [device]
@@ -104,7 +110,7 @@ runtime = "{spec.runtime}"
 delegate = "{spec.delegate}"
 fallback = "fail"
 num_threads = {spec.threads}
-# The bench pauses the daemon between runs: no pause may look like a hang.
+{external}# The bench pauses the daemon between runs: no pause may look like a hang.
 invoke_timeout_s = 3600
 [mqtt]
 host = "127.0.0.1"

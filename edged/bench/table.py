@@ -153,6 +153,9 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if r is not None and r.get("ratio") is not None and report["threads"] == 2:
             add(f"daemon/limit results/s at {source}, {TARGET_MODEL}, 2 threads", r["ratio"],
                 bar, True)
+    for r in report["rows"]:
+        if r["row"] == "accelerator" and r.get("ratio") is not None:
+            add(f"accelerator results/s x invoke time, {r['model']}", r["ratio"], 0.97, True)
     lat = report.get("latency_30fps")
     if lat:
         add("latency p99 - invoke p99 at 30 fps offered (ms)",

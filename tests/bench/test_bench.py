@@ -51,7 +51,8 @@ def quick_report() -> dict[str, Any]:
 def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, Any]) -> None:
     rows = {(r["source"], r["row"]) for r in quick_report["rows"]}
     assert rows == {(src, row) for src in ("32x32", "640x480")
-                    for row in ("limit", "naive", "inprocess", "daemon")}
+                    for row in ("limit", "naive", "inprocess", "daemon")} | {
+        ("32x32", "accelerator")}
     for r in quick_report["rows"]:
         assert r["model"] == "digits_int8.tflite"
         assert r["fps"] > 0 and r["fps_min"] <= r["fps"] <= r["fps_max"]
@@ -61,6 +62,21 @@ def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, A
         assert r["stages_us"]["invoke"] > 0
     limit = [r for r in quick_report["rows"] if r["row"] == "limit"]
     assert all(r["ratio"] == 1.0 for r in limit)
+
+
+def test_accelerator_row_runs_the_daemon_on_the_stub_delegate_asleep_off_the_cpu(
+        quick_report: dict[str, Any]) -> None:
+    """The Coral user's case without a Coral: the stub delegate claims the whole graph and
+    sleeps 2.6 ms per invoke; the row is results/s against 1 / invoke."""
+    (row,) = [r for r in quick_report["rows"] if r["row"] == "accelerator"]
+    assert 2600 <= row["stages_us"]["invoke"] < 4000
+    assert 0.5 < row["ratio"] <= 1.0
+    cpu = row["cpu_us_per_result"]
+    assert cpu["edged"] == pytest.approx(cpu["daemon"] + cpu["worker"])
+    # Asleep, not spinning: the worker's CPU per result is far below the invoke.
+    assert cpu["worker"] < 1000
+    assert any(t["target"].startswith("accelerator results/s x invoke time")
+               for t in quick_report["targets"])
 
 
 def test_quick_json_stage_columns_per_row(quick_report: dict[str, Any]) -> None:

@@ -1,0 +1,90 @@
+"""The `accelerator` row of `edged bench`: the daemon as a Coral user runs it, without a Coral.
+
+The model runs on a delegate that claims the whole graph and sleeps a fixed
+time per invoke (tests/stub_delegate/stub_delegate.c with `invoke_us`, built
+here with the system's C compiler): the invoke leaves the CPU as an Edge TPU's
+does (MobileNetV2 takes ~2.6 ms on a USB Accelerator), so what the row shows
+is edged's own overhead around an accelerator. Its ratio is results/s times
+the mean invoke time (1 / invoke is the most an accelerator allows); the CPU
+per result is the daemon's and its worker's, all of which is edged's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec, summarize_run
+
+if TYPE_CHECKING:
+    from edged.bench.command import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+STUB_SOURCE = ROOT / "tests" / "stub_delegate" / "stub_delegate.c"
+INVOKE_US = 2600  # a USB Accelerator's MobileNetV2 invoke
+OFFER = 1.25  # frames offered, times 1 / invoke: the source never sets the pace
+TITLE = "accelerator"
+NOTE = (f"accelerator: the daemon with a delegate that sleeps {INVOKE_US} us per invoke "
+        "(no CPU, as an Edge TPU); ratio = results/s x mean invoke time")
+
+
+def build_sleep_delegate(directory: Path) -> Path:
+    """The stub delegate (tests/stub_delegate) as a shared library in `directory`."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not STUB_SOURCE.is_file():
+        raise BenchError(f"the accelerator row needs a C compiler and {STUB_SOURCE} "
+                         "(a checkout of edged)")
+    out = directory / "libstub_sleep.so"
+    done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(STUB_SOURCE)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"building {STUB_SOURCE.name} failed: "
+                         f"{(done.stderr.strip().splitlines() or ['?'])[0]}")
+    return out
+
+
+def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads: int,
+                     frames: int, runs: int) -> list[dict[str, Any]]:
+    from edged.bench.command import aggregate  # the table's medians; command imports us late
+
+    with tempfile.TemporaryDirectory(prefix="edged-bench-accel-") as tmp:
+        library = build_sleep_delegate(Path(tmp))
+        spec = DaemonSpec(str(model), threads, size, OFFER * 1e6 / INVOKE_US,
+                          delegate="external", external_library=str(library),
+                          external_options=(("invoke_us", str(INVOKE_US)),))
+        daemon = BenchDaemon(spec, broker[0], broker[1], f"{model.stem}-accelerator")
+        results = []
+        try:
+            daemon.measure(max(20, frames // 4), keep=False)  # warm-up
+            for _ in range(runs):
+                run = summarize_run(daemon.measure(frames))
+                cpu = daemon.cpu_us_per_result
+                run["cpu_us_per_result"] = {"daemon": cpu["daemon"], "worker": cpu["worker"],
+                                            "edged": cpu["daemon"] + cpu["worker"]}
+                run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
+                results.append(run)
+        finally:
+            daemon.stop()
+    row = aggregate(results)
+    invoke_s = row["stages_us"]["invoke"] / 1e6
+    h, w = size
+    return [{"model": model.name, "source": f"{w}x{h}", "row": "accelerator", "title": TITLE,
+             **row, "ratio": row["fps"] * invoke_s, "offered_fps": spec.fps,
+             "invoke_us_configured": INVOKE_US}]
+
+
+def accelerator_section(s: Settings, model: Path, size: tuple[int, int], broker: Any,
+                        notes: list[str]) -> list[dict[str, Any]]:
+    """The row for `edged bench`, or a note saying why it is left out (no compiler, no
+    checkout): the other rows still stand."""
+    try:
+        rows = accelerator_rows(model, size, broker, threads=s.threads, frames=s.frames,
+                                runs=s.runs)
+    except BenchError as exc:
+        notes.append(f"accelerator row left out: {exc}")
+        return []
+    notes.append(NOTE)
+    return rows
