@@ -57,7 +57,7 @@ def render(report: dict[str, Any]) -> str:
             # what the pipeline produces (a lost wake-up once hid behind this).
             lines.append(f"{'':<17}results waited {waited / 1000:.0f} ms in the publisher's "
                          "queue: the MQTT path, not the model, set this row's pace")
-        elif r["row"] == "daemon" and r["fps"] > 0:
+        elif r["row"] in ("daemon", "accelerator") and r["fps"] > 0:
             lines.append(f"{'':<17}{_worker_time(r, limit)}")
     lines += ["", "daemon: resize..dequantize are the daemon's own timings_us; 'publish' is "
               "receipt minus published_at (encode + MQTT + broker + subscriber); "
