@@ -34,6 +34,13 @@ def _point_problems(points: list[list[float]], units: Units) -> list[str]:
     return problems
 
 
+def _shape_problems(name: str, points: list[list[float]], units: Units
+                    ) -> list[tuple[str, str]]:
+    """A zone's or a line's name and points, against their keys."""
+    problems = [] if NAME.match(name) else [("name", f"{name!r}: must be {_NAME_RULE}")]
+    return problems + [("points", p) for p in _point_problems(points, units)]
+
+
 class ZoneConfig(Section):
     name: str = Field(examples=["driveway"], description=(
         f"The zone's name in topics and events: {_NAME_RULE}."))
@@ -50,10 +57,7 @@ class ZoneConfig(Section):
 
     @model_validator(mode="after")
     def _valid(self) -> ZoneConfig:
-        problems = [("name", f"{self.name!r}: must be {_NAME_RULE}")] if not NAME.match(
-            self.name) else []
-        problems += [("points", p) for p in _point_problems(self.points, self.units)]
-        raise_cross_field(problems)
+        raise_cross_field(_shape_problems(self.name, self.points, self.units))
         return self
 
 
@@ -68,10 +72,7 @@ class LineConfig(Section):
 
     @model_validator(mode="after")
     def _valid(self) -> LineConfig:
-        problems = [("name", f"{self.name!r}: must be {_NAME_RULE}")] if not NAME.match(
-            self.name) else []
-        problems += [("points", p) for p in _point_problems(self.points, self.units)]
-        raise_cross_field(problems)
+        raise_cross_field(_shape_problems(self.name, self.points, self.units))
         return self
 
 

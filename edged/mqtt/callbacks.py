@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.mqtt.inbound import Inbound
-from edged.mqtt.payload import encode_status
+from edged.mqtt.payload import StatusState, encode_status
 from edged.mqtt.settings import (
     Outbox,
     PublisherSettings,
@@ -65,6 +65,15 @@ class PahoCallbacks:
             self._logged_failures.add(reason)
 
 
+    def publish_status(self, client: mqtt.Client, state: StatusState, reason: str
+                       ) -> int | None:
+        """The retained status with the daemon's fields; its mid when acknowledged."""
+        info = client.publish(self.status_topic,
+                              encode_status(self.settings.device_id, state, reason, time.time(),
+                                            self._out.status_fields),
+                              qos=self.settings.status_qos, retain=True)
+        return info.mid if self.settings.status_qos else None
+
     @guarded(log)
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
                     props: Any) -> None:
@@ -88,13 +97,9 @@ class PahoCallbacks:
         # MQTT 5 brokers may announce the largest packet they accept; a bigger
         # one would cost the connection, so such results are not sent at all.
         self._server_max = int(getattr(props, "MaximumPacketSize", 0) or 0)
-        info = client.publish(self.status_topic,
-                              encode_status(self.settings.device_id, "online",
-                                            self._out.online_reason, time.time(),
-                                            self._out.status_fields),
-                              qos=self.settings.status_qos, retain=True)
-        if self.settings.status_qos:
-            self._inflight[info.mid] = "status"
+        mid = self.publish_status(client, "online", self._out.online_reason)
+        if mid is not None:
+            self._inflight[mid] = "status"
         self.inbound.on_connect(client)
         for hook in self.connect_hooks:
             hook()

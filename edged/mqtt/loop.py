@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edged.mqtt.backoff import backoff_delay, retry_cap, unreachable
 from edged.mqtt.callbacks import PahoCallbacks
 from edged.mqtt.inbound import Inbound
-from edged.mqtt.payload import BINARY_MAGIC, encode_status
+from edged.mqtt.payload import BINARY_MAGIC
 from edged.mqtt.settings import (
     Outbox,
     PublisherSettings,
@@ -218,14 +218,10 @@ class PublishLoop(PahoCallbacks):
                 return False
             if self.inflight_results and now < until:
                 return False
-            info = client.publish(self.status_topic,
-                                  encode_status(self.settings.device_id, "offline",
-                                                self._out.offline_reason, time.time(),
-                                                self._out.status_fields),
-                                  qos=self.settings.status_qos, retain=True)
-            if self.settings.status_qos:
-                self._offline_mid = info.mid
-                self._inflight[info.mid] = "offline"
+            mid = self.publish_status(client, "offline", self._out.offline_reason)
+            if mid is not None:
+                self._offline_mid = mid
+                self._inflight[mid] = "offline"
             else:
                 self._offline_done = True
         if not self._offline_done and now < until + 0.5:
