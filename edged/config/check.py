@@ -229,10 +229,9 @@ def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Repo
                 report.notes.append(f"decoder auto: {kind} ({reason})")
             if kind == "detection" and names:
                 report.notes.append(f"detection: SSD {source}")
-            if out.publish != "results" and kind != "detection":
-                report.errors.append(cf.problem("output.publish", (
-                    f'"{out.publish}" needs detections; this model\'s outputs decode as '
-                    f"{kind} ({reason})")))
+            publish = publish_problem(out, kind, reason)
+            if publish is not None:
+                report.errors.append(cf.problem("output.publish", publish))
         except DecodeError as exc:
             key = ("output.ssd_outputs" if out.ssd_outputs and "SSD output names" in str(exc)
                    else "output.decoder")
@@ -240,6 +239,15 @@ def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Repo
     problem = too_large_for_json(outputs, out)
     if problem is not None:
         report.errors.append(cf.problem("output.max_values", problem))
+
+
+def publish_problem(out: OutputConfig, kind: str, reason: str = "") -> str | None:
+    """Why output.publish cannot run on outputs that decode as `kind`, or None. The
+    daemon refuses to start (and a reload) on the same message."""
+    if out.publish == "results" or kind == "detection":
+        return None
+    return (f'"{out.publish}" needs detections; this model\'s outputs decode as {kind}'
+            + (f" ({reason})" if reason else ""))
 
 
 def too_large_for_json(outputs: tuple[TensorInfo, ...], out: OutputConfig) -> str | None:

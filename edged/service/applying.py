@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edged.config import Config, ConfigError, read_config
-from edged.config.check import too_large_for_json
 from edged.inference.messages import ModelLoadError
 from edged.inference.supervisor import file_stamp
 from edged.mqtt.publisher import Publisher
@@ -56,7 +55,7 @@ def reload(d: Daemon) -> None:
                  ", ".join(plan.changed) or "nothing", plan.restarts())
         _apply(d, cf.config, plan)
     except ConfigError as exc:
-        _reload_failed(d, exc.problems)
+        _reload_failed(d, lifecycle.located(d.path, exc.problems))
     except (ModelLoadError, ValueError, OSError) as exc:
         _reload_failed(d, (_first_line(exc),))
     else:
@@ -132,9 +131,9 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
 def _build_stages(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
                   ) -> tuple[Preprocess | None, Deliver | None]:
     assert d.supervisor is not None and d.info is not None
-    too_large = too_large_for_json(d.info.outputs, new.output) if plan.deliver else None
-    if too_large is not None:
-        raise ConfigError([f"{d.path}: output.max_values: {too_large}"])
+    problems = wiring.model_fit_problems(d.path, new, d.info) if plan.deliver else []
+    if problems:
+        raise ConfigError(problems)
     return (wiring.build_preprocess(new, d.info) if plan.preprocess else None,
             wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.snapshots)
             if plan.deliver else None)

@@ -35,7 +35,6 @@ from edged.config import (
     default_path,
     load_config,
 )
-from edged.config.check import too_large_for_json
 from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo, ModelLoadError
 from edged.inference.supervisor import Supervisor
@@ -126,16 +125,14 @@ class Daemon:
             self._start_publisher()
             self._start_worker()
             assert self.info is not None
-            too_large = too_large_for_json(self.info.outputs, self.cfg.output)
-            if too_large is not None:
-                return self._fatal([f"{self.path}: output.max_values: {too_large}"], EX_CONFIG)
+            problems = wiring.model_fit_problems(self.path, self.cfg, self.info)
+            if problems:
+                return self._fatal(problems, EX_CONFIG)
             self._announce()
             self._start_capture()
             self._start_pipeline()
         except ConfigError as exc:  # e.g. password_env names an unset variable
-            where = f"{self.path}: "
-            return self._fatal([p if p.startswith(where) else where + p for p in exc.problems],
-                               EX_CONFIG)
+            return self._fatal(lifecycle.located(self.path, exc.problems), EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
             if self.stop_requested.is_set():  # a stop while starting is not an error
                 log.info("stopped while starting")

@@ -17,6 +17,7 @@ each case through the real `edged run`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from edged.config.text import ConfigError
@@ -43,6 +44,13 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, ConfigError | ModelLoadError | ValueError):
         return EX_CONFIG
     return EX_SOFTWARE
+
+
+def located(path: object, problems: Sequence[str]) -> list[str]:
+    """Each problem as `file: ...`: most are already (`file:line: key: message`); one
+    raised where the file is not known (a password_env naming an unset variable) gets it."""
+    where = f"{path}:"
+    return [p if p.startswith(where) else f"{where} {p}" for p in problems]
 
 
 def waiting_for(supervisor: Supervisor | None, capture: CaptureThread | None) -> str:

@@ -58,7 +58,7 @@ class Result:
     tensors: tuple[TensorInfo, ...]
     geometry: Any
     times: StageTimes
-    pixels: NDArray[np.uint8] | None = None  # the frame itself, for event snapshots
+    pixels: NDArray[np.uint8]  # the frame itself, for event snapshots
 
 
 Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]

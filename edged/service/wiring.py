@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.config import Config, ConfigError
+from edged.config.check import publish_problem, too_large_for_json
 from edged.decode.dispatch import (
     DecoderKind,
     DecodeSettings,
@@ -185,6 +186,20 @@ def decoder_kind(cfg: Config, info: ModelInfo) -> str:
         return "none"
 
 
+def model_fit_problems(path: object, cfg: Config, info: ModelInfo) -> list[str]:
+    """What of `cfg` does not fit the loaded model's outputs, one `file: key: message`
+    line each: start and reload refuse such a config (check-config says it earlier)."""
+    problems = []
+    too_large = too_large_for_json(info.outputs, cfg.output)
+    if too_large is not None:
+        problems.append(f"{path}: output.max_values: {too_large}")
+    kind = decoder_kind(cfg, info)  # "none": the decoder's own error says why, later
+    publish = publish_problem(cfg.output, kind) if kind != "none" else None
+    if publish is not None:
+        problems.append(f"{path}: output.publish: {publish}")
+    return problems
+
+
 @dataclass(frozen=True)
 class Decoding:
     """The decoder as set up for one loaded model."""
@@ -234,10 +249,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
     decoding = build_decoding(cfg, supervisor.info, labels)
     events = None
-    if out.publish != "results":
-        if decoding.kind != "detection":
-            raise ConfigError([f'output.publish: "{out.publish}" needs detections; this '
-                               f"model's outputs decode as {decoding.kind}"])
+    if out.publish != "results" and decoding.kind == "detection":  # else model_fit_problems
         events = EventStage(cfg, publisher, snapshots or SnapshotEncoder())
         events.start()
     results = out.publish != "events"
@@ -263,7 +275,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                 d.kind, result.raw_outputs, result.tensors, settings=d.settings,
                 input_wh=d.input_wh, geometry=geometry, labels=d.labels,
                 content_box=getattr(geometry, "content", None))
-            if events is not None and d.kind == "detection" and result.pixels is not None:
+            if events is not None and d.kind == "detection":
                 events.step(cast(tuple[Detection, ...], found), result.pixels,
                             result.captured_at, result.captured_mono)
             if not results:

@@ -125,3 +125,16 @@ def test_config_errors_name_the_file_line_and_key(tmp_path: Path, text: str, exp
     assert out.returncode == 1
     assert any(line.startswith(f"{path}{expected}") for line in out.stderr.splitlines()), \
         out.stderr
+
+
+def test_run_refuses_events_on_a_model_that_is_not_a_detector(tmp_path: Path) -> None:
+    """What check-config says, `edged run` says too, with the file, and exits 78: a
+    restart cannot mend it."""
+    path = tmp_path / "edged.toml"
+    path.write_text(f'[model]\npath = "{ROOT / "tests/data/models/digits_int8.tflite"}"\n'
+                    '[mqtt]\nport = 9\n[output]\ndecoder = "auto"\npublish = "both"\n')
+    out = subprocess.run([sys.executable, "-m", "edged", "run", "--config", str(path)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert out.returncode == 78, out.stderr
+    assert f'{path}: output.publish: "both" needs detections; this model\'s outputs decode ' \
+        "as classification" in out.stderr
