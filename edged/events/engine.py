@@ -22,7 +22,15 @@ from numpy.typing import NDArray
 
 from edged.decode.results import Detection
 from edged.events.tracker import Box, Track, Tracker, TrackerSettings
-from edged.events.zones import Anchor, Line, Point, Zone, points_in_polygons, zone_edges
+from edged.events.zones import (
+    Anchor,
+    Line,
+    Point,
+    Zone,
+    anchors_of,
+    points_in_polygons,
+    zone_edges,
+)
 
 EventType = Literal["new", "update", "end"]
 ALL = "all"  # the occupancy key for the whole frame
@@ -115,7 +123,7 @@ class EventEngine:
         seen = self.tracker.update(wanted, t)
         if seen:
             boxes = np.array([tr.box for tr in seen], dtype=np.float64)
-            anchors = _anchors(boxes, "bottom_center")
+            anchors = anchors_of(boxes, "bottom_center")
             codes = self._zone_codes(seen, boxes, anchors, frame_size)
             crossed = self._crossings(seen, anchors, frame_size)
             points = anchors.tolist()
@@ -157,7 +165,7 @@ class EventEngine:
         inside = np.zeros((len(tracks), len(self.zones)), dtype=bool)
         for kind, which in self._by_anchor.items():
             edges, starts = self._edges(kind, frame_size)
-            points = bottom if kind == "bottom_center" else _anchors(boxes, kind)
+            points = bottom if kind == "bottom_center" else anchors_of(boxes, kind)
             inside[:, which] = points_in_polygons(points, edges, starts)
         for z, zone in enumerate(self.zones):
             if zone.labels:
@@ -234,14 +242,6 @@ class EventEngine:
             return None
         self._occupancy = now
         return now
-
-
-def _anchors(boxes: NDArray[np.float64], kind: Anchor) -> NDArray[np.float64]:
-    """`anchor_of` for (N, 4) boxes at once."""
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    y = boxes[:, 3] if kind == "bottom_center" else boxes[:, 1] if kind == "top_center" else (
-        (boxes[:, 1] + boxes[:, 3]) / 2)
-    return np.stack([cx, y], axis=1)
 
 
 def _event(kind: EventType, track: Track, zones: tuple[str, ...], **extra: Any) -> Event:

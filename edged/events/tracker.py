@@ -52,12 +52,6 @@ class Track:
     missed: int = 0
     velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per frame
 
-    def predicted(self) -> Box:
-        dx, dy = self.velocity
-        steps = self.missed + 1
-        x1, y1, x2, y2 = self.box
-        return (x1 + dx * steps, y1 + dy * steps, x2 + dx * steps, y2 + dy * steps)
-
 
 def iou_matrix(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
     """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), x1 y1 x2 y2."""
@@ -131,7 +125,8 @@ class Tracker:
                ) -> list[Detection]:
         if not tracks or not dets:
             return list(dets)
-        # Track.predicted for all tracks at once: one array per field, not a call each.
+        # Each track's box one step ahead (its velocity times the frames since it was
+        # seen), for all tracks at once.
         state = np.array([(*tr.box, *tr.velocity, tr.missed + 1, tr.label_id) for tr in tracks],
                          dtype=np.float64)
         boxes, velocity, steps, labels_t = state[:, :4], state[:, 4:6], state[:, 6:7], state[:, 7]

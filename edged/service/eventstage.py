@@ -56,21 +56,20 @@ class _Job:
 
 class SnapshotEncoder:
     """One thread encoding snapshots off the hot path; the newest request per topic
-    wins (an older one not yet encoded is replaced, counted in `replaced`)."""
+    wins (an older one not yet encoded is replaced)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._jobs: dict[tuple[str, ...], _Job] = {}
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self.encoded = self.replaced = self.failed = 0
+        self.encoded = self.failed = 0
 
     def submit(self, job: _Job) -> None:
         with self._cond:
             if self._thread is None and not self._stopped:
                 self._thread = NamedThread(target=self._run, name="edged-snapshot", daemon=True)
                 self._thread.start()
-            self.replaced += job.topics in self._jobs
             self._jobs[job.topics] = job
             self._cond.notify()
 
@@ -131,7 +130,6 @@ class EventStage:
         # Always listed, at 0 when empty: what Home Assistant's entities read.
         self._zero = {where: dict.fromkeys(ev.labels, 0)
                       for where in (ALL, *(z.name for z in ev.zones))}
-        self.events_published = 0
 
     def start(self) -> None:
         """Fresh occupancy before the first frame (see the module's docstring)."""
@@ -146,7 +144,6 @@ class EventStage:
             snapshot = self._snapshot(event, frame)
             self.publisher.publish_event(self.topics["events"], encode_event(
                 self.device_id, self.camera, captured_at, event.to_json(clock), snapshot))
-            self.events_published += 1
         if occupancy is not None:
             self._publish_occupancy(occupancy, captured_at)
         return events

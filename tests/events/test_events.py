@@ -12,7 +12,7 @@ import numpy as np
 from edged.decode.results import Detection
 from edged.events.engine import ALL, EventEngine, EventSettings
 from edged.events.tracker import Tracker, TrackerSettings, iou_matrix
-from edged.events.zones import Line, Zone, point_in_polygon
+from edged.events.zones import Line, Zone, anchors_of, points_in_polygons, zone_edges
 
 FRAME = (480, 640)
 DRIVEWAY = Zone("driveway", ((200, 200), (440, 200), (440, 480), (200, 480)))
@@ -111,27 +111,50 @@ def test_a_better_score_and_periodic_updates() -> None:
     assert whys == [(0, "new", ()), (2, "update", ("score",)), (12, "update", ("periodic",))]
 
 
+def _inside(zones: tuple[Zone, ...], points: list[tuple[float, float]]) -> list[list[bool]]:
+    edges, starts = zone_edges(zones, FRAME)
+    return points_in_polygons(np.array(points), edges, starts).tolist()
+
+
 def test_zone_geometry() -> None:
-    square = ((0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0))
-    assert point_in_polygon((5, 5), square) and not point_in_polygon((15, 5), square)
-    points = np.array([[5.0, 5.0], [15.0, 5.0], [5.0, -1.0]])
-    zone = Zone("z", square)
-    assert zone.contains(points, [None] * 3, FRAME).tolist() == [True, False, False]
-    only_cars = Zone("z", square, labels=("car",))
-    assert only_cars.contains(points, ["person", "car", "car"], FRAME).tolist() == [
-        False, False, False]
+    square = Zone("z", ((0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0)))
+    triangle = Zone("t", ((20.0, 0.0), (30.0, 0.0), (20.0, 10.0)))
+    assert _inside((square, triangle), [(5, 5), (15, 5), (5, -1), (21, 1), (29, 9)]) == [
+        [True, False], [False, False], [False, False], [False, True], [False, False]]
     assert GARAGE.scaled(FRAME)[2] == (640.0, 240.0)
     # A box leaning into the zone does not count until its feet are in it.
-    assert not DRIVEWAY.holds((150.0, 100.0, 210.0, 190.0), "person", FRAME)
-    assert DRIVEWAY.holds((190.0, 300.0, 230.0, 420.0), "person", FRAME)
+    boxes = np.array([[150.0, 100.0, 210.0, 190.0], [190.0, 300.0, 230.0, 420.0]])
+    feet = anchors_of(boxes, "bottom_center")
+    assert feet.tolist() == [[180.0, 190.0], [210.0, 420.0]]
+    assert _inside((DRIVEWAY,), feet.tolist()) == [[False], [True]]
+    assert anchors_of(boxes, "center")[0].tolist() == [180.0, 145.0]
+    assert anchors_of(boxes, "top_center")[0].tolist() == [180.0, 100.0]
+
+
+def test_a_zone_for_some_labels_counts_no_other() -> None:
+    cars_only = Zone("garage", DRIVEWAY.polygon, labels=("car",))
+    engine = EventEngine(EventSettings(min_frames=1), zones=[cars_only])
+    parked = Detection(2, "car", 0.9, (250.0, 300.0, 350.0, 400.0))
+    events, occupancy = engine.step([person(250), parked], 0.0, FRAME)
+    assert {e.label: e.zones for e in events} == {"person": (), "car": ("garage",)}
+    assert occupancy == {(ALL, "person"): 1, (ALL, "car"): 1, ("garage", "car"): 1}
 
 
 def test_line_crossing_direction_and_extent() -> None:
-    assert GATE.crossing((300, 100), (340, 100), FRAME) == "in"
-    assert GATE.crossing((340, 100), (300, 100), FRAME) == "out"
-    assert GATE.crossing((300, 100), (310, 100), FRAME) is None
+    def ways(line: Line, steps: list[tuple[tuple[float, float], tuple[float, float]]]
+             ) -> list[int]:
+        before, after = (np.array([s[k] for s in steps]) for k in (0, 1))
+        return line.crossings(before, after, FRAME).tolist()
+
+    # Rightwards across the upward gate is "in" (+1), back is "out" (-1), short of it nothing.
+    assert ways(GATE, [((300, 100), (340, 100)), ((340, 100), (300, 100)),
+                       ((300, 100), (310, 100))]) == [1, -1, 0]
     short = Line("short", (320, 0), (320, 50))
-    assert short.crossing((300, 100), (340, 100), FRAME) is None  # past its end
+    assert ways(short, [((300, 100), (340, 100))]) == [0]  # past its end
+    # Onto the line and then off it: one crossing, not two.
+    assert ways(GATE, [((300, 100), (320, 100)), ((320, 100), (340, 100))]) == [0, 1]
+    half = Line("half", (0.5, 1.0), (0.5, 0.0), normalized=True)  # the gate, normalized
+    assert ways(half, [((300, 100), (340, 100))]) == [1]
 
 
 def test_iou_matrix() -> None:
