@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socketserver
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +27,8 @@ import pytest
 from broker import Received, Subscriber
 from daemon_helpers import FRAMES, MODELS
 
-STUB_SOURCE = Path(__file__).parent / "stub_delegate" / "stub_delegate.c"
+from edged.bench import accelerator
+
 DIGITS = MODELS / "digits_int8.tflite"
 
 
@@ -126,15 +126,12 @@ def process_gone(pid: int) -> bool:
 # ------------------------------------------------------------- stub delegate
 
 
-def build_stub_delegate(directory: Path) -> Path:
-    """The stand-in for a Coral's libedgetpu (tests/stub_delegate); skips without gcc."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to build the stub delegate (the Coral stand-in)")
-    out = directory / "libstub_coral.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(out),
-                    str(STUB_SOURCE)], check=True)
-    return out
+def build_stub_delegate(directory: Path, name: str = "libstub_coral.so") -> Path:
+    """The stand-in for a Coral's libedgetpu (tests/stub_delegate), built as `edged bench`
+    builds it; skips without a C compiler, fails on a build error."""
+    if accelerator.compiler() is None:
+        pytest.skip("a C compiler is needed to build the stub delegate (the Coral stand-in)")
+    return accelerator.build_stub_delegate(directory, name)
 
 
 # ------------------------------------------------------------ MJPEG server

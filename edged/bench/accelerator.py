@@ -31,15 +31,20 @@ NOTE = (f"accelerator: the daemon with a delegate that sleeps {INVOKE_US} us per
         "(no CPU, as an Edge TPU); ratio = results/s x mean invoke time")
 
 
-def build_sleep_delegate(directory: Path) -> Path:
-    """The stub delegate (tests/stub_delegate) as a shared library in `directory`."""
-    cc = shutil.which("cc") or shutil.which("gcc")
+def compiler() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def build_stub_delegate(directory: Path, name: str = "libstub_delegate.so") -> Path:
+    """The stub delegate (tests/stub_delegate) as a shared library in `directory`: the
+    one recipe, for this row and for the tests that stand it in for a Coral."""
+    cc = compiler()
     if cc is None or not STUB_SOURCE.is_file():
         raise BenchError(f"the accelerator row needs a C compiler and {STUB_SOURCE} "
                          "(a checkout of edged)")
-    out = directory / "libstub_sleep.so"
-    done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(STUB_SOURCE)],
-                          capture_output=True, text=True, check=False)
+    out = directory / name
+    done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(out),
+                           str(STUB_SOURCE)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"building {STUB_SOURCE.name} failed: "
                          f"{(done.stderr.strip().splitlines() or ['?'])[0]}")
@@ -51,7 +56,7 @@ def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads
     from edged.bench.command import aggregate  # the table's medians; command imports us late
 
     with tempfile.TemporaryDirectory(prefix="edged-bench-accel-") as tmp:
-        library = build_sleep_delegate(Path(tmp))
+        library = build_stub_delegate(Path(tmp))
         spec = DaemonSpec(str(model), threads, size, OFFER * 1e6 / INVOKE_US,
                           delegate="external", external_library=str(library),
                           external_options=(("invoke_us", str(INVOKE_US)),))

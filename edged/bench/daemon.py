@@ -19,6 +19,7 @@ run resumes it, lets the frames that waited out the pause go by, then counts.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -91,8 +92,9 @@ def worker_pid(daemon_pid: int) -> int | None:
 
 def daemon_config(spec: DaemonSpec, port: int) -> str:
     h, w = spec.source_size
-    options = ", ".join(f'{k} = "{v}"' for k, v in spec.external_options)
-    external = (f'external_library = "{spec.external_library}"\n'
+    # JSON strings are TOML basic strings: a path with a quote or backslash stays one.
+    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.external_options)
+    external = (f"external_library = {json.dumps(spec.external_library)}\n"
                 f"external_options = {{{options}}}\n") if spec.external_library else ""
     return f"""\
 # Written by `edged bench`.

@@ -173,6 +173,20 @@ def test_the_daemon_rows_config_loads_with_the_specs_settings(tmp_path: Path) ->
     assert cfg.model.path == DIGITS_MODEL
 
 
+def test_the_accelerator_rows_config_names_its_delegate_library_and_options(
+        tmp_path: Path) -> None:
+    library = '/tmp/a "quoted" dir/libstub.so'
+    spec = DaemonSpec(str(DIGITS_MODEL), threads=1, source_size=(32, 32), fps=480.0,
+                      delegate="external", external_library=library,
+                      external_options=(("invoke_us", "2600"),))
+    path = tmp_path / "a.toml"
+    path.write_text(daemon_config(spec, 18830))
+    cfg = load_config(path)
+    assert cfg.inference.delegate == "external"
+    assert cfg.inference.external_library == library
+    assert cfg.inference.external_options == {"invoke_us": "2600"}
+
+
 def test_camera_size_targets_compare_the_daemon_at_each_size() -> None:
     """Issue 21's bars: the daemon against the limit at the same frame size."""
     model = "mobilenetv2_224_int8.tflite"

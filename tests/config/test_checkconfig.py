@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from faults_helpers import build_stub_delegate
 
 from edged.config.check import check_config
 
@@ -227,14 +228,7 @@ def test_edgetpu_only_model_cannot_fall_back(tmp_path: Path, shared_models: Path
 
 def test_summary_names_the_model_that_would_run_edgetpu_stand_in(
         tmp_path: Path, shared_models: Path) -> None:
-    import shutil
-
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to build the stub delegate (the Coral stand-in)")
-    stub = tmp_path / "libstub.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(stub),
-                    str(ROOT / "tests" / "stub_delegate" / "stub_delegate.c")], check=True)
+    stub = build_stub_delegate(tmp_path, "libstub.so")
     tpu, cpu = ("mobilenet_v1_0.25_128_quant_edgetpu.tflite",
                 "mobilenet_v1_0.25_128_quant.tflite")
     text = (f'[model]\npath = "{shared_models / cpu}"\n'

@@ -9,20 +9,19 @@ the model files, ctypes loading, the interpreter applying the delegate.
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from faults_helpers import build_stub_delegate
 
 from edged.inference.delegates import EDGETPU_LIBRARY, DelegateError, DelegateSpec, load_delegate
 from edged.inference.model import Model
 from edged.inference.modelfile import ModelFileError
 from edged.inference.runtime import Runtime, select_runtime
 
-STUB_SOURCE = Path(__file__).parents[1] / "stub_delegate" / "stub_delegate.c"
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 NOT_INSTALLED = (f"Edge TPU delegate: {EDGETPU_LIBRARY} not found: the Edge TPU runtime is not "
                  "installed (apt install libedgetpu1-std)")
@@ -35,13 +34,7 @@ def runtime() -> Runtime:
 
 @pytest.fixture(scope="module")
 def stub_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to build the stub delegate")
-    out = tmp_path_factory.mktemp("stub") / "libstub_edgetpu.so"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(out),
-                    str(STUB_SOURCE)], check=True)
-    return out
+    return build_stub_delegate(tmp_path_factory.mktemp("stub"), "libstub_edgetpu.so")
 
 
 @pytest.fixture
