@@ -21,18 +21,36 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.decode.results import Detection
-from edged.events.tracker import Box, Track, Tracker, TrackerSettings
+from edged.events.tracker import (
+    BEFORE,
+    BEST,
+    BOX,
+    FIRST,
+    HITS,
+    ID,
+    LABEL,
+    LAST,
+    SCORE,
+    Box,
+    Tracker,
+    TrackerSettings,
+)
 from edged.events.zones import (
     Anchor,
     Line,
-    Point,
+    LineSet,
     Zone,
     anchors_of,
+    line_crossings,
     points_in_polygons,
     zone_edges,
 )
 
 EventType = Literal["new", "update", "end"]
+# The tracker's rows' first ten columns (box, score, label, the box before) @ this ->
+# each track's bottom-centre anchor, now and at the sighting before, in one call.
+_STEP = np.zeros((10, 4))
+_STEP[BOX, 0:2] = _STEP[BEFORE, 2:4] = np.array([[0.5, 0], [0, 0], [0.5, 0], [0, 1]])
 ALL = "all"  # the occupancy key for the whole frame
 
 
@@ -81,20 +99,10 @@ class EventSettings:
     labels: tuple[str, ...] = ()  # empty: every label counts
 
 
-@dataclass(slots=True)
-class _Object:
-    track: Track
-    zones: tuple[str, ...]
-    code: int  # the zones as a bit mask, compared each frame instead of the names
-    anchor: Point
-    announced_score: float
-    announced_at: float
-
-
 class EventEngine:
-    """Per frame, the work that grows with the objects is numpy (anchors, every zone and
-    line against every object at once); Python touches an object only when something
-    about it may have changed. `edged bench` times it with 50 objects
+    """Per frame, the work is whole-column numpy over the tracker's table (anchors, every
+    zone and line against every object at once, who began, changed or ended); Python
+    touches a track only for an event. `edged bench` times it with 50 objects
     (events_50_detections)."""
 
     def __init__(self, settings: EventSettings | None = None, zones: Sequence[Zone] = (),
@@ -103,82 +111,128 @@ class EventEngine:
         self.zones, self.lines = tuple(zones), tuple(lines)
         # A track outlives its object's hold: one that comes back keeps its id.
         self.tracker = Tracker(tracker or TrackerSettings(max_age_s=self.settings.hold_s))
-        self._objects: dict[int, _Object] = {}
-        self._occupancy: dict[tuple[str, str], int] = {}
+        # Beside the tracker's table, row for row: each track's zones as a bit mask, and
+        # whether it is an object (has begun and not ended), with what was last announced.
+        self._code = np.zeros(0, np.int64)
+        self._state = np.zeros((0, 3))  # counted (1.0 or 0.0), announced best score, time
+        self._counts: dict[tuple[str, str], int] = {}
+        self._occupancy: dict[tuple[str, str], int] = {}  # as last returned
         self._dirty = False  # an object began, ended or moved between zones
         self._names: dict[int, tuple[str, ...]] = {0: ()}
         self._bits = 1 << np.arange(len(self.zones), dtype=np.int64)
         self._by_anchor: dict[Anchor, list[int]] = {}
         for z, zone in enumerate(self.zones):
             self._by_anchor.setdefault(zone.anchor, []).append(z)
-        self._edge_cache: dict[tuple[Anchor, tuple[int, int]],
-                               tuple[NDArray[np.float64], NDArray[np.intp]]] = {}
+        self._edges: dict[tuple[Anchor, tuple[int, int]],
+                          tuple[NDArray[np.float64], NDArray[np.intp]]] = {}
+        self._line_cache: dict[tuple[int, int], LineSet] = {}
+        self._label_cache: tuple[int, NDArray[np.float64], list[NDArray[np.float64]]] | None = None
 
     def step(self, detections: Sequence[Detection], t: float, frame_size: tuple[int, int]
              ) -> tuple[list[Event], dict[tuple[str, str], int] | None]:
         """This frame's events, and the occupancy when it changed (else None)."""
-        s = self.settings
-        wanted = [d for d in detections if not s.labels or d.label in s.labels]
-        events: list[Event] = []
-        seen = self.tracker.update(wanted, t)
-        if seen:
-            boxes = np.array([tr.box for tr in seen], dtype=np.float64)
-            anchors = anchors_of(boxes, "bottom_center")
-            codes = self._zone_codes(seen, boxes, anchors, frame_size)
-            crossed = self._crossings(seen, anchors, frame_size)
-            points = anchors.tolist()
-        for i, track in enumerate(seen):
-            obj = self._objects.get(track.id)
-            anchor = (points[i][0], points[i][1])
-            if obj is None:
-                if self._counts(track, t):
-                    zones = self._zone_names(codes[i])
-                    self._objects[track.id] = _Object(track, zones, codes[i], anchor,
-                                                      track.best_score, t)
-                    self._dirty = True
-                    events.append(_event("new", track, zones))
-                continue
-            if (codes[i] == obj.code and not crossed[i]
-                    and track.best_score < obj.announced_score + s.better_by
-                    and not (s.update_every_s and t - obj.announced_at >= s.update_every_s)):
-                obj.anchor = anchor  # nothing to tell: the common case, kept cheap
-                continue
-            events += self._changes(obj, codes[i], crossed[i], anchor, t)
-        for tid, obj in list(self._objects.items()):
-            if t - obj.track.last_seen >= s.hold_s:
-                del self._objects[tid]
-                self._dirty = True
-                events.append(_event("end", obj.track, obj.zones, end=obj.track.last_seen))
+        s, tracker = self.settings, self.tracker
+        wanted = [d for d in detections if d.label in s.labels] if s.labels else detections
+        seen = tracker.update(wanted, t)
+        grown = len(tracker) - len(self._code)
+        if grown:
+            self._code = np.concatenate([self._code, np.zeros(grown, np.int64)])
+            self._state = np.concatenate([self._state, np.zeros((grown, 3))])
+        events = self._seen(seen, t, frame_size) if len(seen) else []
+        last = tracker.table[:, LAST]
+        age = t - last.min() if len(last) else 0.0
+        if age < s.hold_s and age <= tracker.settings.max_age_s:  # nothing ends nor goes: the
+            return events, self._occupancy_if_changed()  # usual frame, for one call
+        ending = ((t - last >= s.hold_s) & (self._state[:, 0] > 0)).nonzero()[0]
+        if len(ending):
+            for i in ending.tolist():
+                code = int(self._code[i])
+                events.append(self._event("end", i, self._zone_names(code),
+                                          end=float(tracker.table[i, LAST])))
+                self._count(i, code, -1)
+            self._state[ending, 0] = 0.0
+        keep = tracker.prune(t)
+        if keep is not None:
+            self._code, self._state = self._code[keep], self._state[keep]
         return events, self._occupancy_if_changed()
 
-    def _counts(self, track: Track, t: float) -> bool:
-        s = self.settings
-        floor = s.label_min_score.get(track.label or "", s.min_score)
-        return (track.hits >= s.min_frames and t - track.first_seen >= s.min_s
-                and track.best_score >= floor)
+    def _seen(self, seen: NDArray[np.intp], t: float, frame_size: tuple[int, int]
+              ) -> list[Event]:
+        """new and update events of the tracks seen this frame: which began or changed is
+        decided for all of them at once."""
+        s, table = self.settings, self.tracker.table
+        rows = table[seen]
+        steps = rows[:, :10] @ _STEP  # each anchor now, then at the sighting before
+        codes = self._zone_codes(rows, steps[:, :2], frame_size)
+        ways = self._crossings(steps, frame_size)
+        state = self._state[seen]
+        counted, best = state[:, 0] > 0, rows[:, BEST]
+        news = (codes != self._code[seen]) | (best >= state[:, 1] + s.better_by)
+        if ways is not None:
+            news[ways.nonzero()[0]] = True
+        if s.update_every_s:
+            news |= t - state[:, 2] >= s.update_every_s
+        acts = counted & news
+        if not counted.all():
+            acts |= (~counted & (rows[:, HITS] >= s.min_frames) & (t - rows[:, FIRST] >= s.min_s)
+                     & (best >= self._floors(rows[:, LABEL])))
+        events: list[Event] = []
+        for k in acts.nonzero()[0].tolist():
+            i, code = int(seen[k]), int(codes[k])
+            if not counted[k]:
+                self._state[i] = (1.0, best[k], t)
+                self._code[i] = code
+                self._count(i, code, 1)
+                events.append(self._event("new", i, self._zone_names(code)))
+                continue
+            crossed = () if ways is None else tuple(
+                (line.name, "in" if w > 0 else "out")
+                for line, w in zip(self.lines, ways[k].tolist(), strict=True) if w)
+            events += self._changes(i, code, crossed, t)
+        return events
 
-    def _zone_codes(self, tracks: list[Track], boxes: NDArray[np.float64],
-                    bottom: NDArray[np.float64], frame_size: tuple[int, int]) -> list[int]:
-        """Each track's zones as a bit mask: every track against a zone at once."""
+    def _floors(self, labels: NDArray[np.float64]) -> NDArray[np.float64] | float:
+        """Each label's minimum best score."""
+        s = self.settings
+        if not s.label_min_score:
+            return s.min_score
+        floors, _ = self._by_label()
+        return floors[labels.astype(np.intp)]
+
+    def _by_label(self) -> tuple[NDArray[np.float64], list[NDArray[np.float64]]]:
+        """Per label id (the tracker's names, as they grow): its minimum score, and the
+        label ids each zone counts."""
+        names = self.tracker.names
+        cache = self._label_cache
+        if cache is None or cache[0] != len(names):
+            s = self.settings
+            floors = np.full(max(names, default=0) + 1, s.min_score)
+            for label_id, name in names.items():
+                floors[label_id] = s.label_min_score.get(name or "", s.min_score)
+            per_zone = [np.array([i for i, n in names.items() if n in z.labels], np.float64)
+                        for z in self.zones]
+            cache = self._label_cache = (len(names), floors, per_zone)
+        return cache[1], cache[2]
+
+    def _zone_codes(self, rows: NDArray[np.float64], bottom: NDArray[np.float64],
+                    frame_size: tuple[int, int]) -> NDArray[np.int64]:
+        """Each track's zones as a bit mask: every track against every zone's edges at
+        once."""
         if not self.zones:
-            return [0] * len(tracks)
-        inside = np.zeros((len(tracks), len(self.zones)), dtype=bool)
+            return np.zeros(len(rows), np.int64)
+        codes = None
         for kind, which in self._by_anchor.items():
-            edges, starts = self._edges(kind, frame_size)
-            points = bottom if kind == "bottom_center" else anchors_of(boxes, kind)
-            inside[:, which] = points_in_polygons(points, edges, starts)
+            key = (kind, frame_size)
+            if key not in self._edges:
+                self._edges[key] = zone_edges(tuple(self.zones[z] for z in which), frame_size)
+            points = bottom if kind == "bottom_center" else anchors_of(rows[:, BOX], kind)
+            found = points_in_polygons(points, *self._edges[key]) @ self._bits[which]
+            codes = found if codes is None else codes | found
+        assert codes is not None
         for z, zone in enumerate(self.zones):
             if zone.labels:
-                inside[:, z] &= np.array([tr.label in zone.labels for tr in tracks], dtype=bool)
-        return list((inside @ self._bits).tolist())
-
-    def _edges(self, kind: Anchor, frame_size: tuple[int, int]
-               ) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
-        key = (kind, frame_size)
-        if key not in self._edge_cache:
-            zones = tuple(self.zones[z] for z in self._by_anchor[kind])
-            self._edge_cache[key] = zone_edges(zones, frame_size)
-        return self._edge_cache[key]
+                codes[~np.isin(rows[:, LABEL], self._by_label()[1][z])] &= ~(1 << z)
+        return np.asarray(codes)
 
     def _zone_names(self, code: int) -> tuple[str, ...]:
         names = self._names.get(code)
@@ -187,63 +241,65 @@ class EventEngine:
                 z.name for bit, z in enumerate(self.zones) if code >> bit & 1)
         return names
 
-    def _crossings(self, tracks: list[Track], after: NDArray[np.float64],
-                   frame_size: tuple[int, int]) -> list[tuple[tuple[str, str], ...]]:
-        """Per track, the lines its anchor crossed since the last frame, with their way."""
-        none: list[tuple[tuple[str, str], ...]] = [()] * len(tracks)
+    def _crossings(self, steps: NDArray[np.float64], frame_size: tuple[int, int]
+                   ) -> NDArray[np.int8] | None:
+        """(tracks, lines): which way each track's anchor crossed each line in its step
+        from the sighting before (+1 in, -1 out, 0 none); None without lines."""
         if not self.lines:
-            return none
-        objects = self._objects
-        before = np.array([objects[tr.id].anchor if tr.id in objects else (np.nan, np.nan)
-                           for tr in tracks], dtype=np.float64)
-        before = np.where(np.isnan(before), after, before)  # no object yet: no step
-        for line in self.lines:
-            ways = line.crossings(before, after, frame_size)
-            for i in np.flatnonzero(ways).tolist():
-                none[i] = (*none[i], (line.name, "in" if ways[i] > 0 else "out"))
-        return none
+            return None
+        lines = self._line_cache.get(frame_size)
+        if lines is None:
+            lines = self._line_cache[frame_size] = LineSet.of(self.lines, frame_size)
+        return line_crossings(lines, steps[:, 2:], steps[:, :2])
 
-    def _changes(self, obj: _Object, code: int, crossed: tuple[tuple[str, str], ...],
-                 anchor: Point, t: float) -> list[Event]:
-        s, track = self.settings, obj.track
-        zones = self._zone_names(code)
-        entered = tuple(z for z in zones if z not in obj.zones)
-        left = tuple(z for z in obj.zones if z not in zones)
+    def _changes(self, i: int, code: int, crossed: tuple[tuple[str, str], ...], t: float
+                 ) -> list[Event]:
+        s = self.settings
+        best = float(self.tracker.table[i, BEST])
+        was, zones = self._zone_names(int(self._code[i])), self._zone_names(code)
+        entered = tuple(z for z in zones if z not in was)
+        left = tuple(z for z in was if z not in zones)
         why = (("zone",) if entered or left else ()) + (("line",) if crossed else ())
-        if track.best_score >= obj.announced_score + s.better_by:
+        if best >= self._state[i, 1] + s.better_by:
             why += ("score",)
-        if not why and s.update_every_s and t - obj.announced_at >= s.update_every_s:
+        if not why and s.update_every_s and t - self._state[i, 2] >= s.update_every_s:
             why = ("periodic",)
-        if code != obj.code:
-            self._dirty = True
-        obj.zones, obj.code, obj.anchor = zones, code, anchor
+        if code != self._code[i]:
+            self._count(i, int(self._code[i]), -1)
+            self._count(i, code, 1)
+            self._code[i] = code
         if not why:
             return []
-        obj.announced_score, obj.announced_at = track.best_score, t
-        return [_event("update", track, zones, why=why, entered=entered, left=left,
-                       crossed=crossed)]
+        self._state[i, 1:] = (best, t)
+        return [self._event("update", i, zones, why=why, entered=entered, left=left,
+                            crossed=crossed)]
+
+    def _event(self, kind: EventType, i: int, zones: tuple[str, ...], **extra: Any) -> Event:
+        r = self.tracker.table[i].tolist()
+        label_id = int(r[LABEL])
+        return Event(kind, int(r[ID]), label_id, self.tracker.names.get(label_id), r[SCORE],
+                     r[BEST], (r[0], r[1], r[2], r[3]), zones, r[FIRST], **extra)
 
     def occupancy(self) -> dict[tuple[str, str], int]:
         """(zone or "all", label) -> objects that have begun and not ended; every zone and
         label seen so far stays listed, at 0 once empty (a retained "off")."""
-        counts = dict.fromkeys(self._occupancy, 0)
-        for obj in self._objects.values():
-            label = obj.track.label or str(obj.track.label_id)
-            for where in (ALL, *obj.zones):
-                counts[(where, label)] = counts.get((where, label), 0) + 1
-        return counts
+        return dict(self._counts)
+
+    def _count(self, i: int, code: int, by: int) -> None:
+        """Occupancy kept by the events that change it (object begun, ended, moved between
+        zones), not recounted each frame."""
+        label_id = int(self.tracker.table[i, LABEL])
+        label = self.tracker.names.get(label_id) or str(label_id)
+        counts = self._counts
+        for where in (ALL, *self._zone_names(code)):
+            counts[(where, label)] = counts.get((where, label), 0) + by
+        self._dirty = True
 
     def _occupancy_if_changed(self) -> dict[tuple[str, str], int] | None:
         if not self._dirty:
             return None
         self._dirty = False
-        now = self.occupancy()
-        if now == self._occupancy:
+        if self._counts == self._occupancy:
             return None
-        self._occupancy = now
-        return now
-
-
-def _event(kind: EventType, track: Track, zones: tuple[str, ...], **extra: Any) -> Event:
-    return Event(kind, track.id, track.label_id, track.label, track.score, track.best_score,
-                 track.box, zones, track.first_seen, **extra)
+        self._occupancy = dict(self._counts)
+        return dict(self._counts)

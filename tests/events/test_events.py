@@ -11,7 +11,16 @@ import numpy as np
 
 from edged.decode.results import Detection
 from edged.events.engine import ALL, EventEngine, EventSettings
-from edged.events.tracker import Tracker, TrackerSettings, iou_matrix
+from edged.events.tracker import (
+    BEST,
+    HITS,
+    SCORE,
+    Tracker,
+    TrackerSettings,
+    areas,
+    overlapping,
+    pair_iou,
+)
 from edged.events.zones import Line, Zone, anchors_of, points_in_polygons, zone_edges
 
 FRAME = (480, 640)
@@ -65,15 +74,27 @@ def test_flicker_does_not_end_a_track_nor_start_another() -> None:
         events, _ = engine.step(dets, frame / 10, FRAME)
         types += [(e.type, e.track_id) for e in events]
     assert types == [("new", 1)]
-    assert [tr.id for tr in engine.tracker.tracks] == [1]
+    assert engine.tracker.ids == [1]
 
 
 def test_a_low_score_detection_keeps_a_track_but_never_starts_one() -> None:
     tracker = Tracker(TrackerSettings(high_score=0.5, low_score=0.1))
-    assert tracker.update([person(100, 0.3)], 0.0) == []
-    (track,) = tracker.update([person(100, 0.9)], 0.1)
-    assert tracker.update([person(105, 0.2)], 0.2) == [track]
-    assert track.hits == 2 and track.best_score == 0.9
+    assert tracker.update([person(100, 0.3)], 0.0).tolist() == []
+    (track,) = tracker.update([person(100, 0.9)], 0.1).tolist()
+    assert tracker.update([person(105, 0.2)], 0.2).tolist() == [track]
+    assert tracker.ids == [1]
+    assert tracker.table[track, HITS] == 2 and tracker.table[track, BEST] == 0.9
+
+
+def test_a_strong_detection_wins_a_track_over_a_weak_one_that_fits_it_better() -> None:
+    """ByteTrack's order: confident detections match first, even against a weak one
+    with the higher IoU; the weak one left over starts nothing."""
+    tracker = Tracker(TrackerSettings(high_score=0.5, low_score=0.1, match_iou=0.3))
+    tracker.update([person(100, 0.9)], 0.0)
+    weak_exact, strong_near = person(100, 0.3), person(115, 0.8)
+    rows = tracker.update([weak_exact, strong_near], 0.1)
+    assert rows.tolist() == [0] and tracker.ids == [1]
+    assert tracker.table[0, SCORE] == 0.8 and tracker.table[0, 0] == 115.0
 
 
 def test_two_people_crossing_keep_their_ids() -> None:
@@ -83,8 +104,8 @@ def test_two_people_crossing_keep_their_ids() -> None:
     for f in range(30):
         a = Detection(0, "person", 0.9, (100 + 12 * f, 300.0, 140 + 12 * f, 420.0))
         b = Detection(0, "person", 0.9, (500 - 12 * f, 310.0, 540 - 12 * f, 430.0))
-        for tr in tracker.update([a, b], f / 10):
-            ids.setdefault(tr.id, []).append(tr.box[0])
+        for row in tracker.update([a, b], f / 10).tolist():
+            ids.setdefault(tracker.ids[row], []).append(float(tracker.table[row, 0]))
     assert sorted(ids) == [1, 2]
     assert ids[1] == sorted(ids[1]) and ids[2] == sorted(ids[2], reverse=True)
 
@@ -157,8 +178,11 @@ def test_line_crossing_direction_and_extent() -> None:
     assert ways(half, [((300, 100), (340, 100))]) == [1]
 
 
-def test_iou_matrix() -> None:
-    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=np.float64)
-    b = np.array([[5, 0, 15, 10]], dtype=np.float64)
-    assert np.allclose(iou_matrix(a, b), [[50 / 150], [0.0]])
-    assert iou_matrix(a, np.zeros((0, 4))).shape == (2, 0)
+def test_overlapping_pairs_and_their_iou() -> None:
+    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [0, 5, 0, 15]], dtype=np.float64)
+    b = np.array([[5, 0, 15, 10], [-5, 9, 5, 9]], dtype=np.float64)  # the last two: | and -
+    rows, cols = overlapping(a, b)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (0, 1), (2, 1)]
+    iou = pair_iou(a[rows], b[cols], areas(a)[rows] + areas(b)[cols])
+    assert np.allclose(iou, [50 / 150, 0.0, 0.0])  # the empty boxes: 0, not a 0 / 0
+    assert overlapping(a, np.zeros((0, 4)))[0].shape == (0,)
