@@ -135,7 +135,7 @@ def _build_stages(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
     if problems:
         raise ConfigError(problems)
     return (wiring.build_preprocess(new, d.info) if plan.preprocess else None,
-            wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.snapshots)
+            wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.event_stages)
             if plan.deliver else None)
 
 

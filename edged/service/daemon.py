@@ -42,7 +42,7 @@ from edged.mqtt.discovery import Discovery, discovery_config
 from edged.mqtt.publisher import Publisher
 from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
-from edged.service.eventstage import SnapshotEncoder
+from edged.service.eventstage import EventStages, SnapshotEncoder
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -110,6 +110,7 @@ class Daemon:
         self._textfile: Textfile | None = None
         self.board = BoardHealth()  # temperatures and throttling, for the stats
         self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
+        self.event_stages = EventStages(self.snapshots)
         self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
         self.keeper = Housekeeping(self)
 
@@ -176,7 +177,8 @@ class Daemon:
         self.pipeline = Pipeline(
             self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
             self.supervisor, deliver or wiring.build_deliver(
-                self.cfg, self.supervisor, self.publisher, self._on_published, self.snapshots),
+                self.cfg, self.supervisor, self.publisher, self._on_published,
+                self.event_stages),
             self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info),
             failback=self.failback)
         self._pace()

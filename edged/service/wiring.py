@@ -43,7 +43,7 @@ from edged.mqtt.settings import PublisherSettings, TlsSettings
 from edged.numerics.imageinput import ImageInput, image_input
 from edged.numerics.quantize import normalization_source
 from edged.preprocess import Preprocessor
-from edged.service.eventstage import EventStage, SnapshotEncoder
+from edged.service.eventstage import EventStages, SnapshotEncoder
 from edged.service.pipeline import Result
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
@@ -240,18 +240,18 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 
 
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
-                  on_published: Callable[[], None], snapshots: SnapshotEncoder | None = None
+                  on_published: Callable[[], None], stages: EventStages | None = None
                   ) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result; with output.publish
-    events or both, detections go through the events stage too."""
+    events or both, detections go through the events stage too (the one `stages`
+    keeps, while its settings stay)."""
     assert supervisor.info is not None
     out = cfg.output
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
     decoding = build_decoding(cfg, supervisor.info, labels)
     events = None
     if out.publish != "results" and decoding.kind == "detection":  # else model_fit_problems
-        events = EventStage(cfg, publisher, snapshots or SnapshotEncoder())
-        events.start()
+        events = (stages or EventStages(SnapshotEncoder())).for_config(cfg, publisher)
     results = out.publish != "events"
     encode = encode_result_binary if out.encoding == "binary" else encode_result_json
     device_id = cfg.device.id
@@ -266,6 +266,10 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
             # file can have other tensor indices (SSD roles) or class counts.
             decoding = build_decoding(cfg, supervisor.info, labels, announce=False)
             model_name = supervisor.model_name
+            if events is not None and decoding.kind != "detection":
+                log.error("events stopped: the model the restarted worker loaded (%s) does "
+                          "not decode as detections; output.publish = %r needs them",
+                          model_name, out.publish)
         d = decoding
         t0 = time.perf_counter_ns()
         decoded = None

@@ -187,3 +187,30 @@ def test_a_reload_of_the_zones_starts_a_fresh_stage_without_a_restart(
                      _occupancy(m).get("garage", {}).get("car") == 1, timeout=30)
         assert daemon.worker_pid() == pid  # the model was not reloaded for it
         assert daemon.stop() == 0, daemon.log_text()
+
+
+def test_a_reload_of_other_output_keys_keeps_the_events_stage(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Reloading top_k rebuilds decoding but not the tracks: the parked car is not
+    announced again as new, and its occupancy never drops to 0."""
+    parked = write_scene(tmp_path / "parked", [[Shape(1, 160, 176, (80, 48))]] * 40)
+    occupancy = f"edged/scene/{CAMERA}/occupancy"
+    path = _config(tmp_path, mosquitto.port, parked, loop=True)
+    with Subscriber(mosquitto.port, f"edged/scene/{CAMERA}/#") as sub, \
+            DaemonProcess(path) as daemon:
+        sub.wait_for(lambda m: m.topic == occupancy and
+                     _occupancy(m)["driveway"]["car"] == 1, timeout=30)
+        cfg = _config(tmp_path, mosquitto.port, parked, loop=True)
+        cfg.write_text(cfg.read_text().replace("[output]\n", "[output]\ntop_k = 7\n"))
+        daemon.send(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload: applied" not in daemon.log_text():
+            assert time.monotonic() < deadline, daemon.log_text()
+            time.sleep(0.05)
+        assert "output" in daemon.log_text().split("reload: changed: ")[1].splitlines()[0]
+        time.sleep(1.5)  # 30 frames after the reload: min_frames three times over
+        news = [e for e in _events(sub) if e["type"] == "new"]
+        assert [e["label"] for e in news] == ["car"], news
+        counts = [_occupancy(m)["driveway"]["car"] for m in sub.on(occupancy)]
+        assert counts[0] == 0 and 0 not in counts[1:], counts  # zeros at start only
+        assert daemon.stop() == 0, daemon.log_text()
