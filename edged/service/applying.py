@@ -103,7 +103,7 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
     d.cfg = new
     if d.pipeline is not None:  # kept running: new stages take over between frames
         if stages[0] is not None:
-            d.pipeline.preprocess = stages[0]
+            d.pipeline.set_preprocess(stages[0])
         if stages[1] is not None:
             d.pipeline.set_deliver(stages[1])
     if publisher is not None:
@@ -114,7 +114,7 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
     if capture is not None:
         old, d.capture = d.capture, capture
         if d.pipeline is not None:
-            d.pipeline.feed = capture.buffer  # waits on the new, empty buffer meanwhile
+            d.pipeline.set_feed(capture.buffer)  # waits on the new, empty buffer meanwhile
         if old is not None:
             old.stop()
             d._carried.update(frames_dropped=old.buffer.dropped,

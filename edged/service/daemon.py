@@ -47,7 +47,8 @@ from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
 from edged.service.notify import Notifier, ProgressMonitor
-from edged.service.pipeline import Deliver, Pipeline, Preprocess
+from edged.service.pipeline import CameraStages, Deliver, Pipeline, Preprocess
+from edged.service.scheduler import Lane
 from edged.service.stats import Stats
 from edged.service.threaddeaths import ThreadDeaths
 from edged.sources.capture import CaptureThread
@@ -174,13 +175,13 @@ class Daemon:
                         ) -> None:
         assert self.capture and self.supervisor and self.info and self.publisher
         pre, deliver = stages
-        self.pipeline = Pipeline(
-            self.capture.buffer, pre or wiring.build_preprocess(self.cfg, self.info),
-            self.supervisor, deliver or wiring.build_deliver(
-                self.cfg, self.supervisor, self.publisher, self._on_published,
-                self.event_stages),
-            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info),
-            failback=self.failback)
+        camera = CameraStages(
+            pre or wiring.build_preprocess(self.cfg, self.info),
+            deliver or wiring.build_deliver(self.cfg, self.supervisor, self.publisher,
+                                            self._on_published, self.event_stages),
+            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info))
+        self.pipeline = Pipeline([(Lane(self.cfg.source.name, self.capture.buffer), camera)],
+                                 self.supervisor, failback=self.failback)
         self._pace()
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
@@ -207,10 +208,9 @@ class Daemon:
                 self.supervisor.abandon()
                 self.pipeline_thread.join(STOP_GRACE_S)
         if self.pipeline is not None:
-            self._frames_lost_before += self.pipeline.frames_lost
             # A counter only grows for the life of the process (issue 15): a worker
             # reload replaces the pipeline, not what it has counted.
-            self._carried["frames_dropped"] += self.pipeline.frames_dropped
+            self._frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.pipeline_thread = None
 
     def _stop_worker(self) -> None:

@@ -7,6 +7,11 @@ waiting for this thread) and then dequantizes, decodes, encodes and hands
 off the previous result, so the model's invoke time is the bottleneck.
 Capture runs ahead on its own thread into a one-slot buffer; publishing is a
 non-blocking hand-off to the MQTT thread.
+
+Several cameras may share the worker (issue 17): each is a lane of
+`edged.service.scheduler`, which picks whose frame goes next (round robin,
+the newest frame, each camera's max_fps without added latency), with its own
+preprocess, decode/encode and stats here. One camera is one lane.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +31,9 @@ from edged.inference.messages import ModelInfo, ModelLoadError, WorkerError
 from edged.inference.supervisor import Supervisor, wait_backoff
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
+from edged.service.scheduler import Lane, Scheduler
 from edged.service.stats import StageTimes, Stats
+from edged.sources.capture import LatestFrameBuffer
 
 log = logging.getLogger("edged.pipeline")
 
@@ -40,10 +47,6 @@ class FrameLike(Protocol):
     def captured_at(self) -> float: ...
     @property
     def captured_mono(self) -> float: ...
-
-
-class FrameFeed(Protocol):
-    def get(self, timeout: float) -> FrameLike | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,23 +77,29 @@ class _InFlight:
     frame: FrameLike
     geometry: Any
     preprocess_us: int
+    lane: Lane
+
+
+@dataclass(eq=False)
+class CameraStages:
+    """One camera's work on the pipeline thread."""
+
+    preprocess: Preprocess
+    deliver: Deliver
+    stats: Stats
+    # A restarted worker may load another model (the file replaced at the same path,
+    # a CPU fallback to another file): preprocess is built again for its input.
+    rebuild: Callable[[ModelInfo], Preprocess] | None = None
 
 
 class Pipeline:
-    def __init__(self, feed: FrameFeed, preprocess: Preprocess, supervisor: Supervisor,
-                 deliver: Deliver, stats: Stats, *, max_fps: float = 0.0,
-                 rebuild: Callable[[ModelInfo], Preprocess] | None = None,
-                 failback: FailBack | None = None) -> None:
-        self.feed = feed
+    def __init__(self, lanes: Sequence[tuple[Lane, CameraStages]], supervisor: Supervisor,
+                 *, failback: FailBack | None = None) -> None:
+        self.lanes = [lane for lane, _ in lanes]
+        self.stages = {lane: stages for lane, stages in lanes}
+        self.scheduler = Scheduler(self.lanes)
         self.failback = failback  # back to the accelerator after a CPU fallback
-        self.preprocess = preprocess
-        # A restarted worker may load another model (the file replaced at the same
-        # path, a CPU fallback to another file): preprocess is built for its input.
-        self.rebuild = rebuild
         self.supervisor = supervisor
-        self.deliver = deliver
-        self.stats = stats
-        self.min_interval_s = 1.0 / max_fps if max_fps > 0 else 0.0
         self.heartbeat = time.monotonic()
         self.deliver_errors = 0
         self.last_error = ""
@@ -98,26 +107,33 @@ class Pipeline:
         # worker takes with it, counted in frames_lost so no loss goes unreported.
         self._held = 0
         self.frames_lost = 0
-        self.frames_dropped = 0  # stale frames passed over for a fresher one (max_fps)
-        # True once a finite source's feed is closed and empty, with nothing in flight.
+        # True once every finite source's feed is closed and empty, nothing in flight.
         self.drained = False
         self._stop = threading.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def pace(self, max_fps: float) -> None:
-        """Take at most `max_fps` frames a second (0: as fast as the model goes).
+    def pace(self, max_fps: float, lane: int = 0) -> None:
+        """Take at most `max_fps` frames a second from a camera (0: as fast as the model
+        goes). The limit is on taking frames, never on delivering results, and the
+        frame taken when one is due is a fresh one (`edged.service.scheduler`), so
+        max_fps adds no latency."""
+        self.lanes[lane].max_fps = max_fps
 
-        The limit is on taking frames, never on delivering results: a result in
-        flight is delivered as soon as it is ready, and the frame taken when one
-        is due is a fresh one (see `_due_frame`), so max_fps adds no latency.
-        """
-        self.min_interval_s = 1.0 / max_fps if max_fps > 0 else 0.0
+    def set_preprocess(self, preprocess: Preprocess, lane: int = 0) -> None:
+        """A reload of preprocessing, between frames."""
+        self.stages[self.lanes[lane]].preprocess = preprocess
 
-    def set_deliver(self, deliver: Deliver) -> None:
+    def set_deliver(self, deliver: Deliver, lane: int = 0) -> None:
         """Swap the decode/encode stage (a reload of output settings), between frames."""
-        self.deliver = deliver
+        self.stages[self.lanes[lane]].deliver = deliver
+
+    def set_feed(self, buffer: LatestFrameBuffer, lane: int = 0) -> None:
+        """A new source's buffer (a reload); its frames are waited for meanwhile."""
+        self.lanes[lane].buffer = buffer
+        buffer.watch(self.scheduler.wakeups.bump)
+        self.scheduler.wakeups.bump()
 
     def run(self) -> None:
         """Run until stop(); worker failures are recovered here, never raised."""
@@ -153,85 +169,60 @@ class Pipeline:
                     "had %s): the file changed on disk; preprocessing now builds that input",
                     self.supervisor.params.model_path, list(info.inputs[0].shape),
                     list(before.inputs[0].shape))
-        if self.rebuild is not None:
-            self.preprocess = self.rebuild(info)
+        self._rebuild(info)
+
+    def _rebuild(self, info: ModelInfo) -> None:
+        for stages in self.stages.values():
+            if stages.rebuild is not None:
+                stages.preprocess = stages.rebuild(info)
 
     def _beat_and_check_stop(self) -> bool:
         self.heartbeat = time.monotonic()
         return self._stop.is_set()
 
-    def _next_frame(self, slot: int, timeout: float = 0.25, due: float = 0.0
-                    ) -> _InFlight | None:
-        frame = self._due_frame(timeout, due) if timeout and due else \
-            self.feed.get(timeout=timeout)
+    def _next_frame(self, slot: int, timeout: float = 0.25) -> _InFlight | None:
+        got = self.scheduler.get(timeout)
         self.heartbeat = time.monotonic()
-        if frame is None:
-            if timeout and getattr(self.feed, "closed", False):
-                # A finite source has ended: the closed buffer answers at once,
+        if got is None:
+            if timeout and self.scheduler.closed:
+                # Every finite source has ended: the closed buffers answer at once,
                 # so wait here instead of spinning a core until stop().
                 self.drained = True
                 self._stop.wait(timeout)
             return None
+        lane, frame = got
         self.drained = False
         self._held += 1
         t0 = time.perf_counter_ns()
-        geometry = self.preprocess(frame.pixels, self.supervisor.pixels(slot))
+        geometry = self.stages[lane].preprocess(frame.pixels, self.supervisor.pixels(slot))
         if self.failback is not None and self.failback.wants_frame:
             self.failback.offer(self.supervisor.pixels(slot))
-        return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000)
-
-    def _due_frame(self, timeout: float, due: float) -> FrameLike | None:
-        """With max_fps, the frame to take at `due`: not one captured while none was
-        due (as stale as a camera period), but the next, which a camera faster than
-        max_fps sends within that period; the stale one if none comes."""
-        frame = self.feed.get(timeout=timeout)
-        if frame is None or frame.captured_mono >= due:
-            return frame
-        newer = self.feed.get(timeout=min(self.min_interval_s, 1.0))
-        if newer is None:
-            return frame
-        self.frames_dropped += 1  # as the latest-frame buffer would have replaced it
-        return newer
-
-    def _next_due(self, due: float) -> float:
-        """After a frame was taken: one interval after the last due time, so a fresh
-        frame taken a little late does not lower the rate; never in the past."""
-        now = time.monotonic()
-        return max(due + self.min_interval_s, now) if due else now + self.min_interval_s
+        return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000, lane)
 
     def _run_frames(self) -> None:
         pending: _InFlight | None = None
-        next_due = 0.0
         while not self._stop.is_set():
             handing_over = self._handing_over(pending is None)
             slot = 0 if pending is None else pending.slot ^ 1
-            # No new frame while a fail-back waits for the one in flight to finish.
-            due = not handing_over and time.monotonic() >= next_due
-            if pending is None and not due:
-                # max_fps, nothing in flight: sleep until a frame may be taken. Never
-                # with a result in flight: it is delivered first, whenever it is ready.
-                wait_backoff(next_due - time.monotonic(), self._beat_and_check_stop)
-                continue
-            # With a frame in flight, only take a frame that is already waiting.
-            ahead = self._next_frame(slot, 0.25 if pending is None else 0.0,
-                                     next_due if self.min_interval_s else 0.0) if due else None
+            # No new frame while a fail-back waits for the one in flight to finish;
+            # with a frame in flight, only one that is already waiting (and due).
+            ahead = None if handing_over else self._next_frame(
+                slot, 0.25 if pending is None else 0.0)
             if ahead is not None:
                 # Queued behind the invoke in flight, so the worker starts it the
                 # moment that one ends instead of after a round trip through this
                 # thread (`edged bench` measured that gap at ~2 ms/frame under load).
                 self.supervisor.submit(ahead.slot)
-                next_due = self._next_due(next_due)
             if pending is None:
                 pending = ahead
                 continue
             done = self.supervisor.wait(pending.slot)
-            if ahead is None and not handing_over and time.monotonic() >= next_due:
+            if ahead is None and not handing_over:
                 # Deliver now rather than hold the result until the next frame
                 # arrives (33 ms at 30 fps); one that came during the invoke still overlaps.
                 ahead = self._next_frame(slot, 0.0)
                 if ahead is not None:
                     self.supervisor.submit(ahead.slot)
-                    next_due = self._next_due(next_due)
             self._finish(pending, done.quantize_us, done.invoke_us)
             pending = ahead
         if pending is not None:
@@ -252,8 +243,8 @@ class Pipeline:
             return True
         self.failback.hand_over()
         info = self.supervisor.info
-        if self.rebuild is not None and info is not None:
-            self.preprocess = self.rebuild(info)  # the accelerator's model may take another input
+        if info is not None:
+            self._rebuild(info)  # the accelerator's model may take another input
         return False
 
     def _finish(self, job: _InFlight, quantize_us: int, invoke_us: int) -> None:
@@ -272,8 +263,9 @@ class Pipeline:
         )
         result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
                         info.outputs, job.geometry, times, frame.pixels)
+        stages = self.stages[job.lane]
         try:
-            self.deliver(result)
+            stages.deliver(result)
         except Exception as exc:
             self.deliver_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -281,4 +273,4 @@ class Pipeline:
                 log.error("result %d not delivered (%d so far): %s", frame.seq,
                           self.deliver_errors, self.last_error)
         latency_us = int((time.monotonic() - frame.captured_mono) * 1e6)
-        self.stats.record(times, latency_us)
+        stages.stats.record(times, latency_us)

@@ -43,8 +43,7 @@ def figures(p: Parts) -> dict[str, Any]:
     src = cap.source.status() if cap else None
     info = sup.info if sup else None
     snap.update({
-        "frames_dropped": (cap.buffer.dropped if cap else 0) + (
-            p.pipeline.frames_dropped if p.pipeline else 0),
+        "frames_dropped": cap.buffer.dropped if cap else 0,
         # Taken by a dying worker: in flight, never inferred, never published.
         "frames_lost": p.frames_lost_before + (p.pipeline.frames_lost if p.pipeline else 0),
         "results_queued": counters.queued if counters else 0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from edged.sources.base import Frame
 from edged.sources.resilient import ResilientSource
@@ -39,6 +40,21 @@ class LatestFrameBuffer:
         self.dropped = 0
         self.put_count = 0
         self.taken = 0
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after every put and close, outside this buffer's lock (a
+        scheduler waiting on several buffers at once)."""
+        self._watchers.append(changed)
+
+    def _changed(self) -> None:
+        for changed in self._watchers:
+            changed()
+
+    def newest_captured(self) -> float | None:
+        """The waiting frame's captured_mono, without taking it; None if none waits."""
+        with self._cond:
+            return self._frame.captured_mono if self._frame is not None else None
 
     def put(self, frame: Frame) -> None:
         with self._cond:
@@ -47,6 +63,7 @@ class LatestFrameBuffer:
             self._frame = frame
             self.put_count += 1
             self._cond.notify_all()
+        self._changed()
 
     def put_wait(self, frame: Frame, timeout: float | None = None) -> bool:
         """Lossless mode: wait until the slot is free, then put. False if it stayed
@@ -59,7 +76,8 @@ class LatestFrameBuffer:
             self._frame = frame
             self.put_count += 1
             self._cond.notify_all()
-            return True
+        self._changed()
+        return True
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """Take the latest frame; None if none arrived within `timeout` or closed."""
@@ -76,6 +94,7 @@ class LatestFrameBuffer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._changed()
 
     @property
     def closed(self) -> bool:
