@@ -21,6 +21,9 @@ from edged.config.sections import Section, raise_cross_field
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 Anchor = Literal["bottom_center", "center", "top_center"]
 Units = Literal["normalized", "pixels"]
+# Occupancy's key for the whole frame (edged.mqtt.eventpayload.ALL, which config may not
+# import; a test holds them equal): no zone may take it.
+WHOLE_FRAME = "all"
 _NAME_RULE = "1 to 64 letters, digits, '_' or '-' (it is a topic level)"
 
 
@@ -38,12 +41,14 @@ def _shape_problems(name: str, points: list[list[float]], units: Units
                     ) -> list[tuple[str, str]]:
     """A zone's or a line's name and points, against their keys."""
     problems = [] if NAME.match(name) else [("name", f"{name!r}: must be {_NAME_RULE}")]
+
     return problems + [("points", p) for p in _point_problems(points, units)]
 
 
 class ZoneConfig(Section):
     name: str = Field(examples=["driveway"], description=(
-        f"The zone's name in topics and events: {_NAME_RULE}."))
+        f"The zone's name in topics and events: {_NAME_RULE}; not \"all\", occupancy's "
+        "key for the whole frame."))
     points: list[list[float]] = Field(min_length=3, max_length=64, examples=[
         [[0.0, 0.55], [0.6, 0.55], [0.6, 1.0], [0.0, 1.0]]], description=(
         "The polygon's corners, [[x, y], ...], in order around it (3 or more)."))
@@ -57,7 +62,11 @@ class ZoneConfig(Section):
 
     @model_validator(mode="after")
     def _valid(self) -> ZoneConfig:
-        raise_cross_field(_shape_problems(self.name, self.points, self.units))
+        problems = _shape_problems(self.name, self.points, self.units)
+        if self.name == WHOLE_FRAME:
+            problems.append(("name", f"{self.name!r}: is occupancy's key for the whole "
+                                     "frame; name the zone otherwise"))
+        raise_cross_field(problems)
         return self
 
 

@@ -51,7 +51,6 @@ EventType = Literal["new", "update", "end"]
 # each track's bottom-centre anchor, now and at the sighting before, in one call.
 _STEP = np.zeros((10, 4))
 _STEP[BOX, 0:2] = _STEP[BEFORE, 2:4] = np.array([[0.5, 0], [0, 0], [0.5, 0], [0, 1]])
-ALL = "all"  # the occupancy key for the whole frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +114,8 @@ class EventEngine:
         # whether it is an object (has begun and not ended), with what was last announced.
         self._code = np.zeros(0, np.int64)
         self._state = np.zeros((0, 3))  # counted (1.0 or 0.0), announced best score, time
-        self._counts: dict[tuple[str, str], int] = {}
-        self._occupancy: dict[tuple[str, str], int] = {}  # as last returned
+        self._counts: dict[tuple[str | None, str], int] = {}
+        self._occupancy: dict[tuple[str | None, str], int] = {}  # as last returned
         self._dirty = False  # an object began, ended or moved between zones
         self._names: dict[int, tuple[str, ...]] = {0: ()}
         self._bits = 1 << np.arange(len(self.zones), dtype=np.int64)
@@ -129,7 +128,7 @@ class EventEngine:
         self._label_cache: tuple[int, NDArray[np.float64], list[NDArray[np.float64]]] | None = None
 
     def step(self, detections: Sequence[Detection], t: float, frame_size: tuple[int, int]
-             ) -> tuple[list[Event], dict[tuple[str, str], int] | None]:
+             ) -> tuple[list[Event], dict[tuple[str | None, str], int] | None]:
         """This frame's events, and the occupancy when it changed (else None)."""
         s, tracker = self.settings, self.tracker
         wanted = [d for d in detections if d.label in s.labels] if s.labels else detections
@@ -280,9 +279,10 @@ class EventEngine:
         return Event(kind, int(r[ID]), label_id, self.tracker.names.get(label_id), r[SCORE],
                      r[BEST], (r[0], r[1], r[2], r[3]), zones, r[FIRST], **extra)
 
-    def occupancy(self) -> dict[tuple[str, str], int]:
-        """(zone or "all", label) -> objects that have begun and not ended; every zone and
-        label seen so far stays listed, at 0 once empty (a retained "off")."""
+    def occupancy(self) -> dict[tuple[str | None, str], int]:
+        """(zone, or None for the whole frame, label) -> objects that have begun and not
+        ended; every zone and label seen so far stays listed, at 0 once empty (a
+        retained "off")."""
         return dict(self._counts)
 
     def _count(self, i: int, code: int, by: int) -> None:
@@ -291,11 +291,11 @@ class EventEngine:
         label_id = int(self.tracker.table[i, LABEL])
         label = self.tracker.names.get(label_id) or str(label_id)
         counts = self._counts
-        for where in (ALL, *self._zone_names(code)):
+        for where in (None, *self._zone_names(code)):
             counts[(where, label)] = counts.get((where, label), 0) + by
         self._dirty = True
 
-    def _occupancy_if_changed(self) -> dict[tuple[str, str], int] | None:
+    def _occupancy_if_changed(self) -> dict[tuple[str | None, str], int] | None:
         if not self._dirty:
             return None
         self._dirty = False

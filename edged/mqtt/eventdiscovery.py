@@ -17,9 +17,8 @@ from typing import Any
 
 import orjson
 
-from edged.mqtt.eventpayload import camera_topics, snapshot_topic, topic_level
+from edged.mqtt.eventpayload import ALL, camera_topics, snapshot_topic, topic_level
 
-ALL = "all"
 EVENT_TYPES = ("new", "update", "end")
 _EVENT_TEMPLATE = (
     "{{ {'event_type': value_json.type, 'id': value_json.id, 'label': value_json.label, "

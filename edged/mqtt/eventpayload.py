@@ -32,6 +32,9 @@ def topic_level(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("_") or "_"
 
 
+ALL = "all"  # occupancy's key for the whole frame (a zone may not take the name)
+
+
 def camera_topics(base: str, camera: str) -> dict[str, str]:
     root = f"{base}/{camera}"
     return {"events": f"{root}/events", "occupancy": f"{root}/occupancy",

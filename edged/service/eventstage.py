@@ -26,11 +26,12 @@ from numpy.typing import NDArray
 
 from edged.config import Config
 from edged.decode.results import Detection
-from edged.events.engine import ALL, Event, EventEngine, EventSettings
+from edged.events.engine import Event, EventEngine, EventSettings
 from edged.events.snapshot import SnapshotSettings, render_snapshot
 from edged.events.tracker import Box, TrackerSettings
 from edged.events.zones import Line, Zone
 from edged.mqtt.eventpayload import (
+    ALL,
     camera_topics,
     encode_event,
     encode_occupancy,
@@ -161,10 +162,11 @@ class EventStage:
                                    self.publisher.publish_control))
         return topics[0]
 
-    def _publish_occupancy(self, counts: dict[tuple[str, str], int], at: float) -> None:
+    def _publish_occupancy(self, counts: dict[tuple[str | None, str], int], at: float
+                           ) -> None:
         zones = {where: dict(labels) for where, labels in self._zero.items()}
         for (where, label), n in counts.items():
-            zones.setdefault(where, {})[label] = n
+            zones.setdefault(where or ALL, {})[label] = n
         self.publisher.publish_control(self.topics["occupancy"], encode_occupancy(
             self.device_id, self.camera, at, zones))
 

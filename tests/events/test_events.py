@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edged.decode.results import Detection
-from edged.events.engine import ALL, EventEngine, EventSettings
+from edged.events.engine import EventEngine, EventSettings
 from edged.events.tracker import (
     BEST,
     HITS,
@@ -60,8 +60,8 @@ def test_a_person_crossing_the_driveway_and_a_parked_car() -> None:
         ("update", person_id, "person", (), ("zone",)),  # ... out past x = 440 (f = 33)
         ("end", person_id, "person", (), ()),  # 1 s after the last sighting at f = 49
     ]
-    assert occupancy[0] == (0.2, {(ALL, "car"): 1, ("garage", "car"): 1, (ALL, "person"): 1})
-    assert occupancy[-1][1][(ALL, "person")] == 0  # listed at 0 once gone: a retained "off"
+    assert occupancy[0] == (0.2, {(None, "car"): 1, ("garage", "car"): 1, (None, "person"): 1})
+    assert occupancy[-1][1][(None, "person")] == 0  # listed at 0 once gone: a retained "off"
     assert occupancy[-1][1][("driveway", "person")] == 0
 
 
@@ -158,7 +158,7 @@ def test_a_zone_for_some_labels_counts_no_other() -> None:
     parked = Detection(2, "car", 0.9, (250.0, 300.0, 350.0, 400.0))
     events, occupancy = engine.step([person(250), parked], 0.0, FRAME)
     assert {e.label: e.zones for e in events} == {"person": (), "car": ("garage",)}
-    assert occupancy == {(ALL, "person"): 1, (ALL, "car"): 1, ("garage", "car"): 1}
+    assert occupancy == {(None, "person"): 1, (None, "car"): 1, ("garage", "car"): 1}
 
 
 def test_line_crossing_direction_and_extent() -> None:

@@ -113,6 +113,9 @@ def test_entities_need_labels_listed_except_the_event_and_any_label_image() -> N
      'points = [[0, 0], [2, 0], [1, 1]]\n',
      ':9: events.zones[1].points: point 2 [2.0, 0.0]: outside 0..1 (units = "normalized"; '
      'use units = "pixels" for frame pixels)'),
+    ('[[events.zones]]\nname = "all"\npoints = [[0, 0], [1, 0], [1, 1]]\n',
+     ":2: events.zones[0].name: 'all': is occupancy's key for the whole frame; name the zone "
+     "otherwise"),
     ('[events]\nlines = [{name = "gate", points = [[0, 0]]}]\n',
      ":2: events.lines[0].points: list should have at least 2 items"),
 ])
@@ -138,3 +141,11 @@ def test_run_refuses_events_on_a_model_that_is_not_a_detector(tmp_path: Path) ->
     assert out.returncode == 78, out.stderr
     assert f'{path}: output.publish: "both" needs detections; this model\'s outputs decode ' \
         "as classification" in out.stderr
+
+
+def test_the_whole_frame_key_is_one_name_in_config_and_payload() -> None:
+    from edged.config.events import WHOLE_FRAME
+    from edged.mqtt.eventpayload import ALL
+
+    assert WHOLE_FRAME == ALL
+
