@@ -8,8 +8,10 @@ subscriber, as Home Assistant or Node-RED would.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from fleet_helpers import check_device_discovery, render
 from scene_helpers import FPS, LABELS, LINES, MODEL, SIZE, ZONES, Shape, write_scene
 
 CAMERA = "drive"
+OCCUPANCY = f"edged/scene/{CAMERA}/occupancy"
 SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
 
 
@@ -166,24 +169,30 @@ def test_a_restart_mid_event_leaves_no_stale_occupancy_or_entities(
         assert "fps" in cmps and len(cmps["fps"]) > 1
 
 
+@contextlib.contextmanager
+def _parked_car(tmp_path: Path, port: int) -> Iterator[tuple[Subscriber, DaemonProcess, Path]]:
+    """A daemon watching a car parked in the driveway (looped), once it is counted; the
+    subscriber on the camera's topics and the scene's frames."""
+    parked = write_scene(tmp_path / "parked", [[Shape(1, 160, 176, (80, 48))]] * 40)
+    path = _config(tmp_path, port, parked, loop=True)
+    with Subscriber(port, f"edged/scene/{CAMERA}/#") as sub, DaemonProcess(path) as daemon:
+        sub.wait_for(lambda m: m.topic == OCCUPANCY and
+                     _occupancy(m)["driveway"]["car"] == 1, timeout=30)
+        yield sub, daemon, parked
+
+
 def test_a_reload_of_the_zones_starts_a_fresh_stage_without_a_restart(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
-    parked = write_scene(tmp_path / "parked", [[Shape(1, 160, 176, (80, 48))]] * 40)
-    occupancy = f"edged/scene/{CAMERA}/occupancy"
-    path = _config(tmp_path, mosquitto.port, parked, loop=True)
-    with Subscriber(mosquitto.port, f"edged/scene/{CAMERA}/#") as sub, \
-            DaemonProcess(path) as daemon:
-        sub.wait_for(lambda m: m.topic == occupancy and
-                     _occupancy(m)["driveway"]["car"] == 1, timeout=30)
+    with _parked_car(tmp_path, mosquitto.port) as (sub, daemon, parked):
         pid = daemon.worker_pid()
         garage = {"name": "garage", "points": [[0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.5, 1.0]]}
         _config(tmp_path, mosquitto.port, parked, loop=True, zones=[*ZONES, garage])
         daemon.send(signal.SIGHUP)
         # Zeros first (a fresh stage), then the parked car counted again in both zones.
-        fresh = sub.wait_for(lambda m: m.topic == occupancy and "garage" in _occupancy(m),
+        fresh = sub.wait_for(lambda m: m.topic == OCCUPANCY and "garage" in _occupancy(m),
                              timeout=30)
         assert _occupancy(fresh)["garage"] == {"person": 0, "car": 0}
-        sub.wait_for(lambda m: m.topic == occupancy and
+        sub.wait_for(lambda m: m.topic == OCCUPANCY and
                      _occupancy(m).get("garage", {}).get("car") == 1, timeout=30)
         assert daemon.worker_pid() == pid  # the model was not reloaded for it
         assert daemon.stop() == 0, daemon.log_text()
@@ -193,13 +202,7 @@ def test_a_reload_of_other_output_keys_keeps_the_events_stage(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     """Reloading top_k rebuilds decoding but not the tracks: the parked car is not
     announced again as new, and its occupancy never drops to 0."""
-    parked = write_scene(tmp_path / "parked", [[Shape(1, 160, 176, (80, 48))]] * 40)
-    occupancy = f"edged/scene/{CAMERA}/occupancy"
-    path = _config(tmp_path, mosquitto.port, parked, loop=True)
-    with Subscriber(mosquitto.port, f"edged/scene/{CAMERA}/#") as sub, \
-            DaemonProcess(path) as daemon:
-        sub.wait_for(lambda m: m.topic == occupancy and
-                     _occupancy(m)["driveway"]["car"] == 1, timeout=30)
+    with _parked_car(tmp_path, mosquitto.port) as (sub, daemon, parked):
         cfg = _config(tmp_path, mosquitto.port, parked, loop=True)
         cfg.write_text(cfg.read_text().replace("[output]\n", "[output]\ntop_k = 7\n"))
         daemon.send(signal.SIGHUP)
@@ -211,6 +214,6 @@ def test_a_reload_of_other_output_keys_keeps_the_events_stage(
         time.sleep(1.5)  # 30 frames after the reload: min_frames three times over
         news = [e for e in _events(sub) if e["type"] == "new"]
         assert [e["label"] for e in news] == ["car"], news
-        counts = [_occupancy(m)["driveway"]["car"] for m in sub.on(occupancy)]
+        counts = [_occupancy(m)["driveway"]["car"] for m in sub.on(OCCUPANCY)]
         assert counts[0] == 0 and 0 not in counts[1:], counts  # zeros at start only
         assert daemon.stop() == 0, daemon.log_text()
