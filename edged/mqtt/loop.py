@@ -285,12 +285,12 @@ class PublishLoop(PahoCallbacks):
             with out.lock:
                 if not out.queue:
                     return True
-                payload = out.queue.popleft()
+                topic, payload = out.queue.popleft()
             limit = self._server_max
-            if limit and len(payload) + len(self.results_topic) + 64 > limit:
+            if limit and len(payload) + len(topic) + 64 > limit:
                 out.too_large(len(payload), f"the broker's maximum packet size {limit}")
                 continue
-            info = client.publish(self.results_topic, payload, qos=s.results_qos,
+            info = client.publish(topic, payload, qos=s.results_qos,
                                   retain=s.results_retain,
                                   properties=self._props[payload[:4] == BINARY_MAGIC])
             if s.results_qos:
@@ -301,13 +301,18 @@ class PublishLoop(PahoCallbacks):
             elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 with out.lock:  # QoS 0 not sent: back where it was, unless newer filled it
                     if len(out.queue) < s.queue_size:
-                        out.queue.appendleft(payload)
+                        out.queue.appendleft((topic, payload))
                     else:
                         out.n["dropped"] += 1
                 return False
             with out.lock:
                 out.n["published"] += 1
         return False
+
+    @property
+    def inflight_kinds(self) -> dict[int, str]:
+        """What each message in flight is (result, event, control, stats, offline), by mid."""
+        return self._inflight
 
     def _room(self) -> bool:
         """paho's window (max_inflight + 4) has room, keeping two for status and stats."""

@@ -97,8 +97,9 @@ class Publisher:
         self._thread = NamedThread(target=self._loop.run, name="edged-mqtt", daemon=True)
         self._thread.start()
 
-    def publish_result(self, payload: bytes) -> None:
-        """Queue one result; O(1), never waits for the network."""
+    def publish_result(self, payload: bytes, topic: str | None = None) -> None:
+        """Queue one result for `topic` (default: the device's results topic); O(1),
+        never waits for the network."""
         out = self._out
         limit = self.settings.max_payload_bytes
         if limit is not None and len(payload) > limit:
@@ -110,9 +111,9 @@ class Publisher:
             if full:
                 out.n["dropped"] += 1  # deque(maxlen) discards the oldest on append
             if successor is None:
-                out.queue.append(payload)
+                out.queue.append((topic or self.results_topic, payload))
         if successor is not None:  # raced a reload's hand-over: the new connection takes it
-            successor.publish_result(payload)
+            successor.publish_result(payload, topic)
             return
         if full and not out.drop_logged:
             out.drop_logged = True
@@ -206,8 +207,10 @@ class Publisher:
         try:
             # Sent but not acknowledged when `old` lost its broker: paho would
             # re-send them after a reconnect that `old` will not make now.
-            unacked = [bytes(m.payload) for m in list(old._client._out_messages.values())
-                       if m.topic == old.results_topic]
+            kinds = dict(old._loop.inflight_kinds)
+            unacked = [(m.topic, bytes(m.payload))
+                       for mid, m in list(old._client._out_messages.items())
+                       if kinds.get(mid) == "result"]
         except (AttributeError, RuntimeError):
             unacked = []
         mine, theirs = self._out, old._out

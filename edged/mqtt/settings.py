@@ -280,7 +280,8 @@ class Outbox:
 
     def __init__(self, queue_size: int) -> None:
         self.lock = threading.Lock()
-        self.queue: deque[bytes] = deque(maxlen=queue_size)
+        # Results as (topic, payload): a camera's own topic, or the device's.
+        self.queue: deque[tuple[str, bytes]] = deque(maxlen=queue_size)
         self.pending_stats: bytes | None = None
         # Retained "control" messages (e.g. Home Assistant discovery): never dropped,
         # sent before results.

@@ -120,6 +120,26 @@ def test_online_retained_results_and_stats_valid_then_offline_on_clean_stop(
     assert stats is not None and orjson.loads(stats.payload)["fps"] == 12.5
 
 
+def test_results_go_to_each_cameras_topic_in_the_order_given(broker: Mosquitto) -> None:
+    """Several cameras share the connection and the queue; each result goes to the topic
+    it was queued for, the device's by default."""
+    pub = publisher(broker.port)
+    try:
+        assert pub.wait_connected(5)
+        with Subscriber(broker.port, "edged/cam-1/#") as sub:
+            for seq in range(6):
+                pub.publish_result(result_payload(seq), ("edged/cam-1/drive/results",
+                                                         "edged/cam-1/porch/results",
+                                                         None)[seq % 3])
+            got = sub.wait_count(lambda m: m.topic.endswith("/results"), 6)
+        assert [(m.topic, seq_of(m.payload)) for m in got] == [
+            ("edged/cam-1/drive/results", 0), ("edged/cam-1/porch/results", 1),
+            ("edged/cam-1/results", 2), ("edged/cam-1/drive/results", 3),
+            ("edged/cam-1/porch/results", 4), ("edged/cam-1/results", 5)]
+    finally:
+        pub.stop()
+
+
 def nagle_off(pub: Publisher) -> bool:
     sock = pub._client.socket()
     assert isinstance(sock, socket.socket)
@@ -187,21 +207,21 @@ def test_a_result_queued_while_the_network_thread_pumps_is_never_stranded() -> N
         return bool(select.select([out.wake_r], [], [], 0)[0])
 
     try:
-        out.queue.append(b"r1")
+        out.queue.append(("t", b"r1"))
         out.wake()
         assert wake_readable()
         out.drain_wake()  # the network thread wakes ...
-        out.queue.append(b"r2")
+        out.queue.append(("t", b"r2"))
         out.wake()  # ... and a result lands meanwhile: no byte, a look is pending
         taken = [out.queue.popleft()]  # the pump takes r1 only
-        out.queue.append(b"r3")
+        out.queue.append(("t", b"r3"))
         out.wake()  # lands after the pump read the queue: still no byte
         assert not wake_readable()
         assert out.pumped(stats_sendable=True) is True  # so the loop schedules another pump
         taken += [out.queue.popleft(), out.queue.popleft()]
-        assert taken == [b"r1", b"r2", b"r3"]
+        assert [p for _, p in taken] == [b"r1", b"r2", b"r3"]
         assert out.pumped(stats_sendable=True) is False
-        out.queue.append(b"r4")
+        out.queue.append(("t", b"r4"))
         out.wake()  # nothing pending now: this one must wake the thread
         assert wake_readable()
     finally:
