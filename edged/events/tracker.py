@@ -125,16 +125,14 @@ class Tracker:
     def ids(self) -> list[int]:
         return [int(i) for i in self.table[:, ID]]
 
-    def update(self, detections: Sequence[Detection] | FloatArray, t: float) -> Rows:
-        """Match this frame's detections (or their `detections_array`); returns the rows
-        of the tracks seen in it, new ones (appended at the end) included. Rows are
-        stable until `prune`."""
-        if not len(detections):  # the empty frame, the commonest: no arrays made
+    def update(self, detections: Sequence[Detection], t: float) -> Rows:
+        """Match this frame's detections; returns the rows of the tracks seen in it, new
+        ones (appended at the end) included. Rows are stable until `prune`."""
+        if not detections:  # the empty frame, the commonest: no arrays made
             if len(self.table):
                 self.table[:, MISSED] += 1
             return _NONE
-        found = (detections if isinstance(detections, np.ndarray)
-                 else self._array(detections))
+        found = self._array(detections)
         s, table = self.settings, self.table
         if len(found) and found[:, SCORE].min() < s.low_score:  # decoders seldom leave any
             found = found[found[:, SCORE] >= s.low_score]
