@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edged.sources.base import Frame
 from edged.sources.capture import LatestFrameBuffer
@@ -44,8 +44,6 @@ class Lane:
     buffer: LatestFrameBuffer
     max_fps: float = 0.0
     due: float = 0.0  # monotonic: its next frame may be taken from then
-    taken: int = 0
-    stale_taken: int = field(default=0)  # stale frames taken: no fresh one came in time
 
     @property
     def interval_s(self) -> float:
@@ -119,12 +117,10 @@ class Scheduler:
                 if now < grace_over:
                     wake_at = min(wake_at, grace_over)
                     continue
-                lane.stale_taken += 1
             frame = lane.buffer.get(timeout=0)
             if frame is None:  # taken meanwhile? only this thread takes: closed
                 continue
             self._turn = (self._turn + k + 1) % n
-            lane.taken += 1
             if lane.interval_s:
                 lane.due = max(lane.due + lane.interval_s, now) if lane.due else (
                     now + lane.interval_s)
