@@ -131,9 +131,7 @@ class Pipeline:
 
     def set_feed(self, buffer: LatestFrameBuffer, lane: int = 0) -> None:
         """A new source's buffer (a reload); its frames are waited for meanwhile."""
-        self.lanes[lane].buffer = buffer
-        buffer.watch(self.scheduler.wakeups.bump)
-        self.scheduler.wakeups.bump()
+        self.scheduler.set_buffer(self.lanes[lane], buffer)
 
     def run(self) -> None:
         """Run until stop(); worker failures are recovered here, never raised."""

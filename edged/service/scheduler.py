@@ -74,6 +74,14 @@ class Scheduler:
         for lane in lanes:
             lane.buffer.watch(self.wakeups.bump)
 
+    def set_buffer(self, lane: Lane, buffer: LatestFrameBuffer) -> None:
+        """Feed `lane` from a new buffer (a reload's new source): the old one is no
+        longer watched, and the wait in `get` looks again."""
+        lane.buffer.unwatch(self.wakeups.bump)
+        lane.buffer = buffer
+        buffer.watch(self.wakeups.bump)
+        self.wakeups.bump()
+
     @property
     def closed(self) -> bool:
         return all(lane.buffer.closed for lane in self.lanes)

@@ -47,6 +47,11 @@ class LatestFrameBuffer:
         scheduler waiting on several buffers at once)."""
         self._watchers.append(changed)
 
+    def unwatch(self, changed: Callable[[], None]) -> None:
+        """Stop calling `changed` (the buffer was replaced at a reload)."""
+        if changed in self._watchers:
+            self._watchers.remove(changed)
+
     def _changed(self) -> None:
         for changed in self._watchers:
             changed()

@@ -144,3 +144,21 @@ def test_a_dead_camera_is_skipped_and_all_ended_is_said_at_once() -> None:
     alive.buffer.close()  # the last one ends: get returns at once, with nothing
     thread.join(timeout=1.0)
     assert waiter == [None] and scheduler.closed
+
+
+def test_a_replaced_buffer_wakes_the_wait_and_is_no_longer_watched() -> None:
+    lane = Lane("cam", LatestFrameBuffer())
+    scheduler = Scheduler([lane])
+    old = lane.buffer
+    waiter: list[object] = []
+    thread = threading.Thread(target=lambda: waiter.append(scheduler.get(timeout=5.0)))
+    thread.start()
+    time.sleep(0.05)
+    new = LatestFrameBuffer()
+    scheduler.set_buffer(lane, new)  # a reload's new source, the wait still on
+    old.close()  # the old source ends after the hand-over: nothing to do with the lane
+    new.put(_frame("cam", 1))
+    thread.join(timeout=1.0)
+    got = waiter[0]
+    assert isinstance(got, tuple) and got[1].seq == 1
+    assert old._watchers == [] and new._watchers == [scheduler.wakeups.bump]
