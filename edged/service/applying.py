@@ -80,6 +80,7 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
     assert d.publisher is not None and d.info is not None
     old_size = wiring.input_size(d.cfg, d.info)
     publisher = wiring.build_publisher(new) if plan.publisher else None
+    events_kept = d.event_stages.current  # the running one, if the new one is not applied
     try:
         if plan.worker:
             _replace_worker(d, new)
@@ -93,6 +94,7 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
                 first_seq=d.capture.source.frames if d.capture else 0,
             ) if plan.source or resize else None
         except BaseException:
+            d.event_stages.current = events_kept
             if plan.worker:
                 _restore_worker(d)
             raise
@@ -135,8 +137,8 @@ def _build_stages(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
     if problems:
         raise ConfigError(problems)
     return (wiring.build_preprocess(new, d.info) if plan.preprocess else None,
-            wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.event_stages)
-            if plan.deliver else None)
+            wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.event_stages,
+                                 fresh_events=plan.events) if plan.deliver else None)
 
 
 def _replace_worker(d: Daemon, new: Config) -> None:

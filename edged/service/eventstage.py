@@ -172,29 +172,18 @@ class EventStage:
 
 
 class EventStages:
-    """A camera's events stage across reloads: the one running is kept while all it is
-    made of stays the same (the [events] section, the camera and its topics,
-    output.min_score, the connection), so a reload of top_k or of the encoding does not
-    announce every object in view again as `new`, nor drop occupancy to 0 for
-    min_frames frames. Any of those changed: a fresh stage (zeros, then the objects
-    counted again)."""
+    """A camera's events stage across reloads: the running one is kept unless the
+    reload's plan says its settings changed (`ReloadPlan.events`), so a reload of top_k
+    or of the encoding does not announce every object in view again as `new`, nor drop
+    occupancy to 0 for min_frames frames. A fresh stage starts with zeros, then counts
+    the objects again."""
 
     def __init__(self, snapshots: SnapshotEncoder) -> None:
         self.snapshots = snapshots
         self.current: EventStage | None = None
-        self._made_of: tuple[object, ...] = ()
 
-    def for_config(self, cfg: Config, publisher: Publisher) -> EventStage:
-        made_of = (cfg.events, cfg.device.id, cfg.source.name, cfg.topic_base,
-                   cfg.output.min_score, publisher)
-        if self.current is None or not _same(made_of, self._made_of):
+    def for_config(self, cfg: Config, publisher: Publisher, fresh: bool = False) -> EventStage:
+        if self.current is None or fresh:
             self.current = EventStage(cfg, publisher, self.snapshots)
             self.current.start()
-            self._made_of = made_of
         return self.current
-
-
-def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    # The publisher by identity (a new connection), the settings by value.
-    return len(a) == len(b) and a[-1] is b[-1] and a[:-1] == b[:-1]
-

@@ -11,6 +11,10 @@ A reload restarts only the parts whose settings changed (`plan_reload`):
 | `inference`, model files, mean/std/layout | the inference worker (model loaded again)  |
 | `source`                                | the source (the camera is reopened)        |
 
+Of those, `events`, `output.min_score`, the camera's name and the connection
+start a fresh events stage (its tracks and counts begin again); any other
+change keeps the running one (`ReloadPlan.events`).
+
 `preflight` looks for what would make applying the new config fail half-way
 (model files read but not loaded, labels, the password source, a folder or
 video that is not there) so that a broken file is refused while everything
@@ -38,6 +42,7 @@ class ReloadPlan:
     publisher: bool
     preprocess: bool
     deliver: bool
+    events: bool  # a fresh events stage: what its tracks and counts are made of changed
     logging: bool
 
     def restarts(self) -> str:
@@ -65,7 +70,7 @@ def with_model_file_changed(plan: ReloadPlan) -> ReloadPlan:
     if plan.worker:
         return plan
     return replace(plan, changed=(*plan.changed, "model file (replaced on disk)"), worker=True,
-                   preprocess=True, deliver=True)
+                   preprocess=True, deliver=True)  # the events stage stays: same camera
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -84,6 +89,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         # device.id is in every payload; a new worker may bring other outputs.
         deliver=(worker or publisher or old.output != new.output or old.model != new.model
                  or old.events != new.events or old.source.name != new.source.name),
+        # The tracker's low score is output.min_score; the topics name device and camera.
+        events=(publisher or old.events != new.events or old.source.name != new.source.name
+                or old.output.min_score != new.output.min_score),
         logging=old.logging != new.logging,
     )
 

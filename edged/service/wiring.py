@@ -240,18 +240,19 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 
 
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
-                  on_published: Callable[[], None], stages: EventStages | None = None
-                  ) -> Callable[[Result], None]:
+                  on_published: Callable[[], None], stages: EventStages | None = None,
+                  *, fresh_events: bool = False) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result; with output.publish
     events or both, detections go through the events stage too (the one `stages`
-    keeps, while its settings stay)."""
+    keeps, unless `fresh_events`: a reload changed what it is made of)."""
     assert supervisor.info is not None
     out = cfg.output
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
     decoding = build_decoding(cfg, supervisor.info, labels)
     events = None
     if out.publish != "results" and decoding.kind == "detection":  # else model_fit_problems
-        events = (stages or EventStages(SnapshotEncoder())).for_config(cfg, publisher)
+        events = (stages or EventStages(SnapshotEncoder())).for_config(cfg, publisher,
+                                                                      fresh_events)
     results = out.publish != "events"
     encode = encode_result_binary if out.encoding == "binary" else encode_result_json
     device_id = cfg.device.id
