@@ -14,7 +14,6 @@ once, never as a traceback; see `load_config`.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -52,7 +51,7 @@ from edged.config.text import (
     show,
     syntax_error,
 )
-from edged.system.secrecy import is_secret_key, what_it_is
+from edged.config.wording import messages
 
 __all__ = [
     "DEFAULT_PATH", "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
@@ -117,13 +116,6 @@ class Config(Section):
 SECTIONS: dict[str, type[Section]] = {
     name: info.annotation for name, info in Config.model_fields.items()  # type: ignore[misc]
 }
-# Names people reach for that are not ours (issue text, other tools).
-_SECTION_ALIASES = {"camera": "source", "broker": "mqtt", "log": "logging",
-                    "home_assistant": "homeassistant", "hass": "homeassistant",
-                    "prometheus": "metrics",
-                    "decoder": "output", "delegate": "inference", "tpu": "inference"}
-
-
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -199,7 +191,7 @@ def read_config(path: str | os.PathLike[str]) -> ConfigFile:
     try:
         config = Config.model_validate(data, context=context)
     except ValidationError as exc:
-        found = _messages(exc) + _cross_checks_behind(data, _messages(exc), context)
+        found = messages(exc) + _cross_checks_behind(data, messages(exc), context)
         numbered = [(line_of(lines, loc), format_problem(shown, lines, loc, message))
                     for loc, message in found]
         # File order, as a compiler reports; problems with no line (defaults) last.
@@ -230,87 +222,9 @@ def _cross_checks_behind(data: dict[str, Any], reported: list[tuple[tuple[str | 
             model.model_validate({k: v for k, v in values.items() if k not in keys},
                                  context=context)
         except ValidationError as exc:
-            found.extend(((section, *loc), message) for loc, message in _messages(exc)
+            found.extend(((section, *loc), message) for loc, message in messages(exc)
                          if loc and loc[0] not in keys)
     return found
-
-
-def _messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
-    out: list[tuple[tuple[str | int, ...], str]] = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(p for p in error["loc"] if p != "[key]")
-        ctx = error.get("ctx") or {}
-        if error["type"] == "edged_cross":
-            out.extend(((*loc, key), message) for key, message in ctx["problems"])
-        else:
-            out.append((loc, _message(error["type"], loc, error.get("input"), ctx,
-                                      error["msg"])))
-    return out
-
-
-_TYPE_WORDS = {
-    "int_type": "must be a whole number", "int_from_float": "must be a whole number",
-    "float_type": "must be a number", "bool_type": "must be true or false",
-    "string_type": "must be a string (in quotes)", "list_type": "must be a list, e.g. [1, 2]",
-    "dict_type": "must be a table", "model_type": "must be a table",
-    "finite_number": "must be a finite number", "model_attributes_type": "must be a table",
-    "path_type": "must be a string (a file path)",
-}
-
-
-def _message(kind: str, loc: tuple[str | int, ...], value: Any, ctx: Mapping[str, Any],
-             pydantic_msg: str) -> str:
-    # A secret key's value is never quoted, whatever its type: a list or a
-    # table holding the password is as secret as the string would be.
-    shown = f"{what_it_is(value)}, not shown" if is_secret_key(loc) else show(value)
-    got = f" (got {shown})"
-    if kind == "extra_forbidden":
-        return _unknown(loc, value)
-    if kind in _TYPE_WORDS:
-        if kind in ("model_type", "dict_type") and len(loc) == 1:
-            return f"must be a table (a [{loc[0]}] section){got}"
-        return _TYPE_WORDS[kind] + got
-    bounds = {"less_than_equal": "<=", "greater_than_equal": ">=",
-              "less_than": "<", "greater_than": ">"}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)  # `gt=0` on a float field reads better as 0 than 0.0
-        return f"must be {bounds[kind]} {limit}{got}"
-    if kind == "literal_error":
-        return f"must be one of {ctx['expected'].replace(chr(39), chr(34))}{got}"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} items{got}"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "value_error":
-        return f"{ctx.get('error', pydantic_msg)}{got}"
-    return f"{pydantic_msg[:1].lower()}{pydantic_msg[1:]}{got}"
-
-
-def _unknown(loc: tuple[str | int, ...], value: Any) -> str:
-    *parents, name = (str(p) for p in loc)
-    if not parents:
-        owner = [s for s, model in SECTIONS.items() if name in model.model_fields]
-        if not isinstance(value, dict):
-            # A key written above the first [section] header.
-            where = f"; it belongs in [{owner[0]}]" if owner else ""
-            return f"unknown top-level key{where}"
-        valid = list(SECTIONS)
-        close = difflib.get_close_matches(name, valid, n=1)
-        hint = _SECTION_ALIASES.get(name) or (close[0] if close else None)
-        if hint:
-            return f'unknown section (did you mean "{hint}"?)'
-        return f"unknown section (valid: {', '.join(valid)})"
-    model = SECTIONS.get(parents[0])
-    fields = list(model.model_fields) if model else []
-    close = difflib.get_close_matches(name, fields, n=1)
-    if close:
-        return f'unknown key (did you mean "{close[0]}"?)'
-    elsewhere = [s for s, m in SECTIONS.items() if name in m.model_fields and s != parents[0]]
-    if elsewhere:
-        return f"unknown key here; it belongs in [{elsewhere[0]}]"
-    return "unknown key"
 
 
 def config_warnings(path: str | os.PathLike[str], config: Config) -> list[str]:
