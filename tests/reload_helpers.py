@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import orjson
 from broker import Received, Subscriber
-from daemon_helpers import DaemonProcess
+from daemon_helpers import FRAMES, DaemonProcess
 
 # The variables only the daemon's main process may see (sd_notify, sd_watchdog_enabled).
 NOTIFY_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -43,6 +44,16 @@ class ShellDaemon(DaemonProcess):
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **extra},
         )
+
+
+def digit_folder(tmp_path: Path, name: str, digits: str = "0123456789") -> Path:
+    """A folder source of the digit frames whose digit is in `digits`."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for f in sorted(FRAMES.glob("digit_*.png")):
+        if f.name.split("_")[1] in digits:
+            shutil.copy(f, folder)
+    return folder
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str,

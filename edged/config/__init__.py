@@ -14,6 +14,7 @@ once, never as a traceback; see `load_config`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -23,8 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
+from edged.config.cameras import (
+    Camera,
+    CameraConfig,
+    camera_problems,
+    camera_sections,
+    cameras_of,
+)
 from edged.config.events import EventsConfig
 from edged.config.frames import (
     InferenceConfig,
@@ -41,7 +49,7 @@ from edged.config.publish import (
     OutputConfig,
     default_device_id,
 )
-from edged.config.sections import Section
+from edged.config.sections import Section, raise_cross_field
 from edged.config.text import (
     ConfigError,
     KeyPath,
@@ -54,7 +62,8 @@ from edged.config.text import (
 from edged.config.wording import messages
 
 __all__ = [
-    "DEFAULT_PATH", "Config", "ConfigError", "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
+    "ARRAYS", "DEFAULT_PATH", "SECTIONS", "Camera", "CameraConfig", "Config", "ConfigError",
+    "ConfigFile", "DeviceConfig", "HomeAssistantConfig",
     "InferenceConfig", "LoggingConfig", "MetricsConfig", "ModelConfig", "MqttConfig",
     "OutputConfig", "PreprocessConfig", "SourceConfig",
     "config_warnings", "default_device_id", "default_path", "load_config", "packaged_model",
@@ -101,6 +110,30 @@ class Config(Section):
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig,
         description="Prometheus metrics as a textfile for node_exporter (no HTTP port).")
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=16, description=(
+        "Several cameras sharing the model (docs/cameras.md): each one is [source] and the "
+        "other sections with its own keys replaced. None: the one camera of [source]."))
+
+    # Each camera's sections, validated with the file's context (relative paths).
+    _camera_sections: list[dict[str, Section]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cameras(self, info: ValidationInfo) -> Config:
+        raise_cross_field(camera_problems(self.sections(), list(enumerate(self.cameras)),
+                                          info.context))
+        self._camera_sections = [camera_sections(self.sections(), camera, index,
+                                                 info.context)[0]
+                                 for index, camera in enumerate(self.cameras)]
+        return self
+
+    def camera_list(self) -> list[Camera]:
+        """Every camera, each as the one-camera config it amounts to (the file's one
+        camera, [source], when it has no [[cameras]])."""
+        return cameras_of(self, self._camera_sections)
+
+    def sections(self) -> dict[str, Section]:
+        """Every section by name (the arrays of tables, such as cameras, are not)."""
+        return {name: getattr(self, name) for name in SECTIONS}
 
     @property
     def client_id(self) -> str:
@@ -114,8 +147,10 @@ class Config(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {
-    name: info.annotation for name, info in Config.model_fields.items()  # type: ignore[misc]
+    name: info.annotation for name, info in Config.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, Section)
 }
+ARRAYS: dict[str, type[Section]] = {"cameras": CameraConfig}  # top-level [[name]] tables
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -224,7 +259,35 @@ def _cross_checks_behind(data: dict[str, Any], reported: list[tuple[tuple[str | 
         except ValidationError as exc:
             found.extend(((section, *loc), message) for loc, message in messages(exc)
                          if loc and loc[0] not in keys)
-    return found
+    return found + _cameras_behind(data, context)
+
+
+def _cameras_behind(data: dict[str, Any], context: dict[str, Any]
+                    ) -> list[tuple[tuple[str | int, ...], str]]:
+    """The cameras' own problems, which Config checks only once all else is valid:
+    each valid camera against the valid sections (the others at their defaults)."""
+    cameras = data.get("cameras")
+    if not isinstance(cameras, list):
+        return []
+    top: dict[str, Section] = {}
+    for name, model in SECTIONS.items():
+        try:
+            top[name] = model.model_validate(data.get(name, {}), context=context)
+        except ValidationError:
+            top[name] = model()
+    valid: list[tuple[int, CameraConfig]] = []
+    for index, item in enumerate(cameras):
+        if not isinstance(item, dict):
+            continue
+        try:
+            valid.append((index, CameraConfig.model_validate(item, context=context)))
+        except ValidationError as exc:  # reported already: check what the rest says
+            broken = {loc[0] for loc, _ in messages(exc) if loc}
+            rest = {"id": f"camera{index}", **{k: v for k, v in item.items()
+                                               if k not in broken}}
+            with contextlib.suppress(ValidationError):
+                valid.append((index, CameraConfig.model_validate(rest, context=context)))
+    return camera_problems(top, valid, context)
 
 
 def config_warnings(path: str | os.PathLike[str], config: Config) -> list[str]:

@@ -23,6 +23,7 @@ from edged.config import (
     config_warnings,
     read_config,
 )
+from edged.config.camerafile import camera_files
 from edged.config.check_mqtt import check_password, check_tls
 from edged.config.findings import CheckResult, Report
 from edged.config.partial import read_valid_sections
@@ -58,8 +59,10 @@ def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) 
 
     if valid("mqtt"):
         report.warnings.extend(config_warnings(cf.path, cf.config))
+    cameras = camera_files(cf)  # the file itself, or each of its [[cameras]]
     if valid("source"):
-        _check_source(cf, report)
+        for camera in cameras:
+            _check_source(camera, report)
     outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
     if valid("model"):
         _check_labels(cf, report)
@@ -69,7 +72,8 @@ def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) 
     if valid("inference"):
         _check_delegate_library(cf, report)
     if outputs is not None and valid("output"):
-        _check_outputs(cf, outputs, report)
+        for camera in cameras:
+            _check_outputs(camera, outputs, report)
     if inputs and valid("preprocess"):
         _check_normalization(cf, inputs[0], report)
 

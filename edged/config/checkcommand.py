@@ -36,7 +36,11 @@ def summary(config: Config, *, delegate_loads: bool = True) -> str:
         fallback = f"; CPU fallback: {cpu_name}" if inference.fallback == "cpu" else ""
         runs = f"{name} on {where}{fallback})"
     scheme = "mqtts" if config.mqtt.tls else "mqtt"
-    return (f"source {config.source.kind}, model {runs}, "
+    sources = f"source {config.source.kind}" if not config.cameras else (
+        f"{len(config.cameras)} cameras (" + ", ".join(
+            f"{c.id}: {c.config.source.kind}" + ("" if c.enabled else " (off)")
+            for c in config.camera_list()) + ")")
+    return (f"{sources}, model {runs}, "
             f"{scheme}://{config.mqtt.host}:{config.mqtt.port}/{config.topic_base}")
 
 

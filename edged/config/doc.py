@@ -22,7 +22,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from edged.config import SECTIONS
+from edged.config import ARRAYS, SECTIONS
 
 WIDTH = 78
 
@@ -162,16 +162,21 @@ def _table_lines(path: str, model: type[BaseModel]) -> list[str]:
         if inner is None:
             out.append("\n".join(field_lines(name, info)) + "\n")
         elif many:
-            lines = [*_comment(f"{info.description} None by default; each one is a table:"),
-                     f"# [[{path}.{name}]]"]
-            for key, item in inner.model_fields.items():
-                lines += [*_comment(item.description or ""), f"#   {key} = "
-                          f"{toml_value(_example(item))}"]
-            later.append("\n" + "\n".join(lines) + "\n")
+            later.append(_array_lines(f"{path}.{name}", info, inner))
         else:
             later.append(f"\n[{path}.{name}]\n# {info.description}\n")
             later += _table_lines(f"{path}.{name}", inner)
     return out + later
+
+
+def _array_lines(path: str, info: FieldInfo, inner: type[BaseModel]) -> str:
+    """An array of tables: its description, then one element with every key as example."""
+    lines = [*_comment(f"{info.description} None by default; each one is a table:"),
+             f"# [[{path}]]"]
+    for key, item in inner.model_fields.items():
+        lines += [*_comment(item.description or ""), f"#   {key} = "
+                  f"{toml_value(_example(item))}"]
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _example(info: FieldInfo) -> Any:
@@ -190,6 +195,8 @@ def generate() -> str:
         title = Config.model_fields[section].description or ""
         out.append(f"\n[{section}]\n# {title}\n")
         out += _table_lines(section, model)
+    for name, model in ARRAYS.items():
+        out.append(_array_lines(name, Config.model_fields[name], model))
     return "\n".join(part.rstrip("\n") + "\n" for part in out)
 
 

@@ -29,5 +29,10 @@ class Report:
     delegate_loads: bool = True
 
     def result(self) -> CheckResult:
-        return CheckResult(tuple(self.errors), tuple(self.warnings), tuple(self.notes),
+        # Once each: what several cameras share is said once, on its own line.
+        return CheckResult(_once(self.errors), _once(self.warnings), _once(self.notes),
                            self.delegate_loads)
+
+
+def _once(lines: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(lines))

@@ -11,6 +11,7 @@ live in each section's validator and report every broken key at once, through
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,8 +52,9 @@ def topic_levels_problem(value: str) -> str | None:
     return None
 
 
-def raise_cross_field(problems: list[tuple[str, str]]) -> None:
-    """Raise every cross-field problem of a section at once, each against its key."""
+def raise_cross_field(problems: Sequence[tuple[str | tuple[str | int, ...], str]]) -> None:
+    """Raise every cross-field problem of a section at once, each against its key (a
+    name, or a key path below the model: a camera's)."""
     if problems:
         raise PydanticCustomError(
             "edged_cross", "{summary}",

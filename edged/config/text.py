@@ -54,7 +54,7 @@ def key_lines(text: str) -> dict[KeyPath, int]:
             in_multiline = True
         header = _HEADER_RE.match(line)
         if header:
-            table = _split(header.group(1))
+            table = _in_arrays(_split(header.group(1)), arrays)
             lines.setdefault(table, number)
             if line.lstrip().startswith("[["):  # one more element of an array of tables
                 index = arrays.get(table, 0)
@@ -72,6 +72,17 @@ def key_lines(text: str) -> dict[KeyPath, int]:
             for inner in _INLINE_KEY_RE.finditer(rest):
                 lines.setdefault(path + _split(inner.group(1)), number)
     return lines
+
+
+def _in_arrays(path: KeyPath, arrays: dict[KeyPath, int]) -> KeyPath:
+    """`path` with the index of the latest element of each array of tables it is under:
+    `[cameras.source]` after the second `[[cameras]]` is cameras[1].source."""
+    out: KeyPath = ()
+    for part in path:
+        out = (*out, part)
+        if out in arrays and len(out) < len(path):
+            out = (*out, arrays[out] - 1)
+    return out
 
 
 def line_of(lines: Mapping[KeyPath, int], path: Sequence[str | int]) -> int | None:

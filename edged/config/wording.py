@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edged.config.text import show
 from edged.system.secrecy import is_secret_key, what_it_is
@@ -59,6 +59,10 @@ def message(kind: str, loc: tuple[str | int, ...], value: Any, ctx: Mapping[str,
     got = f" (got {shown})"
     if kind == "extra_forbidden":
         return unknown(loc, value)
+    if kind == "missing":
+        return "required: it has no default"
+    if kind == "list_type" and len(loc) == 1 and isinstance(value, dict):
+        return f"must be written [[{loc[0]}]], once per item (an array of tables){got}"
     if kind in _TYPE_WORDS:
         if kind in ("model_type", "dict_type") and len(loc) == 1:
             return f"must be a table (a [{loc[0]}] section){got}"
@@ -82,27 +86,36 @@ def message(kind: str, loc: tuple[str | int, ...], value: Any, ctx: Mapping[str,
 
 
 def unknown(loc: tuple[str | int, ...], value: Any) -> str:
-    from edged.config import SECTIONS  # the sections are defined from the models
+    from edged.config import ARRAYS, SECTIONS  # the sections are defined from the models
 
     *parents, name = (str(p) for p in loc)
     if not parents:
         owner = [s for s, model in SECTIONS.items() if name in model.model_fields]
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | list):
             # A key written above the first [section] header.
             where = f"; it belongs in [{owner[0]}]" if owner else ""
             return f"unknown top-level key{where}"
-        valid = list(SECTIONS)
+        valid = [*SECTIONS, *ARRAYS]
         close = difflib.get_close_matches(name, valid, n=1)
         hint = SECTION_ALIASES.get(name) or (close[0] if close else None)
         if hint:
             return f'unknown section (did you mean "{hint}"?)'
         return f"unknown section (valid: {', '.join(valid)})"
-    model = SECTIONS.get(parents[0])
+    sections: dict[str, type[BaseModel]] = dict(SECTIONS)
+    if parents[0] in ARRAYS and len(parents) == 2:  # a key of the element itself
+        array = ARRAYS[parents[0]]
+        sections = {f"{parents[0]}.{s}": m for s, m in SECTIONS.items()
+                    if s in array.model_fields}
+        model: type[BaseModel] | None = array
+    else:
+        if parents[0] in ARRAYS:  # [cameras.source]: the section's keys
+            parents = parents[2:]
+        model = SECTIONS.get(parents[0])
     fields = list(model.model_fields) if model else []
     close = difflib.get_close_matches(name, fields, n=1)
     if close:
         return f'unknown key (did you mean "{close[0]}"?)'
-    elsewhere = [s for s, m in SECTIONS.items() if name in m.model_fields and s != parents[0]]
+    elsewhere = [s for s, m in sections.items() if name in m.model_fields and s != parents[0]]
     if elsewhere:
         return f"unknown key here; it belongs in [{elsewhere[0]}]"
     return "unknown key"

@@ -29,7 +29,6 @@ how device discovery removes one entity (events turned off, a zone removed).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,14 +36,12 @@ from typing import Any, Final
 import orjson
 
 from edged import __version__
-from edged.mqtt.eventdiscovery import EventEntities, event_components
+from edged.mqtt.cameradiscovery import UNSAFE, CameraEntities, camera_components, sensor
 from edged.mqtt.publisher import Publisher
 
 log = logging.getLogger("edged.discovery")
 
 ORIGIN: Final = "edged"
-# Home Assistant allows only these in the <object_id> of a discovery topic.
-_OBJECT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 _AVAILABLE: Final = "{{ value_json.state }}"
 # Why it is offline (a fatal stop's error) and where the model runs, as attributes.
@@ -52,73 +49,14 @@ _STATUS_ATTRIBUTES: Final = (
     "{{ {'reason': value_json.reason, 'error': value_json.error | default(''), "
     "'delegate': value_json.delegate | default(''), "
     "'fallback': value_json.fallback | default('')} | tojson }}")
-# Results templates: a missing `decoded` (a frame the decoder skipped) must not
-# break the entity, hence the `default` filters.
-_CLASSES: Final = "{% set c = (value_json.decoded | default({})).classes | default([]) %}"
-_DETECTIONS: Final = "{% set d = (value_json.decoded | default({})).detections | default([]) %}"
-_POSES: Final = "{% set p = (value_json.decoded | default({})).poses | default([]) %}"
-_COUNTS: Final = (
-    _DETECTIONS + "{% set ns = namespace(c={}) %}{% for x in d %}"
-    "{% set k = (x.label if x.label is not none else x.label_id) | string %}"
-    "{% set ns.c = dict(ns.c, **{k: ns.c.get(k, 0) + 1}) %}{% endfor %}{{ ns.c | tojson }}")
-
-
 def object_id(device_id: str) -> str:
     """The device's discovery object id: `edged_<device id>`, `.` and any
     other character Home Assistant refuses replaced by `_`."""
-    return "edged_" + _OBJECT_ID_UNSAFE.sub("_", device_id)
+    return "edged_" + UNSAFE.sub("_", device_id)
 
 
 def discovery_topic(prefix: str, device_id: str) -> str:
     return f"{prefix}/device/{object_id(device_id)}/config"
-
-
-def _sensor(oid: str, key: str, name: str, topic: str, template: str, **extra: Any
-            ) -> dict[str, Any]:
-    return {"p": "sensor", "name": name, "uniq_id": f"{oid}_{key}", "stat_t": topic,
-            "val_tpl": template, **extra}
-
-
-# The first class's label, or its id when the model has no labels file.
-_TOP_LABEL = _CLASSES + ("{{ ((c[0].label if c[0].label is not none else c[0].label_id)"
-                         " if c else 'none') }}")
-
-
-def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
-                       ) -> dict[str, dict[str, Any]]:
-    """Entities fed by the results topic, per decoder kind."""
-    meas = {"stat_cla": "measurement"}
-    if kind == "classification":
-        return {
-            "top_class": _sensor(oid, "top_class", "Top class", topic, _TOP_LABEL, ic="mdi:tag"),
-            "top_score": _sensor(oid, "top_score", "Top score", topic,
-                                 _CLASSES + "{{ c[0].score if c else 0 }}",
-                                 sug_dsp_prc=2, **meas),
-        }
-    if kind == "detection":
-        comps = {"objects": _sensor(oid, "objects", "Objects", topic,
-                                    _DETECTIONS + "{{ d | count }}", ic="mdi:shape",
-                                    json_attr_t=topic, json_attr_tpl=_COUNTS, **meas)}
-        for name in class_names:
-            key = "count_" + _OBJECT_ID_UNSAFE.sub("_", name.lower())
-            comps[key] = _sensor(
-                oid, key, f"{name} count", topic,
-                _DETECTIONS + "{{ d | selectattr('label', 'eq', " + orjson.dumps(name).decode()
-                + ") | list | count }}", **meas)
-        return comps
-    if kind == "pose":
-        return {"pose_score": _sensor(oid, "pose_score", "Pose score", topic,
-                                      _POSES + "{{ p[0].score if p else 0 }}",
-                                      sug_dsp_prc=2, **meas)}
-    if kind == "segmentation":
-        return {
-            "top_class": _sensor(oid, "top_class", "Largest class", topic,
-                                 _TOP_LABEL, ic="mdi:tag"),
-            "top_fraction": _sensor(oid, "top_fraction", "Largest class fraction", topic,
-                                    _CLASSES + "{{ c[0].fraction if c else 0 }}",
-                                    sug_dsp_prc=2, **meas),
-        }
-    return {}
 
 
 def _board_components(oid: str, stats: str, board: tuple[str, ...]
@@ -129,10 +67,10 @@ def _board_components(oid: str, stats: str, board: tuple[str, ...]
             "sug_dsp_prc": 1, **diag}
     comps: dict[str, dict[str, Any]] = {}
     if "soc_temp_c" in board:
-        comps["soc_temp"] = _sensor(oid, "soc_temp", "SoC temperature", stats,
+        comps["soc_temp"] = sensor(oid, "soc_temp", "SoC temperature", stats,
                                     "{{ value_json.soc_temp_c }}", **temp)
     if "edgetpu_temp_c" in board:
-        comps["edgetpu_temp"] = _sensor(oid, "edgetpu_temp", "Edge TPU temperature", stats,
+        comps["edgetpu_temp"] = sensor(oid, "edgetpu_temp", "Edge TPU temperature", stats,
                                         "{{ value_json.edgetpu_temp_c }}", **temp)
     if "throttled" in board:
         comps["throttled"] = {
@@ -155,10 +93,8 @@ class DiscoverySettings:
     enabled: bool = False  # homeassistant.enabled
     prefix: str = "homeassistant"  # homeassistant.discovery_prefix
     name: str = ""  # homeassistant.name; empty: "edged <device id>"
-    json_results: bool = True  # output.encoding == "json": HA cannot read binary
-    classes_keep: tuple[str, ...] = ()
     board: tuple[str, ...] = ()  # the health figures the board reports (soc_temp_c, ...)
-    events: EventEntities | None = None  # output.publish events/both: the camera's entities
+    cameras: tuple[CameraEntities, ...] = (CameraEntities(),)  # results, events, per camera
 
 
 def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[str, Any]:
@@ -166,7 +102,7 @@ def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[
     dev_id = s.device_id
     oid = object_id(dev_id)
     base = s.topic_base
-    status, stats, results = f"{base}/status", f"{base}/stats", f"{base}/results"
+    status, stats = f"{base}/status", f"{base}/stats"
     avty = [{"t": status, "val_tpl": _AVAILABLE}]
     diag = {"ent_cat": "diagnostic"}
     cmps: dict[str, dict[str, Any]] = {
@@ -174,16 +110,16 @@ def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[
                    "dev_cla": "connectivity", "stat_t": status, "val_tpl": _AVAILABLE,
                    "pl_on": "online", "pl_off": "offline", "json_attr_t": status,
                    "json_attr_tpl": _STATUS_ATTRIBUTES, **diag},
-        "fps": _sensor(oid, "fps", "Inference rate", stats, "{{ value_json.fps }}",
+        "fps": sensor(oid, "fps", "Inference rate", stats, "{{ value_json.fps }}",
                        unit_of_meas="fps", stat_cla="measurement", sug_dsp_prc=1,
                        ic="mdi:speedometer"),
-        "inference_ms": _sensor(oid, "inference_ms", "Inference time", stats,
+        "inference_ms": sensor(oid, "inference_ms", "Inference time", stats,
                                 "{{ value_json.invoke_ms_p50 }}", unit_of_meas="ms",
                                 dev_cla="duration", stat_cla="measurement", sug_dsp_prc=1),
-        "latency_ms": _sensor(oid, "latency_ms", "Latency", stats,
+        "latency_ms": sensor(oid, "latency_ms", "Latency", stats,
                               "{{ value_json.latency_ms_p50 }}", unit_of_meas="ms",
                               dev_cla="duration", stat_cla="measurement", sug_dsp_prc=1),
-        "delegate": _sensor(oid, "delegate", "Delegate", stats, "{{ value_json.delegate }}",
+        "delegate": sensor(oid, "delegate", "Delegate", stats, "{{ value_json.delegate }}",
                             ic="mdi:chip", **diag),
         # On while the model runs on the CPU instead of the configured delegate; the
         # reason (often longer than a state's 255 characters) is an attribute.
@@ -193,15 +129,13 @@ def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[
                      "json_attr_t": stats,
                      "json_attr_tpl": "{{ {'reason': value_json.fallback | default('')} "
                                       "| tojson }}", **diag},
-        "worker_restarts": _sensor(oid, "worker_restarts", "Worker restarts", stats,
+        "worker_restarts": sensor(oid, "worker_restarts", "Worker restarts", stats,
                                    "{{ value_json.worker_restarts }}",
                                    stat_cla="total_increasing", ic="mdi:restart", **diag),
     }
     cmps.update(_board_components(oid, stats, s.board))
-    if s.json_results:
-        cmps.update(_result_components(oid, decoder, results, list(s.classes_keep)))
-    if s.events is not None:
-        cmps.update(event_components(oid, base, s.events))
+    for camera in s.cameras:
+        cmps.update(camera_components(oid, base, camera, decoder))
     for key, comp in cmps.items():
         if key != "status":  # the connectivity sensor must still say "off" when offline
             comp["avty"] = avty

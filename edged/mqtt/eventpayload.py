@@ -38,7 +38,7 @@ ALL = "all"  # occupancy's key for the whole frame (a zone may not take the name
 def camera_topics(base: str, camera: str) -> dict[str, str]:
     root = f"{base}/{camera}"
     return {"events": f"{root}/events", "occupancy": f"{root}/occupancy",
-            "snapshot": f"{root}/snapshot"}
+            "snapshot": f"{root}/snapshot", "results": f"{root}/results"}
 
 
 def snapshot_topic(base: str, camera: str, label: str | None = None) -> str:

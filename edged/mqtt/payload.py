@@ -114,6 +114,7 @@ class Result:
     outputs: tuple[Output, ...]
     timings_us: Mapping[str, int] = field(default_factory=dict)
     decoded: Any = None
+    camera: str | None = None  # its [[cameras]] id; None: the file's one camera
 
 
 def _wire_array(out: Output) -> NDArray[Any]:
@@ -149,6 +150,8 @@ def _meta(result: Result, published_at: float | None) -> dict[str, Any]:
         "delegate": result.delegate,
         "timings_us": dict(result.timings_us),
     }
+    if result.camera is not None:
+        meta["camera"] = result.camera
     return meta
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edged.config import Config, ConfigError, read_config
+from edged.config import Camera, Config, ConfigError, read_config
 from edged.inference.messages import ModelLoadError
 from edged.inference.supervisor import file_stamp
 from edged.mqtt.publisher import Publisher
 from edged.service import lifecycle, wiring
-from edged.service.pipeline import Deliver, Preprocess
+from edged.service.cameras import CameraPart, part_for, topic_camera
+from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.reload import (
     ReloadPlan,
     plan_reload,
@@ -27,6 +29,7 @@ from edged.service.reload import (
 
 if TYPE_CHECKING:
     from edged.service.daemon import Daemon
+    from edged.sources.capture import CaptureThread
 
 log = logging.getLogger("edged")
 
@@ -73,28 +76,34 @@ def _reload_failed(d: Daemon, problems: Sequence[str]) -> None:
     log.error("reload failed: still running with the previous config")
 
 
+@dataclass(eq=False)
+class _CameraChange:
+    """What a reload builds for one camera before anything running is touched."""
+
+    part: CameraPart  # the running one, or a new one for a camera added
+    camera: Camera  # as the new file has it
+    pre: Preprocess | None = None
+    deliver: Deliver | None = None
+    capture: CaptureThread | None = None
+    added: bool = False
+
+
 def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
     """Build every changed part first, then swap them in: a failure to build
     leaves the running parts untouched (the worker, which cannot be built
-    beside the running one on an Edge TPU, is restored instead)."""
+    beside the running one on an Edge TPU, is restored instead). A camera is
+    restarted only for what changed for it; the others keep running."""
     assert d.publisher is not None and d.info is not None
-    old_size = wiring.input_size(d.cfg, d.info)
     publisher = wiring.build_publisher(new) if plan.publisher else None
-    events_kept = d.event_stages.current  # the running one, if the new one is not applied
+    events_kept = [(part, part.event_stages.current) for part in d.cameras]
     try:
         if plan.worker:
             _replace_worker(d, new)
         try:
-            stages = _build_stages(d, new, plan, publisher or d.publisher)
-            # The Pi camera's ISP scales to the model input: a new input size reopens it.
-            new_size = wiring.input_size(new, d.info)
-            resize = new.source.kind == "picamera2" and new_size != old_size
-            capture = wiring.build_capture(
-                new, new_size,
-                first_seq=d.capture.source.frames if d.capture else 0,
-            ) if plan.source or resize else None
+            changes = _build_cameras(d, new, plan, publisher or d.publisher)
         except BaseException:
-            d.event_stages.current = events_kept
+            for part, stage in events_kept:  # the running ones, as the new ones are not used
+                part.event_stages.current = stage
             if plan.worker:
                 _restore_worker(d)
             raise
@@ -103,42 +112,102 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
             publisher.stop()  # never started: this only closes its sockets
         raise
     d.cfg = new
-    if d.pipeline is not None:  # kept running: new stages take over between frames
-        if stages[0] is not None:
-            d.pipeline.set_preprocess(stages[0])
-        if stages[1] is not None:
-            d.pipeline.set_deliver(stages[1])
     if publisher is not None:
         assert d.publisher is not None
         d.publisher.stop()
         publisher.take_over(d.publisher)  # queued results and counters carry over
         d._start_publisher(publisher)
-    if capture is not None:
-        old, d.capture = d.capture, capture
-        if d.pipeline is not None:
-            d.pipeline.set_feed(capture.buffer)  # waits on the new, empty buffer meanwhile
-        if old is not None:
-            old.stop()
-            d._carried.update(frames_dropped=old.buffer.dropped,
-                                 source_reopens=old.source.reopen_count,
-                                 frames_skipped=old.source.status().skipped)
-        capture.start()
-    if d.pipeline is None:
-        d._start_pipeline(stages)
+    _swap_cameras(d, changes)
     d._pace()  # a new source or a new max_fps
     d._apply_logging(new)
     d._announce()
 
 
-def _build_stages(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
-                  ) -> tuple[Preprocess | None, Deliver | None]:
+def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
+                   ) -> list[_CameraChange]:
+    """Each enabled camera of `new` with the stages and source its changes need."""
     assert d.supervisor is not None and d.info is not None
-    problems = wiring.model_fit_problems(d.path, new, d.info) if plan.deliver else []
-    if problems:
-        raise ConfigError(problems)
-    return (wiring.build_preprocess(new, d.info) if plan.preprocess else None,
-            wiring.build_deliver(new, d.supervisor, publisher, d._on_published, d.event_stages,
-                                 fresh_events=plan.events) if plan.deliver else None)
+    running = {part.id: part for part in d.cameras}
+    changes = []
+    for camera in (c for c in new.camera_list() if c.enabled):
+        part = running.get(camera.id)
+        added = part is None
+        if part is None:
+            part = part_for(camera, d.stats, d.snapshots)
+        cam = plan_reload(part.cfg, camera.config) if not added else None
+        if cam is not None and plan.worker:
+            cam = with_model_file_changed(cam)
+        cfg = camera.config
+        problems = wiring.model_fit_problems(d.path, cfg, d.info) \
+            if cam is None or cam.deliver else []
+        if problems:
+            raise ConfigError(problems)
+        change = _CameraChange(part, camera, added=added)
+        if camera.index is not None and (cam is None or cam.restarts() != "nothing"):
+            log.info("reload: camera %s: %s", camera.id,
+                     "added" if cam is None else f"restarting {cam.restarts()}")
+        if cam is None or cam.preprocess:
+            change.pre = wiring.build_preprocess(cfg, d.info)
+        if cam is None or cam.deliver:
+            change.deliver = wiring.build_deliver(
+                cfg, d.supervisor, publisher, d._on_published, part.event_stages,
+                fresh_events=cam is None or cam.events, camera=topic_camera(camera))
+        # The Pi camera's ISP scales to the model input: a new input size reopens it.
+        new_size = wiring.input_size(cfg, d.info)
+        resize = (cam is not None and cfg.source.kind == "picamera2"
+                  and new_size != wiring.input_size(part.cfg, d.info))
+        if cam is None or cam.source or resize:
+            change.capture = wiring.build_capture(
+                cfg, new_size, first_seq=part.capture.source.frames if part.capture else 0)
+        changes.append(change)
+    return changes
+
+
+def _swap_cameras(d: Daemon, changes: list[_CameraChange]) -> None:
+    """The new stages and sources in; cameras removed stopped, added started. The
+    pipeline keeps running unless the set of cameras changed."""
+    kept = {change.part for change in changes}
+    for part in d.cameras:
+        if part not in kept:  # removed or switched off: its counts stay the device's
+            log.info("reload: camera %s: stopped (removed or switched off)", part.id)
+            part.stop()
+            d._carried.update(part.counts())
+    running = dict(d.pipeline.stages) if d.pipeline is not None else {}
+    same_lanes = d.pipeline is not None and [lane.name for lane in d.pipeline.lanes] == [
+        change.camera.id for change in changes]
+    if d.pipeline is not None and not same_lanes:
+        d._stop_pipeline()  # the cameras kept resume at once in the new one
+    for change in changes:
+        change.part.camera = change.camera
+    if d.pipeline is not None:  # kept running: new stages take over between frames
+        for lane, change in enumerate(changes):
+            if change.pre is not None:
+                d.pipeline.set_preprocess(change.pre, lane)
+            if change.deliver is not None:
+                d.pipeline.set_deliver(change.deliver, lane)
+            if change.capture is not None:
+                # It waits on the new, empty buffer meanwhile.
+                d.pipeline.set_feed(change.capture.buffer, lane)
+    d.cameras = [change.part for change in changes]
+    for change in changes:
+        if change.capture is not None:
+            change.part.set_capture(change.capture)
+            change.capture.start()
+    if d.pipeline is None:
+        by_id = {lane.name: stages for lane, stages in running.items()}
+        d._start_pipeline({change.camera.id: _stages(d, change, by_id.get(change.camera.id))
+                           for change in changes})
+
+
+def _stages(d: Daemon, change: _CameraChange, running: CameraStages | None) -> CameraStages:
+    """A camera's stages in a new pipeline: its running ones with what was rebuilt."""
+    if running is None:
+        return d.camera_stages(change.part, pre=change.pre, deliver=change.deliver)
+    if change.pre is not None:
+        running.preprocess = change.pre
+    if change.deliver is not None:
+        running.deliver = change.deliver
+    return running
 
 
 def _replace_worker(d: Daemon, new: Config) -> None:

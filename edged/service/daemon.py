@@ -22,7 +22,7 @@ import logging
 import signal
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,7 +42,8 @@ from edged.mqtt.discovery import Discovery, discovery_config
 from edged.mqtt.publisher import Publisher
 from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
-from edged.service.eventstage import EventStages, SnapshotEncoder
+from edged.service.cameras import CameraPart, pace, parts_for
+from edged.service.eventstage import SnapshotEncoder
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -97,7 +98,8 @@ class Daemon:
         self.reload_error = ""
         self.fatal_error = ""  # why the daemon stopped for good, left on the broker
         self.exit_code = 0
-        self.capture: CaptureThread | None = None
+        self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
+        self.cameras = parts_for(cfg, self.stats, self.snapshots)
         self.supervisor: Supervisor | None = None
         self.failback: FailBack | None = None  # watches for the accelerator after a fallback
         self.publisher: Publisher | None = None
@@ -110,8 +112,6 @@ class Daemon:
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
         self.board = BoardHealth()  # temperatures and throttling, for the stats
-        self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
-        self.event_stages = EventStages(self.snapshots)
         self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
         self.keeper = Housekeeping(self)
 
@@ -162,38 +162,52 @@ class Daemon:
             log.warning("%s", info.delegate_note)
 
     @property
+    def captures(self) -> list[CaptureThread]:
+        return [part.capture for part in self.cameras if part.capture is not None]
+
+    @property
     def info(self) -> ModelInfo | None:
         """What the current worker runs (it changes on a CPU fallback)."""
         return self.supervisor.info if self.supervisor else None
 
     def _start_capture(self) -> None:
         assert self.info is not None
-        size = wiring.input_size(self.cfg, self.info)
-        self.capture = wiring.build_capture(self.cfg, size).start()
+        for part in self.cameras:
+            size = wiring.input_size(part.cfg, self.info)
+            part.set_capture(wiring.build_capture(part.cfg, size).start())
 
-    def _start_pipeline(self, stages: tuple[Preprocess | None, Deliver | None] = (None, None)
-                        ) -> None:
-        assert self.capture and self.supervisor and self.info and self.publisher
-        pre, deliver = stages
-        camera = CameraStages(
-            pre or wiring.build_preprocess(self.cfg, self.info),
-            deliver or wiring.build_deliver(self.cfg, self.supervisor, self.publisher,
-                                            self._on_published, self.event_stages),
-            self.stats, rebuild=lambda info: wiring.build_preprocess(self.cfg, info))
-        self.pipeline = Pipeline([(Lane(self.cfg.source.name, self.capture.buffer), camera)],
-                                 self.supervisor, failback=self.failback)
+    def _start_pipeline(self, stages: Mapping[str, CameraStages] | None = None) -> None:
+        """One lane per camera; `stages`: those a reload built already, by camera."""
+        assert self.supervisor and self.info and self.publisher
+        built = stages or {}
+        lanes = []
+        for part in self.cameras:
+            assert part.capture is not None
+            lanes.append((Lane(part.id, part.capture.buffer),
+                          built.get(part.id) or self.camera_stages(part)))
+        self.pipeline = Pipeline(lanes, self.supervisor, failback=self.failback)
         self._pace()
         self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
                                            daemon=True)
         self.pipeline_thread.start()
 
+    def camera_stages(self, part: CameraPart, *, pre: Preprocess | None = None,
+                      deliver: Deliver | None = None) -> CameraStages:
+        """A camera's work on the pipeline thread, built for the running worker unless
+        given."""
+        assert self.supervisor and self.info and self.publisher
+        cfg = part.cfg
+        return CameraStages(
+            pre or wiring.build_preprocess(cfg, self.info),
+            deliver or wiring.build_deliver(cfg, self.supervisor, self.publisher,
+                                            self._on_published, part.event_stages,
+                                            camera=part.topic_camera),
+            # The camera's config when the worker restarts (a reload may have changed it).
+            part.stats, rebuild=lambda info: wiring.build_preprocess(part.cfg, info))
+
     def _pace(self) -> None:
-        """inference.max_fps: a file (every frame inferred) is read at that rate, a
-        camera's frames are taken at it; either way no result waits for it."""
-        if self.capture is not None and self.pipeline is not None:
-            max_fps, lossless = self.cfg.inference.max_fps, self.capture.lossless
-            self.capture.pace(max_fps if lossless else 0.0)
-            self.pipeline.pace(0.0 if lossless else max_fps)
+        if self.pipeline is not None:
+            pace(self.cameras, self.pipeline)
 
     def _stop_pipeline(self) -> None:
         if self.pipeline is not None and self.pipeline_thread is not None:
@@ -234,8 +248,8 @@ class Daemon:
 
     def _shutdown(self, reason: str = "stopped") -> None:
         # Order: stop taking frames, finish the frame in flight, then say offline.
-        if self.capture is not None:
-            self.capture.stop(timeout=0.5)
+        for part in self.cameras:
+            part.stop(timeout=0.5)
         self._stop_pipeline()
         self._stop_worker()
         self.snapshots.stop()  # the pending ones still go out before offline
@@ -266,7 +280,7 @@ class Daemon:
                 self.reload_requested.clear()
                 self._reload()
             self.keeper.tick()
-            if self.exit_on_end and lifecycle.batch_done(self.capture, self.pipeline,
+            if self.exit_on_end and lifecycle.batch_done(self.captures, self.pipeline,
                                                          self.publisher):
                 log.info("source ended: every result delivered; exiting (--exit-on-end)")
                 self._stop_reason = "source ended"
@@ -274,7 +288,7 @@ class Daemon:
 
     def figures(self) -> dict[str, Any]:
         figures = report.figures(report.Parts(
-            self.stats, self.supervisor, self.capture, self.publisher, self.pipeline,
+            self.stats, self.supervisor, self.cameras, self.publisher, self.pipeline,
             self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried,
             self.failback))
         figures.update(self.board.figures())
@@ -320,8 +334,8 @@ class Daemon:
             return
         kind = wiring.decoder_kind(self.cfg, info)
         self.discovery.announce(discovery_config(
-            wiring.discovery_settings(self.cfg, self.board.available()), model=sup.model_name,
-            decoder=kind))
+            wiring.discovery_settings(self.cfg, self.board.available(), info),
+            model=sup.model_name, decoder=kind))
 
     def _report(self, up: bool = True) -> None:
         """One set of figures to the stats topic and the metrics textfile."""

@@ -44,7 +44,7 @@ class Housekeeping:
     def tick(self) -> None:
         d, gate = self.d, self.gate
         if not self.ready_sent:
-            waiting = lifecycle.waiting_for(d.supervisor, d.capture)
+            waiting = lifecycle.waiting_for(d.supervisor, d.captures)
             if d.first_result.is_set() or waiting:
                 self.ready_sent = True
                 d.notifier.ready(d._status_line())
@@ -63,7 +63,7 @@ class Housekeeping:
         if now >= self._next_stats or death:
             d._report()
             self._next_stats = now + d.cfg.output.stats_interval_s
-        self._say_status(d.publisher, d.supervisor, d.capture)
+        self._say_status(d.publisher, d.supervisor, d.captures)
 
     def tick_while_waiting(self) -> bool:
         """Polled while the worker waits to load (no Coral yet); True to stop waiting."""
@@ -78,7 +78,7 @@ class Housekeeping:
         # that ended) is not a fault: withholding the watchdog would have systemd
         # restart edged for what it already handles (or replay an ended video).
         d = self.d
-        return d.frames() or bool(lifecycle.waiting_for(d.supervisor, d.capture))
+        return d.frames() or bool(lifecycle.waiting_for(d.supervisor, d.captures))
 
     def _pipeline_alive(self) -> bool:
         d = self.d

@@ -53,16 +53,20 @@ def located(path: object, problems: Sequence[str]) -> list[str]:
     return [p if p.startswith(where) else f"{where} {p}" for p in problems]
 
 
-def waiting_for(supervisor: Supervisor | None, capture: CaptureThread | None) -> str:
+def waiting_for(supervisor: Supervisor | None, captures: Sequence[CaptureThread]) -> str:
     """What the daemon waits for on purpose ("" when nothing): a wait that ends by
-    itself, so the watchdog stays fed and READY=1 need not wait for a result."""
+    itself, so the watchdog stays fed and READY=1 need not wait for a result. With
+    several cameras, only when every one waits: one camera that runs is progress."""
     # Short phrases: what is missing is in STATUS= and the stats (last_error) already.
     if supervisor is not None and supervisor.state == "waiting":
         return "the model to load"
     if supervisor is not None and supervisor.state == "restarting":
         return "the inference worker to restart"
-    if capture is None:
-        return ""
+    waits = [_source_wait(capture) for capture in captures]
+    return waits[0] if waits and all(waits) else ""
+
+
+def _source_wait(capture: CaptureThread) -> str:
     source = capture.source
     if source.state == "ended":
         return "nothing: the source ended"
@@ -75,14 +79,17 @@ def waiting_for(supervisor: Supervisor | None, capture: CaptureThread | None) ->
     return ""
 
 
-def status_words(supervisor: Supervisor | None, capture: CaptureThread | None
+def status_words(supervisor: Supervisor | None, captures: Sequence[CaptureThread]
                  ) -> tuple[str, dict[str, Any]]:
     """The online status's reason and fields: the delegate in use and why it fell back."""
     fields: dict[str, Any] = {}
     if supervisor is not None and supervisor.info is not None:
         fields = {"delegate": supervisor.info.delegate, "fallback": supervisor.fallback_reason}
-    ended = capture is not None and capture.source.state == "ended"
-    return ("source ended" if ended else "connected"), fields
+    return ("source ended" if _all_ended(captures) else "connected"), fields
+
+
+def _all_ended(captures: Sequence[CaptureThread]) -> bool:
+    return bool(captures) and all(c.source.state == "ended" for c in captures)
 
 
 class StatusSayer:
@@ -93,10 +100,10 @@ class StatusSayer:
         self._said: tuple[Any, ...] = ()
 
     def __call__(self, publisher: Publisher | None, supervisor: Supervisor | None,
-                 capture: CaptureThread | None) -> None:
+                 captures: Sequence[CaptureThread]) -> None:
         if publisher is None:
             return
-        reason, fields = status_words(supervisor, capture)
+        reason, fields = status_words(supervisor, captures)
         said = (reason, tuple(sorted(fields.items())))
         # A reload's new publisher starts with none of these words: tell it too.
         if publisher is not self._publisher or said != self._said:
@@ -104,9 +111,9 @@ class StatusSayer:
             publisher.set_status(reason, fields)
 
 
-def batch_done(capture: CaptureThread | None, pipeline: Pipeline | None,
+def batch_done(captures: Sequence[CaptureThread], pipeline: Pipeline | None,
                publisher: Publisher | None) -> bool:
-    """A finite source ended and every result it led to has reached the broker."""
-    return (capture is not None and capture.source.state == "ended"
+    """Every finite source ended and every result they led to has reached the broker."""
+    return (_all_ended(captures)
             and pipeline is not None and pipeline.drained
             and publisher is not None and publisher.wait_idle(0.0))

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edged.config import Config, ConfigError, ConfigFile
+from edged.config.camerafile import camera_files
 from edged.config.text import show
 
 
@@ -84,7 +85,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     publisher = (old.mqtt != new.mqtt or old.device != new.device
                  or old.homeassistant != new.homeassistant)
     return ReloadPlan(
-        changed=changed, worker=worker, source=old.source != new.source, publisher=publisher,
+        # A camera's own source is in [[cameras]]: each camera's plan says which restart.
+        changed=changed, worker=worker, publisher=publisher,
+        source=old.source != new.source or old.cameras != new.cameras,
         preprocess=worker or old.preprocess != new.preprocess,
         # device.id is in every payload; a new worker may bring other outputs.
         deliver=(worker or publisher or old.output != new.output or old.model != new.model
@@ -119,14 +122,23 @@ def preflight(cf: ConfigFile, plan: ReloadPlan) -> list[str]:
                 key, _, message = line.partition(": ")
                 problems.append(cf.problem(key, message))
         problems += _tls_file_problems(cf)
-    if plan.source and cfg.source.kind in ("folder", "video"):
-        path, want_dir = Path(cfg.source.uri), cfg.source.kind == "folder"
-        if not path.exists():
-            problems.append(cf.problem("source.uri", f"{path}: not found"))
-        elif path.is_dir() != want_dir:
-            problems.append(cf.problem("source.uri", f"{path}: is not "
-                                       f"{'a directory' if want_dir else 'a file'}"))
-    return problems
+    if plan.source:
+        problems += [problem for camera in camera_files(cf) if camera.enabled
+                     for problem in _source_problems(camera)]
+    return list(dict.fromkeys(problems))  # what cameras share, once
+
+
+def _source_problems(cf: ConfigFile) -> list[str]:
+    source = cf.config.source
+    if source.kind not in ("folder", "video"):
+        return []
+    path, want_dir = Path(source.uri), source.kind == "folder"
+    if not path.exists():
+        return [cf.problem("source.uri", f"{path}: not found")]
+    if path.is_dir() != want_dir:
+        return [cf.problem("source.uri", f"{path}: is not "
+                           f"{'a directory' if want_dir else 'a file'}")]
+    return []
 
 
 def _tls_file_problems(cf: ConfigFile) -> list[str]:

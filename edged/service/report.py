@@ -6,15 +6,16 @@ Pure reads of the running parts; nothing here changes them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edged.inference.failback import FailBack
 from edged.inference.supervisor import Supervisor
 from edged.mqtt.publisher import Publisher
+from edged.service.cameras import CAPTURE_COUNTS, CameraPart, source_state
 from edged.service.pipeline import Pipeline
 from edged.service.stats import Stats
-from edged.sources.capture import CaptureThread
 from edged.system.logsetup import redact_text
 
 
@@ -24,7 +25,7 @@ class Parts:
 
     stats: Stats
     supervisor: Supervisor | None
-    capture: CaptureThread | None
+    cameras: Sequence[CameraPart]
     publisher: Publisher | None
     pipeline: Pipeline | None
     frames_lost_before: int  # lost by pipelines that a reload replaced
@@ -38,12 +39,10 @@ class Parts:
 
 def figures(p: Parts) -> dict[str, Any]:
     snap: dict[str, Any] = dict(p.stats.snapshot())
-    sup, cap, pub = p.supervisor, p.capture, p.publisher
+    sup, pub = p.supervisor, p.publisher
     counters = pub.counters() if pub else None
-    src = cap.source.status() if cap else None
     info = sup.info if sup else None
     snap.update({
-        "frames_dropped": cap.buffer.dropped if cap else 0,
         # Taken by a dying worker: in flight, never inferred, never published.
         "frames_lost": p.frames_lost_before + (p.pipeline.frames_lost if p.pipeline else 0),
         "results_queued": counters.queued if counters else 0,
@@ -69,12 +68,15 @@ def figures(p: Parts) -> dict[str, Any]:
         # Why the worker was last restarted; kept after it recovers (last_error is not).
         "worker_last_failure": sup.last_failure if sup else "",
         "broker": "connected" if counters and counters.connected else "disconnected",
-        "source": src.state if src else "stopped",
-        "source_reopens": src.reopen_count if src else 0,
-        "frames_skipped": src.skipped if src else 0,  # corrupt frames the source threw away
+        "source": source_state(p.cameras),
         "last_error": last_error(p),
         "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
     })
+    # frames_dropped, source_reopens, frames_skipped (corrupt frames a source threw away).
+    for key in CAPTURE_COUNTS:
+        snap[key] = sum(part.counts()[key] for part in p.cameras)
+    if any(part.camera.index is not None for part in p.cameras):  # a file with [[cameras]]
+        snap["cameras"] = {part.id: part.figures() for part in p.cameras}
     for key, value in p.carried.items():
         snap[key] += value
     # Retained and read by every subscriber: no secret, however a message came to hold one.
@@ -88,11 +90,12 @@ _TEXTS = ("last_error", "worker_last_failure", "config_reload")
 
 def last_error(p: Parts) -> str:
     """The most relevant current problem: a dead thread, worker, source, broker, pipeline."""
-    sup, cap, pub, pipe = p.supervisor, p.capture, p.publisher, p.pipeline
+    sup, pub, pipe = p.supervisor, p.publisher, p.pipeline
+    sources = [f"{part.id}: {error}" if len(p.cameras) > 1 else error
+               for part in p.cameras if (error := part.source_error())]
     for err in (p.failure,
                 sup.last_failure if sup and sup.state != "running" else "",
-                # Kept by the source for its logs; history once frames flow again.
-                cap.source.last_error if cap and cap.source.state != "running" else "",
+                sources[0] if sources else "",
                 pub.counters().last_error if pub else "",
                 pipe.last_error if pipe else ""):
         if err:

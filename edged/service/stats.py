@@ -37,7 +37,10 @@ class StageTimes:
 
 
 class Stats:
-    def __init__(self) -> None:
+    """`parent`: figures this one's frames count towards too (a camera's, the device's)."""
+
+    def __init__(self, parent: Stats | None = None) -> None:
+        self.parent = parent
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._done_at: deque[float] = deque(maxlen=WINDOW)
@@ -54,6 +57,8 @@ class Stats:
             self._done_at.append(now)
             self._invoke_us.append(times.invoke)
             self._latency_us.append(latency_us)
+        if self.parent is not None:
+            self.parent.record(times, latency_us)
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:

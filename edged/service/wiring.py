@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from edged.config import Config, ConfigError
+from edged.config import Camera, Config, ConfigError
 from edged.config.check import publish_problem, too_large_for_json
 from edged.decode.dispatch import (
     DecoderKind,
@@ -34,8 +34,10 @@ from edged.inference.failback import FailBack, FailbackPolicy
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.inference.worker import WorkerParams
+from edged.mqtt.cameradiscovery import CameraEntities
 from edged.mqtt.discovery import DiscoverySettings
 from edged.mqtt.eventdiscovery import EventEntities
+from edged.mqtt.eventpayload import camera_topics
 from edged.mqtt.payload import Result as Payload
 from edged.mqtt.payload import encode_result_binary, encode_result_json, outputs_from
 from edged.mqtt.publisher import Publisher
@@ -241,10 +243,12 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None], stages: EventStages | None = None,
-                  *, fresh_events: bool = False) -> Callable[[Result], None]:
+                  *, fresh_events: bool = False, camera: str | None = None
+                  ) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result; with output.publish
     events or both, detections go through the events stage too (the one `stages`
-    keeps, unless `fresh_events`: a reload changed what it is made of)."""
+    keeps, unless `fresh_events`: a reload changed what it is made of). `camera`: its
+    [[cameras]] id, in the payload and the topic (None: the device's results topic)."""
     assert supervisor.info is not None
     out = cfg.output
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
@@ -256,6 +260,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     results = out.publish != "events"
     encode = encode_result_binary if out.encoding == "binary" else encode_result_json
     device_id = cfg.device.id
+    topic = camera_topics(cfg.topic_base, camera)["results"] if camera is not None else None
     # Per loaded model, not per result (a Path per result was a tenth of this
     # thread's CPU): a CPU fallback changes the file, and brings a new `info`.
     model_name = supervisor.model_name
@@ -295,23 +300,34 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
             model=model_name,
             delegate=decoding.info.delegate,
             outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
-            timings_us=timings, decoded=decoded,
+            timings_us=timings, decoded=decoded, camera=camera,
         ))
-        publisher.publish_result(payload)
+        publisher.publish_result(payload, topic)
         on_published()
 
     return deliver
 
 
-def discovery_settings(cfg: Config, board: tuple[str, ...] = ()) -> DiscoverySettings:
+def discovery_settings(cfg: Config, board: tuple[str, ...] = (),
+                       info: ModelInfo | None = None) -> DiscoverySettings:
     """The part of the config Home Assistant discovery needs; `board`: the health
-    figures this board reports (edged.service.boardhealth)."""
+    figures this board reports (edged.service.boardhealth); `info`: the model loaded,
+    for each camera's decoder (without it, the one `discovery_config` is given)."""
     ha = cfg.homeassistant
     return DiscoverySettings(
         device_id=cfg.device.id, topic_base=cfg.topic_base, enabled=ha.enabled,
-        prefix=ha.discovery_prefix, name=ha.name,
-        json_results=cfg.output.encoding == "json" and cfg.output.publish != "events",
-        classes_keep=tuple(cfg.output.classes_keep), board=board,
+        prefix=ha.discovery_prefix, name=ha.name, board=board,
+        cameras=tuple(_camera_entities(camera, info) for camera in cfg.camera_list()
+                      if camera.enabled))
+
+
+def _camera_entities(camera: Camera, info: ModelInfo | None) -> CameraEntities:
+    cfg, out = camera.config, camera.config.output
+    return CameraEntities(
+        camera=camera.id if camera.index is not None else None,
+        json_results=out.encoding == "json" and out.publish != "events",
+        classes_keep=tuple(out.classes_keep),
+        decoder=decoder_kind(cfg, info) if info is not None else None,
         events=EventEntities(cfg.source.name, tuple(z.name for z in cfg.events.zones),
                              tuple(cfg.events.labels), cfg.events.snapshot.enabled)
-        if cfg.output.publish != "results" else None)
+        if out.publish != "results" else None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from typing import Any
 import orjson
 import pytest
 from broker import Mosquitto, Subscriber
-from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, results, write_config
+from daemon_helpers import MODELS, DaemonProcess, base_config, results, write_config
 from reload_helpers import (
+    digit_folder,
     results_after,
     wait_log,
     wait_results,
@@ -33,15 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LABELS = ROOT / "edged" / "data" / "digits_labels.txt"
 MODEL = MODELS / "digits_int8.tflite"
 LOADED = "model digits_int8.tflite:"  # logged once per model load
-
-
-def digit_folder(tmp_path: Path, name: str, digits: str = "0123456789") -> Path:
-    folder = tmp_path / name
-    folder.mkdir()
-    for f in sorted(FRAMES.glob("digit_*.png")):
-        if f.name.split("_")[1] in digits:
-            shutil.copy(f, folder)
-    return folder
 
 
 def classes(doc: dict[str, Any]) -> list[dict[str, Any]]:

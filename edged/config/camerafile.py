@@ -1,0 +1,33 @@
+"""A camera of `[[cameras]]` seen as the one-camera file it amounts to, for messages.
+
+The checks of what a file points to (a folder source that is not there, a
+decoder that does not fit the model) look at one camera's config at a time;
+`CameraFile.problem` places what they say on the line where that camera's
+key is written (`cameras[1].source.uri`), or on the shared key's line when
+the camera takes it from the top-level section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edged.config import Camera, ConfigFile, format_problem
+
+
+@dataclass(frozen=True)
+class CameraFile(ConfigFile):
+    index: int | None = None
+    enabled: bool = True
+
+    def problem(self, key: str, message: str, *, warning: bool = False) -> str:
+        loc: tuple[str | int, ...] = tuple(key.split("."))
+        if self.index is not None and ("cameras", self.index, *loc) in self.lines:
+            loc = ("cameras", self.index, *loc)
+        return format_problem(self.path, self.lines, loc, message, warning=warning)
+
+
+def camera_files(cf: ConfigFile) -> list[CameraFile]:
+    """Each camera of `cf` as its own file (the file itself when it has no cameras)."""
+    cameras: list[Camera] = cf.config.camera_list()
+    return [CameraFile(cf.path, camera.config, cf.text, cf.lines, camera.index, camera.enabled)
+            for camera in cameras]
