@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -78,6 +78,20 @@ METRICS: Final = (
            "temperature.", "edgetpu_temp_c"),
 )
 
+# A config with [[cameras]]: each camera's own, with a `camera` label.
+CAMERA_METRICS: Final = (
+    Metric("edged_camera_fps", "gauge", "A camera's results per second over the last 10 s.",
+           "fps"),
+    Metric("edged_camera_latency_seconds", "gauge", "A camera's capture to result handed to "
+           "MQTT, median of its last 512 frames.", "latency_ms_p50", 1000.0,
+           (("quantile", "0.5"),)),
+    Metric("edged_camera_frames_total", "counter", "A camera's frames inferred.", "frames"),
+    Metric("edged_camera_frames_dropped_total", "counter", "A camera's frames replaced in its "
+           "latest-frame slot before inference took them.", "frames_dropped"),
+    Metric("edged_camera_source_reopens_total", "counter", "A camera's source reopen attempts.",
+           "source_reopens"),
+)
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -131,6 +145,9 @@ def render(device_id: str, figures: Mapping[str, Any], *, up: bool = True,
         family("edged_throttled", "gauge", "1 while the board reports under-voltage or "
                "throttling (get_throttled).")
         lines.append(f"edged_throttled{_labels(common)} {int(bool(throttled))}")
+    cameras = figures.get("cameras")
+    if isinstance(cameras, dict):
+        _camera_lines(lines, common, cameras, family)
     for key, text in (("worker_state", "Inference worker state (1 for the current one)."),
                       ("source", "Frame source state (1 for the current one).")):
         state = figures.get(key)
@@ -139,6 +156,27 @@ def render(device_id: str, figures: Mapping[str, Any], *, up: bool = True,
             family(name, "gauge", text)
             lines.append(f"{name}{_labels((*common, ('state', state)))} 1")
     return "\n".join(lines) + "\n"
+
+
+def _camera_lines(lines: list[str], common: tuple[tuple[str, str], ...],
+                  cameras: Mapping[str, Any], family: Callable[[str, str, str], None]) -> None:
+    """Each camera's samples, appended to `lines` (where `family` writes its HELP)."""
+    for m in CAMERA_METRICS:  # a family's samples together, camera by camera
+        for camera, figures in cameras.items():
+            value = figures.get(m.figure) if isinstance(figures, dict) else None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            family(m.name, m.kind, m.help)
+            value = round(value / m.divisor, 9) if m.divisor != 1.0 else value
+            lines.append(f"{m.name}{_labels((*common, ('camera', camera), *m.labels))} "
+                         f"{_number(value)}")
+    for camera, figures in cameras.items():
+        state = figures.get("source") if isinstance(figures, dict) else None
+        if isinstance(state, str):
+            family("edged_camera_source_state", "gauge",
+                   "A camera's frame source state (1 for the current one).")
+            lines.append("edged_camera_source_state"
+                         f"{_labels((*common, ('camera', camera), ('state', state)))} 1")
 
 
 def write_atomic(path: Path, text: str) -> None:

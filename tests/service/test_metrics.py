@@ -39,6 +39,21 @@ def test_render_is_valid_exposition_text_with_device_and_delegate_labels() -> No
     assert sample(samples, "edged_info", model="m.tflite") == 1
 
 
+def test_each_camera_has_its_own_series() -> None:
+    cameras = {"porch": {"frames": 50, "fps": 14.5, "latency_ms_p50": 20.0, "frames_dropped": 2,
+                         "source_reopens": 0, "source": "running"},
+               "drive": {"frames": 0, "fps": 0.0, "latency_ms_p50": 0.0, "frames_dropped": 0,
+                         "source_reopens": 7, "source": "reopening"}}
+    types, samples = parse_prom(render("cam", {**FIGURES, "cameras": cameras}))
+    assert types["edged_camera_frames_total"] == "counter"
+    assert sample(samples, "edged_camera_fps", camera="porch") == 14.5
+    assert sample(samples, "edged_camera_latency_seconds", camera="porch",
+                  quantile="0.5") == pytest.approx(0.02)
+    assert sample(samples, "edged_camera_source_reopens_total", camera="drive") == 7
+    assert sample(samples, "edged_camera_source_state", camera="drive", state="reopening") == 1
+    assert sample(samples, "edged_frames_total") == 120  # the device's, as before
+
+
 def test_figures_that_are_missing_or_null_are_left_out() -> None:
     _, samples = parse_prom(render("cam", {"fps": None, "delegate": "cpu"}, up=False))
     names = {name for name, _ in samples}
