@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec, summarize_run
+from edged.bench.procs import aggregate
 
 if TYPE_CHECKING:
     from edged.bench.command import Settings
@@ -53,8 +54,6 @@ def build_stub_delegate(directory: Path, name: str = "libstub_delegate.so") -> P
 
 def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads: int,
                      frames: int, runs: int) -> list[dict[str, Any]]:
-    from edged.bench.command import aggregate  # the table's medians; command imports us late
-
     with tempfile.TemporaryDirectory(prefix="edged-bench-accel-") as tmp:
         library = build_stub_delegate(Path(tmp))
         spec = DaemonSpec(str(model), threads, size, OFFER * 1e6 / INVOKE_US,

@@ -8,7 +8,9 @@ One run, one model, one runtime, one thread count, one input, four rows:
 * edged in-process: edged's own source -> preprocess -> quantize -> invoke ->
   dequantize -> encode, in one thread;
 * edged daemon: the real `edged run` with its worker, publishing to a private
-  mosquitto on loopback, measured by a subscriber (results/s, latency).
+  mosquitto on loopback, measured by a subscriber (results/s, latency);
+  also on a stand-in accelerator (`accelerator`) and with 1-8 cameras
+  sharing the worker (`cameras`).
 
 Each row runs after a warm-up, several times, interleaved with the others;
 the table shows medians and the min-max of the runs (the machine's noise).
@@ -21,7 +23,6 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,16 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from edged.bench.rows import STAGES, RowSpec, micro
+from edged.bench.procs import RowProcess, aggregate
+from edged.bench.rows import RowSpec, micro
 from edged.bench.table import cores_note, parse_sizes, render, target_lines, targets
-from edged.system.childproc import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: edged/bench/ -> edged/ -> .
 COMMITTED = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
 SHARED_MNV2 = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 BENCH_MNV2 = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
 MAKE_BENCH_MODEL = "/tmp/tfvenv/bin/python scripts/make_test_models.py --bench"
-ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "micro", "rss",
+ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "cameras", "micro", "rss",
             "latency")
 ROW_TITLES = {"limit": "limit", "naive": "naive", "inprocess": "edged in-process",
               "daemon": "edged daemon"}
@@ -133,52 +134,6 @@ def check_delegate(delegate: str, runtime: str) -> None:
 
     load_delegate(DelegateSpec(kind=delegate, fallback="fail"),  # type: ignore[arg-type]
                   select_runtime(runtime))  # type: ignore[arg-type]
-
-
-class RowProcess:
-    """One in-process row in its own child (see edged.bench.rows)."""
-
-    def __init__(self, spec: RowSpec) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "edged.bench.rows", *spec.argv()],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-        first = self._read()
-        if "error" in first:
-            self.close()
-            raise RuntimeError(f"{spec.row} row: {first['error']}")
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"bench row process exited with {self.proc.wait()}")
-        doc: dict[str, Any] = json.loads(line)
-        return doc
-
-    def run(self, frames: int) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"frames": frames}) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        stop_process(self.proc, 10.0, sig=None)  # a closed stdin ends it
-
-
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over runs, with the fps noise (min-max)."""
-    fps = [r["fps"] for r in runs]
-    stages = {s: float(np.median([r["stages_us"][s] for r in runs]))
-              for s in STAGES if all(s in r["stages_us"] for r in runs)}
-    out: dict[str, Any] = {"fps": float(np.median(fps)), "fps_min": min(fps),
-                           "fps_max": max(fps), "runs": len(runs), "stages_us": stages,
-                           "peak_rss_mb": max(r["peak_rss_kb"] for r in runs) / 1024}
-    for key in ("latency_ms", "invoke_ms", "cpu_us_per_result"):
-        if all(key in r for r in runs):
-            out[key] = {p: float(np.median([r[key][p] for r in runs])) for p in runs[0][key]}
-    return out
 
 
 def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
@@ -307,7 +262,8 @@ def run_bench(s: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "threads": s.threads, "frames": s.frames,
                               "runs": s.runs, "delegate": s.delegate, "notes": list(s.notes),
                               "rows": []}
-    needs_broker = any(r in s.rows for r in ("daemon", "accelerator", "rss", "latency"))
+    needs_broker = any(r in s.rows for r in ("daemon", "accelerator", "cameras", "rss",
+                                             "latency"))
     with private_broker() if needs_broker else contextlib.nullcontext() as broker:
         for model in s.models:
             h, w = _input_size(model)
@@ -321,6 +277,11 @@ def run_bench(s: Settings) -> dict[str, Any]:
 
             report["rows"] += accelerator_section(s, primary, _input_size(primary), broker,
                                                   report["notes"])
+        if "cameras" in s.rows:
+            from edged.bench.cameras import cameras_section
+
+            report["rows"] += cameras_section(s, primary, _input_size(primary), broker,
+                                              report["notes"])
         if "micro" in s.rows:
             report["micro"] = micro(quick=s.quick)
         if "latency" in s.rows:

@@ -60,6 +60,7 @@ class DaemonSpec:
     # delegate = "external": the library and its options (the accelerator row's stand-in).
     external_library: str = ""
     external_options: tuple[tuple[str, str], ...] = ()
+    cameras: int = 0  # > 0: that many [[cameras]], each the [source] above (the cameras rows)
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -119,7 +120,7 @@ host = "127.0.0.1"
 port = {port}
 keepalive_s = 3600
 qos_results = {spec.qos_results}
-"""
+""" + "".join(f'[[cameras]]\nid = "cam{i}"\n' for i in range(spec.cameras))
 
 
 def split_records(data: bytearray) -> tuple[list[tuple[float, bytes]], int]:
@@ -197,7 +198,8 @@ class Broker:
         self.inbox = _Inbox()
         self.subscriber = subprocess.Popen(
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-i", "edged-bench-sub",
-             "-k", "3600", "-t", "edged/bench/results", "-F", "%U %l %p"],
+             "-k", "3600", "-t", "edged/bench/results", "-t", "edged/bench/+/results",
+             "-F", "%U %l %p"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self._reader = threading.Thread(target=self._read, name="bench-subscriber", daemon=True)
         self._reader.start()

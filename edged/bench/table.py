@@ -48,6 +48,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{'':<17}latency capture->receipt p50 {lat['p50']:.1f} ms, "
                          f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms "
                          f"(invoke p99 {r['invoke_ms']['p99']:.1f} ms)")
+        if "spread" in r:
+            lines.append(f"{'':<17}{r['cameras']} cameras offered {r['offered_fps']:.0f} "
+                         f"frames/s together; spread of their results {r['spread']:.1%} "
+                         f"(worst run {r['spread_max']:.1%})")
         if "cpu_us_per_result" in r:
             lines.append(f"{'':<17}CPU per result: " + ", ".join(
                 f"{k} {v:.0f} us" for k, v in r["cpu_us_per_result"].items()))
@@ -154,6 +158,11 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"daemon/limit results/s at {source}, {TARGET_MODEL}, 2 threads", r["ratio"],
                 bar, True)
     for r in report["rows"]:
+        if r["row"] == "cameras" and r.get("ratio") is not None and r["model"] == TARGET_MODEL:
+            # Issue 17: the model shared by N cameras, a core left free, evenly.
+            add(f"{r['title']}/limit results/s, {r['model']}, 1 thread", r["ratio"], 0.90, True)
+            if r["cameras"] > 1:
+                add(f"{r['title']}: spread of their results", r["spread"], 0.10, False)
         if r["row"] == "accelerator" and r.get("ratio") is not None:
             add(f"accelerator results/s x invoke time, {r['model']}", r["ratio"], 0.97, True)
     lat = report.get("latency_30fps")

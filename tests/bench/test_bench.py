@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"capture", "resize", "quantize", "invoke", "dequantize", "decode", "encode", "publish"}
 
 
+CAMERAS = "32x32, 1 thread, N cameras"
+
+
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edged", "bench", *args], capture_output=True,
                           text=True, check=False, timeout=timeout, cwd=ROOT,
@@ -52,7 +55,7 @@ def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, A
     rows = {(r["source"], r["row"]) for r in quick_report["rows"]}
     assert rows == {(src, row) for src in ("32x32", "640x480")
                     for row in ("limit", "naive", "inprocess", "daemon")} | {
-        ("32x32", "accelerator")}
+        ("32x32", "accelerator"), (CAMERAS, "limit"), (CAMERAS, "cameras")}
     for r in quick_report["rows"]:
         assert r["model"] == "digits_int8.tflite"
         assert r["fps"] > 0 and r["fps_min"] <= r["fps"] <= r["fps_max"]
@@ -62,6 +65,16 @@ def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, A
         assert r["stages_us"]["invoke"] > 0
     limit = [r for r in quick_report["rows"] if r["row"] == "limit"]
     assert all(r["ratio"] == 1.0 for r in limit)
+
+
+def test_cameras_rows_share_one_worker_evenly(quick_report: dict[str, Any]) -> None:
+    """Issue 17's rows: N cameras on one worker (1 and 2 in --quick), each camera's share
+    of the results within 10 % of the others'."""
+    rows = [r for r in quick_report["rows"] if r["row"] == "cameras"]
+    assert [r["cameras"] for r in rows] == [1, 2]
+    assert all(r["source"] == CAMERAS and r["ratio"] > 0 for r in rows)
+    assert rows[1]["spread"] <= 0.10  # the model (here the MQTT path) shared evenly
+    assert rows[1]["offered_fps"] > 0
 
 
 def test_accelerator_row_runs_the_daemon_on_the_stub_delegate_asleep_off_the_cpu(
