@@ -24,6 +24,10 @@ from broker import Mosquitto, Subscriber
 from daemon_helpers import MODELS, DaemonProcess, base_config, toml_value
 from fleet_helpers import check_device_discovery, render
 from reload_helpers import digit_folder, wait_log, wait_stats, wait_until
+from scene_helpers import FPS as SCENE_FPS
+from scene_helpers import LABELS as SCENE_LABELS
+from scene_helpers import LINES, ZONES, write_scene
+from scene_helpers import MODEL as SCENE_MODEL
 
 MODEL = MODELS / "digits_int8.tflite"
 SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
@@ -235,3 +239,58 @@ def test_home_assistant_gets_each_cameras_entities(make: Any, tmp_path: Path) ->
     assert render(cmps["dead_source"]["val_tpl"], stats_msg.payload) == "ON"
     attrs = orjson.loads(render(cmps["dead_source"]["json_attr_tpl"], stats_msg.payload))
     assert attrs["state"] == "reopening" and attrs["error"]
+
+
+def test_each_camera_keeps_its_own_max_fps(make: Any) -> None:
+    c = make([
+        {"id": "slow", "max_fps": 4.0, "source": {"kind": "synthetic", "fps": 30.0}},
+        {"id": "fast", "source": {"kind": "synthetic", "fps": 30.0}},
+    ])
+    c.wait_results("slow", 3)
+    c.wait_results("fast", 10)
+    start = time.time()
+    time.sleep(3.0)
+    slow = [d for d in c.results("slow", start) if d["captured_at"] >= start]
+    fast = [d for d in c.results("fast", start) if d["captured_at"] >= start]
+    assert 8 <= len(slow) <= 16, len(slow)  # 4/s
+    assert len(fast) >= 60, len(fast)  # 30/s, not held back by the slow one's limit
+    # Fresh frames, not ones that waited for their turn: max_fps adds no latency.
+    ages = sorted(d["timings_us"]["capture_age"] for d in slow)
+    assert ages[len(ages) // 2] < 40_000, ages
+
+
+def test_each_camera_has_its_own_events_zones_and_tracks(tmp_path: Path,
+                                                          mosquitto: Mosquitto) -> None:
+    """The events scene (tests/scene_helpers.py) on two cameras at once: the same objects,
+    each camera's own zones and lines, ids and topics; every message each camera's."""
+    frames = str(write_scene(tmp_path / "scene"))
+    cfg = base_config(mosquitto.port, model=SCENE_MODEL, frames=Path(frames), device="scene",
+                      source={"loop": False, "fps": SCENE_FPS},
+                      output={"decoder": "detection", "publish": "events", "min_score": 0.3},
+                      events={"hold_s": 0.5, "labels": ["person", "car"], "zones": ZONES,
+                              "lines": LINES})
+    cfg["model"]["labels"] = str(SCENE_LABELS)
+    path = tmp_path / "edged.toml"
+    path.write_text(_config_text(cfg, [{"id": "drive"},
+                                       {"id": "yard", "events": {"zones": [], "lines": []}}]))
+    with Subscriber(mosquitto.port, "edged/scene/#") as sub, \
+            DaemonProcess(path, args=("--exit-on-end",)) as daemon:
+        assert daemon.proc.wait(90) == 0, daemon.log_text()
+        time.sleep(0.3)
+
+    def summary(camera: str) -> list[tuple[Any, ...]]:
+        events = [orjson.loads(m.payload) for m in sub.on(f"/{camera}/events")]
+        assert all(e["camera"] == camera for e in events)
+        return [(e["type"], e["id"], e["label"], e["zones"], e.get("why")) for e in events]
+
+    assert summary("drive") == [
+        ("new", 1, "person", [], None), ("update", 1, "person", [], ["line"]),
+        ("new", 2, "car", ["driveway"], None), ("update", 1, "person", ["driveway"], ["zone"]),
+        ("end", 2, "car", ["driveway"], None), ("end", 1, "person", ["driveway"], None)]
+    assert summary("yard") == [  # no zones, no lines: only the objects' lives
+        ("new", 1, "person", [], None), ("new", 2, "car", [], None),
+        ("end", 2, "car", [], None), ("end", 1, "person", [], None)]
+    occupancy = {camera: orjson.loads(sub.on(f"/{camera}/occupancy")[-1].payload)["zones"]
+                 for camera in ("drive", "yard")}
+    assert set(occupancy["drive"]) == {"all", "driveway"} and set(occupancy["yard"]) == {"all"}
+    assert not sub.on("/results")
