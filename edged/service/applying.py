@@ -138,7 +138,7 @@ def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publishe
         if cam is not None and plan.worker:
             cam = with_model_file_changed(cam)
         cfg = camera.config
-        problems = wiring.model_fit_problems(d.path, cfg, d.info) \
+        problems = wiring.model_fit_problems(d.path, cfg, d.info, camera.key) \
             if cam is None or cam.deliver else []
         if problems:
             raise ConfigError(problems)

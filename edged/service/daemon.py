@@ -127,7 +127,8 @@ class Daemon:
             self._start_publisher()
             self._start_worker()
             assert self.info is not None
-            problems = wiring.model_fit_problems(self.path, self.cfg, self.info)
+            problems = [p for part in self.cameras for p in wiring.model_fit_problems(
+                self.path, part.cfg, self.info, part.camera.key)]
             if problems:
                 return self._fatal(problems, EX_CONFIG)
             self._announce()

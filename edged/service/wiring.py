@@ -188,17 +188,24 @@ def decoder_kind(cfg: Config, info: ModelInfo) -> str:
         return "none"
 
 
-def model_fit_problems(path: object, cfg: Config, info: ModelInfo) -> list[str]:
+def model_fit_problems(path: object, cfg: Config, info: ModelInfo, camera: str = ""
+                       ) -> list[str]:
     """What of `cfg` does not fit the loaded model's outputs, one `file: key: message`
-    line each: start and reload refuse such a config (check-config says it earlier)."""
+    line each: start and reload refuse such a config (check-config says it earlier).
+    `camera`: where a camera's keys are written (`cameras[1]`), "" for the file's."""
+    out, key = cfg.output, f"{camera}.output" if camera else "output"
+    try:
+        build_decoding(cfg, info, None, announce=False)
+    except ValueError as exc:  # DecodeError: the decoder does not fit these outputs
+        return [f"{path}: {key}.decoder: {exc}"]
     problems = []
-    too_large = too_large_for_json(info.outputs, cfg.output)
+    too_large = too_large_for_json(info.outputs, out)
     if too_large is not None:
-        problems.append(f"{path}: output.max_values: {too_large}")
-    kind = decoder_kind(cfg, info)  # "none": the decoder's own error says why, later
-    publish = publish_problem(cfg.output, kind) if kind != "none" else None
+        problems.append(f"{path}: {key}.max_values: {too_large}")
+    kind = decoder_kind(cfg, info)
+    publish = publish_problem(out, kind) if kind != "none" else None
     if publish is not None:
-        problems.append(f"{path}: output.publish: {publish}")
+        problems.append(f"{path}: {key}.publish: {publish}")
     return problems
 
 

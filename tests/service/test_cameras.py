@@ -294,3 +294,15 @@ def test_each_camera_has_its_own_events_zones_and_tracks(tmp_path: Path,
                  for camera in ("drive", "yard")}
     assert set(occupancy["drive"]) == {"all", "driveway"} and set(occupancy["yard"]) == {"all"}
     assert not sub.on("/results")
+
+
+def test_a_cameras_output_that_does_not_fit_the_model_is_refused_on_its_key(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    cfg = base_config(mosquitto.port, model=MODEL, frames=digit_folder(tmp_path, "all"))
+    path = tmp_path / "edged.toml"
+    path.write_text(_config_text(cfg, [{"id": "a"},
+                                       {"id": "b", "output": {"decoder": "detection"}}]))
+    with DaemonProcess(path) as daemon:
+        assert daemon.proc.wait(30) == 78  # EX_CONFIG: no restart loop
+    assert (f"{path}: cameras[1].output.decoder: decoder detection: output 'output_0': "
+            "shape [1, 10]") in daemon.log_text(), daemon.log_text()
