@@ -85,7 +85,8 @@ class _CameraChange:
     pre: Preprocess | None = None
     deliver: Deliver | None = None
     capture: CaptureThread | None = None
-    added: bool = False
+    reopen: bool = False  # a new source (built once every stage is)
+    note: str = ""  # for the log, once applied: "added", "restarting source"
 
 
 def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
@@ -142,10 +143,9 @@ def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publishe
             if cam is None or cam.deliver else []
         if problems:
             raise ConfigError(problems)
-        change = _CameraChange(part, camera, added=added)
+        change = _CameraChange(part, camera)
         if camera.index is not None and (cam is None or cam.restarts() != "nothing"):
-            log.info("reload: camera %s: %s", camera.id,
-                     "added" if cam is None else f"restarting {cam.restarts()}")
+            change.note = "added" if cam is None else f"restarting {cam.restarts()}"
         if cam is None or cam.preprocess:
             change.pre = wiring.build_preprocess(cfg, d.info)
         if cam is None or cam.deliver:
@@ -153,13 +153,16 @@ def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publishe
                 cfg, d.supervisor, publisher, d._on_published, part.event_stages,
                 fresh_events=cam is None or cam.events, camera=topic_camera(camera))
         # The Pi camera's ISP scales to the model input: a new input size reopens it.
-        new_size = wiring.input_size(cfg, d.info)
-        resize = (cam is not None and cfg.source.kind == "picamera2"
-                  and new_size != wiring.input_size(part.cfg, d.info))
-        if cam is None or cam.source or resize:
-            change.capture = wiring.build_capture(
-                cfg, new_size, first_seq=part.capture.source.frames if part.capture else 0)
+        change.reopen = cam is None or cam.source or (
+            cfg.source.kind == "picamera2"
+            and wiring.input_size(cfg, d.info) != wiring.input_size(part.cfg, d.info))
         changes.append(change)
+    # Sources last: every stage has been built, nothing after this can fail half-way.
+    for change in (c for c in changes if c.reopen):
+        part = change.part
+        change.capture = wiring.build_capture(
+            change.camera.config, wiring.input_size(change.camera.config, d.info),
+            first_seq=part.capture.source.frames if part.capture else 0)
     return changes
 
 
@@ -189,6 +192,9 @@ def _swap_cameras(d: Daemon, changes: list[_CameraChange]) -> None:
                 # It waits on the new, empty buffer meanwhile.
                 d.pipeline.set_feed(change.capture.buffer, lane)
     d.cameras = [change.part for change in changes]
+    for change in changes:
+        if change.note:
+            log.info("reload: camera %s: %s", change.camera.id, change.note)
     for change in changes:
         if change.capture is not None:
             change.part.set_capture(change.capture)

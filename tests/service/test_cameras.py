@@ -306,3 +306,19 @@ def test_a_cameras_output_that_does_not_fit_the_model_is_refused_on_its_key(
         assert daemon.proc.wait(30) == 78  # EX_CONFIG: no restart loop
     assert (f"{path}: cameras[1].output.decoder: decoder detection: output 'output_0': "
             "shape [1, 10]") in daemon.log_text(), daemon.log_text()
+
+
+def test_a_reload_adding_a_camera_that_cannot_open_changes_nothing(make: Any,
+                                                                   tmp_path: Path) -> None:
+    one = {"id": "one", "source": {"uri": _folder(tmp_path, "one", "01")}}
+    c = make([one])
+    c.wait_results("one", 5)
+    missing = tmp_path / "nowhere"
+    refused = c.reload([one, {"id": "two", "source": {"uri": str(missing)}}],
+                       expect="reload failed: still running with the previous config")
+    assert f"{c.path}:" in c.daemon.log_text() and \
+        f"cameras[1].source.uri: {missing}: not found" in c.daemon.log_text()
+    c.wait_results("one", 10, after=refused)
+    stats = wait_stats(c.sub, lambda s: s["config_reload"] != "ok", after=refused)
+    assert stats["config_reload"].startswith("failed: 1 problem(s)")
+    assert set(stats["cameras"]) == {"one"}
