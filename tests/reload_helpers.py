@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +71,14 @@ def wait_log(daemon: DaemonProcess, text: str, timeout: float = 20.0, count: int
     """Until `text` appears `count` times in the daemon's log."""
     wait_until(lambda: daemon.log_text().count(text) >= count, timeout,
                f"{text!r} x{count} in the daemon log", daemon.log_text)
+
+
+def sighup(daemon: DaemonProcess, expect: str = "reload: applied") -> float:
+    """SIGHUP the daemon and wait for one more `expect` in its log; when it came."""
+    before = daemon.log_text().count(expect)
+    daemon.send(signal.SIGHUP)
+    wait_log(daemon, expect, timeout=30, count=before + 1)
+    return time.time()
 
 
 def stats_of(message: Received) -> dict[str, Any]:

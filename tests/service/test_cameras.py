@@ -23,7 +23,7 @@ import pytest
 from broker import Mosquitto, Subscriber
 from daemon_helpers import MODELS, DaemonProcess, base_config, toml_value
 from fleet_helpers import check_device_discovery, render
-from reload_helpers import digit_folder, wait_log, wait_stats, wait_until
+from reload_helpers import digit_folder, sighup, wait_stats, wait_until
 from scene_helpers import FPS as SCENE_FPS
 from scene_helpers import LABELS as SCENE_LABELS
 from scene_helpers import LINES, ZONES, write_scene
@@ -71,10 +71,7 @@ class Cameras:
     def reload(self, cameras: list[dict[str, Any]], expect: str = "reload: applied") -> float:
         self.cameras = cameras
         self.path.write_text(_config_text(self.cfg, cameras))
-        before = self.daemon.log_text().count(expect)
-        self.daemon.send(signal.SIGHUP)
-        wait_log(self.daemon, expect, timeout=30, count=before + 1)
-        return time.time()
+        return sighup(self.daemon, expect)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from daemon_helpers import MODELS, DaemonProcess, base_config, results, write_co
 from reload_helpers import (
     digit_folder,
     results_after,
-    wait_log,
+    sighup,
     wait_results,
     wait_stats,
     wait_until,
@@ -61,10 +61,7 @@ class Running:
         return self.hup(expect)
 
     def hup(self, expect: str) -> float:
-        before = self.daemon.log_text().count(expect)
-        self.daemon.send(signal.SIGHUP)
-        wait_log(self.daemon, expect, timeout=30, count=before + 1)
-        return time.time()
+        return sighup(self.daemon, expect)
 
 
 @pytest.fixture
