@@ -61,6 +61,9 @@ class DaemonSpec:
     external_library: str = ""
     external_options: tuple[tuple[str, str], ...] = ()
     cameras: int = 0  # > 0: that many [[cameras]], each the [source] above (the cameras rows)
+    # Daemons alive at once (paused but connected) need their own: the broker drops the
+    # older session of a client id that connects again, and they would take turns.
+    client_id: str = ""
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -120,6 +123,7 @@ host = "127.0.0.1"
 port = {port}
 keepalive_s = 3600
 qos_results = {spec.qos_results}
+client_id = "{spec.client_id}"
 """ + "".join(f'[[cameras]]\nid = "cam{i}"\n' for i in range(spec.cameras))
 
 

@@ -49,7 +49,7 @@ def render(report: dict[str, Any]) -> str:
                          f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms "
                          f"(invoke p99 {r['invoke_ms']['p99']:.1f} ms)")
         if "spread" in r:
-            lines.append(f"{'':<17}{r['cameras']} cameras offered {r['offered_fps']:.0f} "
+            lines.append(f"{'':<17}{r['title']} offered {r['offered_fps']:.0f} "
                          f"frames/s together; spread of their results {r['spread']:.1%} "
                          f"(worst run {r['spread_max']:.1%})")
         if "cpu_us_per_result" in r:
@@ -158,7 +158,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"daemon/limit results/s at {source}, {TARGET_MODEL}, 2 threads", r["ratio"],
                 bar, True)
     for r in report["rows"]:
-        if r["row"] == "cameras" and r.get("ratio") is not None and r["model"] == TARGET_MODEL:
+        if r["row"] == "cameras" and r.get("ratio") is not None and r.get("model_bound"):
             # Issue 17: the model shared by N cameras, a core left free, evenly.
             add(f"{r['title']}/limit results/s, {r['model']}, 1 thread", r["ratio"], 0.90, True)
             if r["cameras"] > 1:
