@@ -179,7 +179,7 @@ def _swap_cameras(d: Daemon, changes: list[_CameraChange]) -> None:
     same_lanes = d.pipeline is not None and [lane.name for lane in d.pipeline.lanes] == [
         change.camera.id for change in changes]
     if d.pipeline is not None and not same_lanes:
-        d._stop_pipeline()  # the cameras kept resume at once in the new one
+        d.group.stop_pipeline()  # the cameras kept resume at once in the new one
     for change in changes:
         change.part.camera = change.camera
     if d.pipeline is not None:  # kept running: new stages take over between frames
@@ -218,8 +218,8 @@ def _stages(d: Daemon, change: _CameraChange, running: CameraStages | None) -> C
 
 def _replace_worker(d: Daemon, new: Config) -> None:
     assert d.supervisor is not None
-    d._stop_pipeline()
-    d._stop_worker()
+    d.group.stop_pipeline()
+    d.group.stop_worker()
     try:
         d._start_worker(new)
     except ModelLoadError:
@@ -229,7 +229,7 @@ def _replace_worker(d: Daemon, new: Config) -> None:
 
 def _restore_worker(d: Daemon) -> None:
     """After a failed reload: the running config's worker and pipeline again."""
-    d._stop_worker()
+    d.group.stop_worker()
     try:
         d._start_worker(d.cfg)
     except ModelLoadError as exc:

@@ -35,7 +35,6 @@ from edged.config import (
     default_path,
     load_config,
 )
-from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo, ModelLoadError
 from edged.inference.supervisor import Supervisor
 from edged.mqtt.discovery import Discovery, discovery_config
@@ -44,6 +43,7 @@ from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
 from edged.service.eventstage import SnapshotEncoder
+from edged.service.group import WorkerGroup
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -54,11 +54,9 @@ from edged.service.stats import Stats
 from edged.service.threaddeaths import ThreadDeaths
 from edged.sources.capture import CaptureThread
 from edged.system.logsetup import register_secret, setup_logging
-from edged.system.threads import NamedThread
 
 log = logging.getLogger("edged")
 
-STOP_GRACE_S = 2.0  # for the frame in flight when stopping or replacing the pipeline
 
 
 def register(sub: Any) -> None:
@@ -100,15 +98,11 @@ class Daemon:
         self.exit_code = 0
         self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
         self.cameras = parts_for(cfg, self.stats, self.snapshots)
-        self.supervisor: Supervisor | None = None
-        self.failback: FailBack | None = None  # watches for the accelerator after a fallback
+        self.group = WorkerGroup()  # the model's worker and the pipeline thread
         self.publisher: Publisher | None = None
-        self.pipeline: Pipeline | None = None
-        self.pipeline_thread: threading.Thread | None = None
         self.first_result = threading.Event()
         self.frames = ProgressMonitor(window=10.0)
-        self._frames_lost_before = 0  # by pipelines replaced on reload
-        self._carried: Counter[str] = Counter()  # counts of replaced parts (report.Parts)
+        self._carried: Counter[str] = Counter()  # counts of cameras removed (report.Parts)
         self.discovery: Discovery | None = None
         self._textfile: Textfile | None = None
         self.board = BoardHealth()  # temperatures and throttling, for the stats
@@ -151,16 +145,16 @@ class Daemon:
         return self.exit_code
 
     def _start_worker(self, cfg: Config | None = None) -> None:
-        if self.supervisor is not None:
-            self._carried["worker_restarts"] += self.supervisor.restarts
-        self.supervisor = sup = wiring.build_supervisor(cfg or self.cfg)
-        self.failback = wiring.build_failback(cfg or self.cfg, sup)
-        info = sup.start_until_loaded(self.keeper.tick_while_waiting)
-        log.info("model %s: runtime %s, delegate %s, input %s %s %s", sup.model_name,
-                 info.runtime, info.delegate, list(info.inputs[0].shape),
-                 info.inputs[0].dtype, wiring.describe_pixels(cfg or self.cfg, info))
-        if info.delegate_note:
-            log.warning("%s", info.delegate_note)
+        self.group.start_worker(cfg or self.cfg, self.keeper.tick_while_waiting)
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        """The group's: the worker running now (read by housekeeping and reload)."""
+        return self.group.supervisor
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        return self.group.pipeline
 
     @property
     def captures(self) -> list[CaptureThread]:
@@ -168,8 +162,7 @@ class Daemon:
 
     @property
     def info(self) -> ModelInfo | None:
-        """What the current worker runs (it changes on a CPU fallback)."""
-        return self.supervisor.info if self.supervisor else None
+        return self.group.info
 
     def _start_capture(self) -> None:
         assert self.info is not None
@@ -186,11 +179,7 @@ class Daemon:
             assert part.capture is not None
             lanes.append((Lane(part.id, part.capture.buffer),
                           built.get(part.id) or self.camera_stages(part)))
-        self.pipeline = Pipeline(lanes, self.supervisor, failback=self.failback)
-        self._pace()
-        self.pipeline_thread = NamedThread(target=self.pipeline.run, name="edged-pipeline",
-                                           daemon=True)
-        self.pipeline_thread.start()
+        self.group.start_pipeline(lanes, lambda pipeline: pace(self.cameras, pipeline))
 
     def camera_stages(self, part: CameraPart, *, pre: Preprocess | None = None,
                       deliver: Deliver | None = None) -> CameraStages:
@@ -210,34 +199,6 @@ class Daemon:
         if self.pipeline is not None:
             pace(self.cameras, self.pipeline)
 
-    def _stop_pipeline(self) -> None:
-        if self.pipeline is not None and self.pipeline_thread is not None:
-            self.pipeline.stop()
-            # It may be waiting for the frame in flight. A worker that does not answer
-            # soon (frozen, or a slow first Edge TPU invoke) is not waited for up to the
-            # invoke deadline: a stop or a reload ends it.
-            self.pipeline_thread.join(STOP_GRACE_S)
-            if self.pipeline_thread.is_alive() and self.supervisor is not None:
-                log.info("the inference worker has not answered for %.0f s: stopping it "
-                         "without its last frame", STOP_GRACE_S)
-                self.supervisor.abandon()
-                self.pipeline_thread.join(STOP_GRACE_S)
-        if self.pipeline is not None:
-            # A counter only grows for the life of the process (issue 15): a worker
-            # reload replaces the pipeline, not what it has counted.
-            self._frames_lost_before += self.pipeline.frames_lost
-        self.pipeline = self.pipeline_thread = None
-
-    def _stop_worker(self) -> None:
-        """The worker, and a fail-back's worker in the making, which never takes over."""
-        if self.failback is not None:
-            self.failback.close()
-            self._carried.update(failbacks=self.failback.switches,
-                                 failback_tries=self.failback.tries)
-            self.failback = None
-        if self.supervisor is not None:
-            self.supervisor.stop()
-
     def _fatal(self, problems: Sequence[str], code: int) -> int:
         """Stop for good: every problem logged, the first one left where subscribers
         look (the retained offline status and the last stats)."""
@@ -251,8 +212,8 @@ class Daemon:
         # Order: stop taking frames, finish the frame in flight, then say offline.
         for part in self.cameras:
             part.stop(timeout=0.5)
-        self._stop_pipeline()
-        self._stop_worker()
+        self.group.stop_pipeline()
+        self.group.stop_worker()
         self.snapshots.stop()  # the pending ones still go out before offline
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
@@ -289,9 +250,8 @@ class Daemon:
 
     def figures(self) -> dict[str, Any]:
         figures = report.figures(report.Parts(
-            self.stats, self.supervisor, self.cameras, self.publisher, self.pipeline,
-            self._frames_lost_before, self.reload_error, self.deaths.summary(), self._carried,
-            self.failback))
+            self.stats, self.group, self.cameras, self.publisher, self.reload_error,
+            self.deaths.summary(), self._carried))
         figures.update(self.board.figures())
         if self.cfg.output.publish != "results":
             figures["snapshots"] = self.snapshots.encoded

@@ -82,7 +82,7 @@ class Housekeeping:
 
     def _pipeline_alive(self) -> bool:
         d = self.d
-        p, t = d.pipeline, d.pipeline_thread
+        p, t = d.group.pipeline, d.group.thread
         if p is None or t is None:
             return True  # not started yet, or being replaced: the main thread is at work
         return t.is_alive() and (

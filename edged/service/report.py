@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edged.inference.failback import FailBack
-from edged.inference.supervisor import Supervisor
 from edged.mqtt.publisher import Publisher
 from edged.service.cameras import CAPTURE_COUNTS, CameraPart, source_state
-from edged.service.pipeline import Pipeline
+from edged.service.group import WorkerGroup
 from edged.service.stats import Stats
 from edged.system.logsetup import redact_text
 
@@ -24,27 +22,24 @@ class Parts:
     """What the figures are read from (any part may not exist yet)."""
 
     stats: Stats
-    supervisor: Supervisor | None
+    group: WorkerGroup  # the worker and the pipeline thread
     cameras: Sequence[CameraPart]
     publisher: Publisher | None
-    pipeline: Pipeline | None
-    frames_lost_before: int  # lost by pipelines that a reload replaced
     reload_error: str
     failure: str = ""  # a thread of the daemon died: outranks every other error
-    # Counts of the parts a reload replaced (a source, a worker supervisor), added to
-    # the running ones': counters only grow for the life of the process.
+    # Counts of the cameras a reload removed, added to the running ones': counters
+    # only grow for the life of the process.
     carried: Counter[str] = field(default_factory=Counter)
-    failback: FailBack | None = None
 
 
 def figures(p: Parts) -> dict[str, Any]:
     snap: dict[str, Any] = dict(p.stats.snapshot())
-    sup, pub = p.supervisor, p.publisher
+    sup, pub, failback = p.group.supervisor, p.publisher, p.group.failback
     counters = pub.counters() if pub else None
     info = sup.info if sup else None
     snap.update({
         # Taken by a dying worker: in flight, never inferred, never published.
-        "frames_lost": p.frames_lost_before + (p.pipeline.frames_lost if p.pipeline else 0),
+        "frames_lost": p.group.frames_lost,
         "results_queued": counters.queued if counters else 0,
         "results_dropped": counters.dropped if counters else 0,
         "results_published": counters.published if counters else 0,
@@ -60,8 +55,8 @@ def figures(p: Parts) -> dict[str, Any]:
         # Why it is not the configured delegate (a CPU fallback, at start or later), or "".
         "fallback": sup.fallback_reason if sup else "",
         # Returns to the configured accelerator after a fallback, and tries at it.
-        "failbacks": p.failback.switches if p.failback else 0,
-        "failback_tries": p.failback.tries if p.failback else 0,
+        "failbacks": failback.switches if failback else 0,
+        "failback_tries": failback.tries if failback else 0,
         "worker_state": sup.state if sup else "stopped",
         "worker_restarts": sup.restarts if sup else 0,
         "worker_pid": (sup.pid or 0) if sup else 0,
@@ -77,7 +72,7 @@ def figures(p: Parts) -> dict[str, Any]:
         snap[key] = sum(part.counts()[key] for part in p.cameras)
     if any(part.camera.index is not None for part in p.cameras):  # a file with [[cameras]]
         snap["cameras"] = {part.id: part.figures() for part in p.cameras}
-    for key, value in p.carried.items():
+    for key, value in (p.carried + p.group.carried).items():
         snap[key] += value
     # Retained and read by every subscriber: no secret, however a message came to hold one.
     for key in _TEXTS:
@@ -90,7 +85,7 @@ _TEXTS = ("last_error", "worker_last_failure", "config_reload")
 
 def last_error(p: Parts) -> str:
     """The most relevant current problem: a dead thread, worker, source, broker, pipeline."""
-    sup, pub, pipe = p.supervisor, p.publisher, p.pipeline
+    sup, pub, pipe = p.group.supervisor, p.publisher, p.group.pipeline
     sources = [f"{part.id}: {error}" if len(p.cameras) > 1 else error
                for part in p.cameras if (error := part.source_error())]
     for err in (p.failure,
