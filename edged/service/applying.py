@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edged.config import Camera, Config, ConfigError, read_config
@@ -138,6 +138,9 @@ def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publishe
         cam = plan_reload(part.cfg, camera.config) if not added else None
         if cam is not None and plan.worker:
             cam = with_model_file_changed(cam)
+        if cam is not None and topic_camera(part.camera) != topic_camera(camera):
+            # The one camera of [source] became cameras[n] of the same name: its topic.
+            cam = replace(cam, deliver=True)
         cfg = camera.config
         problems = wiring.model_fit_problems(d.path, cfg, d.info, camera.key) \
             if cam is None or cam.deliver else []

@@ -319,3 +319,23 @@ def test_a_reload_adding_a_camera_that_cannot_open_changes_nothing(make: Any,
     stats = wait_stats(c.sub, lambda s: s["config_reload"] != "ok", after=refused)
     assert stats["config_reload"].startswith("failed: 1 problem(s)")
     assert set(stats["cameras"]) == {"one"}
+
+
+def test_a_file_growing_cameras_and_back_moves_the_results_topic(make: Any) -> None:
+    c = make([])  # the one camera of [source]
+    wait_until(lambda: len(c.sub.on("/test/results")) >= 1, 30, "device results",
+               c.daemon.log_text)  # running: SIGHUP is a reload now
+    c.cfg["source"]["name"] = "porch"
+    applied = c.reload([])
+    wait_until(lambda: len([m for m in c.sub.on("/test/results")
+                            if m.received_at > applied]) >= 5, 30, "device results",
+               c.daemon.log_text)
+    applied = c.reload([{"id": "porch"}, {"id": "yard", "source": {"kind": "synthetic"}}])
+    c.wait_results("porch", 5, after=applied)  # the same camera, now on its own topic
+    c.wait_results("yard", 5, after=applied)
+    assert all(d["camera"] == "porch" for d in c.results("porch", applied))
+    applied = c.reload([])
+    wait_until(lambda: len([m for m in c.sub.on("/test/results")
+                            if m.received_at > applied]) >= 5, 30, "device results again",
+               c.daemon.log_text)
+    assert all("camera" not in orjson.loads(m.payload) for m in c.sub.on("/test/results"))
