@@ -187,21 +187,22 @@ def check_temperatures(root: Path) -> list[Check]:
     return checks
 
 
-def check_camera(kind: str, uri: str, root: Path) -> list[Check]:
-    """The camera device nodes the source needs (other kinds have none to look for)."""
+def check_camera(kind: str, uri: str, root: Path, name: str = "camera") -> list[Check]:
+    """The camera device nodes the source needs (other kinds have none to look for);
+    `name`: the check's, "camera <id>" for one of several."""
     if kind == "v4l2":
         node = uri if uri.startswith("/") else f"/dev/video{uri or '0'}"
         path = root / node.lstrip("/")
         if path.exists():
-            return [Check("camera", "ok", f"{node} exists")]
+            return [Check(name, "ok", f"{node} exists")]
         seen = sorted(p.name for p in (root / "dev").glob("video*"))
-        return [Check("camera", "warn", f"{node} not found (seen: {', '.join(seen) or 'none'}); "
+        return [Check(name, "warn", f"{node} not found (seen: {', '.join(seen) or 'none'}); "
                       "edged retries until it appears", "plug the camera in, or set source.uri "
                       "to one of the devices seen (v4l2-ctl --list-devices names them)")]
     if kind == "picamera2":
         media = sorted(p.name for p in (root / "dev").glob("media*"))
         if media:
-            return [Check("camera", "ok", f"libcamera devices: {', '.join(media)}")]
-        return [Check("camera", "warn", "no /dev/media* (no camera seen by libcamera)",
+            return [Check(name, "ok", f"libcamera devices: {', '.join(media)}")]
+        return [Check(name, "warn", "no /dev/media* (no camera seen by libcamera)",
                       "check the ribbon cable and run rpicam-hello --list-cameras")]
     return []

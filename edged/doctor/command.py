@@ -153,7 +153,10 @@ def run_checks(path: Path) -> list[Check]:
     checks.append(check_power(throttled_now()))
     checks += check_temperatures(root)
     if cfg is not None:
-        checks += check_camera(cfg.source.kind, cfg.source.uri, root)
+        for camera in (c for c in cfg.camera_list() if c.enabled):
+            source = camera.config.source
+            checks += check_camera(source.kind, source.uri, root,
+                                   f"camera {camera.id}" if camera.index is not None else "camera")
         checks.append(check_broker(cfg))
     return checks
 

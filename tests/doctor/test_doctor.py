@@ -221,3 +221,20 @@ def test_the_command_fails_on_a_broken_config_and_a_missing_coral(tmp_path: Path
     # device checks still run for what the file asks.
     assert [line.split(":")[0] for line in failing] == [
         "FAIL  config", "FAIL  libedgetpu", "FAIL  edge tpu"], done.stdout
+
+
+def test_each_cameras_device_is_looked_for(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    root = tmp_path / "hw"
+    write(root, "dev/video0", "")
+    cfg = base_config(mosquitto.port, model=MODELS / "digits_int8.tflite", frames=FRAMES)
+    config = write_config(tmp_path / "edged.toml", cfg)
+    with config.open("a") as f:
+        f.write('[[cameras]]\nid = "door"\nsource = {kind = "v4l2", uri = "/dev/video0"}\n'
+                '[[cameras]]\nid = "yard"\nsource = {kind = "v4l2", uri = "/dev/video4"}\n'
+                '[[cameras]]\nid = "off"\nenabled = false\n'
+                'source = {kind = "v4l2", uri = "/dev/video9"}\n')
+    lines = _doctor(config, root).stdout.splitlines()
+    cameras = [line for line in lines if line.split(":")[0].split()[-1] in ("door", "yard",
+                                                                         "off")]
+    assert [line.split(":")[0] for line in cameras] == ["ok    camera door",
+                                                       "warn  camera yard"], lines
