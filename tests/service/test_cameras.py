@@ -21,57 +21,16 @@ import jsonschema
 import orjson
 import pytest
 from broker import Mosquitto, Subscriber
-from daemon_helpers import MODELS, DaemonProcess, base_config, toml_value
+from cameras_helpers import MODEL, Cameras, config_text, folder
+from daemon_helpers import DaemonProcess, base_config
 from fleet_helpers import check_device_discovery, render
-from reload_helpers import digit_folder, sighup, wait_stats, wait_until
+from reload_helpers import digit_folder, wait_stats, wait_until
 from scene_helpers import FPS as SCENE_FPS
 from scene_helpers import LABELS as SCENE_LABELS
 from scene_helpers import LINES, ZONES, write_scene
 from scene_helpers import MODEL as SCENE_MODEL
 
-MODEL = MODELS / "digits_int8.tflite"
 SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
-
-
-def _config_text(cfg: dict[str, dict[str, Any]], cameras: list[dict[str, Any]]) -> str:
-    lines = []
-    for name, keys in cfg.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
-    for camera in cameras:
-        lines.append("[[cameras]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in camera.items()]
-    return "\n".join(lines) + "\n"
-
-
-class Cameras:
-    """A daemon on a config with [[cameras]], and a subscriber to all it publishes."""
-
-    def __init__(self, tmp_path: Path, broker: Mosquitto, cameras: list[dict[str, Any]],
-                 **sections: dict[str, Any]) -> None:
-        self.cfg = base_config(broker.port, model=MODEL, frames=digit_folder(tmp_path, "all"),
-                               output={"decoder": "classification", "top_k": 1,
-                                       "min_score": 0.0, "include_raw": False,
-                                       "stats_interval_s": 1.0}, **sections)
-        self.path = tmp_path / "edged.toml"
-        self.cameras = cameras
-        self.path.write_text(_config_text(self.cfg, cameras))
-        self.sub = Subscriber(broker.port, ["edged/#", "homeassistant/#"]).start()
-        self.daemon = DaemonProcess(self.path)
-
-    def results(self, camera: str, after: float = 0.0) -> list[dict[str, Any]]:
-        return [orjson.loads(m.payload) for m in self.sub.on(f"/test/{camera}/results")
-                if m.received_at > after]
-
-    def wait_results(self, camera: str, count: int, after: float = 0.0,
-                     timeout: float = 30.0) -> None:
-        wait_until(lambda: len(self.results(camera, after)) >= count, timeout,
-                   f"{count} results of camera {camera}", self.daemon.log_text)
-
-    def reload(self, cameras: list[dict[str, Any]], expect: str = "reload: applied") -> float:
-        self.cameras = cameras
-        self.path.write_text(_config_text(self.cfg, cameras))
-        return sighup(self.daemon, expect)
 
 
 @pytest.fixture
@@ -92,14 +51,10 @@ def make(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Any]:
             c.sub.stop()
 
 
-def _folder(tmp_path: Path, name: str, digits: str) -> str:
-    return str(digit_folder(tmp_path, name, digits))
-
-
 def test_three_cameras_publish_each_on_its_own_topic(make: Any, tmp_path: Path) -> None:
     c = make([
-        {"id": "low", "source": {"uri": _folder(tmp_path, "low", "01234")}},
-        {"id": "high", "source": {"uri": _folder(tmp_path, "high", "56789")},
+        {"id": "low", "source": {"uri": folder(tmp_path, "low", "01234")}},
+        {"id": "high", "source": {"uri": folder(tmp_path, "high", "56789")},
          "output": {"top_k": 3}},
         {"id": "wide", "source": {"kind": "synthetic", "width": 1280, "height": 720,
                                   "fps": 15.0}},
@@ -133,7 +88,7 @@ def _schema(name: str) -> dict[str, Any]:
 def test_a_camera_whose_source_dies_does_not_disturb_the_others(make: Any,
                                                                 tmp_path: Path) -> None:
     c = make([
-        {"id": "ok", "source": {"uri": _folder(tmp_path, "ok", "0123")}},
+        {"id": "ok", "source": {"uri": folder(tmp_path, "ok", "0123")}},
         {"id": "dead", "source": {"kind": "stream", "uri": "rtsp://127.0.0.1:9/none",
                                   "reopen_backoff_s": 0.2, "reopen_backoff_max_s": 0.5}},
     ])
@@ -154,15 +109,15 @@ def _sequence_gaps(results: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 
 def test_reloading_one_camera_leaves_the_others_running(make: Any, tmp_path: Path) -> None:
-    steady = {"id": "steady", "source": {"uri": _folder(tmp_path, "steady", "0123")}}
-    other = {"id": "other", "source": {"uri": _folder(tmp_path, "other", "4567")}}
+    steady = {"id": "steady", "source": {"uri": folder(tmp_path, "steady", "0123")}}
+    other = {"id": "other", "source": {"uri": folder(tmp_path, "other", "4567")}}
     c = make([steady, other])
     c.wait_results("steady", 10)
     c.wait_results("other", 10)
     pid = c.daemon.worker_pid()
 
     # A new source for one camera: only it restarts.
-    moved = {"id": "other", "source": {"uri": _folder(tmp_path, "moved", "89")}}
+    moved = {"id": "other", "source": {"uri": folder(tmp_path, "moved", "89")}}
     applied = c.reload([steady, moved])
     c.wait_results("other", 5, after=applied)
     assert {d["decoded"]["classes"][0]["label_id"]
@@ -190,9 +145,9 @@ def test_reloading_one_camera_leaves_the_others_running(make: Any, tmp_path: Pat
 
 def test_every_camera_resumes_after_the_worker_is_killed(make: Any, tmp_path: Path) -> None:
     c = make([
-        {"id": "one", "source": {"uri": _folder(tmp_path, "one", "012")}},
+        {"id": "one", "source": {"uri": folder(tmp_path, "one", "012")}},
         {"id": "two", "source": {"kind": "synthetic", "width": 640, "height": 480}},
-        {"id": "three", "source": {"uri": _folder(tmp_path, "three", "789")}},
+        {"id": "three", "source": {"uri": folder(tmp_path, "three", "789")}},
     ])
     for camera in ("one", "two", "three"):
         c.wait_results(camera, 5)
@@ -208,7 +163,7 @@ def test_every_camera_resumes_after_the_worker_is_killed(make: Any, tmp_path: Pa
 
 def test_home_assistant_gets_each_cameras_entities(make: Any, tmp_path: Path) -> None:
     c = make([
-        {"id": "porch", "source": {"uri": _folder(tmp_path, "porch", "3")}},
+        {"id": "porch", "source": {"uri": folder(tmp_path, "porch", "3")}},
         {"id": "dead", "source": {"kind": "stream", "uri": "rtsp://127.0.0.1:9/none",
                                   "reopen_backoff_s": 0.2, "reopen_backoff_max_s": 0.5},
          "output": {"encoding": "binary"}},  # Home Assistant cannot read binary results
@@ -268,7 +223,7 @@ def test_each_camera_has_its_own_events_zones_and_tracks(tmp_path: Path,
                               "lines": LINES})
     cfg["model"]["labels"] = str(SCENE_LABELS)
     path = tmp_path / "edged.toml"
-    path.write_text(_config_text(cfg, [{"id": "drive"},
+    path.write_text(config_text(cfg, [{"id": "drive"},
                                        {"id": "yard", "events": {"zones": [], "lines": []}}]))
     with Subscriber(mosquitto.port, "edged/scene/#") as sub, \
             DaemonProcess(path, args=("--exit-on-end",)) as daemon:
@@ -297,7 +252,7 @@ def test_a_cameras_output_that_does_not_fit_the_model_is_refused_on_its_key(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     cfg = base_config(mosquitto.port, model=MODEL, frames=digit_folder(tmp_path, "all"))
     path = tmp_path / "edged.toml"
-    path.write_text(_config_text(cfg, [{"id": "a"},
+    path.write_text(config_text(cfg, [{"id": "a"},
                                        {"id": "b", "output": {"decoder": "detection"}}]))
     with DaemonProcess(path) as daemon:
         assert daemon.proc.wait(30) == 78  # EX_CONFIG: no restart loop
@@ -307,7 +262,7 @@ def test_a_cameras_output_that_does_not_fit_the_model_is_refused_on_its_key(
 
 def test_a_reload_adding_a_camera_that_cannot_open_changes_nothing(make: Any,
                                                                    tmp_path: Path) -> None:
-    one = {"id": "one", "source": {"uri": _folder(tmp_path, "one", "01")}}
+    one = {"id": "one", "source": {"uri": folder(tmp_path, "one", "01")}}
     c = make([one])
     c.wait_results("one", 5)
     missing = tmp_path / "nowhere"
