@@ -14,7 +14,6 @@ once, never as a traceback; see `load_config`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
@@ -26,6 +25,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
+from edged.config.arrays import arrays_behind
 from edged.config.cameras import (
     Camera,
     CameraConfig,
@@ -42,6 +42,7 @@ from edged.config.frames import (
     packaged_model,
 )
 from edged.config.integrations import HomeAssistantConfig, MetricsConfig
+from edged.config.models import ModelEntry, model_sections, models_problems
 from edged.config.publish import (
     DeviceConfig,
     LoggingConfig,
@@ -113,17 +114,24 @@ class Config(Section):
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=16, description=(
         "Several cameras sharing the model (docs/cameras.md): each one is [source] and the "
         "other sections with its own keys replaced. None: the one camera of [source]."))
+    models: list[ModelEntry] = Field(default_factory=list, max_length=8, description=(
+        "Models besides [model], each on its accelerator, for the cameras that name it "
+        "(cameras.model); each model in use runs in a worker of its own."))
 
     # Each camera's sections, validated with the file's context (relative paths).
     _camera_sections: list[dict[str, Section]] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _cameras(self, info: ValidationInfo) -> Config:
-        raise_cross_field(camera_problems(self.sections(), list(enumerate(self.cameras)),
-                                          info.context))
-        self._camera_sections = [camera_sections(self.sections(), camera, index,
-                                                 info.context)[0]
-                                 for index, camera in enumerate(self.cameras)]
+        top, context = self.sections(), info.context
+        cameras, models = list(enumerate(self.cameras)), list(enumerate(self.models))
+        raise_cross_field(camera_problems(top, cameras, context) + models_problems(
+            top, models, [(i, c.model) for i, c in cameras if c.enabled], context))
+        by_model = {entry.id: model_sections(top, entry, index, context)[0]
+                    for index, entry in models}
+        self._camera_sections = [
+            {**camera_sections(top, camera, index, context)[0], **by_model.get(camera.model, {})}
+            for index, camera in cameras]
         return self
 
     def camera_list(self) -> list[Camera]:
@@ -150,7 +158,8 @@ SECTIONS: dict[str, type[Section]] = {
     name: info.annotation for name, info in Config.model_fields.items()
     if isinstance(info.annotation, type) and issubclass(info.annotation, Section)
 }
-ARRAYS: dict[str, type[Section]] = {"cameras": CameraConfig}  # top-level [[name]] tables
+ARRAYS: dict[str, type[Section]] = {  # top-level [[name]] tables
+    "cameras": CameraConfig, "models": ModelEntry}
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -259,35 +268,7 @@ def _cross_checks_behind(data: dict[str, Any], reported: list[tuple[tuple[str | 
         except ValidationError as exc:
             found.extend(((section, *loc), message) for loc, message in messages(exc)
                          if loc and loc[0] not in keys)
-    return found + _cameras_behind(data, context)
-
-
-def _cameras_behind(data: dict[str, Any], context: dict[str, Any]
-                    ) -> list[tuple[tuple[str | int, ...], str]]:
-    """The cameras' own problems, which Config checks only once all else is valid:
-    each valid camera against the valid sections (the others at their defaults)."""
-    cameras = data.get("cameras")
-    if not isinstance(cameras, list):
-        return []
-    top: dict[str, Section] = {}
-    for name, model in SECTIONS.items():
-        try:
-            top[name] = model.model_validate(data.get(name, {}), context=context)
-        except ValidationError:
-            top[name] = model()
-    valid: list[tuple[int, CameraConfig]] = []
-    for index, item in enumerate(cameras):
-        if not isinstance(item, dict):
-            continue
-        try:
-            valid.append((index, CameraConfig.model_validate(item, context=context)))
-        except ValidationError as exc:  # reported already: check what the rest says
-            broken = {loc[0] for loc, _ in messages(exc) if loc}
-            rest = {"id": f"camera{index}", **{k: v for k, v in item.items()
-                                               if k not in broken}}
-            with contextlib.suppress(ValidationError):
-                valid.append((index, CameraConfig.model_validate(rest, context=context)))
-    return camera_problems(top, valid, context)
+    return found + arrays_behind(data, SECTIONS, context)
 
 
 def config_warnings(path: str | os.PathLike[str], config: Config) -> list[str]:

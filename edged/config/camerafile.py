@@ -18,10 +18,15 @@ from edged.config import Camera, ConfigFile, format_problem
 class CameraFile(ConfigFile):
     index: int | None = None
     enabled: bool = True
+    model: int | None = None  # its [[models]] entry's index; None: [model] and [inference]
 
     def problem(self, key: str, message: str, *, warning: bool = False) -> str:
         loc: tuple[str | int, ...] = tuple(key.split("."))
-        if self.index is not None and ("cameras", self.index, *loc) in self.lines:
+        if self.model is not None and loc[0] in ("model", "inference"):
+            # The model's files are its entry's keys; where it runs, its accelerator.
+            loc = ("models", self.model, *loc[1:]) if loc[0] == "model" else (
+                "models", self.model, "accelerator")
+        elif self.index is not None and ("cameras", self.index, *loc) in self.lines:
             loc = ("cameras", self.index, *loc)
         return format_problem(self.path, self.lines, loc, message, warning=warning)
 
@@ -29,5 +34,6 @@ class CameraFile(ConfigFile):
 def camera_files(cf: ConfigFile) -> list[CameraFile]:
     """Each camera of `cf` as its own file (the file itself when it has no cameras)."""
     cameras: list[Camera] = cf.config.camera_list()
-    return [CameraFile(cf.path, camera.config, cf.text, cf.lines, camera.index, camera.enabled)
-            for camera in cameras]
+    models = {entry.id: index for index, entry in enumerate(cf.config.models)}
+    return [CameraFile(cf.path, camera.config, cf.text, cf.lines, camera.index, camera.enabled,
+                       models.get(camera.model)) for camera in cameras]

@@ -59,6 +59,9 @@ class CameraConfig(Section):
         "snapshots) and its Home Assistant entities; 1 to 64 letters, digits, '_' or '-'."))
     enabled: bool = Field(default=True, description=(
         "false: the camera is not opened (kept in the file, switched off)."))
+    model: str = Field(default="", pattern=r"^([A-Za-z0-9_-]{1,64})?$", description=(
+        "Which model runs on its frames: a [[models]] id; empty: the [model] section. "
+        "The cameras of one model share its worker, in turn."))
     max_fps: float = Field(default=0.0, ge=0, le=1000, description=(
         "This camera's inferences per second at most; 0 = inference.max_fps. Cameras "
         "sharing the model are served in turn, each its newest frame."))
@@ -128,6 +131,7 @@ class Camera:
     max_fps: float  # in effect: its own, else inference.max_fps
     config: Config
     index: int | None = None  # in [[cameras]]; None: the file's one camera ([source])
+    model: str = ""  # its [[models]] id; "": the [model] section
 
     @property
     def key(self) -> str:
@@ -140,6 +144,7 @@ def cameras_of(config: Config, resolved: list[dict[str, Section]]) -> list[Camer
     if not config.cameras:
         return [Camera(config.source.name, True, config.inference.max_fps, config)]
     return [Camera(camera.id, camera.enabled, camera.max_fps or config.inference.max_fps,
-                   config.model_copy(update={**sections, "cameras": []}), index)
+                   config.model_copy(update={**sections, "cameras": [], "models": []}), index,
+                   camera.model)
             for index, (camera, sections) in enumerate(zip(config.cameras, resolved,
                                                             strict=True))]

@@ -15,6 +15,7 @@ a check before `systemctl reload` must not disturb it.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
 
 from edged.config import (
@@ -23,7 +24,7 @@ from edged.config import (
     config_warnings,
     read_config,
 )
-from edged.config.camerafile import camera_files
+from edged.config.camerafile import CameraFile, camera_files
 from edged.config.check_mqtt import check_password, check_tls
 from edged.config.findings import CheckResult, Report
 from edged.config.partial import read_valid_sections
@@ -63,12 +64,23 @@ def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) 
     if valid("source"):
         for camera in cameras:
             _check_source(camera, report)
-    outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
-    if valid("model"):
-        _check_labels(cf, report)
+    models: dict[int | None, list[CameraFile]] = {}  # the cameras of each model in use
+    for camera in cameras:
+        models.setdefault(camera.model, []).append(camera)
+    for users in models.values():
+        _look_at_model(users, report, valid)
     if valid("mqtt"):
         check_password(cf, report)
         check_tls(cf, report)
+
+
+def _look_at_model(cameras: list[CameraFile], report: Report,
+                   valid: Callable[..., bool]) -> None:
+    """One model's files and delegate, and each of its cameras' outputs against it."""
+    cf = cameras[0]  # its files and accelerator are every one of its cameras'
+    outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
+    if valid("model"):
+        _check_labels(cf, report)
     if valid("inference"):
         _check_delegate_library(cf, report)
     if outputs is not None and valid("output"):

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 from edged.config import Camera, Config, ConfigError, read_config
 from edged.inference.messages import ModelLoadError
-from edged.inference.supervisor import file_stamp
 from edged.mqtt.publisher import Publisher
-from edged.service import lifecycle, wiring
+from edged.service import lifecycle, regroup, wiring
 from edged.service.cameras import CameraPart, part_for, topic_camera
 from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.reload import (
@@ -46,8 +45,8 @@ def reload(d: Daemon) -> None:
     try:
         cf = read_config(d.path)
         plan = plan_reload(d.cfg, cf.config)
-        sup = d.supervisor  # the file it runs, replaced on disk at the same path
-        if sup is not None and file_stamp(sup.params.model_path) != sup.model_stamp:
+        on_disk = regroup.replaced_on_disk(d)  # a file it runs, replaced at the same path
+        if on_disk:
             plan = with_model_file_changed(plan)
         problems = preflight(cf, plan)
         if problems:
@@ -56,7 +55,7 @@ def reload(d: Daemon) -> None:
             log.warning("reload: %s", warning)
         log.info("reload: changed: %s; restarting: %s",
                  ", ".join(plan.changed) or "nothing", plan.restarts())
-        _apply(d, cf.config, plan)
+        _apply(d, cf.config, plan, on_disk)
     except ConfigError as exc:
         _reload_failed(d, lifecycle.located(d.path, exc.problems))
     except (ModelLoadError, ValueError, OSError) as exc:
@@ -87,26 +86,28 @@ class _CameraChange:
     capture: CaptureThread | None = None
     reopen: bool = False  # a new source (built once every stage is)
     note: str = ""  # for the log, once applied: "added", "restarting source"
+    size: tuple[int, int] = (0, 0)  # the model input its frames are made for
 
 
-def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
+def _apply(d: Daemon, new: Config, plan: ReloadPlan, on_disk: set[str]) -> None:
     """Build every changed part first, then swap them in: a failure to build
-    leaves the running parts untouched (the worker, which cannot be built
-    beside the running one on an Edge TPU, is restored instead). A camera is
-    restarted only for what changed for it; the others keep running."""
-    assert d.publisher is not None and d.info is not None
+    leaves the running parts untouched (a worker, which cannot be built beside
+    the running one on an Edge TPU, is restored instead). A camera is restarted
+    only for what changed for it, a model's worker only for what changed for
+    that model; the others keep running."""
+    assert d.publisher is not None
     publisher = wiring.build_publisher(new) if plan.publisher else None
     events_kept = [(part, part.event_stages.current) for part in d.cameras]
+    wanted = regroup.models_in_use(new)
+    workers = regroup.plan_workers(d, wanted, on_disk)
     try:
-        if plan.worker:
-            _replace_worker(d, new)
+        regroup.start_workers(d, wanted, workers)
         try:
-            changes = _build_cameras(d, new, plan, publisher or d.publisher)
+            changes = _build_cameras(d, new, publisher or d.publisher, workers.new_workers)
         except BaseException:
             for part, stage in events_kept:  # the running ones, as the new ones are not used
                 part.event_stages.current = stage
-            if plan.worker:
-                _restore_worker(d)
+            regroup.restore_workers(d, workers)
             raise
     except BaseException:
         if publisher is not None:
@@ -118,16 +119,17 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan) -> None:
         d.publisher.stop()
         publisher.take_over(d.publisher)  # queued results and counters carry over
         d._start_publisher(publisher)
+    regroup.stop_workers(d, workers)
     _swap_cameras(d, changes)
     d._pace()  # a new source or a new max_fps
     d._apply_logging(new)
     d._announce()
 
 
-def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publisher
+def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_workers: set[str]
                    ) -> list[_CameraChange]:
-    """Each enabled camera of `new` with the stages and source its changes need."""
-    assert d.supervisor is not None and d.info is not None
+    """Each enabled camera of `new` with the stages and source its changes need
+    (`new_workers`: the models whose worker was restarted or started)."""
     running = {part.id: part for part in d.cameras}
     changes = []
     for camera in (c for c in new.camera_list() if c.enabled):
@@ -136,13 +138,15 @@ def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publishe
         if part is None:
             part = part_for(camera, d.stats, d.snapshots)
         cam = plan_reload(part.cfg, camera.config) if not added else None
-        if cam is not None and plan.worker:
-            cam = with_model_file_changed(cam)
+        if cam is not None and (camera.model in new_workers or camera.model != part.camera.model):
+            cam = with_model_file_changed(cam)  # another worker: stages for its model
         if cam is not None and topic_camera(part.camera) != topic_camera(camera):
             # The one camera of [source] became cameras[n] of the same name: its topic.
             cam = replace(cam, deliver=True)
-        cfg = camera.config
-        problems = wiring.model_fit_problems(d.path, cfg, d.info, camera.key) \
+        cfg, group = camera.config, d.groups[camera.model]
+        info, supervisor = group.info, group.supervisor
+        assert info is not None and supervisor is not None
+        problems = wiring.model_fit_problems(d.path, cfg, info, camera.key) \
             if cam is None or cam.deliver else []
         if problems:
             raise ConfigError(problems)
@@ -150,62 +154,66 @@ def _build_cameras(d: Daemon, new: Config, plan: ReloadPlan, publisher: Publishe
         if camera.index is not None and (cam is None or cam.restarts() != "nothing"):
             change.note = "added" if cam is None else f"restarting {cam.restarts()}"
         if cam is None or cam.preprocess:
-            change.pre = wiring.build_preprocess(cfg, d.info)
+            change.pre = wiring.build_preprocess(cfg, info)
         if cam is None or cam.deliver:
             change.deliver = wiring.build_deliver(
-                cfg, d.supervisor, publisher, d._on_published, part.event_stages,
+                cfg, supervisor, publisher, d._on_published, part.event_stages,
                 fresh_events=cam is None or cam.events, camera=topic_camera(camera))
         # The Pi camera's ISP scales to the model input: a new input size reopens it.
+        change.size = wiring.input_size(cfg, info)
         change.reopen = cam is None or cam.source or (
-            cfg.source.kind == "picamera2"
-            and wiring.input_size(cfg, d.info) != wiring.input_size(part.cfg, d.info))
+            cfg.source.kind == "picamera2" and change.size != part.input_size)
         changes.append(change)
     # Sources last: every stage has been built, nothing after this can fail half-way.
     for change in (c for c in changes if c.reopen):
         part = change.part
         change.capture = wiring.build_capture(
-            change.camera.config, wiring.input_size(change.camera.config, d.info),
+            change.camera.config, change.size,
             first_seq=part.capture.source.frames if part.capture else 0)
     return changes
 
 
 def _swap_cameras(d: Daemon, changes: list[_CameraChange]) -> None:
-    """The new stages and sources in; cameras removed stopped, added started. The
-    pipeline keeps running unless the set of cameras changed."""
+    """The new stages and sources in; cameras removed stopped, added started. A
+    model's pipeline keeps running unless the set of its cameras changed."""
     kept = {change.part for change in changes}
     for part in d.cameras:
         if part not in kept:  # removed or switched off: its counts stay the device's
             log.info("reload: camera %s: stopped (removed or switched off)", part.id)
             part.stop()
             d._carried.update(part.counts())
-    running = dict(d.pipeline.stages) if d.pipeline is not None else {}
-    same_lanes = d.pipeline is not None and [lane.name for lane in d.pipeline.lanes] == [
-        change.camera.id for change in changes]
-    if d.pipeline is not None and not same_lanes:
-        d.group.stop_pipeline()  # the cameras kept resume at once in the new one
+    running: dict[str, CameraStages] = {}
+    for key, group in d.groups.items():
+        mine = [change.camera.id for change in changes if change.camera.model == key]
+        if group.pipeline is not None:
+            running.update((lane.name, stages) for lane, stages in group.pipeline.stages.items())
+            if [lane.name for lane in group.pipeline.lanes] != mine:
+                group.stop_pipeline()  # the cameras kept resume at once in the new one
     for change in changes:
         change.part.camera = change.camera
-    if d.pipeline is not None:  # kept running: new stages take over between frames
-        for lane, change in enumerate(changes):
+    for key, group in d.groups.items():
+        if group.pipeline is None:
+            continue
+        # Kept running: new stages take over between frames.
+        for lane, change in enumerate(c for c in changes if c.camera.model == key):
             if change.pre is not None:
-                d.pipeline.set_preprocess(change.pre, lane)
+                group.pipeline.set_preprocess(change.pre, lane)
             if change.deliver is not None:
-                d.pipeline.set_deliver(change.deliver, lane)
+                group.pipeline.set_deliver(change.deliver, lane)
             if change.capture is not None:
                 # It waits on the new, empty buffer meanwhile.
-                d.pipeline.set_feed(change.capture.buffer, lane)
+                group.pipeline.set_feed(change.capture.buffer, lane)
     d.cameras = [change.part for change in changes]
     for change in changes:
         if change.note:
             log.info("reload: camera %s: %s", change.camera.id, change.note)
-    for change in changes:
         if change.capture is not None:
-            change.part.set_capture(change.capture)
+            change.part.set_capture(change.capture, change.size)
             change.capture.start()
-    if d.pipeline is None:
-        by_id = {lane.name: stages for lane, stages in running.items()}
-        d._start_pipeline({change.camera.id: _stages(d, change, by_id.get(change.camera.id))
-                           for change in changes})
+    for group in d.groups.values():
+        if group.pipeline is None:
+            d.start_pipeline(group, {c.camera.id: _stages(d, c, running.get(c.camera.id))
+                                     for c in changes if c.camera.model == group.key})
 
 
 def _stages(d: Daemon, change: _CameraChange, running: CameraStages | None) -> CameraStages:
@@ -217,30 +225,3 @@ def _stages(d: Daemon, change: _CameraChange, running: CameraStages | None) -> C
     if change.deliver is not None:
         running.deliver = change.deliver
     return running
-
-
-def _replace_worker(d: Daemon, new: Config) -> None:
-    assert d.supervisor is not None
-    d.group.stop_pipeline()
-    d.group.stop_worker()
-    try:
-        d._start_worker(new)
-    except ModelLoadError:
-        _restore_worker(d)
-        raise
-
-
-def _restore_worker(d: Daemon) -> None:
-    """After a failed reload: the running config's worker and pipeline again."""
-    d.group.stop_worker()
-    try:
-        d._start_worker(d.cfg)
-    except ModelLoadError as exc:
-        d.fatal_error = (f"reload: the previous model does not load any more either "
-                            f"({_first_line(exc)}); exiting")
-        log.error("%s", d.fatal_error)
-        d.exit_code = lifecycle.exit_code(exc)
-        d.stop_requested.set()
-        raise
-    d._start_pipeline()
-

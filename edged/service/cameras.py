@@ -32,6 +32,7 @@ class CameraPart:
     event_stages: EventStages
     capture: CaptureThread | None = None
     carried: Counter[str] = field(default_factory=Counter)
+    input_size: tuple[int, int] = (0, 0)  # the model input its capture makes frames for
 
     @property
     def id(self) -> str:
@@ -45,9 +46,11 @@ class CameraPart:
     def topic_camera(self) -> str | None:
         return topic_camera(self.camera)
 
-    def set_capture(self, capture: CaptureThread) -> CaptureThread | None:
-        """Use `capture` from now on; the replaced one is stopped, its counts kept."""
-        old, self.capture = self.capture, capture
+    def set_capture(self, capture: CaptureThread, input_size: tuple[int, int]
+                    ) -> CaptureThread | None:
+        """Use `capture` (making frames for `input_size`, for a Pi camera's ISP) from now
+        on; the replaced one is stopped, its counts kept."""
+        old, self.capture, self.input_size = self.capture, capture, input_size
         if old is not None:
             old.stop()
             self.carried.update(dict(zip(CAPTURE_COUNTS, _capture_counts(old), strict=True)))

@@ -43,12 +43,12 @@ from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
 from edged.service.eventstage import SnapshotEncoder
-from edged.service.group import WorkerGroup
+from edged.service.group import WorkerGroup, model_names, models_of
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
 from edged.service.notify import Notifier, ProgressMonitor
-from edged.service.pipeline import CameraStages, Deliver, Pipeline, Preprocess
+from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.scheduler import Lane
 from edged.service.stats import Stats
 from edged.service.threaddeaths import ThreadDeaths
@@ -98,7 +98,8 @@ class Daemon:
         self.exit_code = 0
         self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
         self.cameras = parts_for(cfg, self.stats, self.snapshots)
-        self.group = WorkerGroup()  # the model's worker and the pipeline thread
+        # A worker and its pipeline thread per model in use, by [[models]] id ("": [model]).
+        self.groups: dict[str, WorkerGroup] = {}
         self.publisher: Publisher | None = None
         self.first_result = threading.Event()
         self.frames = ProgressMonitor(window=10.0)
@@ -119,15 +120,17 @@ class Daemon:
         self.deaths.install()
         try:
             self._start_publisher()
-            self._start_worker()
-            assert self.info is not None
+            for key, cfg in models_of(self.cameras).items():
+                self.groups[key] = WorkerGroup(key)
+                self.groups[key].start_worker(cfg, self.keeper.tick_while_waiting)
             problems = [p for part in self.cameras for p in wiring.model_fit_problems(
-                self.path, part.cfg, self.info, part.camera.key)]
+                self.path, part.cfg, self.info_of(part), part.camera.key)]
             if problems:
                 return self._fatal(problems, EX_CONFIG)
             self._announce()
             self._start_capture()
-            self._start_pipeline()
+            for group in self.groups.values():
+                self.start_pipeline(group)
         except ConfigError as exc:  # e.g. password_env names an unset variable
             return self._fatal(lifecycle.located(self.path, exc.problems), EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
@@ -144,60 +147,60 @@ class Daemon:
             self._shutdown(reason="failed" if self.fatal_error else self._stop_reason)
         return self.exit_code
 
-    def _start_worker(self, cfg: Config | None = None) -> None:
-        self.group.start_worker(cfg or self.cfg, self.keeper.tick_while_waiting)
+    def group_of(self, part: CameraPart) -> WorkerGroup:
+        return self.groups[part.camera.model]
+
+    def info_of(self, part: CameraPart) -> ModelInfo:
+        """What the worker of the camera's model runs (it changes on a CPU fallback)."""
+        info = self.group_of(part).info
+        assert info is not None
+        return info
 
     @property
-    def supervisor(self) -> Supervisor | None:
-        """The group's: the worker running now (read by housekeeping and reload)."""
-        return self.group.supervisor
-
-    @property
-    def pipeline(self) -> Pipeline | None:
-        return self.group.pipeline
+    def supervisors(self) -> list[Supervisor]:
+        return [g.supervisor for g in self.groups.values() if g.supervisor is not None]
 
     @property
     def captures(self) -> list[CaptureThread]:
         return [part.capture for part in self.cameras if part.capture is not None]
 
-    @property
-    def info(self) -> ModelInfo | None:
-        return self.group.info
-
     def _start_capture(self) -> None:
-        assert self.info is not None
         for part in self.cameras:
-            size = wiring.input_size(part.cfg, self.info)
-            part.set_capture(wiring.build_capture(part.cfg, size).start())
+            size = wiring.input_size(part.cfg, self.info_of(part))
+            part.set_capture(wiring.build_capture(part.cfg, size).start(), size)
 
-    def _start_pipeline(self, stages: Mapping[str, CameraStages] | None = None) -> None:
-        """One lane per camera; `stages`: those a reload built already, by camera."""
-        assert self.supervisor and self.info and self.publisher
+    def start_pipeline(self, group: WorkerGroup,
+                       stages: Mapping[str, CameraStages] | None = None) -> None:
+        """The group's pipeline thread, a lane per camera of its model; `stages`: those a
+        reload built already, by camera."""
         built = stages or {}
         lanes = []
-        for part in self.cameras:
+        parts = [part for part in self.cameras if part.camera.model == group.key]
+        for part in parts:
             assert part.capture is not None
             lanes.append((Lane(part.id, part.capture.buffer),
                           built.get(part.id) or self.camera_stages(part)))
-        self.group.start_pipeline(lanes, lambda pipeline: pace(self.cameras, pipeline))
+        group.start_pipeline(lanes, lambda pipeline: pace(parts, pipeline))
 
     def camera_stages(self, part: CameraPart, *, pre: Preprocess | None = None,
                       deliver: Deliver | None = None) -> CameraStages:
         """A camera's work on the pipeline thread, built for the running worker unless
         given."""
-        assert self.supervisor and self.info and self.publisher
+        supervisor = self.group_of(part).supervisor
+        assert supervisor and self.publisher
         cfg = part.cfg
         return CameraStages(
-            pre or wiring.build_preprocess(cfg, self.info),
-            deliver or wiring.build_deliver(cfg, self.supervisor, self.publisher,
+            pre or wiring.build_preprocess(cfg, self.info_of(part)),
+            deliver or wiring.build_deliver(cfg, supervisor, self.publisher,
                                             self._on_published, part.event_stages,
                                             camera=part.topic_camera),
             # The camera's config when the worker restarts (a reload may have changed it).
             part.stats, rebuild=lambda info: wiring.build_preprocess(part.cfg, info))
 
     def _pace(self) -> None:
-        if self.pipeline is not None:
-            pace(self.cameras, self.pipeline)
+        for key, group in self.groups.items():
+            if group.pipeline is not None:
+                pace([p for p in self.cameras if p.camera.model == key], group.pipeline)
 
     def _fatal(self, problems: Sequence[str], code: int) -> int:
         """Stop for good: every problem logged, the first one left where subscribers
@@ -212,8 +215,9 @@ class Daemon:
         # Order: stop taking frames, finish the frame in flight, then say offline.
         for part in self.cameras:
             part.stop(timeout=0.5)
-        self.group.stop_pipeline()
-        self.group.stop_worker()
+        for group in self.groups.values():
+            group.stop_pipeline()
+            group.stop_worker()
         self.snapshots.stop()  # the pending ones still go out before offline
         if self.publisher is not None:
             # Final figures, so the stats topic's retained message tells how the run ended.
@@ -222,9 +226,10 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
-        if self.pipeline is None and self.supervisor is not None:
-            # Still starting: this thread waits for the worker to load (up to 60 s).
-            self.supervisor.abandon()
+        for group in self.groups.values():
+            if group.pipeline is None and group.supervisor is not None:
+                # Still starting: this thread waits for the worker to load (up to 60 s).
+                group.supervisor.abandon()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload_requested.set()
@@ -242,15 +247,15 @@ class Daemon:
                 self.reload_requested.clear()
                 self._reload()
             self.keeper.tick()
-            if self.exit_on_end and lifecycle.batch_done(self.captures, self.pipeline,
-                                                         self.publisher):
+            if self.exit_on_end and lifecycle.batch_done(
+                    self.captures, [g.pipeline for g in self.groups.values()], self.publisher):
                 log.info("source ended: every result delivered; exiting (--exit-on-end)")
                 self._stop_reason = "source ended"
                 self.stop_requested.set()
 
     def figures(self) -> dict[str, Any]:
         figures = report.figures(report.Parts(
-            self.stats, self.group, self.cameras, self.publisher, self.reload_error,
+            self.stats, self.groups, self.cameras, self.publisher, self.reload_error,
             self.deaths.summary(), self._carried))
         figures.update(self.board.figures())
         if self.cfg.output.publish != "results":
@@ -290,13 +295,12 @@ class Daemon:
         self._announce()
 
     def _announce(self) -> None:
-        info, sup = self.info, self.supervisor
-        if self.discovery is None or info is None or sup is None:
+        infos = {key: g.info for key, g in self.groups.items() if g.info is not None}
+        if self.discovery is None or not infos or len(infos) < len(self.groups):
             return
-        kind = wiring.decoder_kind(self.cfg, info)
         self.discovery.announce(discovery_config(
-            wiring.discovery_settings(self.cfg, self.board.available(), info),
-            model=sup.model_name, decoder=kind))
+            wiring.discovery_settings(self.cfg, self.board.available(), infos),
+            model=model_names(self.groups), decoder="none"))
 
     def _report(self, up: bool = True) -> None:
         """One set of figures to the stats topic and the metrics textfile."""
@@ -307,8 +311,8 @@ class Daemon:
         if path is not None:
             if self._textfile is None or self._textfile.path != path:
                 self._textfile = Textfile(path)
-            model = self.supervisor.model_name if self.supervisor else ""
-            self._textfile.write(self.cfg.device.id, figures, up=up, model=model)
+            self._textfile.write(self.cfg.device.id, figures, up=up,
+                                 model=model_names(self.groups))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,8 +4,8 @@ The worker process (`edged.inference.supervisor`, with the fail-back that
 returns it to its accelerator after a CPU fallback) runs one model on one
 accelerator; the pipeline thread takes the frames of the cameras assigned to
 it (`edged.service.scheduler`), hands them to the worker and delivers the
-results. The daemon has one such group today; several accelerators will be
-several groups (docs/cameras.md, "Not yet").
+results. The daemon has a group per model in use (`[[models]]`, each on its
+accelerator; one for a file with only [model]).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from edged.config import Config
 from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.service import wiring
+from edged.service.cameras import CameraPart
 from edged.service.pipeline import CameraStages, Pipeline
 from edged.service.scheduler import Lane
 from edged.system.threads import NamedThread
@@ -30,7 +31,11 @@ STOP_GRACE_S = 2.0  # for the frame in flight when stopping or replacing the pip
 
 
 class WorkerGroup:
-    def __init__(self) -> None:
+    """`key`: the model's [[models]] id, "" for the [model] section."""
+
+    def __init__(self, key: str = "") -> None:
+        self.key = key
+        self.cfg: Config | None = None  # what its worker was started with
         self.supervisor: Supervisor | None = None
         self.failback: FailBack | None = None  # watches for the accelerator after a fallback
         self.pipeline: Pipeline | None = None
@@ -53,6 +58,7 @@ class WorkerGroup:
         """A new worker for `cfg`'s model, waiting (ticking) until it has loaded."""
         if self.supervisor is not None:
             self.carried["worker_restarts"] += self.supervisor.restarts
+        self.cfg = cfg
         self.supervisor = sup = wiring.build_supervisor(cfg)
         self.failback = wiring.build_failback(cfg, sup)
         info = sup.start_until_loaded(tick_while_waiting)
@@ -100,3 +106,18 @@ class WorkerGroup:
             # reload replaces the pipeline, not what it has counted.
             self.frames_lost_before += self.pipeline.frames_lost
         self.pipeline = self.thread = None
+
+
+def models_of(cameras: Sequence[CameraPart]) -> dict[str, Config]:
+    """Each model in use ([[models]] id, "" for [model]) and the config its worker
+    runs, its first camera's: the model's files, its accelerator and the shared
+    [inference] and normalization are the same for all its cameras."""
+    out: dict[str, Config] = {}
+    for part in cameras:
+        out.setdefault(part.camera.model, part.cfg)
+    return out
+
+
+def model_names(groups: Mapping[str, WorkerGroup]) -> str:
+    """The model files the workers run, for the discovery device and the metrics."""
+    return ", ".join(g.supervisor.model_name for g in groups.values() if g.supervisor)

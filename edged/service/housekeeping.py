@@ -44,7 +44,7 @@ class Housekeeping:
     def tick(self) -> None:
         d, gate = self.d, self.gate
         if not self.ready_sent:
-            waiting = lifecycle.waiting_for(d.supervisor, d.captures)
+            waiting = lifecycle.waiting_for(d.supervisors, d.captures)
             if d.first_result.is_set() or waiting:
                 self.ready_sent = True
                 d.notifier.ready(d._status_line())
@@ -63,7 +63,7 @@ class Housekeeping:
         if now >= self._next_stats or death:
             d._report()
             self._next_stats = now + d.cfg.output.stats_interval_s
-        self._say_status(d.publisher, d.supervisor, d.captures)
+        self._say_status(d.publisher, d.supervisors, d.captures)
 
     def tick_while_waiting(self) -> bool:
         """Polled while the worker waits to load (no Coral yet); True to stop waiting."""
@@ -78,12 +78,12 @@ class Housekeeping:
         # that ended) is not a fault: withholding the watchdog would have systemd
         # restart edged for what it already handles (or replay an ended video).
         d = self.d
-        return d.frames() or bool(lifecycle.waiting_for(d.supervisor, d.captures))
+        return d.frames() or bool(lifecycle.waiting_for(d.supervisors, d.captures))
 
     def _pipeline_alive(self) -> bool:
         d = self.d
-        p, t = d.group.pipeline, d.group.thread
-        if p is None or t is None:
-            return True  # not started yet, or being replaced: the main thread is at work
-        return t.is_alive() and (
-            time.monotonic() - p.heartbeat < max(30.0, d.cfg.inference.invoke_timeout_s * 3))
+        limit = max(30.0, d.cfg.inference.invoke_timeout_s * 3)
+        # A group not started yet, or being replaced: the main thread is at work on it.
+        return all(g.thread.is_alive() and time.monotonic() - g.pipeline.heartbeat < limit
+                   for g in list(d.groups.values())
+                   if g.pipeline is not None and g.thread is not None)

@@ -53,14 +53,14 @@ def located(path: object, problems: Sequence[str]) -> list[str]:
     return [p if p.startswith(where) else f"{where} {p}" for p in problems]
 
 
-def waiting_for(supervisor: Supervisor | None, captures: Sequence[CaptureThread]) -> str:
+def waiting_for(supervisors: Sequence[Supervisor], captures: Sequence[CaptureThread]) -> str:
     """What the daemon waits for on purpose ("" when nothing): a wait that ends by
     itself, so the watchdog stays fed and READY=1 need not wait for a result. With
     several cameras, only when every one waits: one camera that runs is progress."""
     # Short phrases: what is missing is in STATUS= and the stats (last_error) already.
-    if supervisor is not None and supervisor.state == "waiting":
+    if any(supervisor.state == "waiting" for supervisor in supervisors):
         return "the model to load"
-    if supervisor is not None and supervisor.state == "restarting":
+    if any(supervisor.state == "restarting" for supervisor in supervisors):
         return "the inference worker to restart"
     waits = [_source_wait(capture) for capture in captures]
     return waits[0] if waits and all(waits) else ""
@@ -79,12 +79,17 @@ def _source_wait(capture: CaptureThread) -> str:
     return ""
 
 
-def status_words(supervisor: Supervisor | None, captures: Sequence[CaptureThread]
+def status_words(supervisors: Sequence[Supervisor], captures: Sequence[CaptureThread]
                  ) -> tuple[str, dict[str, Any]]:
-    """The online status's reason and fields: the delegate in use and why it fell back."""
+    """The online status's reason and fields: the delegate in use and why it fell back
+    (with several models: each delegate, and the first model's fallback)."""
     fields: dict[str, Any] = {}
-    if supervisor is not None and supervisor.info is not None:
-        fields = {"delegate": supervisor.info.delegate, "fallback": supervisor.fallback_reason}
+    loaded = [s for s in supervisors if s.info is not None]
+    if loaded:
+        fields = {"delegate": ", ".join(dict.fromkeys(s.info.delegate for s in loaded
+                                                      if s.info is not None)),
+                  "fallback": next((s.fallback_reason for s in loaded if s.fallback_reason),
+                                   "")}
     return ("source ended" if _all_ended(captures) else "connected"), fields
 
 
@@ -99,11 +104,11 @@ class StatusSayer:
         self._publisher: Publisher | None = None
         self._said: tuple[Any, ...] = ()
 
-    def __call__(self, publisher: Publisher | None, supervisor: Supervisor | None,
+    def __call__(self, publisher: Publisher | None, supervisors: Sequence[Supervisor],
                  captures: Sequence[CaptureThread]) -> None:
         if publisher is None:
             return
-        reason, fields = status_words(supervisor, captures)
+        reason, fields = status_words(supervisors, captures)
         said = (reason, tuple(sorted(fields.items())))
         # A reload's new publisher starts with none of these words: tell it too.
         if publisher is not self._publisher or said != self._said:
@@ -111,9 +116,9 @@ class StatusSayer:
             publisher.set_status(reason, fields)
 
 
-def batch_done(captures: Sequence[CaptureThread], pipeline: Pipeline | None,
+def batch_done(captures: Sequence[CaptureThread], pipelines: Sequence[Pipeline | None],
                publisher: Publisher | None) -> bool:
     """Every finite source ended and every result they led to has reached the broker."""
     return (_all_ended(captures)
-            and pipeline is not None and pipeline.drained
+            and all(p is not None and p.drained for p in pipelines)
             and publisher is not None and publisher.wait_idle(0.0))

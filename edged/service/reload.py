@@ -79,8 +79,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
                     if getattr(old, name) != getattr(new, name))
     # The worker quantizes with mean/std, so they live in it; the rest of
     # preprocess runs on the pipeline thread.
+    # With [[models]], which model's worker restarts is edged.service.regroup's.
     worker = (old.inference != new.inference or _model_files(old) != _model_files(new)
-              or _normalization(old) != _normalization(new))
+              or _normalization(old) != _normalization(new) or old.models != new.models)
     # Home Assistant discovery lives on the connection (subscriptions, hooks).
     publisher = (old.mqtt != new.mqtt or old.device != new.device
                  or old.homeassistant != new.homeassistant)
@@ -103,7 +104,8 @@ def preflight(cf: ConfigFile, plan: ReloadPlan) -> list[str]:
     """Problems (one line each, `file:line: key: message`) that would fail the apply."""
     cfg, problems = cf.config, []
     if plan.worker:
-        problems += _model_problems(cf)
+        models = {camera.model: camera for camera in camera_files(cf) if camera.enabled}
+        problems += [p for camera in models.values() for p in _model_problems(camera)]
     if cfg.model.labels is not None and plan.deliver:
         from edged.decode.labels import LabelsError, load_labels
 

@@ -6,7 +6,7 @@ Pure reads of the running parts; nothing here changes them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ class Parts:
     """What the figures are read from (any part may not exist yet)."""
 
     stats: Stats
-    group: WorkerGroup  # the worker and the pipeline thread
+    groups: Mapping[str, WorkerGroup]  # a worker and pipeline thread per model
     cameras: Sequence[CameraPart]
     publisher: Publisher | None
     reload_error: str
@@ -34,12 +34,10 @@ class Parts:
 
 def figures(p: Parts) -> dict[str, Any]:
     snap: dict[str, Any] = dict(p.stats.snapshot())
-    sup, pub, failback = p.group.supervisor, p.publisher, p.group.failback
+    pub = p.publisher
     counters = pub.counters() if pub else None
-    info = sup.info if sup else None
+    snap.update(_workers(p.groups))
     snap.update({
-        # Taken by a dying worker: in flight, never inferred, never published.
-        "frames_lost": p.group.frames_lost,
         "results_queued": counters.queued if counters else 0,
         "results_dropped": counters.dropped if counters else 0,
         "results_published": counters.published if counters else 0,
@@ -51,6 +49,36 @@ def figures(p: Parts) -> dict[str, Any]:
         "events_dropped": counters.events_dropped if counters else 0,
         "mqtt_connects": counters.connects if counters else 0,
         "mqtt_connect_failures": counters.connect_failures if counters else 0,
+        "broker": "connected" if counters and counters.connected else "disconnected",
+        "source": source_state(p.cameras),
+        "last_error": last_error(p),
+        "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
+    })
+    # frames_dropped, source_reopens, frames_skipped (corrupt frames a source threw away).
+    for key in CAPTURE_COUNTS:
+        snap[key] = sum(part.counts()[key] for part in p.cameras)
+    if any(part.camera.index is not None for part in p.cameras):  # a file with [[cameras]]
+        snap["cameras"] = {part.id: part.figures() for part in p.cameras}
+    for key, value in p.carried.items():
+        snap[key] += value
+    # Retained and read by every subscriber: no secret, however a message came to hold one.
+    for key in _TEXTS:
+        snap[key] = redact_text(snap[key])
+    return snap
+
+
+_TEXTS = ("last_error", "worker_last_failure", "config_reload")
+_SUMS = ("frames_lost", "failbacks", "failback_tries", "worker_restarts")
+
+
+def worker_figures(g: WorkerGroup) -> dict[str, Any]:
+    """One worker's figures: where its model runs and how the worker fares."""
+    sup, failback = g.supervisor, g.failback
+    info = sup.info if sup else None
+    figures: dict[str, Any] = {
+        "model": sup.model_name if sup else "",
+        # Taken by a dying worker: in flight, never inferred, never published.
+        "frames_lost": g.frames_lost,
         "delegate": info.delegate if info else "none",
         # Why it is not the configured delegate (a CPU fallback, at start or later), or "".
         "fallback": sup.fallback_reason if sup else "",
@@ -62,37 +90,45 @@ def figures(p: Parts) -> dict[str, Any]:
         "worker_pid": (sup.pid or 0) if sup else 0,
         # Why the worker was last restarted; kept after it recovers (last_error is not).
         "worker_last_failure": sup.last_failure if sup else "",
-        "broker": "connected" if counters and counters.connected else "disconnected",
-        "source": source_state(p.cameras),
-        "last_error": last_error(p),
-        "config_reload": f"failed: {p.reload_error}" if p.reload_error else "ok",
-    })
-    # frames_dropped, source_reopens, frames_skipped (corrupt frames a source threw away).
-    for key in CAPTURE_COUNTS:
-        snap[key] = sum(part.counts()[key] for part in p.cameras)
-    if any(part.camera.index is not None for part in p.cameras):  # a file with [[cameras]]
-        snap["cameras"] = {part.id: part.figures() for part in p.cameras}
-    for key, value in (p.carried + p.group.carried).items():
-        snap[key] += value
-    # Retained and read by every subscriber: no secret, however a message came to hold one.
-    for key in _TEXTS:
-        snap[key] = redact_text(snap[key])
-    return snap
+    }
+    for key, value in g.carried.items():  # the workers a reload replaced
+        figures[key] += value
+    return figures
 
 
-_TEXTS = ("last_error", "worker_last_failure", "config_reload")
+def _workers(groups: Mapping[str, WorkerGroup]) -> dict[str, Any]:
+    """The device's worker figures: its one worker's, or with several models their sums,
+    the first one not running or falling back (named), and each one's under `models`."""
+    each = {key or "model": worker_figures(g) for key, g in groups.items()}
+    if len(each) <= 1:
+        one = next(iter(each.values()), worker_figures(WorkerGroup()))
+        return {k: v for k, v in one.items() if k != "model"}
+    out: dict[str, Any] = {key: sum(f[key] for f in each.values()) for key in _SUMS}
+    first = next(iter(each.values()))
+    out["delegate"] = ", ".join(dict.fromkeys(f["delegate"] for f in each.values()))
+    out["worker_pid"] = first["worker_pid"]
+    states = {f["worker_state"] for f in each.values()}
+    out["worker_state"] = first["worker_state"] if len(states) == 1 else next(
+        f"{f['worker_state']} ({m})" for m, f in each.items() if f["worker_state"] != "running")
+    for key in ("fallback", "worker_last_failure"):
+        out[key] = next((f"{m}: {f[key]}" for m, f in each.items() if f[key]), "")
+    out["models"] = each
+    return out
 
 
 def last_error(p: Parts) -> str:
     """The most relevant current problem: a dead thread, worker, source, broker, pipeline."""
-    sup, pub, pipe = p.group.supervisor, p.publisher, p.group.pipeline
+    pub, groups = p.publisher, list(p.groups.values())
     sources = [f"{part.id}: {error}" if len(p.cameras) > 1 else error
                for part in p.cameras if (error := part.source_error())]
+    workers = [g.supervisor.last_failure for g in groups
+               if g.supervisor and g.supervisor.state != "running"]
+    pipelines = [g.pipeline.last_error for g in groups if g.pipeline and g.pipeline.last_error]
     for err in (p.failure,
-                sup.last_failure if sup and sup.state != "running" else "",
+                workers[0] if workers else "",
                 sources[0] if sources else "",
                 pub.counters().last_error if pub else "",
-                pipe.last_error if pipe else ""):
+                pipelines[0] if pipelines else ""):
         if err:
             return err
     return ""

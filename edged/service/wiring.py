@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -316,16 +316,17 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
 
 
 def discovery_settings(cfg: Config, board: tuple[str, ...] = (),
-                       info: ModelInfo | None = None) -> DiscoverySettings:
+                       infos: Mapping[str, ModelInfo] | None = None) -> DiscoverySettings:
     """The part of the config Home Assistant discovery needs; `board`: the health
-    figures this board reports (edged.service.boardhealth); `info`: the model loaded,
-    for each camera's decoder (without it, the one `discovery_config` is given)."""
+    figures this board reports (edged.service.boardhealth); `infos`: the models loaded
+    (by [[models]] id, "" for [model]), for each camera's decoder (without them, the
+    one `discovery_config` is given)."""
     ha = cfg.homeassistant
     return DiscoverySettings(
         device_id=cfg.device.id, topic_base=cfg.topic_base, enabled=ha.enabled,
         prefix=ha.discovery_prefix, name=ha.name, board=board,
-        cameras=tuple(_camera_entities(camera, info) for camera in cfg.camera_list()
-                      if camera.enabled))
+        cameras=tuple(_camera_entities(camera, (infos or {}).get(camera.model))
+                      for camera in cfg.camera_list() if camera.enabled))
 
 
 def _camera_entities(camera: Camera, info: ModelInfo | None) -> CameraEntities:
