@@ -16,6 +16,7 @@ from typing import Any
 
 from edged.config import DEFAULT_PATH, Config, ConfigError, default_path, read_config
 from edged.config.check import check_config
+from edged.config.models import accelerator_of
 
 
 def summary(config: Config, *, delegate_loads: bool = True) -> str:
@@ -40,7 +41,11 @@ def summary(config: Config, *, delegate_loads: bool = True) -> str:
         f"{len(config.cameras)} cameras (" + ", ".join(
             f"{c.id}: {c.config.source.kind}" + ("" if c.enabled else " (off)")
             for c in config.camera_list()) + ")")
-    return (f"{sources}, model {runs}, "
+    used = {c.model for c in config.camera_list() if c.enabled}
+    shared = accelerator_of(inference.delegate, inference.edgetpu_device)
+    extra = "".join(f", model {m.id}: {Path(m.path).name} on {m.accelerator or shared}"
+                    for m in config.models if m.id in used)
+    return (f"{sources}, model {runs}{extra}, "
             f"{scheme}://{config.mqtt.host}:{config.mqtt.port}/{config.topic_base}")
 
 

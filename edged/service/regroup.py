@@ -36,6 +36,7 @@ class WorkerChanges:
     start: list[str] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
     previous: dict[str, Config] = field(default_factory=dict)  # the restarted ones' configs
+    stopped: list[str] = field(default_factory=list)  # the restarts begun: to undo on failure
 
     @property
     def new_workers(self) -> set[str]:
@@ -77,6 +78,7 @@ def start_workers(d: Daemon, wanted: dict[str, Config], changes: WorkerChanges) 
     try:
         for key in changes.restart:
             group = d.groups[key]
+            changes.stopped.append(key)
             group.stop_pipeline()
             group.stop_worker()
             _say(key, "restarting its worker")
@@ -96,7 +98,7 @@ def restore_workers(d: Daemon, changes: WorkerChanges) -> None:
         group = d.groups.pop(key, None)
         if group is not None:
             group.stop_worker()
-    for key in changes.restart:
+    for key in changes.stopped:  # the others never stopped
         group = d.groups[key]
         group.stop_pipeline()
         group.stop_worker()

@@ -137,3 +137,50 @@ def test_the_annotated_files_camera_example_loads_as_written(tmp_path: Path) -> 
     config = load_config(_write(tmp_path, example))
     (camera,) = config.camera_list()
     assert camera.id == "porch" and camera.config.source.kind == "stream"
+
+
+def test_check_config_says_which_model_runs_where(tmp_path: Path) -> None:
+    digits = FRAMES.parent / "digits_int8.tflite"
+    path = _write(tmp_path, f"""[[models]]
+id = "more"
+path = "{digits}"
+accelerator = "cpu"
+[[models]]
+id = "unused"
+path = "{digits}"
+[[cameras]]
+id = "porch"
+[[cameras]]
+id = "drive"
+model = "more"
+""")
+    assert check_config(path).ok
+    assert summary(read_config(path).config).startswith(
+        "2 cameras (porch: synthetic, drive: synthetic), model digits_int8.tflite on cpu, "
+        "model more: digits_int8.tflite on cpu, mqtt://")
+
+
+def test_a_cameras_model_is_its_entry_with_the_shared_inference_keys(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, """[inference]
+num_threads = 1
+fallback = "fail"
+[[models]]
+id = "birds"
+path = "birds.tflite"
+edgetpu_path = "birds_edgetpu.tflite"
+labels = "birds.txt"
+accelerator = "edgetpu:pci:1"
+[[cameras]]
+id = "feeder"
+model = "birds"
+[[cameras]]
+id = "porch"
+"""))
+    feeder, porch = config.camera_list()
+    assert feeder.model == "birds" and porch.model == ""
+    m, inf = feeder.config.model, feeder.config.inference
+    assert (m.path, m.edgetpu_path, m.labels) == (
+        tmp_path / "birds.tflite", tmp_path / "birds_edgetpu.tflite", tmp_path / "birds.txt")
+    assert (inf.delegate, inf.edgetpu_device, inf.num_threads, inf.fallback) == (
+        "edgetpu", "pci:1", 1, "fail")
+    assert porch.config.model == config.model and porch.config.inference == config.inference
