@@ -65,12 +65,18 @@ def plan_workers(d: Daemon, wanted: dict[str, Config], on_disk: set[str]) -> Wor
         group = d.groups.get(key)
         if group is None:
             changes.start.append(key)
-        elif group.cfg is None or key in on_disk or plan_reload(group.cfg, cfg).worker:
+        elif group.cfg is None or key in on_disk or plan_reload(_own(group.cfg), _own(cfg)).worker:
             changes.restart.append(key)
             if group.cfg is not None:
                 changes.previous[key] = group.cfg
     changes.stop = [key for key in d.groups if key not in wanted]
     return changes
+
+
+def _own(cfg: Config) -> Config:
+    """`cfg` without the [[models]] entries: a worker runs its own model only (a file
+    without [[cameras]] is its one camera's config, entries and all)."""
+    return cfg.model_copy(update={"models": []}) if cfg.models else cfg
 
 
 def start_workers(d: Daemon, wanted: dict[str, Config], changes: WorkerChanges) -> None:

@@ -142,3 +142,22 @@ def test_two_models_on_two_edgetpus_each_pinned_to_its_device_edgetpu_stand_in(
     devices = sorted(line for line in record.read_text().splitlines()
                      if line.startswith("device="))
     assert devices == ["device=usb:0", "device=usb:1"]  # one worker each, on its own
+
+
+def test_a_models_entry_no_camera_uses_restarts_no_worker(tmp_path: Path,
+                                                          mosquitto: Mosquitto) -> None:
+    frames = digit_folder(tmp_path, "digits")
+    path = tmp_path / "edged.toml"
+    spare = {"id": "spare", "path": str(MODEL)}
+    path.write_text(_config(frames, mosquitto.port, [spare], []))  # no [[cameras]]
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        wait_until(lambda: len(sub.on("/test/results")) >= 3, 30, "results", daemon.log_text)
+        pid = daemon.worker_pid()
+        path.write_text(_config(frames, mosquitto.port, [{**spare, "accelerator": "cpu"}], []))
+        applied = sighup(daemon)
+        wait_until(lambda: len([m for m in sub.on("/test/results")
+                                if m.received_at > applied]) >= 3, 30, "results after",
+                   daemon.log_text)
+        assert daemon.worker_pid() == pid
+        assert "restarting its worker" not in daemon.log_text()
+        assert daemon.stop() == 0
