@@ -161,3 +161,30 @@ def test_a_models_entry_no_camera_uses_restarts_no_worker(tmp_path: Path,
         assert daemon.worker_pid() == pid
         assert "restarting its worker" not in daemon.log_text()
         assert daemon.stop() == 0
+
+
+def test_three_cameras_three_models_three_frame_sizes(tmp_path: Path,
+                                                      mosquitto: Mosquitto) -> None:
+    """The issue's case: three cameras with different models and frame sizes at once."""
+    ssd = MODEL.parent / "ssd_postprocess.tflite"
+    models = [{"id": "scene", "path": str(SCENE_MODEL), "labels": str(SCENE_LABELS)},
+              {"id": "ssd", "path": str(ssd)}]
+    cameras = [{"id": "digits"},  # 32x32 folder frames, the [model] classifier
+               {"id": "shapes", "model": "scene", "output": {"decoder": "detection"},
+                "source": {"uri": str(write_scene(tmp_path / "scene")), "fps": 20.0}},
+               {"id": "street", "model": "ssd", "output": {"decoder": "detection"},
+                "source": {"kind": "synthetic", "width": 640, "height": 480, "fps": 15.0}}]
+    path = tmp_path / "edged.toml"
+    path.write_text(_config(digit_folder(tmp_path, "digits"), mosquitto.port, models, cameras))
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        for camera in ("digits", "shapes", "street"):
+            _wait(sub, daemon, camera, 5)
+        seen = {camera: {(d["model"], d["decoded"]["kind"]) for d in _results(sub, camera)}
+                for camera in ("digits", "shapes", "street")}
+        assert seen == {"digits": {("digits_int8.tflite", "classification")},
+                        "shapes": {("detect_centroid_int8.tflite", "detection")},
+                        "street": {("ssd_postprocess.tflite", "detection")}}
+        stats = wait_stats(sub, lambda s: len(s.get("models", {})) == 3)
+        assert len({m["worker_pid"] for m in stats["models"].values()}) == 3
+        assert all(stats["cameras"][c]["frames"] > 0 for c in ("digits", "shapes", "street"))
+        assert daemon.stop() == 0
