@@ -1,9 +1,10 @@
 """`edged run`: the long-running process, its threads, signals and reloads.
 
-Threads: capture (source -> one-slot buffer), pipeline (preprocess -> worker
-process -> dequantize -> decode -> encode), MQTT network (paho), and this main
-thread doing housekeeping every half second: signals, the systemd watchdog,
-STATUS= and the stats topic.
+Threads: capture, one per camera (source -> one-slot buffer); pipeline, one
+per model in use, with its worker process (`edged.service.group`: its
+cameras' frames in turn -> preprocess -> worker -> dequantize -> decode ->
+encode); MQTT network (paho); and this main thread doing housekeeping every
+half second: signals, the systemd watchdog, STATUS= and the stats topic.
 
 READY=1 is sent when the first result has been handed to the MQTT client
 (queued if the broker is away): at that point a frame has gone through every
