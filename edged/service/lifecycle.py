@@ -76,6 +76,10 @@ def _source_wait(capture: CaptureThread) -> str:
         time.monotonic() - status.last_attempt_mono < source.max_backoff + FRAMES_WINDOW_S)
     if status.state == "reopening" and recent:
         return "the source to open"
+    if status.state == "running" and source.reopen_count and recent:
+        # Its first frame after a reopen is in, its first result may not be yet: the
+        # frames window (10 s) has nothing recent to count for a moment.
+        return "the source's first results after a reopen"
     return ""
 
 
