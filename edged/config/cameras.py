@@ -30,8 +30,7 @@ from pydantic import Field, ValidationError
 from edged.config.events import EventsConfig
 from edged.config.frames import PreprocessConfig, SourceConfig
 from edged.config.publish import OutputConfig
-from edged.config.sections import Section
-from edged.config.text import show
+from edged.config.sections import Section, ids_given_twice
 from edged.config.wording import messages
 
 if TYPE_CHECKING:
@@ -107,13 +106,8 @@ def camera_problems(top: dict[str, Section], cameras: Sequence[tuple[int, Camera
                     context: Any = None) -> Problems:
     """Every camera's problems (each given with its index in the file), and the ids
     given twice."""
-    problems: Problems = []
-    seen: dict[str, int] = {}
+    problems: Problems = ids_given_twice("cameras", [(i, c.id) for i, c in cameras])[0]
     for index, camera in cameras:
-        if camera.id in seen:
-            problems.append((("cameras", index, "id"), f"{show(camera.id)} is also cameras"
-                             f"[{seen[camera.id]}]'s id: each camera needs its own"))
-        seen.setdefault(camera.id, index)
         problems += camera_sections(top, camera, index, context)[1]
     if cameras and not any(camera.enabled for _, camera in cameras):
         problems.append((("cameras", cameras[0][0], "enabled"), "every camera is switched "

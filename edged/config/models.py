@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from edged.config.frames import InferenceConfig, ModelConfig
-from edged.config.sections import FilePath, Section
+from edged.config.sections import FilePath, Section, ids_given_twice
 from edged.config.text import show
 from edged.config.wording import messages
 
@@ -95,14 +95,9 @@ def models_problems(top: dict[str, Section], models: Sequence[tuple[int, ModelEn
                     used: Sequence[tuple[int, str]], context: Any = None) -> Problems:
     """Every model's problems, the ids given twice, cameras naming no model (`used`:
     each enabled camera's index and model id), and two models in use on one Edge TPU."""
-    problems: Problems = []
-    ids: dict[str, int] = {}
+    problems, ids = ids_given_twice("models", [(i, e.id) for i, e in models])
     where: dict[str, str] = {}  # model id ("" for [model]) -> its accelerator
     for index, entry in models:
-        if entry.id in ids:
-            problems.append((("models", index, "id"), f"{show(entry.id)} is also models"
-                             f"[{ids[entry.id]}]'s id: each model needs its own"))
-        ids.setdefault(entry.id, index)
         sections, found = model_sections(top, entry, index, context)
         problems += found
         if sections:

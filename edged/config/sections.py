@@ -18,6 +18,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from edged.config.text import show
+
 
 def _to_path(value: Any) -> Any:
     # Paths are written as strings; strict mode would otherwise demand Path objects.
@@ -50,6 +52,21 @@ def topic_levels_problem(value: str) -> str | None:
         return ("must be topic levels separated by '/', without '+', '#', a leading '$' "
                 "or empty levels")
     return None
+
+
+def ids_given_twice(array: str, ids: Sequence[tuple[int, str]]
+                   ) -> tuple[list[tuple[tuple[str | int, ...], str]], dict[str, int]]:
+    """The elements of `array` ([[cameras]], [[models]]) whose id an earlier one has,
+    each said at its own id; and where each id is first given."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    first: dict[str, int] = {}
+    noun = array.removesuffix("s")
+    for index, id_ in ids:
+        if id_ in first:
+            problems.append(((array, index, "id"), f"{show(id_)} is also {array}"
+                             f"[{first[id_]}]'s id: each {noun} needs its own"))
+        first.setdefault(id_, index)
+    return problems, first
 
 
 def raise_cross_field(problems: Sequence[tuple[str | tuple[str | int, ...], str]]) -> None:

@@ -17,6 +17,7 @@ from edged.inference.messages import ModelLoadError
 from edged.mqtt.publisher import Publisher
 from edged.service import lifecycle, regroup, wiring
 from edged.service.cameras import CameraPart, part_for, topic_camera
+from edged.service.group import models_in_use
 from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.reload import (
     ReloadPlan,
@@ -98,7 +99,7 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan, on_disk: set[str]) -> None:
     assert d.publisher is not None
     publisher = wiring.build_publisher(new) if plan.publisher else None
     events_kept = [(part, part.event_stages.current) for part in d.cameras]
-    wanted = regroup.models_in_use(new)
+    wanted = models_in_use(new)
     workers = regroup.plan_workers(d, wanted, on_disk)
     try:
         regroup.start_workers(d, wanted, workers)

@@ -44,7 +44,7 @@ from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
 from edged.service.eventstage import SnapshotEncoder
-from edged.service.group import WorkerGroup, model_names, models_of
+from edged.service.group import WorkerGroup, model_names, models_in_use
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -121,7 +121,7 @@ class Daemon:
         self.deaths.install()
         try:
             self._start_publisher()
-            for key, cfg in models_of(self.cameras).items():
+            for key, cfg in models_in_use(self.cfg).items():
                 self.groups[key] = WorkerGroup(key)
                 self.groups[key].start_worker(cfg, self.keeper.tick_while_waiting)
             problems = [p for part in self.cameras for p in wiring.model_fit_problems(

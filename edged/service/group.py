@@ -20,7 +20,6 @@ from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.service import wiring
-from edged.service.cameras import CameraPart
 from edged.service.pipeline import CameraStages, Pipeline
 from edged.service.scheduler import Lane
 from edged.system.threads import NamedThread
@@ -108,13 +107,14 @@ class WorkerGroup:
         self.pipeline = self.thread = None
 
 
-def models_of(cameras: Sequence[CameraPart]) -> dict[str, Config]:
-    """Each model in use ([[models]] id, "" for [model]) and the config its worker
-    runs, its first camera's: the model's files, its accelerator and the shared
-    [inference] and normalization are the same for all its cameras."""
+def models_in_use(config: Config) -> dict[str, Config]:
+    """Each model its enabled cameras use ([[models]] id, "" for [model]) with the
+    config its worker runs, its first camera's: the model's files, its accelerator
+    and the shared [inference] and normalization are the same for all its cameras."""
     out: dict[str, Config] = {}
-    for part in cameras:
-        out.setdefault(part.camera.model, part.cfg)
+    for camera in config.camera_list():
+        if camera.enabled:
+            out.setdefault(camera.model, camera.config)
     return out
 
 

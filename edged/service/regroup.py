@@ -43,16 +43,6 @@ class WorkerChanges:
         return {*self.restart, *self.start}
 
 
-def models_in_use(config: Config) -> dict[str, Config]:
-    """Each model its enabled cameras use, with the config its worker runs (its first
-    camera's: the model's files and accelerator, the shared [inference])."""
-    out: dict[str, Config] = {}
-    for camera in config.camera_list():
-        if camera.enabled:
-            out.setdefault(camera.model, camera.config)
-    return out
-
-
 def replaced_on_disk(d: Daemon) -> set[str]:
     """The models whose running file was replaced at the same path."""
     return {key for key, g in d.groups.items() if g.supervisor is not None
