@@ -128,6 +128,12 @@ class Camera:
     model: str = ""  # its [[models]] id; "": the [model] section
 
     @property
+    def topic_id(self) -> str | None:
+        """Its id in its results topic and payload; None for a file's one camera, whose
+        results keep the device's topic."""
+        return self.id if self.index is not None else None
+
+    @property
     def key(self) -> str:
         """Where its keys are written: `cameras[1]`, or "" for the top-level sections."""
         return f"cameras[{self.index}]" if self.index is not None else ""

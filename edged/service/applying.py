@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edged.config import Camera, Config, ConfigError, read_config
 from edged.inference.messages import ModelLoadError
 from edged.mqtt.publisher import Publisher
 from edged.service import lifecycle, regroup, wiring
-from edged.service.cameras import CameraPart, part_for, topic_camera
+from edged.service.cameras import CameraPart, part_for
 from edged.service.group import models_in_use
 from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.reload import (
     ReloadPlan,
+    plan_camera,
     plan_reload,
     preflight,
     vanished_warnings,
@@ -138,12 +139,7 @@ def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_workers: se
         added = part is None
         if part is None:
             part = part_for(camera, d.stats, d.snapshots)
-        cam = plan_reload(part.cfg, camera.config) if not added else None
-        if cam is not None and (camera.model in new_workers or camera.model != part.camera.model):
-            cam = with_model_file_changed(cam)  # another worker: stages for its model
-        if cam is not None and topic_camera(part.camera) != topic_camera(camera):
-            # The one camera of [source] became cameras[n] of the same name: its topic.
-            cam = replace(cam, deliver=True)
+        cam = None if added else plan_camera(part.camera, camera, camera.model in new_workers)
         cfg, group = camera.config, d.groups[camera.model]
         info, supervisor = group.info, group.supervisor
         assert info is not None and supervisor is not None
@@ -159,7 +155,7 @@ def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_workers: se
         if cam is None or cam.deliver:
             change.deliver = wiring.build_deliver(
                 cfg, supervisor, publisher, d._on_published, part.event_stages,
-                fresh_events=cam is None or cam.events, camera=topic_camera(camera))
+                fresh_events=cam is None or cam.events, camera=camera.topic_id)
         # The Pi camera's ISP scales to the model input: a new input size reopens it.
         change.size = wiring.input_size(cfg, info)
         change.reopen = cam is None or cam.source or (

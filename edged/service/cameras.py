@@ -44,7 +44,7 @@ class CameraPart:
 
     @property
     def topic_camera(self) -> str | None:
-        return topic_camera(self.camera)
+        return self.camera.topic_id
 
     def set_capture(self, capture: CaptureThread, input_size: tuple[int, int]
                     ) -> CaptureThread | None:
@@ -81,12 +81,6 @@ class CameraPart:
         snap.update(self.counts(), source=self.source_state(),
                     last_error=self.source_error())
         return snap
-
-
-def topic_camera(camera: Camera) -> str | None:
-    """The camera's id in its results topic and payload; None for a file's one camera,
-    whose results keep the device's topic."""
-    return camera.id if camera.index is not None else None
 
 
 def parts_for(config: Config, device_stats: Stats, snapshots: SnapshotEncoder

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from edged.config import Config, ConfigError, ConfigFile
 from edged.config.camerafile import camera_files
+from edged.config.cameras import Camera
 from edged.config.text import show
 
 
@@ -72,6 +73,19 @@ def with_model_file_changed(plan: ReloadPlan) -> ReloadPlan:
         return plan
     return replace(plan, changed=(*plan.changed, "model file (replaced on disk)"), worker=True,
                    preprocess=True, deliver=True)  # the events stage stays: same camera
+
+
+def plan_camera(old: Camera, new: Camera, new_worker: bool) -> ReloadPlan:
+    """One running camera's reload: what its own config changed, and what moving it
+    changes: on another model's worker, or one restarted (`new_worker`), its stages
+    are built for that worker's model; from [source] to a [[cameras]] entry of the
+    same name, its results topic."""
+    plan = plan_reload(old.config, new.config)
+    if new_worker or old.model != new.model:
+        plan = with_model_file_changed(plan)
+    if old.topic_id != new.topic_id:
+        plan = replace(plan, deliver=True)
+    return plan
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:

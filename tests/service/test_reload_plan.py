@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from edged.config import Config
-from edged.service.reload import plan_reload
+from edged.config.cameras import Camera
+from edged.service.reload import plan_camera, plan_reload
 
 
 def _with(section: str, **values: Any) -> Config:
@@ -42,3 +43,16 @@ def test_an_unchanged_file_restarts_nothing() -> None:
 def test_a_new_model_keeps_the_events_stage() -> None:
     plan = plan_reload(Config(), _with("model", path="other.tflite"))
     assert plan.worker and plan.deliver and not plan.events  # the same camera, other boxes
+
+
+def test_a_camera_moved_to_another_worker_or_topic_rebuilds_its_stages() -> None:
+    cfg = Config()
+    one = Camera("porch", True, 0.0, cfg)  # the file's one camera: the device's topic
+    entry = Camera("porch", True, 0.0, cfg, index=0)  # the same, now cameras[0]
+    moved = Camera("porch", True, 0.0, cfg, index=0, model="birds")
+    assert plan_camera(entry, entry, new_worker=False).restarts() == "nothing"
+    assert plan_camera(one, entry, new_worker=False).deliver  # its results topic moved
+    for plan in (plan_camera(entry, moved, new_worker=False),
+                 plan_camera(entry, entry, new_worker=True)):
+        assert plan.preprocess and plan.deliver  # built for the worker's model
+        assert not plan.events and not plan.source  # same camera: tracks and source stay
