@@ -71,26 +71,31 @@ _TEXTS = ("last_error", "worker_last_failure", "config_reload")
 _SUMS = ("frames_lost", "failbacks", "failback_tries", "worker_restarts")
 
 
+# A model with no worker (none started yet, or its start failed): the figures' meaning
+# is told where they are filled in, in worker_figures.
+_NO_WORKER: dict[str, Any] = {
+    "model": "", "frames_lost": 0, "delegate": "none", "fallback": "", "failbacks": 0,
+    "failback_tries": 0, "worker_state": "stopped", "worker_restarts": 0, "worker_pid": 0,
+    "worker_last_failure": "",
+}
+
+
 def worker_figures(g: WorkerGroup) -> dict[str, Any]:
     """One worker's figures: where its model runs and how the worker fares."""
     sup, failback = g.supervisor, g.failback
-    info = sup.info if sup else None
-    figures: dict[str, Any] = {
-        "model": sup.model_name if sup else "",
-        # Taken by a dying worker: in flight, never inferred, never published.
-        "frames_lost": g.frames_lost,
-        "delegate": info.delegate if info else "none",
-        # Why it is not the configured delegate (a CPU fallback, at start or later), or "".
-        "fallback": sup.fallback_reason if sup else "",
+    # Taken by a dying worker: in flight, never inferred, never published.
+    figures = {**_NO_WORKER, "frames_lost": g.frames_lost}
+    if failback is not None:
         # Returns to the configured accelerator after a fallback, and tries at it.
-        "failbacks": failback.switches if failback else 0,
-        "failback_tries": failback.tries if failback else 0,
-        "worker_state": sup.state if sup else "stopped",
-        "worker_restarts": sup.restarts if sup else 0,
-        "worker_pid": (sup.pid or 0) if sup else 0,
-        # Why the worker was last restarted; kept after it recovers (last_error is not).
-        "worker_last_failure": sup.last_failure if sup else "",
-    }
+        figures.update(failbacks=failback.switches, failback_tries=failback.tries)
+    if sup is not None:
+        figures.update(
+            model=sup.model_name, delegate=sup.info.delegate if sup.info else "none",
+            # Why it is not the configured delegate (a CPU fallback, at start or later).
+            fallback=sup.fallback_reason, worker_state=sup.state,
+            worker_restarts=sup.restarts, worker_pid=sup.pid or 0,
+            # Why the worker was last restarted; kept after it recovers (last_error is not).
+            worker_last_failure=sup.last_failure)
     for key, value in g.carried.items():  # the workers a reload replaced
         figures[key] += value
     return figures
@@ -101,7 +106,7 @@ def _workers(groups: Mapping[str, WorkerGroup]) -> dict[str, Any]:
     the first one not running or falling back (named), and each one's under `models`."""
     each = {key or "model": worker_figures(g) for key, g in groups.items()}
     if len(each) <= 1:
-        one = next(iter(each.values()), worker_figures(WorkerGroup()))
+        one = next(iter(each.values()), _NO_WORKER)
         return {k: v for k, v in one.items() if k != "model"}
     out: dict[str, Any] = {key: sum(f[key] for f in each.values()) for key in _SUMS}
     first = next(iter(each.values()))
