@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged.config import (
     ConfigError,
@@ -30,6 +31,9 @@ from edged.config.findings import CheckResult, Report
 from edged.config.partial import read_valid_sections
 from edged.config.publish import OutputConfig
 from edged.numerics.tensors import TensorInfo
+
+if TYPE_CHECKING:
+    from edged.inference.model import Model
 
 
 def check_config(path: str | Path) -> CheckResult:
@@ -78,16 +82,16 @@ def _look_at_model(cameras: list[CameraFile], report: Report,
                    valid: Callable[..., bool]) -> None:
     """One model's files and delegate, and each of its cameras' outputs against it."""
     cf = cameras[0]  # its files and accelerator are every one of its cameras'
-    outputs, inputs = _check_models(cf, report) if valid("model", "inference") else (None, ())
+    model = _check_models(cf, report) if valid("model", "inference") else None
     if valid("model"):
         _check_labels(cf, report)
     if valid("inference"):
         _check_delegate_library(cf, report)
-    if outputs is not None and valid("output"):
+    if model is not None and valid("output"):
         for camera in cameras:
-            _check_outputs(camera, outputs, report)
-    if inputs and valid("preprocess"):
-        _check_normalization(cf, inputs[0], report)
+            _check_outputs(camera, model.outputs, model.file.ssd_outputs, report)
+    if model is not None and valid("preprocess"):
+        _check_normalization(cf, model.inputs[0], report)
 
 
 def _check_source(cf: ConfigFile, report: Report) -> None:
@@ -107,9 +111,8 @@ def _check_source(cf: ConfigFile, report: Report) -> None:
                                           "(edged will keep retrying)", warning=True))
 
 
-def _check_models(cf: ConfigFile, report: Report
-                  ) -> tuple[tuple[TensorInfo, ...] | None, tuple[TensorInfo, ...]]:
-    """Check the model files; return the CPU model's outputs and inputs when it loads."""
+def _check_models(cf: ConfigFile, report: Report) -> Model | None:
+    """Check the model files; return the CPU model when it loads."""
     from edged.inference.modelfile import ModelFileError, check_runnable, read_model_file
 
     config = cf.config
@@ -125,13 +128,13 @@ def _check_models(cf: ConfigFile, report: Report
         info = read_model_file(cpu_model)
     except ModelFileError as exc:
         report.errors.append(cf.problem("model.path", str(exc)))
-        return None, ()
+        return None
     uses_path_on_tpu = on_tpu and config.model.edgetpu_path is None
     try:
         check_runnable(info, "edgetpu" if uses_path_on_tpu else inference.delegate)
     except ModelFileError as exc:
         report.errors.append(cf.problem("model.path", str(exc)))
-        return None, ()
+        return None
     if info.needs_edgetpu:
         if inference.fallback == "cpu":
             report.warnings.append(cf.problem(
@@ -139,12 +142,11 @@ def _check_models(cf: ConfigFile, report: Report
                 "has nothing to fall back to: set model.edgetpu_path to it and model.path to "
                 "the CPU model", warning=True))
         report.notes.append("model outputs not checked (the model runs only on the Edge TPU)")
-        return None, ()
+        return None
     return _load_tensors(cf, cpu_model, report)
 
 
-def _load_tensors(cf: ConfigFile, path: Path, report: Report
-                  ) -> tuple[tuple[TensorInfo, ...] | None, tuple[TensorInfo, ...]]:
+def _load_tensors(cf: ConfigFile, path: Path, report: Report) -> Model | None:
     from edged.inference.model import Model, ModelError
     from edged.inference.modelfile import ModelFileError
     from edged.inference.runtime import RuntimeUnavailableError, select_runtime
@@ -153,14 +155,14 @@ def _load_tensors(cf: ConfigFile, path: Path, report: Report
         runtime = select_runtime(cf.config.inference.runtime)
     except RuntimeUnavailableError as exc:
         report.errors.append(cf.problem("inference.runtime", str(exc)))
-        return None, ()
+        return None
     try:
         # The CPU is enough to learn the tensors, and leaves the Edge TPU alone.
         model = Model.load(path, runtime)
     except (ModelError, ModelFileError) as exc:
         report.errors.append(cf.problem("model.path", str(exc)))
-        return None, ()
-    return model.outputs, model.inputs
+        return None
+    return model
 
 
 def _check_labels(cf: ConfigFile, report: Report) -> None:
@@ -227,17 +229,15 @@ def _suggest_decoder(outputs: tuple[TensorInfo, ...]) -> str:
     return f'output.decoder = "{kind}"'
 
 
-def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...], report: Report) -> None:
+def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...],
+                   from_file: tuple[int, ...], report: Report) -> None:
+    """One camera's decoder and publishing against its model's outputs (`from_file`:
+    the SSD post-process outputs the model file names)."""
     out = cf.config.output
     if out.decoder != "none":
         from edged.decode.dispatch import decode_kind, ssd_names_for
         from edged.decode.results import DecodeError
-        from edged.inference.modelfile import ModelFileError, read_model_file
 
-        try:
-            from_file = read_model_file(cf.config.model.path).ssd_outputs
-        except ModelFileError:  # read fine a moment ago: changed under our feet
-            from_file = ()
         names, source = ssd_names_for(out.ssd_outputs, from_file)
         try:
             kind, reason = decode_kind(out.decoder, outputs, names)
