@@ -139,7 +139,7 @@ def _child(paths: Sequence[str]) -> int:
     from edged.inference.model import Model, ModelError
     from edged.inference.modelfile import ModelFileError
     from edged.inference.runtime import select_runtime
-    from edged.inference.worker import pixel_shape
+    from edged.inference.slots import pixel_shape
     from edged.numerics.quantize import PixelQuantizer
 
     # A crash here is a finding, not something to write a core file for.

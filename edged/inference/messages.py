@@ -42,6 +42,7 @@ class ModelInfo:
     ssd_outputs: tuple[int, ...] = ()
     model_path: str = ""  # the file loaded: the CPU build after a fallback at load
     normalization_source: str = ""  # config, model metadata or derived (edged.numerics.quantize)
+    cascade: ModelInfo | None = None  # the classifier the worker runs on crops (issue 17)
 
     @classmethod
     def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
@@ -51,7 +52,8 @@ class ModelInfo:
                    tuple(TensorInfo.from_dict(t) for t in m["outputs"]),
                    str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
                    tuple(int(i) for i in m.get("ssd_outputs") or ()),
-                   str(m.get("model_path", "")), str(m.get("normalization_source", "")))
+                   str(m.get("model_path", "")), str(m.get("normalization_source", "")),
+                   cls.from_ready(m["cascade"]) if m.get("cascade") else None)
 
 
 @dataclass(frozen=True)

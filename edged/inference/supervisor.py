@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -29,23 +27,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.inference.messages import Done, ModelInfo, ModelLoadError, WorkerError
-from edged.inference.worker import MAX_PACKET, Layout, WorkerParams, pixel_shape, receive, send
+from edged.inference.slots import Layout, SharedSlots, pixel_shape
+from edged.inference.worker import MAX_PACKET, WorkerParams, receive, send
+from edged.system.childproc import describe_exit
 
 log = logging.getLogger("edged.supervisor")
 
 LOAD_TIMEOUT_S = 60.0  # an Edge TPU model's first load uploads its weights over USB
 LOAD_DEATHS_MAX = 3  # worker deaths while loading on the CPU before giving up
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "hung"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
 
 
 class Supervisor:
@@ -65,7 +54,6 @@ class Supervisor:
         self.cpu_fallback_after = cpu_fallback_after
         self.cpu_model_path = cpu_model_path or params.model_path
         self.info: ModelInfo | None = None
-        self.layout: Layout | None = None
         self.restarts = 0
         self.consecutive_failures = 0
         self.last_failure = ""
@@ -77,10 +65,9 @@ class Supervisor:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._inbox = bytearray(MAX_PACKET)
-        self._memfd = -1
-        self._buf: mmap.mmap | None = None
-        self._pixels: list[NDArray[np.uint8]] = []
-        self._outputs: list[list[NDArray[Any]]] = []
+        self.mem = SharedSlots()
+        # A frame's "done" read while waiting for a cascade's crops (queued behind it).
+        self._early: dict[int, Done] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -117,36 +104,23 @@ class Supervisor:
         return info
 
     def _map(self, info: ModelInfo) -> None:
-        layout = Layout.plan(self.slots, pixel_shape(info.inputs[0]), info.outputs)
-        if layout != self.layout:
-            # A different model (CPU fallback) may have other shapes: new memory.
-            self._unmap()
-            self._memfd = os.memfd_create("edged-slots", os.MFD_CLOEXEC)
-            os.ftruncate(self._memfd, layout.size)
-            self._buf = mmap.mmap(self._memfd, layout.size)
-            self.layout = layout
-            self._pixels = [layout.pixels(self._buf, s) for s in range(self.slots)]
-            self._outputs = [layout.raw_outputs(self._buf, s) for s in range(self.slots)]
-        assert self._sock is not None
-        send(self._sock, {"op": "attach", "layout": layout.to_dict()}, [self._memfd])
-
-    def _unmap(self) -> None:
-        self._pixels, self._outputs = [], []
-        if self._buf is not None:
-            # BufferError: a caller still holds a view; the mapping goes when it does.
-            with contextlib.suppress(BufferError):
-                self._buf.close()
-            self._buf = None
-        if self._memfd >= 0:
-            os.close(self._memfd)
-            self._memfd = -1
+        second = info.cascade
+        # A different model (CPU fallback) may have other shapes: new memory.
+        self.mem.map(Layout.plan(
+            self.slots, pixel_shape(info.inputs[0]), info.outputs,
+            crops=self.params.max_crops if second else 0,
+            crop_shape=pixel_shape(second.inputs[0]) if second else (),
+            crop_outputs=second.outputs if second else ()))
+        assert self._sock is not None and self.mem.layout is not None
+        self._early.clear()
+        send(self._sock, {"op": "attach", "layout": self.mem.layout.to_dict()}, [self.mem.fd])
 
     def stop(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 send(self._sock, {"op": "stop"})
         self._reap(grace_s=1.0)
-        self._unmap()
+        self.mem.close()
         self.state = "stopped"
 
     def abandon(self) -> None:
@@ -191,10 +165,9 @@ class Supervisor:
         """Take over `other`'s running worker and stop this one's (a fail-back); only
         between frames, on the pipeline thread: the slots change with it."""
         self.stop()
-        for name in ("_proc", "_sock", "_memfd", "_buf", "layout", "_pixels", "_outputs",
-                     "info", "model_stamp"):
+        for name in ("_proc", "_sock", "mem", "info", "model_stamp"):
             setattr(self, name, getattr(other, name))
-        other._proc, other._sock, other._memfd, other._buf = None, None, -1, None
+        other._proc, other._sock, other.mem = None, None, SharedSlots()
         other.state = "stopped"
         self.params = self.asked
         self.fallback_reason, self.last_failure, self.consecutive_failures = "", "", 0
@@ -208,11 +181,11 @@ class Supervisor:
 
     def pixels(self, slot: int) -> NDArray[np.uint8]:
         """The slot's pixel buffer: preprocess writes the next frame straight into it."""
-        return self._pixels[slot]
+        return self.mem.pixels[slot]
 
     def raw_outputs(self, slot: int) -> list[NDArray[Any]]:
         """The slot's raw output tensors, valid until the slot is submitted again."""
-        return self._outputs[slot]
+        return self.mem.outputs[slot]
 
     def submit(self, slot: int) -> None:
         assert self._sock is not None
@@ -223,10 +196,37 @@ class Supervisor:
                                ) from None
 
     def wait(self, slot: int) -> Done:
-        message = self._receive(self.invoke_timeout_s, "inference")
-        if message.get("op") != "done" or message.get("slot") != slot:
-            raise self._failed(f"worker protocol error: unexpected {message.get('op')!r}")
+        done = self._early.pop(slot, None) or self._done(
+            self._receive(self.invoke_timeout_s, "inference"), "done", slot)
         self.consecutive_failures = 0
+        return done
+
+    def crops(self) -> list[NDArray[np.uint8]]:
+        """The cascade's crop buffers: preprocess writes each crop straight into one."""
+        return self.mem.crops
+
+    def crop_outputs(self, i: int) -> list[NDArray[Any]]:
+        """Crop `i`'s raw classifier outputs, valid until the next classify()."""
+        return self.mem.crop_outputs[i]
+
+    def classify(self, crops: int) -> Done:
+        """Run the cascade's classifier on the first `crops` crop buffers and wait. It
+        queues behind the frame in flight, whose "done" is kept for wait()."""
+        assert self._sock is not None
+        try:
+            send(self._sock, {"op": "classify", "crops": crops})
+        except OSError:
+            raise self._failed(f"worker {self._exit_description()} before crops were sent"
+                               ) from None
+        while True:
+            message = self._receive(self.invoke_timeout_s * (1 + crops), "classifying crops")
+            if message.get("op") != "done":
+                return self._done(message, "classified", -1)
+            self._early[int(message["slot"])] = self._done(message, "done", message["slot"])
+
+    def _done(self, message: dict[str, Any], op: str, slot: int) -> Done:
+        if message.get("op") != op or message.get("slot") != slot:
+            raise self._failed(f"worker protocol error: unexpected {message.get('op')!r}")
         return Done(slot, int(message["quantize_us"]), int(message["invoke_us"]))
 
     def _receive(self, timeout_s: float, doing: str) -> dict[str, Any]:
@@ -244,7 +244,7 @@ class Supervisor:
         """How the worker ended, once its socket has closed."""
         assert self._proc is not None
         try:
-            return _describe_exit(self._proc.wait(1.0))
+            return describe_exit(self._proc.wait(1.0))
         except subprocess.TimeoutExpired:
             return "closed its socket"
 

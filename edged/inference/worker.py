@@ -12,9 +12,12 @@ Protocol, over a SOCK_SEQPACKET socket pair (one JSON object per packet):
     daemon -> worker   {"op": "attach", "layout": {...}}  + the memfd (SCM_RIGHTS)
     daemon -> worker   {"op": "infer", "slot": s}
     worker -> daemon   {"op": "done", "slot": s, "quantize_us": .., "invoke_us": ..}
+    daemon -> worker   {"op": "classify", "crops": n}    (a cascade's classifier)
+    worker -> daemon   {"op": "classified", "slot": -1, "crops": n, ...}
 
-Frames and outputs never cross the socket: both sides map one memfd holding,
-for each slot, the preprocessed pixels and the raw output tensors. The worker
+Frames and outputs never cross the socket: both sides map one memfd
+(`edged.inference.slots`) holding, for each slot, the preprocessed pixels and
+the raw output tensors, and with a cascade each crop and its outputs. The worker
 quantizes straight from the slot into the interpreter's input buffer and
 copies each raw output into the slot; the daemon dequantizes (a decoder may
 want the raw quantized values first).
@@ -29,20 +32,19 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from edged.inference.slots import Layout
 from edged.numerics.imageinput import LayoutSetting, NotAnImageError, image_input
-from edged.numerics.tensors import TensorInfo
 from edged.system.threads import set_os_thread_name
 
 MAX_PACKET = 1 << 20
 _FD_TYPE = "i"  # SCM_RIGHTS carries C ints
-_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -63,68 +65,11 @@ class WorkerParams:
     layout: str = "auto"  # preprocess.layout
     # The CPU build of an Edge TPU model_path: what a fallback at load runs.
     cpu_model_path: str = ""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each slot's pixels and outputs live in the shared memfd."""
-
-    slots: int
-    pixel_shape: tuple[int, ...]
-    outputs: tuple[TensorInfo, ...]
-    pixel_offsets: tuple[int, ...]
-    output_offsets: tuple[tuple[int, ...], ...]
-    size: int
-
-    @classmethod
-    def plan(cls, slots: int, pixel_shape: tuple[int, ...], outputs: tuple[TensorInfo, ...]
-             ) -> Layout:
-        def aligned(n: int) -> int:
-            return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-        offset = 0
-        pixel_offsets, output_offsets = [], []
-        for _ in range(slots):
-            pixel_offsets.append(offset)
-            offset = aligned(offset + int(np.prod(pixel_shape)))
-            offs = []
-            for t in outputs:
-                offs.append(offset)
-                offset = aligned(offset + t.size * t.dtype.itemsize)
-            output_offsets.append(tuple(offs))
-        return cls(slots, pixel_shape, outputs, tuple(pixel_offsets), tuple(output_offsets),
-                   max(offset, _ALIGN))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["outputs"] = [t.to_dict() for t in self.outputs]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Layout:
-        return cls(int(d["slots"]), tuple(d["pixel_shape"]),
-                   tuple(TensorInfo.from_dict(t) for t in d["outputs"]),
-                   tuple(d["pixel_offsets"]), tuple(tuple(o) for o in d["output_offsets"]),
-                   int(d["size"]))
-
-    def pixels(self, buf: mmap.mmap, slot: int) -> NDArray[np.uint8]:
-        return np.ndarray(self.pixel_shape, np.uint8, buf, self.pixel_offsets[slot])
-
-    def raw_outputs(self, buf: mmap.mmap, slot: int) -> list[NDArray[Any]]:
-        return [np.ndarray(t.shape, t.dtype, buf, off)
-                for t, off in zip(self.outputs, self.output_offsets[slot], strict=True)]
-
-
-def pixel_shape(t: TensorInfo) -> tuple[int, ...]:
-    """The uint8 frame an input tensor takes: (H, W, C) for an image, else its shape
-    minus batch (a non-image input is refused at load; this only sizes a slot)."""
-    try:
-        return image_input(t).pixel_shape
-    except NotAnImageError:
-        pass
-    if len(t.shape) == 4:
-        return t.shape[1:]
-    return t.shape[1:] if len(t.shape) > 1 else t.shape
+    # A cascade's classifier (issue 17), run on crops of the detections, on the
+    # detector's delegate; its CPU build where the detector runs on the CPU.
+    cascade_path: str = ""
+    cascade_cpu_path: str = ""
+    max_crops: int = 0
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -155,12 +100,11 @@ def receive(sock: socket.socket, buf: bytearray, max_fds: int = 0
 
 
 def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
-    # Imported here: the daemon imports this module for `Layout` without the runtime.
+    # Imported here: the daemon imports this module for its protocol without the runtime.
     from edged.inference.delegates import DelegateSpec
-    from edged.inference.model import Model, ModelError
-    from edged.inference.modelmeta import stated_normalization
+    from edged.inference.model import Model
     from edged.inference.runtime import select_runtime
-    from edged.numerics.quantize import Normalization, PixelQuantizer, choose_normalization
+    from edged.numerics.quantize import Normalization
     from edged.system.threads import leave_cores_to_the_model
 
     leave_cores_to_the_model()
@@ -177,16 +121,7 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     model = Model.load(params.model_path, runtime, spec,
                        cpu_path=params.cpu_model_path or None)
     configured = Normalization(params.mean, params.std) if params.mean else None
-    meta = stated_normalization(model.path)  # the file loaded: the CPU build after a fallback
-    norm, norm_source = choose_normalization(
-        model.inputs[0], configured, Normalization(meta.mean, meta.std) if meta else None,
-        meta.source if meta else "")
-    layout: LayoutSetting = params.layout  # type: ignore[assignment]
-    try:
-        image_input(model.inputs[0], layout)
-    except NotAnImageError as exc:  # fed camera pixels it would publish noise: refused
-        raise ModelError(f"{model.path}: {exc}") from None
-    quantizer = PixelQuantizer(model.inputs[0], norm, layout)
+    quantizer, norm_source = _quantizer(model, configured, params.layout)
     # Model.load ran one inference before "ready": a damaged model that fails only
     # when run (a corrupt op option blob) is one load error, not a worker death on
     # every frame; an Edge TPU model's weights are uploaded then, not on frame 1.
@@ -208,12 +143,48 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     return model, quantizer, info
 
 
+def _quantizer(model: Any, configured: Any, layout: str) -> tuple[Any, str]:
+    """The pixel quantizer of a model's image input, and where its normalization came
+    from (the config, the file's metadata, or derived from the input tensor)."""
+    from edged.inference.model import ModelError
+    from edged.inference.modelmeta import stated_normalization
+    from edged.numerics.quantize import Normalization, PixelQuantizer, choose_normalization
+
+    meta = stated_normalization(model.path)  # the file loaded: the CPU build after a fallback
+    norm, source = choose_normalization(
+        model.inputs[0], configured, Normalization(meta.mean, meta.std) if meta else None,
+        meta.source if meta else "")
+    setting: LayoutSetting = layout  # type: ignore[assignment]
+    try:
+        image_input(model.inputs[0], setting)
+    except NotAnImageError as exc:  # fed camera pixels it would publish noise: refused
+        raise ModelError(f"{model.path}: {exc}") from None
+    return PixelQuantizer(model.inputs[0], norm, setting), source
+
+
+def _load_cascade(params: WorkerParams, detector: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The cascade's classifier, where the detector ended up: on its accelerator, or
+    on the CPU (its CPU build) after a fallback at load; its own normalization."""
+    on_cpu = detector.delegate_in_use == "cpu"
+    second = replace(
+        params, model_path=params.cascade_cpu_path if on_cpu else params.cascade_path,
+        cpu_model_path=params.cascade_cpu_path, mean=(), std=(), layout="auto",
+        cascade_path="", cascade_cpu_path="", max_crops=0)
+    if on_cpu:
+        second = replace(second, delegate="cpu", external_library="", external_options={})
+    return _load(second)
+
+
 def serve(sock: socket.socket) -> int:
     inbox = bytearray(MAX_PACKET)
     message, _ = receive(sock, inbox)
     params = WorkerParams(**{k: v for k, v in message.items() if k != "op"})
+    second: tuple[Any, Any] | None = None
     try:
         model, quantizer, info = _load(params)
+        if params.cascade_path:
+            classifier, classifier_quantizer, info["cascade"] = _load_cascade(params, model)
+            second = (classifier, classifier_quantizer)
     except Exception as exc:
         # heals: no device yet (a Coral plugged in later); the daemon waits for it.
         send(sock, {"op": "error", "message": str(exc).splitlines()[0] if str(exc)
@@ -226,6 +197,8 @@ def serve(sock: socket.socket) -> int:
     os.close(fds[0])
     pixels = [layout.pixels(buf, s) for s in range(layout.slots)]
     outputs = [layout.raw_outputs(buf, s) for s in range(layout.slots)]
+    crops = [(layout.crop(buf, i), layout.crop_raw_outputs(buf, i))
+             for i in range(layout.crops)]
     while True:
         try:
             message, _ = receive(sock, inbox)
@@ -233,6 +206,9 @@ def serve(sock: socket.socket) -> int:
             return 0
         if message["op"] == "stop":
             return 0
+        if message["op"] == "classify" and second is not None:
+            send(sock, _classify(*second, crops[:int(message["crops"])]))
+            continue
         slot = int(message["slot"])
         t0 = time.perf_counter_ns()
         model.set_input_pixels(pixels[slot], quantizer)
@@ -244,6 +220,22 @@ def serve(sock: socket.socket) -> int:
         send(sock, {"op": "done", "slot": slot, "seq": message.get("seq"),
                     "quantize_us": (t1 - t0) // 1000, "invoke_us": (t2 - t1) // 1000,
                     "copy_us": (t3 - t2) // 1000})
+
+
+def _classify(model: Any, quantizer: Any,
+              crops: list[tuple[NDArray[np.uint8], list[NDArray[Any]]]]) -> dict[str, Any]:
+    """The cascade's classifier on each crop, its raw outputs beside the crop."""
+    quantize_ns = invoke_ns = 0
+    for pixels, outputs in crops:
+        t0 = time.perf_counter_ns()
+        model.set_input_pixels(pixels, quantizer)
+        t1 = time.perf_counter_ns()
+        model.invoke()
+        invoke_ns += time.perf_counter_ns() - t1
+        quantize_ns += t1 - t0
+        model.copy_raw_outputs(outputs)
+    return {"op": "classified", "slot": -1, "crops": len(crops),
+            "quantize_us": quantize_ns // 1000, "invoke_us": invoke_ns // 1000}
 
 
 def main() -> int:

@@ -34,3 +34,15 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float, sig: int | None = 
             else:
                 proc.kill()
         return proc.wait()
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child ended, from its exit code (None: it has not: hung)."""
+    if code is None:
+        return "hung"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
