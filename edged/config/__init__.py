@@ -33,6 +33,7 @@ from edged.config.cameras import (
     camera_sections,
     cameras_of,
 )
+from edged.config.cascade import CascadeConfig, cascade_problems
 from edged.config.events import EventsConfig
 from edged.config.frames import (
     InferenceConfig,
@@ -103,6 +104,10 @@ class Config(Section):
         default_factory=EventsConfig, description=(
             "Detections into tracked objects, zones, debounced events, occupancy and "
             "snapshots; on when output.publish is \"events\" or \"both\"."))
+    cascade: CascadeConfig = Field(
+        default_factory=CascadeConfig, description=(
+            "A classifier on crops of the detections, its answer attached to each "
+            "(docs/cascade.md); off unless model is set."))
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Logging, to stderr (journald under systemd).")
     homeassistant: HomeAssistantConfig = Field(
@@ -125,8 +130,11 @@ class Config(Section):
     def _cameras(self, info: ValidationInfo) -> Config:
         top, context = self.sections(), info.context
         cameras, models = list(enumerate(self.cameras)), list(enumerate(self.models))
+        enabled = [(i, c) for i, c in cameras if c.enabled]
         raise_cross_field(camera_problems(top, cameras, context) + models_problems(
-            top, models, [(i, c.model) for i, c in cameras if c.enabled], context))
+            top, models, [(i, c.model) for i, c in enabled], context) + cascade_problems(
+            self.cascade, [(i, c.model, c.cascade) for i, c in enabled],
+            [m.id for m in self.models]))
         by_model = {entry.id: model_sections(top, entry, index, context)[0]
                     for index, entry in models}
         self._camera_sections = [

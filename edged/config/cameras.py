@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 
+from edged.config.cascade import CascadeConfig
 from edged.config.events import EventsConfig
 from edged.config.frames import PreprocessConfig, SourceConfig
 from edged.config.publish import OutputConfig
@@ -41,7 +42,7 @@ CAMERA_ID = r"^[A-Za-z0-9_-]{1,64}$"
 # The sections a camera may change, and the keys it may not (with why).
 OVERRIDABLE: dict[str, type[Section]] = {
     "source": SourceConfig, "preprocess": PreprocessConfig, "output": OutputConfig,
-    "events": EventsConfig,
+    "events": EventsConfig, "cascade": CascadeConfig,
 }
 SHARED_KEYS = {
     ("source", "name"): "a camera's name is its id; set cameras.id",
@@ -74,6 +75,8 @@ class CameraConfig(Section):
                                    description="Keys of [output] that differ.")
     events: dict[str, Any] = Field(default_factory=dict, description=(
         "Keys of [events] that differ (zones and lines are this camera's own when given)."))
+    cascade: dict[str, Any] = Field(default_factory=dict, description=(
+        "Keys of [cascade] that differ (the cameras of one model share its classifier)."))
 
 
 def camera_sections(top: dict[str, Section], camera: CameraConfig, index: int,
@@ -144,7 +147,15 @@ def cameras_of(config: Config, resolved: list[dict[str, Section]]) -> list[Camer
     if not config.cameras:
         return [Camera(config.source.name, True, config.inference.max_fps, config)]
     return [Camera(camera.id, camera.enabled, camera.max_fps or config.inference.max_fps,
-                   config.model_copy(update={**sections, "cameras": [], "models": []}), index,
-                   camera.model)
+                   config.model_copy(update={**sections, "cameras": [], "models": [
+                       entry for entry in config.models  # its cascade's classifier
+                       if entry.id and entry.id == _cascade_model(sections, config)]}),
+                   index, camera.model)
             for index, (camera, sections) in enumerate(zip(config.cameras, resolved,
                                                             strict=True))]
+
+
+def _cascade_model(sections: dict[str, Section], config: Config) -> str:
+    cascade = sections.get("cascade", config.cascade)
+    assert isinstance(cascade, CascadeConfig)
+    return cascade.model

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,12 @@ from edged.config import (
     read_config,
 )
 from edged.config.camerafile import CameraFile, camera_files
+from edged.config.cascade import classifier_of
 from edged.config.check_mqtt import check_password, check_tls
 from edged.config.findings import CheckResult, Report
+from edged.config.fit import cascade_problem, publish_problem, too_large_for_json
+from edged.config.models import model_sections
 from edged.config.partial import read_valid_sections
-from edged.config.publish import OutputConfig
 from edged.numerics.tensors import TensorInfo
 
 if TYPE_CHECKING:
@@ -73,6 +76,8 @@ def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) 
         models.setdefault(camera.model, []).append(camera)
     for users in models.values():
         _look_at_model(users, report, valid)
+    if valid("model", "inference", "cascade"):
+        _look_at_classifiers(cf, cameras, report)
     if valid("mqtt"):
         check_password(cf, report)
         check_tls(cf, report)
@@ -92,6 +97,34 @@ def _look_at_model(cameras: list[CameraFile], report: Report,
             _check_outputs(camera, model.outputs, model.file.ssd_outputs, report)
     if model is not None and valid("preprocess"):
         _check_normalization(cf, model.inputs[0], report)
+
+
+def _look_at_classifiers(cf: ConfigFile, cameras: list[CameraFile], report: Report) -> None:
+    """Each cascade's classifier: its files, on its detector's accelerator, and that it
+    answers with classes."""
+    from edged.decode.dispatch import decode_kind
+    from edged.decode.results import DecodeError
+
+    index = {entry.id: i for i, entry in enumerate(cf.config.models)}
+    seen: set[str] = set()
+    for camera in (c for c in cameras if c.enabled):
+        cascade = camera.config.cascade
+        entry = classifier_of(cascade, camera.config.models)
+        if entry is None or entry.id in seen:
+            continue
+        seen.add(entry.id)
+        files = model_sections(cf.config.sections(), entry, index[entry.id])[0]["model"]
+        as_file = replace(camera, config=camera.config.model_copy(update={"model": files}),
+                          model=index[entry.id])
+        model = _check_models(as_file, report)
+        _check_labels(as_file, report)
+        try:
+            if model is not None:
+                decode_kind("classification", model.outputs)
+        except DecodeError as exc:
+            report.errors.append(as_file.problem("model.path", f"a cascade's classifier: {exc}"))
+        report.notes.append(f"cascade: {entry.id} on crops of "
+                            f"{', '.join(cascade.labels) or 'every detection'}")
 
 
 def _check_source(cf: ConfigFile, report: Report) -> None:
@@ -218,17 +251,6 @@ def _runs_only_on_edgetpu(path: Path) -> bool:
         return False
 
 
-def _suggest_decoder(outputs: tuple[TensorInfo, ...]) -> str:
-    from edged.decode.dispatch import infer_kind
-    from edged.decode.results import DecodeError
-
-    try:
-        kind, _ = infer_kind(outputs)
-    except DecodeError:
-        return "a decoder"
-    return f'output.decoder = "{kind}"'
-
-
 def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...],
                    from_file: tuple[int, ...], report: Report) -> None:
     """One camera's decoder and publishing against its model's outputs (`from_file`:
@@ -245,6 +267,9 @@ def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...],
                 report.notes.append(f"decoder auto: {kind} ({reason})")
             if kind == "detection" and names:
                 report.notes.append(f"detection: SSD {source}")
+            cascade = cascade_problem(cf.config.cascade, kind)
+            if cascade is not None:
+                report.errors.append(cf.problem("cascade.model", cascade))
             publish = publish_problem(out, kind, reason)
             if publish is not None:
                 report.errors.append(cf.problem("output.publish", publish))
@@ -255,33 +280,6 @@ def _check_outputs(cf: ConfigFile, outputs: tuple[TensorInfo, ...],
     problem = too_large_for_json(outputs, out)
     if problem is not None:
         report.errors.append(cf.problem("output.max_values", problem))
-
-
-def publish_problem(out: OutputConfig, kind: str, reason: str = "") -> str | None:
-    """Why output.publish cannot run on outputs that decode as `kind`, or None. The
-    daemon refuses to start (and a reload) on the same message."""
-    if out.publish == "results" or kind == "detection":
-        return None
-    return (f'"{out.publish}" needs detections; this model\'s outputs decode as {kind}'
-            + (f" ({reason})" if reason else ""))
-
-
-def too_large_for_json(outputs: tuple[TensorInfo, ...], out: OutputConfig) -> str | None:
-    """Why these outputs cannot go in one JSON message as configured, or None.
-
-    The daemon refuses to start on the same message: check-config only says it earlier.
-    """
-    if out.encoding != "json" or not out.include_raw:
-        return None
-    total = sum(o.size for o in outputs)
-    if total <= out.max_values:
-        return None
-    biggest = max(outputs, key=lambda o: o.size)
-    decoder = _suggest_decoder(outputs) if out.decoder == "none" else "the decoder"
-    return (f"the model's outputs have {total} values (largest: {biggest.name!r} "
-            f"{list(biggest.shape)} {biggest.dtype}), more than max_values = {out.max_values} "
-            f'allows in one JSON message: set output.encoding = "binary", or {decoder} with '
-            f"output.include_raw = false, or raise max_values")
 
 
 def _check_normalization(cf: ConfigFile, tensor: TensorInfo, report: Report) -> None:

@@ -86,6 +86,8 @@ class Detection:
     label: str | None
     score: float
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
+    # A cascade's classifier on its crop (edged.decode.cascade); () when not classified.
+    classes: tuple[Classification, ...] = ()
 
     @property
     def area(self) -> float:
@@ -93,8 +95,11 @@ class Detection:
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"label_id": self.label_id, "label": self.label, "score": _r(self.score),
-                "box": [_r(v, 2) for v in self.box]}
+        out: dict[str, Any] = {"label_id": self.label_id, "label": self.label,
+                               "score": _r(self.score), "box": [_r(v, 2) for v in self.box]}
+        if self.classes:
+            out["classes"] = [c.to_json() for c in self.classes]
+        return out
 
 
 @dataclass(frozen=True, slots=True)

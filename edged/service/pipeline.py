@@ -264,6 +264,9 @@ class Pipeline:
         stages = self.stages[job.lane]
         try:
             stages.deliver(result)
+        except WorkerError:  # a cascade's classifier died with the worker: this frame too
+            self.frames_lost += 1
+            raise
         except Exception as exc:
             self.deliver_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"

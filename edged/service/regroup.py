@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edged.config import Config
+from edged.config.cascade import classifier_of
 from edged.inference.messages import ModelLoadError
 from edged.inference.supervisor import file_stamp
 from edged.service import lifecycle
@@ -64,9 +65,11 @@ def plan_workers(d: Daemon, wanted: dict[str, Config], on_disk: set[str]) -> Wor
 
 
 def _own(cfg: Config) -> Config:
-    """`cfg` without the [[models]] entries: a worker runs its own model only (a file
-    without [[cameras]] is its one camera's config, entries and all)."""
-    return cfg.model_copy(update={"models": []}) if cfg.models else cfg
+    """`cfg` without the [[models]] entries but its cascade's classifier: a worker runs
+    its own models only (a file without [[cameras]] is its one camera's config,
+    entries and all)."""
+    entry = classifier_of(cfg.cascade, cfg.models)
+    return cfg.model_copy(update={"models": [entry] if entry else []}) if cfg.models else cfg
 
 
 def start_workers(d: Daemon, wanted: dict[str, Config], changes: WorkerChanges) -> None:

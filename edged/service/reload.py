@@ -31,6 +31,7 @@ from pathlib import Path
 from edged.config import Config, ConfigError, ConfigFile
 from edged.config.camerafile import camera_files
 from edged.config.cameras import Camera
+from edged.config.cascade import classifier_of
 from edged.config.text import show
 
 
@@ -67,6 +68,12 @@ def _normalization(cfg: Config) -> tuple[object, ...]:
     return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std), cfg.preprocess.layout
 
 
+def _classifier(cfg: Config) -> tuple[object, ...]:
+    """What a cascade puts in the worker: its classifier and its crop buffers."""
+    entry = classifier_of(cfg.cascade, cfg.models)
+    return (entry, cfg.cascade.max_crops) if entry is not None else ()
+
+
 def with_model_file_changed(plan: ReloadPlan) -> ReloadPlan:
     """`plan`, for a model file replaced on disk at the same path: the worker loads it again."""
     if plan.worker:
@@ -95,7 +102,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     # preprocess runs on the pipeline thread.
     # With [[models]], which model's worker restarts is edged.service.regroup's.
     worker = (old.inference != new.inference or _model_files(old) != _model_files(new)
-              or _normalization(old) != _normalization(new) or old.models != new.models)
+              or _normalization(old) != _normalization(new) or old.models != new.models
+              or _classifier(old) != _classifier(new))
     # Home Assistant discovery lives on the connection (subscriptions, hooks).
     publisher = (old.mqtt != new.mqtt or old.device != new.device
                  or old.homeassistant != new.homeassistant)
@@ -106,6 +114,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         preprocess=worker or old.preprocess != new.preprocess,
         # device.id is in every payload; a new worker may bring other outputs.
         deliver=(worker or publisher or old.output != new.output or old.model != new.model
+                 or old.cascade != new.cascade
                  or old.events != new.events or old.source.name != new.source.name),
         # The tracker's low score is output.min_score; the topics name device and camera.
         events=(publisher or old.events != new.events or old.source.name != new.source.name

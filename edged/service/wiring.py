@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.config import Camera, Config, ConfigError
-from edged.config.check import publish_problem, too_large_for_json
+from edged.config.fit import publish_problem, too_large_for_json
 from edged.decode.dispatch import (
     DecoderKind,
     DecodeSettings,
@@ -45,6 +45,7 @@ from edged.mqtt.settings import PublisherSettings, TlsSettings
 from edged.numerics.imageinput import ImageInput, image_input
 from edged.numerics.quantize import normalization_source
 from edged.preprocess import Preprocessor
+from edged.service.cascade import Cascade, cascade_fit_problems, cascade_params
 from edged.service.eventstage import EventStages, SnapshotEncoder
 from edged.service.pipeline import Result
 from edged.sources import open_source
@@ -96,6 +97,7 @@ def worker_params(cfg: Config) -> WorkerParams:
         external_options=dict(inf.external_options), fallback=inf.fallback,
         mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
         layout=cfg.preprocess.layout, cpu_model_path=str(model.path),
+        **cascade_params(cfg),
     )
 
 
@@ -206,6 +208,8 @@ def model_fit_problems(path: object, cfg: Config, info: ModelInfo, camera: str =
     publish = publish_problem(out, kind) if kind != "none" else None
     if publish is not None:
         problems.append(f"{path}: {key}.publish: {publish}")
+    problems += [f"{path}: {camera + '.' if camera else ''}{k}: {message}"
+                 for k, message in cascade_fit_problems(cfg, info, kind)]
     return problems
 
 
@@ -271,6 +275,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     # Per loaded model, not per result (a Path per result was a tenth of this
     # thread's CPU): a CPU fallback changes the file, and brings a new `info`.
     model_name = supervisor.model_name
+    cascade = Cascade(cfg, supervisor) if cfg.cascade.model else None
 
     def deliver(result: Result) -> None:
         nonlocal decoding, model_name
@@ -285,13 +290,15 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                           model_name, out.publish)
         d = decoding
         t0 = time.perf_counter_ns()
-        decoded = None
+        decoded, cascade_us = None, dict[str, int]()
         if d.kind != "none":
             geometry = result.geometry
             found = decode(
                 d.kind, result.raw_outputs, result.tensors, settings=d.settings,
                 input_wh=d.input_wh, geometry=geometry, labels=d.labels,
                 content_box=getattr(geometry, "content", None))
+            if cascade is not None and d.kind == "detection":
+                found, cascade_us = cascade(cast(tuple[Detection, ...], found), result.pixels)
             if events is not None and d.kind == "detection":
                 events.step(cast(tuple[Detection, ...], found), result.pixels,
                             result.captured_at, result.captured_mono)
@@ -301,7 +308,8 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
             decoded = decoded_json(d.kind, found)
         t1 = time.perf_counter_ns()
         timings = result.times.as_dict()
-        timings["decode"] = (t1 - t0) // 1000
+        timings["decode"] = (t1 - t0) // 1000 - sum(cascade_us.values())
+        timings.update(cascade_us)
         payload = encode(Payload(
             device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
             model=model_name,

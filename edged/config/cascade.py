@@ -1,0 +1,85 @@
+"""Config of a cascade: a classifier run on crops of the detections (issue 17).
+
+    [[models]]
+    id = "birds"
+    path = "/etc/edged/birds_int8.tflite"
+    labels = "/etc/edged/birds.txt"
+
+    [cascade]
+    model = "birds"
+    labels = ["bird"]
+
+The classifier runs in the detector's worker, on its accelerator, between the
+detector's frames; its answer is attached to each detection it looked at, in
+the same result message (docs/cascade.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from edged.config.models import ModelEntry
+from edged.config.sections import Section
+from edged.config.text import show
+
+Problems = list[tuple[tuple[str | int, ...], str]]
+
+
+class CascadeConfig(Section):
+    model: str = Field(default="", pattern=r"^([A-Za-z0-9_-]{1,64})?$", examples=["birds"],
+                       description=(
+        "The classifier: a [[models]] id; empty: no cascade. It runs in the detector's "
+        "worker, on its accelerator (the entry's own accelerator is not used)."))
+    min_score: float = Field(default=0.5, ge=0, le=1, description=(
+        "Detections scoring at least this are classified (the rest are published as "
+        "they are)."))
+    labels: list[str] = Field(default_factory=list, examples=[["bird"]], description=(
+        "Classify only detections with these labels (empty = every label)."))
+    max_crops: int = Field(default=3, ge=1, le=16, description=(
+        "Most detections classified per frame, the highest scoring first: each is one "
+        "classifier invoke, so this bounds the time a frame takes."))
+    padding: float = Field(default=0.1, ge=0, le=1, description=(
+        "Each crop is its box grown by this fraction of the box's width and height on "
+        "every side (classifiers are trained with some context around the object), then "
+        "clipped to the frame."))
+    top_k: int = Field(default=1, ge=1, le=100, description=(
+        "The classifier's most likely classes attached to each detection."))
+    min_class_score: float = Field(default=0.0, ge=0, le=1, description=(
+        "Classes scoring below this are not attached."))
+
+
+def cascade_problems(top: CascadeConfig, cameras: Sequence[tuple[int, str, dict[str, Any]]],
+                     model_ids: Sequence[str]) -> Problems:
+    """A classifier that is not a [[models]] id, and cameras of one model naming
+    different classifiers (its worker runs one). `cameras`: each enabled [[cameras]]
+    entry's index, model id and [cameras.cascade] keys."""
+    problems: Problems = []
+
+    def unknown(model: str, key: tuple[str | int, ...]) -> None:
+        if model and model not in model_ids:
+            known = ", ".join(model_ids) or "none: add a [[models]] entry"
+            problems.append((key, f"{show(model)} is not a model id (the [[models]] ids: "
+                             f"{known})"))
+
+    unknown(top.model, ("cascade", "model"))
+    first: dict[str, tuple[int, Any]] = {}  # model id -> its first camera and classifier
+    for index, model, changes in cameras:
+        key: tuple[str | int, ...] = ("cameras", index, "cascade", "model")
+        classifier = changes.get("model", top.model)
+        if "model" in changes and isinstance(classifier, str):
+            unknown(classifier, key)
+        other, theirs = first.setdefault(model, (index, classifier))
+        if theirs != classifier:
+            problems.append((key, f"{show(classifier) if classifier else 'no classifier'}, "
+                             f"but cameras[{other}] on the same model has "
+                             f"{show(theirs) if theirs else 'none'}: the cameras of one model "
+                             "share its worker, which runs one classifier"))
+    return problems
+
+
+def classifier_of(cascade: CascadeConfig, models: Sequence[ModelEntry]) -> ModelEntry | None:
+    """The [[models]] entry a cascade runs; None without a cascade."""
+    return next((m for m in models if cascade.model and m.id == cascade.model), None)

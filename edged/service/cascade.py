@@ -1,0 +1,116 @@
+"""A camera's cascade on the pipeline thread (issue 17): crops of its detections
+into the worker's crop buffers, the classifier run there, its answers attached.
+
+The crops are cut from the camera's frame, not the detector's input, so a
+small object keeps every pixel the camera gave it; each is resized to the
+classifier's own input (its size and channels; the worker quantizes it with
+the classifier's own scale, zero point and normalization). It runs after the
+detector's next frame is queued, so the classifier's invokes follow that
+frame's in the worker without a gap.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from edged.config import Config
+from edged.config.cascade import classifier_of
+from edged.config.fit import cascade_problem
+from edged.decode.cascade import CropRule, attach, crops_to_classify
+from edged.decode.classification import decode_classification
+from edged.decode.dispatch import decode_kind, prepare_labels
+from edged.decode.labels import Labels, load_labels
+from edged.decode.results import Classification, DecodeError, Detection
+from edged.inference.messages import ModelInfo
+from edged.inference.supervisor import Supervisor
+from edged.numerics.imageinput import image_input
+
+
+class Cascade:
+    """Classify a frame's detections with the classifier its worker runs."""
+
+    def __init__(self, cfg: Config, supervisor: Supervisor) -> None:
+        c = cfg.cascade
+        entry = classifier_of(c, cfg.models)
+        assert entry is not None
+        self.rule = CropRule(c.min_score, frozenset(c.labels), c.max_crops, c.padding)
+        self.top_k, self.min_class_score = c.top_k, c.min_class_score
+        self.labels: Labels | None = load_labels(entry.labels) if entry.labels else None
+        self.supervisor = supervisor
+        # The labels aligned to the classifier loaded (a background line, a restarted
+        # worker on another build): per loaded model, not per frame.
+        self._aligned: tuple[ModelInfo | None, Labels | None] = (None, None)
+
+    def __call__(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8]
+                 ) -> tuple[tuple[Detection, ...], dict[str, int]]:
+        """`found` with classes attached to the detections classified, and the time
+        it took ({"crop": us, "classify": us}; empty when none was classified)."""
+        info = self.supervisor.info.cascade if self.supervisor.info else None
+        if info is None or not found:
+            return found, {}
+        t0 = time.perf_counter_ns()
+        height, width = pixels.shape[:2]
+        image = image_input(info.inputs[0])
+        chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
+        if not chosen:
+            return found, {}
+        buffers = self.supervisor.crops()
+        # The worker's crop buffers are its first camera's max_crops.
+        chosen = chosen[:len(buffers)]
+        for (_, (x1, y1, x2, y2)), buffer in zip(chosen, buffers, strict=False):
+            _resize_into(pixels[y1:y2, x1:x2], buffer, image.channels)
+        t1 = time.perf_counter_ns()
+        self.supervisor.classify(len(chosen))
+        if self._aligned[0] is not info:
+            self._aligned = (info, self.labels and prepare_labels(
+                "classification", self.labels, info.outputs))
+        classified: dict[int, tuple[Classification, ...]] = {}
+        for k, (i, _) in enumerate(chosen):
+            classified[i] = decode_classification(
+                self.supervisor.crop_outputs(k)[0], info.outputs[0], top_k=self.top_k,
+                min_score=self.min_class_score, labels=self._aligned[1])
+        return attach(found, classified), {"crop": (t1 - t0) // 1000,
+                                           "classify": (time.perf_counter_ns() - t1) // 1000}
+
+
+def _resize_into(crop: NDArray[np.uint8], out: NDArray[np.uint8], channels: int) -> None:
+    """A crop of an RGB frame resized to the classifier's input (the crop has its aspect,
+    but where the frame's edge cut it, so only then is the object stretched)."""
+    h, w = out.shape[:2]
+    shrink = crop.shape[0] > h or crop.shape[1] > w
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    if channels == 1:
+        grey = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
+        out[..., 0] = cv2.resize(grey, (w, h), interpolation=interpolation)
+    else:
+        out[...] = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=interpolation)
+
+
+def cascade_params(cfg: Config) -> dict[str, Any]:
+    """The worker's cascade parameters (edged.inference.worker.WorkerParams)."""
+    entry = classifier_of(cfg.cascade, cfg.models)
+    if entry is None:
+        return {}
+    on_tpu = cfg.inference.delegate == "edgetpu" and entry.edgetpu_path
+    return {"cascade_path": str(entry.edgetpu_path if on_tpu else entry.path),
+            "cascade_cpu_path": str(entry.path), "max_crops": cfg.cascade.max_crops}
+
+
+def cascade_fit_problems(cfg: Config, info: ModelInfo, kind: str) -> list[tuple[str, str]]:
+    """(key, message) for a cascade that cannot run on the loaded models: a detector
+    that does not decode as detections, a classifier whose outputs are not classes."""
+    problem = cascade_problem(cfg.cascade, kind)
+    if problem is not None:
+        return [("cascade.model", problem)]
+    if info.cascade is not None:
+        try:
+            decode_kind("classification", info.cascade.outputs, None)
+        except DecodeError as exc:
+            return [("cascade.model", f"{Path(info.cascade.model_path).name}: {exc}")]
+    return []

@@ -1,0 +1,148 @@
+"""A detector cascaded into a classifier (issue 17), through the real `edged run` and
+mosquitto: the scene detector finds each digit drawn on black, the digits classifier
+runs in the same worker on the crop of each detection chosen, and its answer rides on
+that detection in the same result message, equal to the classifier's own answer on
+that crop worked out without edged (tests/cascade_helpers.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import orjson
+from broker import Mosquitto, Subscriber
+from cameras_helpers import config_text
+from cascade_helpers import CLASSIFIER, CLASSIFIER_LABELS, reference_scores, write_digit_frames
+from daemon_helpers import DaemonProcess, base_config
+from reload_helpers import sighup, wait_until
+from scene_helpers import LABELS as SCENE_LABELS
+from scene_helpers import MODEL as SCENE_MODEL
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = orjson.loads((ROOT / "edged/schemas/result-v1.schema.json").read_bytes())
+# Each digit once, at its own place and size (x, y, side).
+PLACEMENTS = [(n, (12 + 25 * n, 8 + 17 * n), 64 + 8 * (n % 4)) for n in range(10)]
+
+
+def _config(tmp_path: Path, port: int, **cascade: Any) -> Path:
+    cfg = base_config(port, model=SCENE_MODEL, frames=tmp_path / "frames",
+                      source={"fps": 20.0},
+                      output={"decoder": "detection", "include_raw": False, "min_score": 0.05})
+    cfg["model"]["labels"] = str(SCENE_LABELS)
+    cfg["cascade"] = {"model": "digits", "labels": ["person"], "top_k": 10, "min_score": 0.05,
+                      "min_class_score": 0.0, "padding": 0.1, **cascade}
+    text = config_text(cfg, []) + (f'[[models]]\nid = "digits"\npath = "{CLASSIFIER}"\n'
+                                   f'labels = "{CLASSIFIER_LABELS}"\n')
+    path = tmp_path / "edged.toml"
+    path.write_text(text)
+    return path
+
+
+def _results(sub: Subscriber, after: float = 0.0) -> list[dict[str, Any]]:
+    return [orjson.loads(m.payload) for m in sub.on("/test/results") if m.received_at > after]
+
+
+def _wait(sub: Subscriber, daemon: DaemonProcess, n: int, after: float = 0.0) -> None:
+    wait_until(lambda: len(_results(sub, after)) >= n, 30, f"{n} results", daemon.log_text)
+
+
+def _classified(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in result["decoded"]["detections"] if "classes" in d]
+
+
+def test_each_detection_chosen_carries_the_classifiers_own_answer_on_its_crop(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    frames = write_digit_frames(tmp_path / "frames", PLACEMENTS)
+    path = _config(tmp_path, mosquitto.port)
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        _wait(sub, daemon, 2 * len(frames))
+        results = _results(sub)
+    read = 0
+    for result in results:
+        jsonschema.validate(result, SCHEMA)
+        assert {"crop", "classify"} <= set(result["timings_us"]), result["seq"]
+        detections = result["decoded"]["detections"]
+        person = [d for d in detections if d["label"] == "person"]
+        assert len(person) == 1, detections  # one digit: found once per colour
+        # Only the label asked for is classified; the others are published as they are.
+        assert _classified(result) == person
+        classes = person[0]["classes"]
+        assert len(classes) == 10 and classes == sorted(classes, key=lambda c: -c["score"])
+        assert {c["label"] for c in classes} == {str(n) for n in range(10)}
+        frame_index = result["seq"] % len(frames)
+        expected = reference_scores(frames[frame_index], person[0]["box"], padding=0.1)
+        got = np.zeros(10)
+        for c in classes:
+            got[c["label_id"]] = c["score"]
+        # Equal to the payload's rounding (6 decimals); these frames' boxes, rounded to
+        # 0.01 px in the payload, give the crops edged cut (checked: no edge moves).
+        assert np.abs(got - expected).max() <= 1e-6, (frame_index, got, expected)
+        read += classes[0]["label"] == str(PLACEMENTS[frame_index][0])
+    # The classifier reads most digits from the detector's crops (6 of the 10 here: the
+    # box is the digit's lit extent, tighter than the 8x8 digits it learned from).
+    assert read >= 0.5 * len(results), read
+
+
+def test_at_most_max_crops_detections_each_frame_highest_scoring_first(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    write_digit_frames(tmp_path / "frames", PLACEMENTS[:3])
+    path = _config(tmp_path, mosquitto.port, labels=[], max_crops=2, top_k=1)
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        _wait(sub, daemon, 10)
+        for result in _results(sub):
+            detections = result["decoded"]["detections"]
+            assert len(detections) == 3 and len(_classified(result)) == 2
+            assert all(len(d["classes"]) == 1 for d in _classified(result))
+
+
+def test_the_worker_killed_mid_cascade_restarts_and_the_cascade_resumes(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    write_digit_frames(tmp_path / "frames", PLACEMENTS[:4])
+    path = _config(tmp_path, mosquitto.port)
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        _wait(sub, daemon, 5)
+        worker = daemon.worker_pid()
+        killed = time.time()
+        os.kill(worker, signal.SIGKILL)
+        _wait(sub, daemon, 10, after=killed + 0.5)
+        assert daemon.worker_pid() != worker
+        assert all(_classified(r) for r in _results(sub, killed + 0.5))
+        assert daemon.proc.poll() is None
+
+
+def test_a_reload_of_cascade_keys_keeps_the_worker_and_removing_it_restarts_it(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    write_digit_frames(tmp_path / "frames", PLACEMENTS[:4])
+    path = _config(tmp_path, mosquitto.port)
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        _wait(sub, daemon, 5)
+        worker = daemon.worker_pid()
+        path.write_text(path.read_text().replace("top_k = 10", "top_k = 2"))
+        after = sighup(daemon)
+        _wait(sub, daemon, 5, after=after + 0.3)
+        assert {len(d["classes"]) for r in _results(sub, after + 0.3)
+                for d in _classified(r)} == {2}
+        assert daemon.worker_pid() == worker  # crops and classes: the pipeline thread's
+        path.write_text(path.read_text().replace('model = "digits"', 'model = ""'))
+        after = sighup(daemon)
+        _wait(sub, daemon, 5, after=after + 0.3)
+        assert not any(_classified(r) for r in _results(sub, after + 0.3))
+        assert daemon.worker_pid() != worker  # the classifier left the worker
+
+
+def test_a_cascade_after_a_model_that_is_not_a_detector_is_refused_on_its_key(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    write_digit_frames(tmp_path / "frames", PLACEMENTS[:1])
+    path = _config(tmp_path, mosquitto.port)
+    text = path.read_text().replace(str(SCENE_MODEL), str(CLASSIFIER)).replace(
+        'decoder = "detection"', 'decoder = "classification"')
+    path.write_text(text.replace(f'labels = "{SCENE_LABELS}"', ""))
+    with DaemonProcess(path) as daemon:
+        assert daemon.proc.wait(30) == 78
+    assert "cascade.model: 'digits' classifies detections, but the model decodes as " \
+           "classification" in daemon.log_text()
