@@ -9,8 +9,9 @@ One run, one model, one runtime, one thread count, one input, four rows:
   dequantize -> encode, in one thread;
 * edged daemon: the real `edged run` with its worker, publishing to a private
   mosquitto on loopback, measured by a subscriber (results/s, latency);
-  also on a stand-in accelerator (`accelerator`) and with 1-8 cameras
-  sharing the worker (`cameras`).
+  also on a stand-in accelerator (`accelerator`), with 1-8 cameras
+  sharing the worker (`cameras`) and with a detector cascaded into the model
+  (`cascade`).
 
 Each row runs after a warm-up, several times, interleaved with the others;
 the table shows medians and the min-max of the runs (the machine's noise).
@@ -40,8 +41,8 @@ COMMITTED = ROOT / "tests" / "data" / "models" / "digits_int8.tflite"
 SHARED_MNV2 = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 BENCH_MNV2 = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
 MAKE_BENCH_MODEL = "/tmp/tfvenv/bin/python scripts/make_test_models.py --bench"
-ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "cameras", "micro", "rss",
-            "latency")
+ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "cameras", "cascade",
+            "micro", "rss", "latency")
 ROW_TITLES = {"limit": "limit", "naive": "naive", "inprocess": "edged in-process",
               "daemon": "edged daemon"}
 MAX_SOURCE_FPS = 1000.0  # the config's bound on source.fps
@@ -262,8 +263,8 @@ def run_bench(s: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "threads": s.threads, "frames": s.frames,
                               "runs": s.runs, "delegate": s.delegate, "notes": list(s.notes),
                               "rows": []}
-    needs_broker = any(r in s.rows for r in ("daemon", "accelerator", "cameras", "rss",
-                                             "latency"))
+    needs_broker = any(r in s.rows for r in ("daemon", "accelerator", "cameras", "cascade",
+                                             "rss", "latency"))
     with private_broker() if needs_broker else contextlib.nullcontext() as broker:
         for model in s.models:
             h, w = _input_size(model)
@@ -281,6 +282,11 @@ def run_bench(s: Settings) -> dict[str, Any]:
             from edged.bench.cameras import cameras_section
 
             report["rows"] += cameras_section(s, primary, _input_size(primary), broker,
+                                              report["notes"])
+        if "cascade" in s.rows:
+            from edged.bench.cascade import cascade_section
+
+            report["rows"] += cascade_section(s, primary, _input_size(primary), broker,
                                               report["notes"])
         if "micro" in s.rows:
             report["micro"] = micro(quick=s.quick)

@@ -64,6 +64,10 @@ class DaemonSpec:
     # Daemons alive at once (paused but connected) need their own: the broker drops the
     # older session of a client id that connects again, and they would take turns.
     client_id: str = ""
+    # A classifier path: the detector (model) cascaded into it on every detection, at
+    # most `crops` a frame (the cascade row).
+    cascade: str = ""
+    crops: int = 3
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -124,7 +128,11 @@ port = {port}
 keepalive_s = 3600
 qos_results = {spec.qos_results}
 client_id = "{spec.client_id}"
-""" + "".join(f'[[cameras]]\nid = "cam{i}"\n' for i in range(spec.cameras))
+""" + "".join(f'[[cameras]]\nid = "cam{i}"\n' for i in range(spec.cameras)) + (
+        f'[output]\ndecoder = "detection"\ninclude_raw = false\nmin_score = 0.0\n'
+        f'[[models]]\nid = "classifier"\npath = "{spec.cascade}"\n'
+        f'[cascade]\nmodel = "classifier"\nmin_score = 0.0\nmax_crops = {spec.crops}\n'
+        if spec.cascade else "")
 
 
 def split_records(data: bytearray) -> tuple[list[tuple[float, bytes]], int]:
