@@ -34,6 +34,7 @@ from edged.config.cameras import (
     cameras_of,
 )
 from edged.config.cascade import CascadeConfig, cascade_problems
+from edged.config.commands import CommandsConfig, commands_problems
 from edged.config.events import EventsConfig
 from edged.config.frames import (
     InferenceConfig,
@@ -44,6 +45,7 @@ from edged.config.frames import (
 )
 from edged.config.integrations import HomeAssistantConfig, MetricsConfig
 from edged.config.models import ModelEntry, model_sections, models_problems
+from edged.config.overrides import OverrideError, with_overrides
 from edged.config.publish import (
     DeviceConfig,
     LoggingConfig,
@@ -108,6 +110,9 @@ class Config(Section):
         default_factory=CascadeConfig, description=(
             "A classifier on crops of the detections, its answer attached to each "
             "(docs/cascade.md); off unless model is set."))
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description=(
+            "Remote commands over MQTT, persisted in an overrides file (docs/fleet.md); off."))
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Logging, to stderr (journald under systemd).")
     homeassistant: HomeAssistantConfig = Field(
@@ -134,7 +139,7 @@ class Config(Section):
         raise_cross_field(camera_problems(top, cameras, context) + models_problems(
             top, models, [(i, c.model) for i, c in enabled], context) + cascade_problems(
             self.cascade, [(i, c.model, c.cascade) for i, c in enabled],
-            [m.id for m in self.models]))
+            [m.id for m in self.models]) + commands_problems(self.commands, self.mqtt))
         by_model = {entry.id: model_sections(top, entry, index, context)[0]
                     for index, entry in models}
         self._camera_sections = [
@@ -179,6 +184,7 @@ class ConfigFile:
     config: Config
     text: str = ""
     lines: Mapping[KeyPath, int] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the commands' settings merged over the file's
 
     def problem(self, key: str, message: str, *, warning: bool = False) -> str:
         """A message about dotted `key`, placed on its line in this file."""
@@ -241,6 +247,10 @@ def read_config(path: str | os.PathLike[str]) -> ConfigFile:
     base_dir = shown.absolute().parent
     context = {"base_dir": base_dir}
     try:
+        data, overrides = with_overrides(data, base_dir)
+    except OverrideError as exc:
+        raise ConfigError([str(exc)]) from None
+    try:
         config = Config.model_validate(data, context=context)
     except ValidationError as exc:
         found = messages(exc) + _cross_checks_behind(data, messages(exc), context)
@@ -250,7 +260,7 @@ def read_config(path: str | os.PathLike[str]) -> ConfigFile:
         numbered.sort(key=lambda item: item[0] if item[0] is not None else 1 << 30)
         problems = [text for _, text in numbered]
         raise ConfigError(sorted(set(problems), key=problems.index)) from None
-    return ConfigFile(shown, config, text, lines)
+    return ConfigFile(shown, config, text, lines, overrides)
 
 
 def _cross_checks_behind(data: dict[str, Any], reported: list[tuple[tuple[str | int, ...], str]],

@@ -35,5 +35,6 @@ def camera_files(cf: ConfigFile) -> list[CameraFile]:
     """Each camera of `cf` as its own file (the file itself when it has no cameras)."""
     cameras: list[Camera] = cf.config.camera_list()
     models = {entry.id: index for index, entry in enumerate(cf.config.models)}
-    return [CameraFile(cf.path, camera.config, cf.text, cf.lines, camera.index, camera.enabled,
-                       models.get(camera.model)) for camera in cameras]
+    return [CameraFile(cf.path, camera.config, cf.text, cf.lines, cf.overrides,
+                       index=camera.index, enabled=camera.enabled, model=models.get(camera.model))
+            for camera in cameras]

@@ -67,6 +67,8 @@ def _look(cf: ConfigFile, report: Report, broken: frozenset[str] = frozenset()) 
 
     if valid("mqtt"):
         report.warnings.extend(config_warnings(cf.path, cf.config))
+    # What remote commands changed, and where it is kept (edged.config.overrides).
+    report.notes.extend(f"override: {line}" for line in cf.overrides)
     cameras = camera_files(cf)  # the file itself, or each of its [[cameras]]
     if valid("source"):
         for camera in cameras:

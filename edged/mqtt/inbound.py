@@ -62,8 +62,9 @@ class BoundedClient(mqtt.Client):
 
 @dataclass
 class _Watch:
-    handler: Callable[[bytes], None]
+    handler: Callable[..., None]  # (payload) or, with `retain`, (payload, retained)
     once: bool
+    retain: bool = False
     subscribed_mid: int | None = None
     expires: float | None = None  # once: when to unsubscribe (set by SUBACK)
 
@@ -78,8 +79,9 @@ class Inbound:
         self.given_up = False
         self.received = 0
 
-    def watch(self, topic: str, handler: Callable[[bytes], None], *, once: bool) -> None:
-        self._watches[topic] = _Watch(handler, once)
+    def watch(self, topic: str, handler: Callable[..., None], *, once: bool,
+              retain: bool = False) -> None:
+        self._watches[topic] = _Watch(handler, once, retain)
 
     def attach(self, client: BoundedClient) -> None:
         client.on_message = self._on_message
@@ -124,7 +126,10 @@ class Inbound:
         if w is None:
             return  # arrived between UNSUBSCRIBE and its acknowledgement
         try:
-            w.handler(bytes(msg.payload))
+            if w.retain:
+                w.handler(bytes(msg.payload), bool(msg.retain))
+            else:
+                w.handler(bytes(msg.payload))
         except Exception:
             log.exception("MQTT: error handling a message on %s (ignored)", msg.topic)
         if w.once:

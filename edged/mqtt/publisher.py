@@ -173,13 +173,14 @@ class Publisher:
         if self._loop.connected:
             hook()
 
-    def watch(self, topic: str, handler: Callable[[bytes], None], *, once: bool = False
-              ) -> None:
+    def watch(self, topic: str, handler: Callable[..., None], *, once: bool = False,
+              retain: bool = False) -> None:
         """Subscribe to exactly `topic` (QoS 0) on every connect, or with `once` until
         the first message or until what the broker retained there had its chance;
-        `handler(payload)` runs on the network thread. Set before `start`. Messages
-        over `edged.mqtt.inbound.MAX_INBOUND_BYTES` are refused unread."""
-        self._loop.inbound.watch(topic, handler, once=once)
+        `handler(payload)` runs on the network thread (`handler(payload, retained)`
+        with `retain`). Set before `start`. Messages over
+        `edged.mqtt.inbound.MAX_INBOUND_BYTES` are refused unread."""
+        self._loop.inbound.watch(topic, handler, once=once, retain=retain)
 
     def stop(self, timeout: float = 2.0, *, reason: str = "stopped", error: str = "") -> None:
         """Deliver what can be delivered within `drain_timeout_s`, publish

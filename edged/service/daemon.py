@@ -43,6 +43,7 @@ from edged.mqtt.publisher import Publisher
 from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
+from edged.service.commands import CommandRunner
 from edged.service.eventstage import SnapshotEncoder
 from edged.service.group import WorkerGroup, model_names, models_in_use
 from edged.service.housekeeping import TICK_S, Housekeeping
@@ -110,6 +111,7 @@ class Daemon:
         self.board = BoardHealth()  # temperatures and throttling, for the stats
         self.deaths = ThreadDeaths()  # before the housekeeping, which checks it
         self.keeper = Housekeeping(self)
+        self.commands = CommandRunner(self)  # remote commands, if on (issue 20)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -247,6 +249,7 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
+            self.commands.run_pending()
             self.keeper.tick()
             if self.exit_on_end and lifecycle.batch_done(
                     self.captures, [g.pipeline for g in self.groups.values()], self.publisher):
@@ -292,6 +295,7 @@ class Daemon:
         # Before start: it subscribes on every connect.
         self.discovery = Discovery(self.publisher, wiring.discovery_settings(
             self.cfg, self.board.available()))
+        self.commands.listen(self.publisher, self.cfg)
         self.publisher.start()
         self._announce()
 

@@ -68,6 +68,10 @@ def _normalization(cfg: Config) -> tuple[object, ...]:
     return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std), cfg.preprocess.layout
 
 
+def _camera_ids(cfg: Config) -> list[str]:
+    return [c.id for c in cfg.cameras if c.enabled]
+
+
 def _classifier(cfg: Config) -> tuple[object, ...]:
     """What a cascade puts in the worker: its classifier and its crop buffers."""
     entry = classifier_of(cfg.cascade, cfg.models)
@@ -106,7 +110,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
               or _classifier(old) != _classifier(new))
     # Home Assistant discovery lives on the connection (subscriptions, hooks).
     publisher = (old.mqtt != new.mqtt or old.device != new.device
-                 or old.homeassistant != new.homeassistant)
+                 or old.homeassistant != new.homeassistant or old.commands != new.commands
+                 # A camera's command topic is subscribed on connect.
+                 or (new.commands.enabled and _camera_ids(old) != _camera_ids(new)))
     return ReloadPlan(
         # A camera's own source is in [[cameras]]: each camera's plan says which restart.
         changed=changed, worker=worker, publisher=publisher,
