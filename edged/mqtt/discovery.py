@@ -37,6 +37,7 @@ import orjson
 
 from edged import __version__
 from edged.mqtt.cameradiscovery import UNSAFE, CameraEntities, camera_components, sensor
+from edged.mqtt.commanddiscovery import command_components
 from edged.mqtt.publisher import Publisher
 
 log = logging.getLogger("edged.discovery")
@@ -95,6 +96,8 @@ class DiscoverySettings:
     name: str = ""  # homeassistant.name; empty: "edged <device id>"
     board: tuple[str, ...] = ()  # the health figures the board reports (soc_temp_c, ...)
     cameras: tuple[CameraEntities, ...] = (CameraEntities(),)  # results, events, per camera
+    # Remote commands on: their controls, and every [[cameras]] id (switched off too).
+    commands: tuple[str, ...] | None = None
 
 
 def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[str, Any]:
@@ -136,6 +139,8 @@ def discovery_config(s: DiscoverySettings, *, model: str, decoder: str) -> dict[
     cmps.update(_board_components(oid, stats, s.board))
     for camera in s.cameras:
         cmps.update(camera_components(oid, base, camera, decoder))
+    if s.commands is not None:
+        cmps.update(command_components(oid, base, s.commands))
     for key, comp in cmps.items():
         if key != "status":  # the connectivity sensor must still say "off" when offline
             comp["avty"] = avty

@@ -138,3 +138,10 @@ def _json(payload: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CommandError("payload: must be a JSON object")
     return doc
+
+
+def settings_of(cfg: Config) -> dict[str, Any]:
+    """The values in effect of what the Home Assistant controls set, for the stats."""
+    return {"min_score": cfg.output.min_score, "max_fps": cfg.inference.max_fps,
+            "cameras": {c.id: {"enabled": c.enabled, "max_fps": c.max_fps}
+                        for c in cfg.cameras}}

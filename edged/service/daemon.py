@@ -43,7 +43,7 @@ from edged.mqtt.publisher import Publisher
 from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
-from edged.service.commands import CommandRunner
+from edged.service.commands import CommandRunner, settings_of
 from edged.service.eventstage import SnapshotEncoder
 from edged.service.group import WorkerGroup, model_names, models_in_use
 from edged.service.housekeeping import TICK_S, Housekeeping
@@ -266,6 +266,8 @@ class Daemon:
             figures["snapshots"] = self.snapshots.encoded
         if self.fatal_error:
             figures["last_error"] = self.fatal_error
+        if self.cfg.commands.enabled:
+            figures["settings"] = settings_of(self.cfg)
         return figures
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:

@@ -334,7 +334,8 @@ def discovery_settings(cfg: Config, board: tuple[str, ...] = (),
         device_id=cfg.device.id, topic_base=cfg.topic_base, enabled=ha.enabled,
         prefix=ha.discovery_prefix, name=ha.name, board=board,
         cameras=tuple(_camera_entities(camera, (infos or {}).get(camera.model))
-                      for camera in cfg.camera_list() if camera.enabled))
+                      for camera in cfg.camera_list() if camera.enabled),
+        commands=tuple(c.id for c in cfg.cameras) if cfg.commands.enabled else None)
 
 
 def _camera_entities(camera: Camera, info: ModelInfo | None) -> CameraEntities:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 from broker import Mosquitto, Subscriber
 from cameras_helpers import MODEL, config_text
@@ -19,6 +20,8 @@ from reload_helpers import digit_folder, wait_until
 from edged.config.check import check_config
 
 BASE = "edged/test"
+STATS_SCHEMA = orjson.loads((Path(__file__).resolve().parents[2]
+                             / "edged/schemas/stats-v1.schema.json").read_bytes())
 
 
 def _config(tmp_path: Path, port: int, cameras: list[dict[str, Any]] | None = None,
@@ -176,3 +179,30 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def test_home_assistant_controls_send_commands_and_show_the_values_in_effect(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    path = _config(tmp_path, mosquitto.port, cameras=[{"id": "porch"}, {"id": "drive"}])
+    path.write_text(path.read_text() + "[homeassistant]\nenabled = true\n")
+    with Subscriber(mosquitto.port, ["edged/#", "homeassistant/#"]) as sub, \
+            DaemonProcess(path) as daemon:
+        _wait_results(sub, daemon, 3, 0, "/porch/results")
+        cmps = orjson.loads(sub.wait_for(lambda m: m.topic.startswith("homeassistant/")
+                                         and m.payload != b"", timeout=10).payload)["cmps"]
+        switch = cmps["porch_enabled"]
+        assert switch["p"] == "switch" and switch["cmd_t"] == f"{BASE}/porch/cmd/set"
+        assert {"set_min_score", "set_max_fps", "reload", "drive_set_max_fps"} <= set(cmps)
+        sent = time.time()
+        sub.client.publish(switch["cmd_t"], switch["pl_off"], qos=1).wait_for_publish(5)
+        assert _answer(sub, "porch/cmd/set", sent)["ok"] is True
+        stats = sub.wait_for(lambda m: m.topic == f"{BASE}/stats" and m.received_at > sent
+                             and not orjson.loads(m.payload)["settings"]["cameras"]["porch"][
+                                 "enabled"], timeout=10)
+        assert orjson.loads(stats.payload)["settings"]["cameras"]["drive"] == {
+            "enabled": True, "max_fps": 0.0}
+        jsonschema.validate(orjson.loads(stats.payload), STATS_SCHEMA)
+        # Switched off, its switch stays: it can be switched on again from Home Assistant.
+        later = sub.wait_for(lambda m: m.topic.startswith("homeassistant/") and m.payload
+                             != b"" and m.received_at > sent, timeout=10)
+        assert "porch_enabled" in orjson.loads(later.payload)["cmps"]
