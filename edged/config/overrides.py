@@ -12,8 +12,9 @@ own so a restart keeps them and the config file stays the user's:
 Only the keys in SETTABLE may be set; they are merged over the config's own
 (a camera's into its [[cameras]] entry) before it is validated, so an override
 is checked as if written in the file. The writer is hand-written: the values
-are numbers, booleans and lists of strings, which JSON writes as TOML does, and
-a TOML writer package would be a dependency for 20 lines.
+are numbers, booleans, strings and lists (zones: of inline tables), which JSON
+writes as TOML does but for the tables, and a TOML writer package would be a
+dependency for 30 lines.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import Any
 
 import orjson
 
-# Safe to change at runtime: what a result reports, how often, and a camera on or off.
+# Safe to change at runtime: what a result reports, how often, where the zones are,
+# and a camera on or off.
 SECTION_KEYS = frozenset({
     ("output", "min_score"), ("output", "top_k"), ("output", "classes_keep"),
     ("output", "classes_ignore"), ("output", "min_box_area"), ("cascade", "min_score"),
+    ("events", "zones"), ("events", "lines"),
 })
 SETTABLE = SECTION_KEYS | {("inference", "max_fps")}
 CAMERA_KEYS = frozenset({("enabled",), ("max_fps",)}) | SECTION_KEYS
@@ -152,4 +155,14 @@ def _tables(doc: dict[str, Any], prefix: tuple[str, ...] = ()
 
 
 def _toml(value: Any) -> str:
+    """A TOML value: zones are arrays of inline tables; scalars are written as JSON
+    writes them (its strings, numbers and booleans are TOML's)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return orjson.dumps(value).decode()
+
+
+def _key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else _toml(key)

@@ -1,7 +1,7 @@
 """Commands in over MQTT (issue 20): the topics, what arrives there, and the answers.
 
-    <prefix>/<device>/cmd/<name>            set, reload, config
-    <prefix>/<device>/<camera>/cmd/set      a [[cameras]] entry's own keys
+    <prefix>/<device>/cmd/<name>            set, reload, config, snapshot
+    <prefix>/<device>/<camera>/cmd/<name>   set (a [[cameras]] entry's own keys), snapshot
     .../cmd/<name>/result                   {"ok": true|false, "error": "...", ...}
 
 The network thread only files what arrives into a small bounded inbox, and
@@ -26,8 +26,8 @@ import orjson
 
 log = logging.getLogger("edged.commands")
 
-NAMES = ("set", "reload", "config")
-CAMERA_NAMES = ("set",)
+NAMES = ("set", "reload", "config", "snapshot")
+CAMERA_NAMES = ("set", "snapshot")
 INBOX_SIZE = 16
 REFUSALS_PER_S = 10  # answered; beyond, a storm's refusals are only counted
 

@@ -5,7 +5,8 @@ validated with it), keeps it in the overrides file (edged.config.overrides),
 then reloads: the reload plan restarts only what the key needs (a min_score
 swaps the decoder between frames). A reload that fails puts the file back.
 `reload` is SIGHUP's reload; `config` answers with the effective config,
-secrets masked. Every command is logged with its outcome, and answered.
+secrets masked; `snapshot` publishes a camera's next frame as a JPEG. Every
+command is logged with its outcome, and answered.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from edged.config.overrides import (
 from edged.config.text import os_error
 from edged.config.wording import messages
 from edged.mqtt.commands import Command, CommandInbox, answer, command_topics
+from edged.mqtt.eventpayload import snapshot_topic
 from edged.service import applying
 
 if TYPE_CHECKING:
@@ -124,6 +126,18 @@ class CommandRunner:
         if self.d.reload_error:
             raise CommandError(f"reload: {self.d.reload_error}")
         return {}
+
+    def _snapshot(self, command: Command) -> dict[str, Any]:
+        """The next frame of the camera (every running one, sent to the device) as a JPEG
+        on its snapshot topic, retained, as an event's."""
+        parts = [p for p in self.d.cameras if command.camera in (None, p.id)]
+        if not parts or self.d.publisher is None:
+            raise CommandError(f"camera {command.camera!r} is not running")
+        topics = []
+        for part in parts:
+            topics.append(snapshot_topic(self.d.cfg.topic_base, part.cfg.source.name))
+            part.event_stages.ask_snapshot(topics[-1], self.d.publisher.publish_control)
+        return {"topics": topics}
 
     def _config(self, command: Command) -> dict[str, Any]:
         # SecretStr dumps masked; paths and the rest as the file would write them.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -181,6 +182,23 @@ class EventStages:
     def __init__(self, snapshots: SnapshotEncoder) -> None:
         self.snapshots = snapshots
         self.current: EventStage | None = None
+        # A snapshot asked for by a command (edged.service.commands): the next frame
+        # delivered. deque: appended on one thread, taken on the pipeline's, lock-free.
+        self._asked: deque[tuple[str, Publish]] = deque(maxlen=1)
+
+    def ask_snapshot(self, topic: str, publish: Publish) -> None:
+        """Publish the next frame this camera delivers as a JPEG on `topic`; any thread."""
+        self._asked.append((topic, publish))
+
+    def deliver_snapshot(self, pixels: NDArray[np.uint8]) -> None:
+        """On the pipeline thread, each frame delivered: the snapshot asked for, if any."""
+        try:
+            topic, publish = self._asked.popleft()
+        except IndexError:
+            return
+        h, w = pixels.shape[:2]
+        self.snapshots.submit(_Job((topic,), pixels, (0.0, 0.0, float(w), float(h)), "",
+                                   SnapshotSettings(boxes=False), publish))
 
     def for_config(self, cfg: Config, publisher: Publisher, fresh: bool = False) -> EventStage:
         if self.current is None or fresh:

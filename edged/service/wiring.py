@@ -279,6 +279,8 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
 
     def deliver(result: Result) -> None:
         nonlocal decoding, model_name
+        if stages is not None:  # a snapshot asked for by a command
+            stages.deliver_snapshot(result.pixels)
         if supervisor.info is not None and supervisor.info is not decoding.info:
             # A restarted worker, maybe on the CPU model after an Edge TPU fallback: another
             # file can have other tensor indices (SSD roles) or class counts.

@@ -68,3 +68,13 @@ def test_a_config_with_commands_on_reads_its_overrides_and_one_off_does_not(
     path.write_text(path.read_text().replace("enabled = false", "enabled = true"))
     with pytest.raises(ConfigError, match=re.escape(f"{overrides}: cannot read")):
         read_config(path)
+
+
+def test_zones_set_at_runtime_are_written_as_inline_tables_and_read_back(
+        tmp_path: Path) -> None:
+    zones = [{"name": "drive way", "points": [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]}]
+    doc = with_setting({}, "porch", "events.zones", zones)
+    path = tmp_path / "overrides.toml"
+    write_overrides(path, doc)
+    assert 'zones = [{name = "drive way", points = [[0.0, 0.5]' in path.read_text()
+    assert read_overrides(path) == doc

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import jsonschema
+import numpy as np
 import orjson
 from broker import Mosquitto, Subscriber
 from cameras_helpers import MODEL, config_text
@@ -206,3 +208,24 @@ def test_home_assistant_controls_send_commands_and_show_the_values_in_effect(
         later = sub.wait_for(lambda m: m.topic.startswith("homeassistant/") and m.payload
                              != b"" and m.received_at > sent, timeout=10)
         assert "porch_enabled" in orjson.loads(later.payload)["cmps"]
+
+
+def test_a_snapshot_asked_for_is_the_cameras_next_frame_and_zones_can_be_set(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    path = _config(tmp_path, mosquitto.port, cameras=[{"id": "porch"}, {"id": "drive"}])
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        _wait_results(sub, daemon, 3, 0, "/porch/results")
+        sent = _send(sub, "porch/cmd/snapshot", {})
+        assert _answer(sub, "porch/cmd/snapshot", sent)["topics"] == [f"{BASE}/porch/snapshot"]
+        jpeg = sub.wait_for(lambda m: m.topic == f"{BASE}/porch/snapshot"
+                            and m.received_at >= sent, timeout=10).payload
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[:2] == (32, 32)  # a digit frame, whole
+        assert not [m for m in sub.on("/drive/snapshot") if m.received_at >= sent]
+        zones = [{"name": "left", "points": [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0]]}]
+        sent = _send(sub, "drive/cmd/set", {"key": "events.zones", "value": zones})
+        assert _answer(sub, "drive/cmd/set", sent)["ok"] is True
+        sent = _send(sub, "drive/cmd/set", {"key": "events.zones", "value": [{"name": "x"}]})
+        got = _answer(sub, "drive/cmd/set", sent)
+        assert got["ok"] is False and "points" in got["error"], got
+    assert 'zones = [{name = "left"' in (tmp_path / "overrides.toml").read_text()
