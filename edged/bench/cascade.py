@@ -73,6 +73,7 @@ def cascade_section(s: Settings, classifier: Path, classifier_size: tuple[int, i
             {"model": classifier.name, "source": label, "row": "cascade",
              "title": f"cascade ({CROPS} crops/frame)", **aggregate(runs["cascade"]),
              "cascade_limit_fps": limit}]
+    rows[0]["ratio"] = rows[1]["ratio"] = 1.0
     rows[2]["ratio"] = rows[2]["fps"] / limit
     notes.append(NOTE)
     return rows

@@ -35,6 +35,7 @@ STAGES = {"capture", "resize", "quantize", "invoke", "dequantize", "decode", "en
 
 
 CAMERAS = "32x32, 1 thread, N cameras"
+CASCADE = "detector 64x64 + 3 crops, 1 thread"
 
 
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -55,9 +56,11 @@ def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, A
     rows = {(r["source"], r["row"]) for r in quick_report["rows"]}
     assert rows == {(src, row) for src in ("32x32", "640x480")
                     for row in ("limit", "naive", "inprocess", "daemon")} | {
-        ("32x32", "accelerator"), (CAMERAS, "limit"), (CAMERAS, "cameras")}
+        ("32x32", "accelerator"), (CAMERAS, "limit"), (CAMERAS, "cameras"),
+        (CASCADE, "limit"), (CASCADE, "cascade")}
     for r in quick_report["rows"]:
-        assert r["model"] == "digits_int8.tflite"
+        assert r["model"] == ("detect_centroid_int8.tflite" if r["title"] == "limit, detector"
+                              else "digits_int8.tflite")
         assert r["fps"] > 0 and r["fps_min"] <= r["fps"] <= r["fps_max"]
         assert r["runs"] == 2
         assert r["peak_rss_mb"] > 0
@@ -376,3 +379,16 @@ def test_private_mosquitto_listens_with_nodelay_or_says_it_did_not_start(
     # A broker that exits at once is reported at once, not after the 10 s wait.
     with pytest.raises(RuntimeError, match=r"^mosquitto did not start on 127\.0\.0\.1:\d+$"):
         start_private_mosquitto(shutil.which("false") or "/bin/false", tmp_path)
+
+
+def test_the_cascade_row_is_measured_against_both_models_limits(
+        quick_report: dict[str, Any]) -> None:
+    """Issue 17's cascade row: the scene detector's three detections classified by the
+    model, against one detector and three classifier invokes timed alone."""
+    rows = {r["title"]: r for r in quick_report["rows"] if r["source"] == CASCADE}
+    det, cls = rows["limit, detector"], rows["limit, classifier"]
+    row = rows["cascade (3 crops/frame)"]
+    assert row["cascade_limit_fps"] == 1 / (1 / det["fps"] + 3 / cls["fps"])
+    assert 0 < row["ratio"] == row["fps"] / row["cascade_limit_fps"]
+    assert any(t["target"].startswith("cascade (3 crops/frame)/the two models' limits")
+               for t in quick_report["targets"])
