@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench": "edged.bench.command",
     "demo": "edged.demo",
     "doctor": "edged.doctor.command",
+    "sign-model": "edged.inference.signmodel",
 }
 # What each command does with native libraries' own stderr output (edged.system.nativeout):
 # the daemon logs it, one-shot commands that load the runtime or OpenCV drop it.
@@ -97,6 +98,12 @@ ABOUT: dict[str, tuple[str, str]] = {
         "Try edged without a camera or a broker of your own: runs the daemon on the bundled "
         "digits model and frames against a private broker, prints the results as they "
         "arrive, and stops."),
+    "sign-model": (
+        "make a signed model update for devices that take updates",
+        "Make a model update (docs/fleet.md): the bundle of a model and its golden frame, "
+        "and its announcement, signed with an Ed25519 key (--keygen makes a pair).\n\n"
+        "Exit status: 0 when written, 1 with one line on stderr when it cannot be, 2 for "
+        "missing options."),
     "doctor": (
         "check the Edge TPU, power, camera, broker and config, each with its fix",
         "Check what edged needs on this device, one line each (ok, info, warn, FAIL) with "

@@ -63,6 +63,7 @@ from edged.config.text import (
     show,
     syntax_error,
 )
+from edged.config.updates import UpdatesConfig, updates_problems
 from edged.config.wording import messages
 
 __all__ = [
@@ -113,6 +114,9 @@ class Config(Section):
     commands: CommandsConfig = Field(
         default_factory=CommandsConfig, description=(
             "Remote commands over MQTT, persisted in an overrides file (docs/fleet.md); off."))
+    updates: UpdatesConfig = Field(
+        default_factory=UpdatesConfig, description=(
+            "New [model] files over MQTT: signed, checked, rolled back (docs/fleet.md); off."))
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Logging, to stderr (journald under systemd).")
     homeassistant: HomeAssistantConfig = Field(
@@ -139,7 +143,8 @@ class Config(Section):
         raise_cross_field(camera_problems(top, cameras, context) + models_problems(
             top, models, [(i, c.model) for i, c in enabled], context) + cascade_problems(
             self.cascade, [(i, c.model, c.cascade) for i, c in enabled],
-            [m.id for m in self.models]) + commands_problems(self.commands, self.mqtt))
+            [m.id for m in self.models]) + commands_problems(self.commands, self.mqtt)
+            + updates_problems(self.updates, self.commands))
         by_model = {entry.id: model_sections(top, entry, index, context)[0]
                     for index, entry in models}
         self._camera_sections = [

@@ -35,6 +35,8 @@ SECTION_KEYS = frozenset({
     ("events", "zones"), ("events", "lines"),
 })
 SETTABLE = SECTION_KEYS | {("inference", "max_fps")}
+# Written by a model update (edged.service.updates), never by `set`.
+UPDATE_KEYS = frozenset({("model", "path"), ("model", "edgetpu_path")})
 CAMERA_KEYS = frozenset({("enabled",), ("max_fps",)}) | SECTION_KEYS
 DEFAULT_PATH = Path("/var/lib/edged/overrides.toml")  # the service's StateDirectory
 HEADER = "# Written by edged: settings changed by MQTT commands (docs/fleet.md).\n"
@@ -99,7 +101,7 @@ def merged(data: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, A
         if section == "cameras":
             continue
         for key, value in keys.items():
-            if (section, key) not in SETTABLE:
+            if (section, key) not in SETTABLE | UPDATE_KEYS:
                 raise OverrideError(f"{section}.{key} cannot be set at runtime")
             out.setdefault(section, {})[key] = value
             said.append(f"{section}.{key} = {_toml(value)}")

@@ -1,6 +1,7 @@
 """Commands in over MQTT (issue 20): the topics, what arrives there, and the answers.
 
-    <prefix>/<device>/cmd/<name>            set, reload, config, snapshot
+    <prefix>/<device>/cmd/<name>            set, reload, config, snapshot, model
+    <prefix>/<device>/cmd/model/chunk       a model update's bytes (edged.service.updates)
     <prefix>/<device>/<camera>/cmd/<name>   set (a [[cameras]] entry's own keys), snapshot
     .../cmd/<name>/result                   {"ok": true|false, "error": "...", ...}
 
@@ -26,7 +27,7 @@ import orjson
 
 log = logging.getLogger("edged.commands")
 
-NAMES = ("set", "reload", "config", "snapshot")
+NAMES = ("set", "reload", "config", "snapshot", "model")
 CAMERA_NAMES = ("set", "snapshot")
 INBOX_SIZE = 16
 REFUSALS_PER_S = 10  # answered; beyond, a storm's refusals are only counted

@@ -5,7 +5,8 @@ validated with it), keeps it in the overrides file (edged.config.overrides),
 then reloads: the reload plan restarts only what the key needs (a min_score
 swaps the decoder between frames). A reload that fails puts the file back.
 `reload` is SIGHUP's reload; `config` answers with the effective config,
-secrets masked; `snapshot` publishes a camera's next frame as a JPEG. Every
+secrets masked; `snapshot` publishes a camera's next frame as a JPEG; `model`
+starts a model update (edged.service.updates). Every
 command is logged with its outcome, and answered.
 """
 
@@ -27,9 +28,11 @@ from edged.config.overrides import (
 )
 from edged.config.text import os_error
 from edged.config.wording import messages
+from edged.inference.modelupdate import UpdateError
 from edged.mqtt.commands import Command, CommandInbox, answer, command_topics
 from edged.mqtt.eventpayload import snapshot_topic
 from edged.service import applying
+from edged.service.updates import Updater
 
 if TYPE_CHECKING:
     from edged.mqtt.publisher import Publisher
@@ -47,6 +50,7 @@ class CommandRunner:
     def __init__(self, d: Daemon) -> None:
         self.d = d
         self.inbox: CommandInbox | None = None
+        self.updater = Updater(d)
         self.carried_out = 0
         self.failed = 0
 
@@ -60,8 +64,16 @@ class CommandRunner:
         cameras = [c.id for c in cfg.camera_list() if c.index is not None]
         for topic, name, camera in command_topics(cfg.topic_base, cameras):
             publisher.watch(topic, inbox.handler(topic, name, camera), retain=True)
+        if cfg.updates.enabled:
+            publisher.watch(f"{cfg.topic_base}/cmd/model/chunk", self.updater.on_chunk,
+                            retain=True)
+
+    def started(self) -> None:
+        """Once the workers run: the last model update's state (one on trial resumes)."""
+        self.updater.load(f"{self.d.cfg.topic_base}/cmd/model")
 
     def run_pending(self) -> None:
+        self.updater.tick()
         for _ in range(PER_TICK):
             command = self.inbox.take() if self.inbox is not None else None
             if command is None:
@@ -138,6 +150,14 @@ class CommandRunner:
             topics.append(snapshot_topic(self.d.cfg.topic_base, part.cfg.source.name))
             part.event_stages.ask_snapshot(topics[-1], self.d.publisher.publish_control)
         return {"topics": topics}
+
+    def _model(self, command: Command) -> dict[str, Any]:
+        if not self.d.cfg.updates.enabled:
+            raise CommandError("model updates are off (updates.enabled)")
+        try:
+            return self.updater.announce(command, _json(command.payload))
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
 
     def _config(self, command: Command) -> dict[str, Any]:
         # SecretStr dumps masked; paths and the rest as the file would write them.

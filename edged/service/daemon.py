@@ -134,6 +134,7 @@ class Daemon:
             self._start_capture()
             for group in self.groups.values():
                 self.start_pipeline(group)
+            self.commands.started()
         except ConfigError as exc:  # e.g. password_env names an unset variable
             return self._fatal(lifecycle.located(self.path, exc.problems), EX_CONFIG)
         except (ModelLoadError, ValueError, OSError) as exc:
@@ -268,6 +269,9 @@ class Daemon:
             figures["last_error"] = self.fatal_error
         if self.cfg.commands.enabled:
             figures["settings"] = settings_of(self.cfg)
+        if self.commands.updater.current:  # the last model update: which runs, how it went
+            figures["model_update"] = {k: v for k, v in self.commands.updater.current.items()
+                                       if k in ("version", "sha256", "name", "state")}
         return figures
 
     def _status_line(self, failing: tuple[str, ...] = ()) -> str:
