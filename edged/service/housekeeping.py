@@ -63,7 +63,7 @@ class Housekeeping:
         if now >= self._next_stats or death:
             d._report()
             self._next_stats = now + d.cfg.output.stats_interval_s
-        self._say_status(d.publisher, d.supervisors, d.captures)
+        self._say_status(d.publisher, d.supervisors, d.captures, d.commands.updater.current)
 
     def tick_while_waiting(self) -> bool:
         """Polled while the worker waits to load (no Coral yet); True to stop waiting."""

@@ -17,7 +17,7 @@ each case through the real `edged run`.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edged.config.text import ConfigError
@@ -109,10 +109,15 @@ class StatusSayer:
         self._said: tuple[Any, ...] = ()
 
     def __call__(self, publisher: Publisher | None, supervisors: Sequence[Supervisor],
-                 captures: Sequence[CaptureThread]) -> None:
+                 captures: Sequence[CaptureThread], update: Mapping[str, Any] | None = None
+                 ) -> None:
+        """`update`: the last model update (edged.service.updates), whose version and
+        sha256 the retained status carries once one has been accepted or is on trial."""
         if publisher is None:
             return
         reason, fields = status_words(supervisors, captures)
+        if update and update.get("state") in ("trial", "accepted"):
+            fields.update(model_version=update["version"], model_sha256=update["sha256"])
         said = (reason, tuple(sorted(fields.items())))
         # A reload's new publisher starts with none of these words: tell it too.
         if publisher is not self._publisher or said != self._said:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 from broker import Mosquitto, Subscriber
 from cameras_helpers import MODEL, config_text
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NEW = MODELS / "digits_uint8.tflite"
 GOLDEN = next((ROOT / "tests/data/frames").glob("digit_7_*.png"))
 BASE = "edged/test"
+STATUS_SCHEMA = orjson.loads((ROOT / "edged/schemas/status-v1.schema.json").read_bytes())
 
 
 def _golden_top() -> tuple[int, float]:
@@ -130,6 +132,10 @@ def test_a_signed_update_in_any_order_is_checked_swapped_and_kept(
         assert orjson.loads(stats.payload)["model_update"] == {
             "version": "digits-v2", "sha256": doc["sha256"], "name": NEW.name,
             "state": "accepted"}
+        status = orjson.loads(sub.wait_for(lambda m: m.topic == f"{BASE}/status"
+                                           and b"model_version" in m.payload).payload)
+        jsonschema.validate(status, STATUS_SCHEMA)
+        assert (status["model_version"], status["model_sha256"]) == ("digits-v2", doc["sha256"])
     restarted = time.time()
     with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(fleet.path) as daemon:
         wait_until(lambda: bool(_models(sub, restarted)), 20, "results", daemon.log_text)
