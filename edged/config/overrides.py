@@ -95,29 +95,38 @@ def with_setting(overrides: dict[str, Any], camera: str | None, key: str, value:
 
 def merged(data: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The config document with the overrides written over it, and one line per
-    override ("output.min_score = 0.4"); OverrideError for one naming no camera."""
+    override ("output.min_score = 0.4"); OverrideError for one that cannot be used (a
+    key not settable, a camera gone, a table that is not one)."""
     out, said = copy.deepcopy(data), []
-    for section, keys in overrides.items():
-        if section == "cameras":
-            continue
-        for key, value in keys.items():
-            if (section, key) not in SETTABLE | UPDATE_KEYS:
-                raise OverrideError(f"{section}.{key} cannot be set at runtime")
-            out.setdefault(section, {})[key] = value
-            said.append(f"{section}.{key} = {_toml(value)}")
-    for camera, keys in overrides.get("cameras", {}).items():
-        entry = next((c for c in out.get("cameras", []) if c.get("id") == camera), None)
-        if entry is None:
+    for key, value in _flat({k: v for k, v in overrides.items() if k != "cameras"}):
+        if key not in SETTABLE | UPDATE_KEYS:
+            raise OverrideError(f"{'.'.join(key)} cannot be set at runtime")
+        _put(out, key, value)
+        said.append(f"{'.'.join(key)} = {_toml(value)}")
+    cameras = overrides.get("cameras", {})
+    if not isinstance(cameras, dict):
+        raise OverrideError("cameras: must be a table of camera ids")
+    for camera, keys in cameras.items():
+        entries = out.get("cameras")
+        entry = next((c for c in entries if isinstance(c, dict) and c.get("id") == camera),
+                     None) if isinstance(entries, list) else None
+        if entry is None or not isinstance(keys, dict):
             raise OverrideError(f"cameras.{camera}: no camera has this id in the config")
         for key, value in _flat(keys):
             if key not in CAMERA_KEYS:
                 raise OverrideError(f"cameras.{camera}.{'.'.join(key)} cannot be set at runtime")
-            table = entry
-            for level in key[:-1]:
-                table = table.setdefault(level, {})
-            table[key[-1]] = value
+            _put(entry, key, value)
             said.append(f"cameras.{camera}.{'.'.join(key)} = {_toml(value)}")
     return out, said
+
+
+def _put(table: dict[str, Any], key: tuple[str, ...], value: Any) -> None:
+    for level in key[:-1]:
+        table = table.setdefault(level, {})
+        if not isinstance(table, dict):
+            raise OverrideError(f"{level}: not a table in the config, so "
+                                f"{'.'.join(key)} cannot go in it")
+    table[key[-1]] = value
 
 
 def write_overrides(path: Path, overrides: dict[str, Any]) -> None:

@@ -78,3 +78,14 @@ def test_zones_set_at_runtime_are_written_as_inline_tables_and_read_back(
     write_overrides(path, doc)
     assert 'zones = [{name = "drive way", points = [[0.0, 0.5]' in path.read_text()
     assert read_overrides(path) == doc
+
+
+def test_an_override_that_cannot_go_in_is_one_line_not_a_crash() -> None:
+    for data, overrides, words in (
+            ({"output": 3}, {"output": {"min_score": 0.4}}, "output: not a table"),
+            ({}, {"output": 3}, "output cannot be set at runtime"),
+            ({"cameras": "porch"}, {"cameras": {"porch": {"enabled": False}}},
+             "cameras.porch: no camera has this id"),
+            ({}, {"cameras": ["porch"]}, "cameras: must be a table")):
+        with pytest.raises(OverrideError, match=words):
+            merged(data, overrides)
