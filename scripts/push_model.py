@@ -4,21 +4,26 @@
     edged sign-model --key update.pem --version birds-v2 --golden feeder.png \\
         --label-id 14 --score 0.91 birds_v2.tflite --out birds-v2.bundle > birds-v2.json
     scripts/push_model.py --host broker.local birds-v2.json birds-v2.bundle pi-1 pi-2 pi-3
+    scripts/push_model.py --host broker.local --fleet birds-v2.json birds-v2.bundle
 
-For each device it publishes the announcement on edged/<device>/cmd/model, then,
-once the device answers "receiving" (it has checked the signature), the chunks on
-edged/<device>/cmd/model/chunk (QoS 1), and prints each answer from
-edged/<device>/cmd/model/result as it comes: receiving, then trial (swapped in)
-or rejected, then accepted or rolled_back. It exits when every device has
-settled, or after --wait seconds: 0 when every device accepted, 1 otherwise.
+Named devices: the announcement goes to each on edged/<device>/cmd/model. With
+--fleet it goes once, retained, on edged/fleet/model, where every device taking
+updates reads it, now or when it next connects. Either way a device answers on
+its own edged/<device>/cmd/model/result: "receiving" once it has checked the
+signature (then this script sends it the chunks on edged/<device>/cmd/model/chunk,
+QoS 1), then "trial" (swapped in) or "rejected", then "accepted" or
+"rolled_back"; "current" when it runs the update already, "declined" when it
+rolled it back before. Each answer is printed as it comes. It exits when every
+named device has settled, or after --wait seconds: 0 when every named device
+accepted (with --fleet and no names, when none failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +31,17 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-SETTLED = {"accepted", "rejected", "rolled_back"}
+FAILED = {"rejected", "rolled_back", "incomplete", "declined"}
+SETTLED = FAILED | {"accepted", "current"}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("announcement", type=Path)
     p.add_argument("bundle", type=Path)
-    p.add_argument("devices", nargs="+")
+    p.add_argument("devices", nargs="*")
+    p.add_argument("--fleet", action="store_true",
+                   help="announce once, retained, to every device (edged/fleet/model)")
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--prefix", default="edged")
@@ -41,25 +49,18 @@ def main() -> int:
     p.add_argument("--password", default="")
     p.add_argument("--tls", action="store_true")
     p.add_argument("--wait", type=float, default=600.0, help="seconds to follow the rollout")
-    p.add_argument("--settle", default="accepted", choices=("trial", "accepted"),
-                   help="the state a device must reach to count as done")
     args = p.parse_args()
+    if not args.devices and not args.fleet:
+        p.error("name the devices, or use --fleet")
     doc: dict[str, Any] = json.loads(args.announcement.read_text())
     bundle = args.bundle.read_bytes()
     size = int(doc.get("chunk_size", 65536))
-    states: dict[str, str] = {}
-    done = threading.Condition()
+    answers: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
 
     def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        device = msg.topic.split("/")[-4]
         answer = json.loads(msg.payload)
-        if answer.get("version") != doc["version"]:
-            return
-        print(f"{device}: {answer.get('state')}"
-              + (f" ({answer['error']})" if answer.get("error") else ""), flush=True)
-        with done:
-            states[device] = str(answer.get("state"))
-            done.notify()
+        if answer.get("version") == doc["version"]:
+            answers.put((msg.topic.split("/")[-4], answer))
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edged-push-{time.time_ns()}")
     if args.username:
@@ -69,32 +70,37 @@ def main() -> int:
     client.on_message = on_message
     client.connect(args.host, args.port)
     client.loop_start()
-    for device in args.devices:
-        client.subscribe(f"{args.prefix}/{device}/cmd/model/result", qos=1)
+    client.subscribe(f"{args.prefix}/+/cmd/model/result", qos=1)
     time.sleep(0.5)
+    payload = json.dumps(doc)
+    if args.fleet:
+        client.publish(f"{args.prefix}/fleet/model", payload, qos=1, retain=True)
+    else:
+        for device in args.devices:
+            client.publish(f"{args.prefix}/{device}/cmd/model", payload, qos=1)
+    states: dict[str, str] = {}
     deadline = time.monotonic() + args.wait
-    for device in args.devices:
-        # The announcement first; the chunks once the device says it is receiving (it
-        # checks the signature first, and takes no chunk before).
-        base = f"{args.prefix}/{device}/cmd/model"
-        client.publish(base, json.dumps(doc), qos=1).wait_for_publish(30)
-        with done:
-            done.wait_for(lambda d=device: d in states, timeout=30)  # type: ignore[misc]
-        if states.get(device) != "receiving":
+    while time.monotonic() < deadline:
+        if args.devices and all(states.get(d) in SETTLED for d in args.devices):
+            break
+        try:
+            device, answer = answers.get(timeout=min(1.0, max(deadline - time.monotonic(), 0)))
+        except queue.Empty:
             continue
-        for i in range(0, len(bundle), size):
-            index = (i // size).to_bytes(4, "big")
-            client.publish(f"{base}/chunk", index + bundle[i:i + size], qos=1)
-    wanted = SETTLED | {args.settle}
-    with done:
-        while (len([d for d in args.devices if states.get(d) in wanted]) < len(args.devices)
-               and time.monotonic() < deadline):
-            done.wait(deadline - time.monotonic())
+        state = str(answer.get("state") or ("" if answer.get("ok") else "rejected"))
+        states[device] = state
+        print(f"{device}: {state}" + (f" ({answer['error']})" if answer.get("error") else ""),
+              flush=True)
+        if state == "receiving":  # the device checked the signature: the bytes now
+            base = f"{args.prefix}/{device}/cmd/model/chunk"
+            for i in range(0, len(bundle), size):
+                client.publish(base, (i // size).to_bytes(4, "big") + bundle[i:i + size], qos=1)
     client.loop_stop()
-    ok = all(states.get(d) == args.settle for d in args.devices)
     for device in args.devices:
         print(f"{device}: {states.get(device, 'no answer')}")
-    return 0 if ok else 1
+    if args.devices:
+        return 0 if all(states.get(d) in ("accepted", "current") for d in args.devices) else 1
+    return 1 if any(s in FAILED for s in states.values()) else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     <prefix>/<device>/cmd/<name>            set, reload, config, snapshot, model
     <prefix>/<device>/cmd/model/chunk       a model update's bytes (edged.service.updates)
+    <prefix>/fleet/model                    a model update for every device (retained)
     <prefix>/<device>/<camera>/cmd/<name>   set (a [[cameras]] entry's own keys), snapshot
     .../cmd/<name>/result                   {"ok": true|false, "error": "...", ...}
 
@@ -74,11 +75,14 @@ class CommandInbox:
         self._said_retained = False
         self._window = (0.0, 0)  # this second's start and its refusals answered
 
-    def handler(self, topic: str, name: str, camera: str | None
-                ) -> Callable[[bytes, bool], None]:
+    def handler(self, topic: str, name: str, camera: str | None, *, answer_on: str = "",
+                retained_ok: bool = False) -> Callable[[bytes, bool], None]:
+        """What files a message on `topic` as command `name`, answered on
+        `answer_on`/result (default: `topic`). `retained_ok`: a topic whose retained
+        message is meant for every device that comes (the fleet's model announcement)."""
         def on_message(payload: bytes, retained: bool) -> None:
-            command = Command(name, camera, payload, topic)
-            problem = self._refusal(payload, retained)
+            command = Command(name, camera, payload, answer_on or topic)
+            problem = self._refusal(payload, retained and not retained_ok)
             if problem:
                 self.refused += 1
                 if self._may_answer():

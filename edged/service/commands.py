@@ -43,7 +43,11 @@ PER_TICK = 4  # commands carried out per housekeeping tick, so a storm cannot st
 
 
 class CommandError(ValueError):
-    """A command refused or failed; one line, its answer's error."""
+    """A command refused or failed; one line, its answer's error (and `fields`)."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class CommandRunner:
@@ -67,6 +71,12 @@ class CommandRunner:
         if cfg.updates.enabled:
             publisher.watch(f"{cfg.topic_base}/cmd/model/chunk", self.updater.on_chunk,
                             retain=True)
+            # The fleet's announcement, retained for the devices that come later; each
+            # answers on its own cmd/model/result, and takes it once (edged.service.updates).
+            fleet = f"{cfg.mqtt.topic_prefix}/fleet/model"
+            publisher.watch(fleet, inbox.handler(fleet, "model", None, retained_ok=True,
+                                                 answer_on=f"{cfg.topic_base}/cmd/model"),
+                            retain=True)
 
     def started(self) -> None:
         """Once the workers run: the last model update's state (one on trial resumes)."""
@@ -87,7 +97,7 @@ class CommandRunner:
         except CommandError as exc:
             self.failed += 1
             log.warning("command %s%s refused: %s", command.name, where, exc)
-            reply = answer(command, False, str(exc))
+            reply = answer(command, False, str(exc), **exc.fields)
         else:
             self.carried_out += 1
             log.info("command %s%s: done %s", command.name, where,
@@ -154,10 +164,13 @@ class CommandRunner:
     def _model(self, command: Command) -> dict[str, Any]:
         if not self.d.cfg.updates.enabled:
             raise CommandError("model updates are off (updates.enabled)")
+        doc = _json(command.payload)
         try:
-            return self.updater.announce(command, _json(command.payload))
+            return self.updater.announce(command, doc)
         except UpdateError as exc:
-            raise CommandError(str(exc)) from None
+            # The version too: a backend following a rollout matches answers by it.
+            raise CommandError(str(exc), version=str(doc.get("version", "")), state=(
+                "declined" if str(exc).startswith("declined") else "rejected")) from None
 
     def _config(self, command: Command) -> dict[str, Any]:
         # SecretStr dumps masked; paths and the rest as the file would write them.

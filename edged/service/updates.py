@@ -88,6 +88,13 @@ class Updater:
         key = public_key_bytes(u.public_key)
         assert key is not None  # the config refuses updates without one
         verify_signature(a, key)
+        if self.current.get("sha256") == a.sha256:
+            # Said before: a retained fleet announcement comes again at every reconnect.
+            done = self.current.get("state")
+            if done in ("trial", "accepted"):
+                return {"state": "current", "version": a.version}
+            if done in ("rejected", "rolled_back"):
+                raise UpdateError(f"declined: this update was {done} here before")
         if a.path:
             self._finish(a, Path(a.path), command)
             return {"state": self.current.get("state", ""), "version": a.version}
@@ -117,9 +124,10 @@ class Updater:
             self.receiving = None
             r.receiver.close()
             r.receiver.path.unlink(missing_ok=True)
+            # Not "rejected": an update that did not all come may be sent again.
             self._say(r.command, False, f"incomplete: {r.receiver.missing()} of "
                       f"{r.a.chunks} chunks missing after {self.d.cfg.updates.receive_timeout_s:g}"
-                      f" s ({r.receiver.rejected} refused)", r.a, "rejected")
+                      f" s ({r.receiver.rejected} refused)", r.a, "incomplete")
         if self.trial is not None:
             self._watch_trial(self.trial)
 

@@ -52,6 +52,7 @@ class Fleet:
 
     def __init__(self, tmp_path: Path, port: int, **updates: Any) -> None:
         self.tmp = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.public = keygen(tmp_path / "keys")
         self.key = (tmp_path / "keys" / "update.pem").read_bytes()
         cfg = base_config(port, model=MODEL, frames=digit_folder(tmp_path, "digits"),
@@ -158,7 +159,7 @@ def test_wrong_signature_missing_chunk_and_wrong_golden_are_refused(
         doc, bundle = fleet.update("short")
         n = -(-len(bundle) // 4096)
         sent = _send(sub, doc, bundle, order=[i for i in range(n) if i != 2])
-        got = _wait_state(sub, daemon, sent, "rejected")
+        got = _wait_state(sub, daemon, sent, "incomplete")
         assert got["error"].startswith(f"incomplete: 1 of {n} chunks missing")
         doc, bundle = fleet.update("liar", label_id=(_golden_top()[0] + 1) % 10)
         sent = _send(sub, doc, bundle)
@@ -205,3 +206,41 @@ def test_the_push_script_rolls_an_update_out_and_reports_it(
             check=False, capture_output=True, text=True, timeout=60)
         assert push.returncode == 0, push.stdout + push.stderr
         assert push.stdout.splitlines()[-1] == "test: accepted"
+
+
+def test_a_retained_fleet_announcement_reaches_a_device_that_comes_later_once(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Two devices share a key; the push script announces once, retained, on
+    edged/fleet/model and sends each device its chunks when it answers "receiving".
+    The second device starts after the announcement; a restart does not take the
+    update again (the retained announcement comes back at every connect)."""
+    one = Fleet(tmp_path / "one", mosquitto.port, trial_s=1.0)
+    two = Fleet(tmp_path / "two", mosquitto.port, trial_s=1.0)
+    for fleet, device in ((one, "pi-1"), (two, "pi-2")):
+        (fleet.tmp / "keys" / "update.pem").write_bytes(one.key)
+        fleet.path.write_text(fleet.path.read_text().replace(fleet.public, one.public)
+                              .replace('id = "test"', f'id = "{device}"'))
+    doc, _ = one.update("digits-v5")
+    announcement = tmp_path / "digits-v5.json"
+    announcement.write_bytes(orjson.dumps(doc))
+    with DaemonProcess(one.path) as first:
+        push = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/push_model.py"), "--port",
+             str(mosquitto.port), "--fleet", "--wait", "40", str(announcement),
+             str(one.tmp / "digits-v5.bundle"), "pi-1", "pi-2"],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        with DaemonProcess(two.path) as second:
+            out, _ = push.communicate(timeout=60)
+            assert push.returncode == 0, out + first.log_text() + second.log_text()
+            assert out.splitlines()[-2:] == ["pi-1: accepted", "pi-2: accepted"]
+            second.stop()
+        with Subscriber(mosquitto.port, "edged/#") as sub:
+            restarted = time.time()
+            with DaemonProcess(two.path) as again:
+                got = orjson.loads(sub.wait_for(
+                    lambda m: m.topic == "edged/pi-2/cmd/model/result"
+                    and m.received_at >= restarted, timeout=20).payload)
+                assert got["state"] == "current", again.log_text()
+    with Subscriber(mosquitto.port, "edged/fleet/model") as sub:
+        sub.client.publish("edged/fleet/model", b"", qos=1, retain=True).wait_for_publish(5)
