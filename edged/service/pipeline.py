@@ -67,6 +67,9 @@ class Result:
 Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]
 """(frame pixels, destination buffer) -> geometry mapping model coordinates to the frame."""
 
+Probed = Callable[[tuple[NDArray[Any], ...], ModelInfo, Any], None]
+"""(raw outputs, the model that made them, geometry): a probe's answer (Pipeline.probe)."""
+
 Deliver = Callable[[Result], None]
 """Decode, encode and hand the result to the publisher; runs on the pipeline thread."""
 
@@ -110,6 +113,7 @@ class Pipeline:
         # True once every finite source's feed is closed and empty, nothing in flight.
         self.drained = False
         self._stop = threading.Event()
+        self._probe: tuple[NDArray[np.uint8], Probed] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -229,9 +233,28 @@ class Pipeline:
             done = self.supervisor.wait(pending.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
 
+    def probe(self, pixels: NDArray[np.uint8], done: Probed) -> None:
+        """Run the worker's model on `pixels` (a model update's golden frame) between
+        frames, with the first camera's preprocessing; `done(raw outputs, model info,
+        geometry)` on this thread, once. Any thread."""
+        self._probe = (pixels, done)
+
+    def _run_probe(self) -> None:
+        (pixels, done), self._probe = self._probe, None  # type: ignore[misc]
+        geometry = self.stages[self.lanes[0]].preprocess(pixels, self.supervisor.pixels(0))
+        self.supervisor.submit(0)
+        self.supervisor.wait(0)
+        info = self.supervisor.info
+        assert info is not None
+        done(tuple(r.copy() for r in self.supervisor.raw_outputs(0)), info, geometry)
+
     def _handing_over(self, idle: bool) -> bool:
         """Poll the fail-back; switch workers when it is ready and nothing is in flight.
-        True while it waits for the frame in flight."""
+        True while it waits for the frame in flight (or a probe does)."""
+        if self._probe is not None:
+            if idle:
+                self._run_probe()
+            return not idle
         if self.failback is None:
             return False
         self.failback.poll()

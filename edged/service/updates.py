@@ -6,8 +6,9 @@ device), checked (the bundle's sha256; the file as check-config checks a
 model; the new model loaded on the CPU in a worker of its own and run on the
 golden frame, whose top result must be the one announced), swapped in (kept
 in `updates.models_dir`, named in the overrides file, a reload loads it), and
-on trial: within `trial_s`, a worker restart or `no_results_s` without a
-result puts the previous model back. Each step is answered on
+on trial: the golden frame run again by the running worker on its
+accelerator, and within `trial_s` a wrong golden answer there, a worker
+restart or `no_results_s` without a result puts the previous model back. Each step is answered on
 `<device>/cmd/model/result`; the state survives a restart (state.json).
 """
 
@@ -23,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
+from edged.config import Config
 from edged.config.overrides import read_overrides, write_overrides
 from edged.config.updates import public_key_bytes
 from edged.decode.dispatch import decode
@@ -64,6 +67,8 @@ class _Trial:
     restarts: int
     before: dict[str, Any]  # the overrides before the swap: a rollback writes them back
     command: Command
+    # The golden frame run by the running worker, on its accelerator (Pipeline.probe).
+    probed: tuple[tuple[Any, ...], Any, Any] | None = None
 
 
 class Updater:
@@ -133,18 +138,25 @@ class Updater:
 
     def _finish(self, a: Announcement, bundle: Path, command: Command) -> None:
         try:
-            model = self._checked(a, bundle)
+            model, golden = self._checked(a, bundle)
         except UpdateError as exc:
             self._say(command, False, str(exc), a, "rejected")
             return
         finally:
             if bundle.name == ".incoming":
                 bundle.unlink(missing_ok=True)
-        self._swap(a, model, command)
+        self._swap(a, model, golden, command)
 
-    def _checked(self, a: Announcement, bundle: Path) -> Path:
+    def _checked(self, a: Announcement, bundle: Path) -> tuple[Path, NDArray[np.uint8]]:
+        """The staged model and its golden frame (RGB), checked as far as the CPU can:
+        the file, and the golden frame's top result unless it needs an Edge TPU."""
         staged = self.dir / f"{a.version}-{a.sha256[:8]}-{a.name}"
-        model, golden = split_bundle(bundle, a, staged)
+        model, png = split_bundle(bundle, a, staged)
+        frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        if frame is None:
+            staged.unlink(missing_ok=True)
+            raise UpdateError("golden frame: not an image")
+        golden = np.ascontiguousarray(frame[:, :, ::-1], dtype=np.uint8)
         try:
             info = read_model_file(model)
             check_runnable(info, "edgetpu" if info.needs_edgetpu else "cpu")
@@ -152,22 +164,19 @@ class Updater:
             staged.unlink(missing_ok=True)
             raise UpdateError(f"model: {exc}") from None
         if info.needs_edgetpu:
-            log.info("update %s: an Edge TPU model: its golden frame is not run on the CPU; "
-                     "the trial watches it", a.version)
-            return model
+            log.info("update %s: an Edge TPU model: its golden frame runs on the device "
+                     "once swapped in", a.version)
+            return model, golden
         try:
             self._golden(a, model, golden)
         except UpdateError:
             staged.unlink(missing_ok=True)
             raise
-        return model
+        return model, golden
 
-    def _golden(self, a: Announcement, model: Path, png: bytes) -> None:
+    def _golden(self, a: Announcement, model: Path, rgb: NDArray[np.uint8]) -> None:
         """The new model on the golden frame, in a CPU worker of its own, decoded as the
         running config decodes: its top result must be the one announced."""
-        frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise UpdateError("golden frame: not an image")
         cfg = self.d.cfg.model_copy(update={"model": self.d.cfg.model.model_copy(
             update={"path": model, "edgetpu_path": None})})
         p = cfg.preprocess
@@ -178,20 +187,25 @@ class Updater:
             problems = wiring.model_fit_problems(self.d.path, cfg, info)
             if problems:
                 raise UpdateError(problems[0].split(": ", 1)[1])
-            rgb = np.ascontiguousarray(frame[:, :, ::-1], dtype=np.uint8)
             geometry = wiring.build_preprocess(cfg, info)(rgb, sup.pixels(0))
             sup.submit(0)
             sup.wait(0)
-            d = wiring.build_decoding(cfg, info, None, announce=False)
-            found = decode(d.kind, sup.raw_outputs(0), info.outputs, settings=d.settings,
-                           input_wh=d.input_wh, geometry=geometry)
+            self._verdict(a, cfg, (tuple(sup.raw_outputs(0)), info, geometry))
         except (ModelLoadError, WorkerError, ValueError) as exc:
             if isinstance(exc, UpdateError):
                 raise
             raise UpdateError(f"model: {str(exc).splitlines()[0]}") from None
         finally:
             sup.stop()
-        top = _top(found)
+
+    def _verdict(self, a: Announcement, cfg: Config, ran: tuple[tuple[Any, ...], Any, Any]
+                 ) -> None:
+        """The golden frame's raw outputs, decoded as `cfg` decodes: its top result must
+        be the one announced (UpdateError if not)."""
+        raw, info, geometry = ran
+        d = wiring.build_decoding(cfg, info, None, announce=False)
+        top = _top(decode(d.kind, raw, info.outputs, settings=d.settings,
+                          input_wh=d.input_wh, geometry=geometry))
         if top is None:
             raise UpdateError(f"golden frame: no {d.kind} result to compare")
         if top.label_id != a.golden_label_id or abs(
@@ -201,7 +215,8 @@ class Updater:
 
     # -- swap, trial, rollback ---------------------------------------------------------
 
-    def _swap(self, a: Announcement, model: Path, command: Command) -> None:
+    def _swap(self, a: Announcement, model: Path, golden: NDArray[np.uint8],
+              command: Command) -> None:
         path = self.d.cfg.commands.overrides_file
         before = read_overrides(path)
         after = {**before, "model": {**before.get("model", {}),
@@ -213,14 +228,27 @@ class Updater:
             self._rollback(a, before, command, f"the swap failed: {self.d.reload_error}")
             return
         restarts = sum(s.restarts for s in self.d.supervisors)
-        self.trial = _Trial(a, time.monotonic() + self.d.cfg.updates.trial_s, restarts, before,
-                            command)
+        trial = self.trial = _Trial(a, time.monotonic() + self.d.cfg.updates.trial_s, restarts,
+                                    before, command)
         self.d.frames.beat()  # the trial's no-result clock starts at the swap
         self._say(command, True, "", a, "trial")
+        group = self.d.groups.get("")
+        if group is not None and group.pipeline is not None:
+            # The golden frame again, now on the device's accelerator, between frames.
+            group.pipeline.probe(golden, lambda *ran: setattr(trial, "probed", ran))
 
     def _watch_trial(self, t: _Trial) -> None:
         u = self.d.cfg.updates
         restarts = sum(s.restarts for s in self.d.supervisors)
+        if t.probed is not None:
+            ran, t.probed = t.probed, None
+            try:
+                self._verdict(t.a, self.d.cfg, ran)
+            except UpdateError as exc:
+                self._rollback(t.a, t.before, t.command, f"on the device: {exc}")
+                return
+            log.info("update %s: the golden frame gives the announced result on the device",
+                     t.a.version)
         if restarts > t.restarts:
             self._rollback(t.a, t.before, t.command, f"the worker restarted {restarts - t.restarts}"
                            " time(s) on it")

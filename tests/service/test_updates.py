@@ -19,6 +19,7 @@ import orjson
 from broker import Mosquitto, Subscriber
 from cameras_helpers import MODEL, config_text
 from daemon_helpers import MODELS, DaemonProcess, base_config
+from faults_helpers import build_stub_delegate
 from reload_helpers import digit_folder, wait_until
 
 from edged.inference.modelupdate import chunk
@@ -244,3 +245,28 @@ def test_a_retained_fleet_announcement_reaches_a_device_that_comes_later_once(
                 assert got["state"] == "current", again.log_text()
     with Subscriber(mosquitto.port, "edged/fleet/model") as sub:
         sub.client.publish("edged/fleet/model", b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_the_golden_frame_answered_wrong_on_the_accelerator_rolls_back_edgetpu_stand_in(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The update passes its golden frame on the CPU, then runs it again on the device's
+    Edge TPU (the stub delegate, which here claims the graph and leaves the outputs
+    untouched, as an accelerator computing garbage would): the answer differs from the
+    announced one, so the previous model comes back."""
+    stub = build_stub_delegate(tmp_path)
+    fleet = Fleet(tmp_path, mosquitto.port, trial_s=20.0)
+    fleet.path.write_text(fleet.path.read_text().replace(
+        "[inference]\n", f'[inference]\ndelegate = "edgetpu"\nedgetpu_library = "{stub}"\n'
+        'fallback = "fail"\n', 1))
+    doc, bundle = fleet.update("digits-v6")
+    env = {"STUB_DELEGATE_INVOKE_US": "100"}
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(fleet.path, env) as daemon:
+        wait_until(lambda: bool(_models(sub, 0)), 20, "results", daemon.log_text)
+        sent = _send(sub, doc, bundle)
+        _wait_state(sub, daemon, sent, "trial")  # the CPU check passed
+        got = _wait_state(sub, daemon, sent, "rolled_back")
+        assert got["error"].startswith("rolled back: on the device: golden frame: top "
+                                       "result "), got
+        back = time.time() + 0.5
+        wait_until(lambda: _models(sub, back) == {MODEL.name}, 20, "the old model's results",
+                   daemon.log_text)
