@@ -83,7 +83,11 @@ class CommandRunner:
         self.updater.load(f"{self.d.cfg.topic_base}/cmd/model")
 
     def run_pending(self) -> None:
-        self.updater.tick()
+        try:
+            self.updater.tick()
+        except Exception:  # a disk full while writing, say: the daemon goes on
+            log.exception("model update: failed (the update is dropped)")
+            self.updater.receiving = None
         for _ in range(PER_TICK):
             command = self.inbox.take() if self.inbox is not None else None
             if command is None:
@@ -98,6 +102,10 @@ class CommandRunner:
             self.failed += 1
             log.warning("command %s%s refused: %s", command.name, where, exc)
             reply = answer(command, False, str(exc), **exc.fields)
+        except Exception as exc:  # a bug or the disk: answered, and the daemon goes on
+            self.failed += 1
+            log.exception("command %s%s failed", command.name, where)
+            reply = answer(command, False, f"failed: {type(exc).__name__}: {exc}".splitlines()[0])
         else:
             self.carried_out += 1
             log.info("command %s%s: done %s", command.name, where,

@@ -229,3 +229,19 @@ def test_a_snapshot_asked_for_is_the_cameras_next_frame_and_zones_can_be_set(
         got = _answer(sub, "drive/cmd/set", sent)
         assert got["ok"] is False and "points" in got["error"], got
     assert 'zones = [{name = "left"' in (tmp_path / "overrides.toml").read_text()
+
+
+def test_an_overrides_file_that_cannot_be_written_is_answered_and_nothing_changes(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    path = _config(tmp_path, mosquitto.port,
+                   overrides_file=str(tmp_path / "no-such-dir" / "overrides.toml"))
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        _wait_results(sub, daemon, 3, 0)
+        sent = _send(sub, "cmd/set", {"key": "output.top_k", "value": 1})
+        got = _answer(sub, "cmd/set", sent)
+        assert got["ok"] is False and got["error"].startswith(
+            f"{tmp_path / 'no-such-dir' / 'overrides.toml'}: cannot write: "), got
+        after = time.time()
+        _wait_results(sub, daemon, 3, after)
+        assert {len(r["decoded"]["classes"]) for r in _results(sub, "/test/results", after)
+                } == {3}
