@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,16 @@ class Receiver:
         os.ftruncate(self._fd, a.size)
         self._have: set[int] = set()
         self.rejected = 0  # chunks refused: bad index or length
+        # add() runs on the network thread, close() on another: a closed descriptor's
+        # number may already be another file's.
+        self._lock = threading.Lock()
 
     def add(self, payload: bytes) -> bool:
         """File one chunk; True once every chunk has come."""
+        with self._lock:
+            return self._add(payload)
+
+    def _add(self, payload: bytes) -> bool:
         if len(payload) < _INDEX.size or self._fd < 0:
             self.rejected += 1
             return False
@@ -152,9 +160,10 @@ class Receiver:
         return self.a.chunks - len(self._have)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def chunk(index: int, data: bytes) -> bytes:
