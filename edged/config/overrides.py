@@ -32,7 +32,7 @@ import orjson
 SECTION_KEYS = frozenset({
     ("output", "min_score"), ("output", "top_k"), ("output", "classes_keep"),
     ("output", "classes_ignore"), ("output", "min_box_area"), ("cascade", "min_score"),
-    ("events", "zones"), ("events", "lines"),
+    ("events", "zones"), ("events", "lines"), ("output", "publish"),
 })
 SETTABLE = SECTION_KEYS | {("inference", "max_fps")}
 # Written by a model update (edged.service.updates), never by `set`.

@@ -1,7 +1,8 @@
 """Home Assistant controls for remote commands (issue 20): each sends a command
 (`edged.mqtt.commands`) and shows the value in effect, from the stats' `settings`.
 
-Device: "Min score" and "Max inference rate" numbers, a "Reload" button. Per
+Device: "Min score" and "Max inference rate" numbers, a "Publish" select
+(results, events, both), a "Reload" button. Per
 `[[cameras]]` entry, switched off ones too (else one switched off could not be
 switched on again): an "Enabled" switch and a "Max inference rate" number.
 """
@@ -40,6 +41,11 @@ def command_components(oid: str, base: str, cameras: tuple[str, ...]
                                value="{{ " + _SETTINGS + ".max_fps | default(0) }}",
                                min=0, max=100, step=0.5, unit_of_meas="fps",
                                ic="mdi:speedometer"),
+        "set_publish": {
+            "p": "select", "name": "Publish", "uniq_id": f"{oid}_set_publish",
+            "cmd_t": set_topic, "cmd_tpl": '{"key": "output.publish", "value": "{{ value }}"}',
+            "stat_t": stats, "val_tpl": "{{ " + _SETTINGS + ".publish | default('results') }}",
+            "ops": ["results", "events", "both"], "ent_cat": "config", "ic": "mdi:send"},
         "reload": {"p": "button", "name": "Reload", "uniq_id": f"{oid}_reload",
                    "cmd_t": f"{base}/cmd/reload", "pl_prs": "{}", "ent_cat": "config",
                    "ic": "mdi:reload"},

@@ -198,5 +198,6 @@ def _json(payload: bytes) -> dict[str, Any]:
 def settings_of(cfg: Config) -> dict[str, Any]:
     """The values in effect of what the Home Assistant controls set, for the stats."""
     return {"min_score": cfg.output.min_score, "max_fps": cfg.inference.max_fps,
+            "publish": cfg.output.publish,
             "cameras": {c.id: {"enabled": c.enabled, "max_fps": c.max_fps}
                         for c in cfg.cameras}}

@@ -194,7 +194,16 @@ def test_home_assistant_controls_send_commands_and_show_the_values_in_effect(
                                          and m.payload != b"", timeout=10).payload)["cmps"]
         switch = cmps["porch_enabled"]
         assert switch["p"] == "switch" and switch["cmd_t"] == f"{BASE}/porch/cmd/set"
-        assert {"set_min_score", "set_max_fps", "reload", "drive_set_max_fps"} <= set(cmps)
+        assert {"set_min_score", "set_max_fps", "set_publish", "reload",
+                "drive_set_max_fps"} <= set(cmps)
+        select = cmps["set_publish"]
+        assert select["p"] == "select" and select["ops"] == ["results", "events", "both"]
+        sent = time.time()  # what the select sends, as Home Assistant renders its template
+        sub.client.publish(select["cmd_t"], select["cmd_tpl"].replace("{{ value }}", "both"),
+                           qos=1).wait_for_publish(5)
+        got = _answer(sub, "cmd/set", sent)
+        # A classifier's results cannot become events: refused on reload, nothing kept.
+        assert got["ok"] is False and "publish" in got["error"], got
         sent = time.time()
         sub.client.publish(switch["cmd_t"], switch["pl_off"], qos=1).wait_for_publish(5)
         assert _answer(sub, "porch/cmd/set", sent)["ok"] is True
