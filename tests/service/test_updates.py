@@ -270,3 +270,19 @@ def test_the_golden_frame_answered_wrong_on_the_accelerator_rolls_back_edgetpu_s
         back = time.time() + 0.5
         wait_until(lambda: _models(sub, back) == {MODEL.name}, 20, "the old model's results",
                    daemon.log_text)
+
+
+def test_an_update_already_on_the_device_is_taken_by_path(tmp_path: Path,
+                                                          mosquitto: Mosquitto) -> None:
+    fleet = Fleet(tmp_path, mosquitto.port, trial_s=1.0)
+    doc, _ = fleet.update("digits-v7")
+    doc["path"] = str(tmp_path / "digits-v7.bundle")  # copied there by other means
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(fleet.path) as daemon:
+        wait_until(lambda: bool(_models(sub, 0)), 20, "results", daemon.log_text)
+        sent = time.time()
+        sub.client.publish(f"{BASE}/cmd/model", orjson.dumps(doc), qos=1).wait_for_publish(5)
+        assert _wait_state(sub, daemon, sent, "accepted")["sha256"] == doc["sha256"]
+        after = time.time()
+        wait_until(lambda: _models(sub, after) == {NEW.name}, 20, "the new model's results",
+                   daemon.log_text)
+    assert (tmp_path / "digits-v7.bundle").exists()  # the file given is left where it was
