@@ -33,6 +33,18 @@ COMPONENT_KEYS = {
               "dev_cla", "ent_cat", "ic", "en", "qos", "json_attr_t", "json_attr_tpl"},
     "image": {"p", "name", "uniq_id", "img_t", "img_e", "cont_type", "url_t", "url_tpl", "avty",
               "avty_mode", "ent_cat", "ic", "en", "qos"},
+    # The controls of remote commands (edged.mqtt.commanddiscovery).
+    "number": {"p", "name", "uniq_id", "cmd_t", "cmd_tpl", "stat_t", "val_tpl", "min", "max",
+               "step", "mode", "unit_of_meas", "dev_cla", "ent_cat", "ic", "avty", "avty_mode",
+               "en", "qos", "ret", "opt", "json_attr_t", "json_attr_tpl"},
+    "select": {"p", "name", "uniq_id", "cmd_t", "cmd_tpl", "stat_t", "val_tpl", "ops",
+               "ent_cat", "ic", "avty", "avty_mode", "en", "qos", "ret", "opt", "json_attr_t",
+               "json_attr_tpl"},
+    "switch": {"p", "name", "uniq_id", "cmd_t", "stat_t", "val_tpl", "pl_on", "pl_off",
+               "stat_on", "stat_off", "dev_cla", "ent_cat", "ic", "avty", "avty_mode", "en",
+               "qos", "ret", "opt", "json_attr_t", "json_attr_tpl"},
+    "button": {"p", "name", "uniq_id", "cmd_t", "cmd_tpl", "pl_prs", "dev_cla", "ent_cat", "ic",
+               "avty", "avty_mode", "en", "qos", "ret", "json_attr_t", "json_attr_tpl"},
 }
 SENSOR_STATE_CLASSES = {"measurement", "total", "total_increasing"}
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -64,6 +76,12 @@ def check_device_discovery(topic: str, doc: dict[str, Any], prefix: str = "homea
         if platform == "image":
             assert comp.get("img_t") or comp.get("url_t"), f"{key}: no image topic"
             continue
+        if platform in ("number", "select", "switch", "button"):
+            assert comp.get("cmd_t"), f"{key}: a control needs its command topic"
+        if platform == "button":
+            continue  # pressed, never in a state
+        if platform == "select":
+            assert comp.get("ops"), f"{key}: a select needs its options"
         if platform == "event":
             assert comp.get("evt_typ"), f"{key}: an event entity needs its event types"
         assert comp.get("stat_t") or doc.get("stat_t"), f"{key}: no state topic"

@@ -44,9 +44,21 @@ _TOP_LABEL = _CLASSES + ("{{ ((c[0].label if c[0].label is not none else c[0].la
                          " if c else 'none') }}")
 
 
-def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
-                       ) -> dict[str, dict[str, Any]]:
-    """Entities fed by a results topic, per decoder kind."""
+# A cascade's answer (docs/cascade.md) on the best scoring detection it classified.
+_CLASSIFIED: Final = (_DETECTIONS + "{% set k = d | selectattr('classes', 'defined') "
+                      "| selectattr('classes') | list %}")
+_TOP_CLASSIFIED: Final = _CLASSIFIED + (
+    "{{ ((k[0].classes[0].label if k[0].classes[0].label is not none "
+    "else k[0].classes[0].label_id) if k else 'none') }}")
+_CLASSIFIED_ATTRIBUTES: Final = _CLASSIFIED + (
+    "{{ {'score': (k[0].classes[0].score if k else 0), 'detection': "
+    "(k[0].label if k else none), 'classified': k | count} | tojson }}")
+
+
+def _result_components(oid: str, kind: str, topic: str, class_names: list[str],
+                       cascade: bool = False) -> dict[str, dict[str, Any]]:
+    """Entities fed by a results topic, per decoder kind (`cascade`: a classifier
+    answers on the detections)."""
     meas = {"stat_cla": "measurement"}
     if kind == "classification":
         return {
@@ -59,6 +71,10 @@ def _result_components(oid: str, kind: str, topic: str, class_names: list[str]
         comps = {"objects": sensor(oid, "objects", "Objects", topic,
                                     _DETECTIONS + "{{ d | count }}", ic="mdi:shape",
                                     json_attr_t=topic, json_attr_tpl=_COUNTS, **meas)}
+        if cascade:
+            comps["top_classified"] = sensor(
+                oid, "top_classified", "Classified as", topic, _TOP_CLASSIFIED,
+                ic="mdi:tag-search", json_attr_t=topic, json_attr_tpl=_CLASSIFIED_ATTRIBUTES)
         for name in class_names:
             key = "count_" + UNSAFE.sub("_", name.lower())
             comps[key] = sensor(
@@ -90,21 +106,22 @@ class CameraEntities:
     classes_keep: tuple[str, ...] = ()
     decoder: str | None = None  # its decoder kind; None: the one discovery_config is given
     events: EventEntities | None = None  # output.publish events/both
+    cascade: bool = False  # [cascade]: a classifier's answers on its detections
 
 
 def camera_components(oid: str, base: str, c: CameraEntities, decoder: str
                       ) -> dict[str, dict[str, Any]]:
     kind = c.decoder or decoder
     if c.camera is None:
-        comps = _result_components(oid, kind, f"{base}/results", list(c.classes_keep)) \
-            if c.json_results else {}
+        comps = _result_components(oid, kind, f"{base}/results", list(c.classes_keep),
+                                   c.cascade) if c.json_results else {}
     else:
         cam = c.camera
         comps = {f"{cam}_{key}": {**comp, "name": f"{cam} {comp['name']}",
                                   "uniq_id": f"{oid}_{cam}_{key}"}
                  for key, comp in (_result_components(
-                     oid, kind, camera_topics(base, cam)["results"], list(c.classes_keep))
-                     if c.json_results else {}).items()}
+                     oid, kind, camera_topics(base, cam)["results"], list(c.classes_keep),
+                     c.cascade) if c.json_results else {}).items()}
         comps.update(_camera_figures(oid, f"{base}/stats", cam))
     if c.events is not None:
         comps.update(event_components(oid, base, c.events))

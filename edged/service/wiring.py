@@ -345,7 +345,7 @@ def _camera_entities(camera: Camera, info: ModelInfo | None) -> CameraEntities:
     return CameraEntities(
         camera=camera.id if camera.index is not None else None,
         json_results=out.encoding == "json" and out.publish != "events",
-        classes_keep=tuple(out.classes_keep),
+        classes_keep=tuple(out.classes_keep), cascade=bool(cfg.cascade.model),
         decoder=decoder_kind(cfg, info) if info is not None else None,
         events=EventEntities(cfg.source.name, tuple(z.name for z in cfg.events.zones),
                              tuple(cfg.events.labels), cfg.events.snapshot.enabled)

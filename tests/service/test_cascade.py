@@ -19,6 +19,7 @@ from broker import Mosquitto, Subscriber
 from cameras_helpers import config_text
 from cascade_helpers import CLASSIFIER, CLASSIFIER_LABELS, reference_scores, write_digit_frames
 from daemon_helpers import DaemonProcess, base_config
+from fleet_helpers import check_device_discovery, render
 from reload_helpers import sighup, wait_until
 from scene_helpers import LABELS as SCENE_LABELS
 from scene_helpers import MODEL as SCENE_MODEL
@@ -146,3 +147,24 @@ def test_a_cascade_after_a_model_that_is_not_a_detector_is_refused_on_its_key(
         assert daemon.proc.wait(30) == 78
     assert "cascade.model: 'digits' classifies detections, but the model decodes as " \
            "classification" in daemon.log_text()
+
+
+def test_home_assistant_shows_what_the_classifier_made_of_the_best_detection(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    write_digit_frames(tmp_path / "frames", PLACEMENTS[3:4])
+    path = _config(tmp_path, mosquitto.port, top_k=1)
+    path.write_text(path.read_text() + "[homeassistant]\nenabled = true\n")
+    with Subscriber(mosquitto.port, ["edged/#", "homeassistant/#"]) as sub, \
+            DaemonProcess(path) as daemon:
+        _wait(sub, daemon, 3)
+        config = sub.wait_for(lambda m: m.topic.startswith("homeassistant/") and m.payload,
+                              timeout=10)
+        check_device_discovery(config.topic, orjson.loads(config.payload))
+        sensor = orjson.loads(config.payload)["cmps"]["top_classified"]
+        assert sensor["stat_t"] == "edged/test/results"
+        message = sub.on("/test/results")[-1]
+        (person,) = _classified(orjson.loads(message.payload))
+        assert render(sensor["val_tpl"], message.payload) == person["classes"][0]["label"]
+        attributes = orjson.loads(render(sensor["json_attr_tpl"], message.payload))
+        assert attributes == {"score": person["classes"][0]["score"], "detection": "person",
+                              "classified": 1}

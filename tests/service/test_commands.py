@@ -17,6 +17,7 @@ import orjson
 from broker import Mosquitto, Subscriber
 from cameras_helpers import MODEL, config_text
 from daemon_helpers import DaemonProcess, base_config
+from fleet_helpers import check_device_discovery
 from reload_helpers import digit_folder, wait_until
 
 from edged.config.check import check_config
@@ -190,8 +191,10 @@ def test_home_assistant_controls_send_commands_and_show_the_values_in_effect(
     with Subscriber(mosquitto.port, ["edged/#", "homeassistant/#"]) as sub, \
             DaemonProcess(path) as daemon:
         _wait_results(sub, daemon, 3, 0, "/porch/results")
-        cmps = orjson.loads(sub.wait_for(lambda m: m.topic.startswith("homeassistant/")
-                                         and m.payload != b"", timeout=10).payload)["cmps"]
+        discovery = sub.wait_for(lambda m: m.topic.startswith("homeassistant/")
+                                 and m.payload != b"", timeout=10)
+        check_device_discovery(discovery.topic, orjson.loads(discovery.payload))
+        cmps = orjson.loads(discovery.payload)["cmps"]
         switch = cmps["porch_enabled"]
         assert switch["p"] == "switch" and switch["cmd_t"] == f"{BASE}/porch/cmd/set"
         assert {"set_min_score", "set_max_fps", "set_publish", "reload",
