@@ -161,7 +161,11 @@ def decoded_text(decoded: dict[str, Any], top: int = 3) -> str:
         for d in dets:
             counts[_name(d)] = counts.get(_name(d), 0) + 1
         per = ", ".join(f"{n} x{c}" for n, c in sorted(counts.items(), key=lambda x: -x[1]))
-        return f"{len(dets)} objects" + (f": {per}" if per else "")
+        # A cascade's answers (docs/cascade.md): each classified detection's top class.
+        named = [f"{_name(d)} {_name(d['classes'][0])} {d['classes'][0].get('score', 0):.2f}"
+                 for d in dets if d.get("classes")][:top]
+        return (f"{len(dets)} objects" + (f": {per}" if per else "")
+                + (f"; classified: {', '.join(named)}" if named else ""))
     if kind == "pose":
         poses = decoded.get("poses") or []
         return f"pose {poses[0].get('score', 0):.2f}" if poses else "no pose"

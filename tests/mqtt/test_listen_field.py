@@ -79,6 +79,11 @@ def test_decoded_answers_in_a_few_words() -> None:
                                                            "score": 0.8},
         {"label_id": 0, "label": "person", "score": 0.7}]}) == "3 objects: person x2, car x1"
     assert decoded_text({"kind": "detection", "detections": []}) == "0 objects"
+    assert decoded_text({"kind": "detection", "detections": [  # a cascade's answers
+        {"label_id": 15, "label": "bird", "score": 0.9,
+         "classes": [{"label_id": 802, "label": "robin", "score": 0.874}]},
+        {"label_id": 15, "label": "bird", "score": 0.3}]}) == \
+        "2 objects: bird x2; classified: bird robin 0.87"
     assert decoded_text({"kind": "pose", "poses": [{"score": 0.456}]}) == "pose 0.46"
     assert decoded_text({"kind": "segmentation", "classes": [
         {"label_id": 15, "label": "person", "fraction": 0.414}]}) == "person 41%"
