@@ -45,8 +45,12 @@ def summary(config: Config, *, delegate_loads: bool = True) -> str:
     shared = accelerator_of(inference.delegate, inference.edgetpu_device)
     extra = "".join(f", model {m.id}: {Path(m.path).name} on {m.accelerator or shared}"
                     for m in config.models if m.id in used)
-    return (f"{sources}, model {runs}{extra}, "
-            f"{scheme}://{config.mqtt.host}:{config.mqtt.port}/{config.topic_base}")
+    cascade = f", cascade into {config.cascade.model}" if config.cascade.model else ""
+    remote = ", ".join(name for name, on in (("commands", config.commands.enabled),
+                                             ("model updates", config.updates.enabled)) if on)
+    return (f"{sources}, model {runs}{extra}{cascade}, "
+            f"{scheme}://{config.mqtt.host}:{config.mqtt.port}/{config.topic_base}"
+            + (f" (taking {remote})" if remote else ""))
 
 
 def main(args: argparse.Namespace) -> int:

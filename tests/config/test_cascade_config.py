@@ -64,3 +64,15 @@ def test_only_the_classifier_and_its_crop_buffers_restart_the_worker(tmp_path: P
     path = _write(tmp_path, SCENE, DIGITS)
     path.write_text(path.read_text().replace('model = "digits"', 'model = ""'))
     assert plan_reload(base, load_config(path)).worker  # the classifier leaves the worker
+
+
+def test_check_config_says_the_cascade_and_what_is_taken_from_afar(tmp_path: Path) -> None:
+    from edged.config import read_config
+    from edged.config.checkcommand import summary
+
+    path = _write(tmp_path, SCENE, DIGITS)
+    assert "model detect_centroid_int8.tflite on cpu, cascade into digits, mqtt://" in \
+        summary(read_config(path).config)
+    path.write_text(path.read_text() + "[commands]\nenabled = true\nallow_insecure = true\n"
+                    f'overrides_file = "{tmp_path / "o.toml"}"\n')
+    assert summary(read_config(path).config).endswith("(taking commands)")
