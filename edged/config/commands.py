@@ -33,6 +33,12 @@ class CommandsConfig(Section):
         "Larger command payloads are refused unread."))
 
 
+def command_cameras(config: Any) -> list[str]:
+    """The cameras with command topics of their own: every [[cameras]] entry, switched
+    off too (or one switched off could not be switched on again)."""
+    return [camera.id for camera in config.cameras]
+
+
 def commands_problems(commands: CommandsConfig, mqtt: Any) -> Problems:
     """Commands on without a connection that says who sends them."""
     if not commands.enabled or commands.allow_insecure or (mqtt.tls and mqtt.username):

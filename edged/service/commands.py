@@ -19,6 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from edged.config import Config, read_toml
+from edged.config.commands import command_cameras
 from edged.config.overrides import (
     OverrideError,
     merged,
@@ -65,8 +66,7 @@ class CommandRunner:
         if not cfg.commands.enabled:
             return
         inbox = self.inbox = CommandInbox(cfg.commands.max_payload_bytes, publisher.publish_event)
-        cameras = [c.id for c in cfg.camera_list() if c.index is not None]
-        for topic, name, camera in command_topics(cfg.topic_base, cameras):
+        for topic, name, camera in command_topics(cfg.topic_base, command_cameras(cfg)):
             publisher.watch(topic, inbox.handler(topic, name, camera), retain=True)
         if cfg.updates.enabled:
             publisher.watch(f"{cfg.topic_base}/cmd/model/chunk", self.updater.on_chunk,

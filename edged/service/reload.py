@@ -32,6 +32,7 @@ from edged.config import Config, ConfigError, ConfigFile
 from edged.config.camerafile import camera_files
 from edged.config.cameras import Camera
 from edged.config.cascade import classifier_of
+from edged.config.commands import command_cameras
 from edged.config.text import show
 
 
@@ -66,10 +67,6 @@ def _model_files(cfg: Config) -> tuple[object, ...]:
 def _normalization(cfg: Config) -> tuple[object, ...]:
     # layout too: the worker lays the pixels out in the input tensor.
     return tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std), cfg.preprocess.layout
-
-
-def _camera_ids(cfg: Config) -> list[str]:
-    return [c.id for c in cfg.cameras if c.enabled]
 
 
 def _classifier(cfg: Config) -> tuple[object, ...]:
@@ -111,8 +108,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     # Home Assistant discovery lives on the connection (subscriptions, hooks).
     publisher = (old.mqtt != new.mqtt or old.device != new.device
                  or old.homeassistant != new.homeassistant or old.commands != new.commands
-                 # A camera's command topic is subscribed on connect.
-                 or (new.commands.enabled and _camera_ids(old) != _camera_ids(new)))
+                 # Every camera's command topic (switched off too) is subscribed on connect.
+                 or (new.commands.enabled and command_cameras(old) != command_cameras(new)))
     return ReloadPlan(
         # A camera's own source is in [[cameras]]: each camera's plan says which restart.
         changed=changed, worker=worker, publisher=publisher,

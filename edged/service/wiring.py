@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.config import Camera, Config, ConfigError
+from edged.config.commands import command_cameras
 from edged.config.fit import publish_problem, too_large_for_json
 from edged.decode.dispatch import (
     DecoderKind,
@@ -337,7 +338,7 @@ def discovery_settings(cfg: Config, board: tuple[str, ...] = (),
         prefix=ha.discovery_prefix, name=ha.name, board=board,
         cameras=tuple(_camera_entities(camera, (infos or {}).get(camera.model))
                       for camera in cfg.camera_list() if camera.enabled),
-        commands=tuple(c.id for c in cfg.cameras) if cfg.commands.enabled else None)
+        commands=tuple(command_cameras(cfg)) if cfg.commands.enabled else None)
 
 
 def _camera_entities(camera: Camera, info: ModelInfo | None) -> CameraEntities:

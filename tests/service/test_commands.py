@@ -138,8 +138,11 @@ def test_a_camera_switched_off_by_command_stops_and_the_other_goes_on(
     path = _config(tmp_path, mosquitto.port, cameras=[{"id": "porch"}, {"id": "drive"}])
     with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
         _wait_results(sub, daemon, 3, 0, "/porch/results")
+        connects = daemon.log_text().count("MQTT: connected")
         sent = _send(sub, "porch/cmd/set", {"key": "enabled", "value": False})
         assert _answer(sub, "porch/cmd/set", sent)["ok"] is True
+        # Its command topic stays subscribed (to switch it on again): no new connection.
+        assert daemon.log_text().count("MQTT: connected") == connects
         after = time.time() + 0.5
         _wait_results(sub, daemon, 5, after, "/drive/results")
         assert not _results(sub, "/porch/results", after)
