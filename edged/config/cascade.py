@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field
 
-from edged.config.models import ModelEntry
+from edged.config.models import ModelEntry, unknown_model
 from edged.config.sections import Section
 from edged.config.text import show
 
@@ -60,9 +60,7 @@ def cascade_problems(top: CascadeConfig, cameras: Sequence[tuple[int, str, dict[
 
     def unknown(model: str, key: tuple[str | int, ...]) -> None:
         if model and model not in model_ids:
-            known = ", ".join(model_ids) or "none: add a [[models]] entry"
-            problems.append((key, f"{show(model)} is not a model id (the [[models]] ids: "
-                             f"{known})"))
+            problems.append((key, unknown_model(model, model_ids)))
 
     unknown(top.model, ("cascade", "model"))
     first: dict[str, tuple[int, Any]] = {}  # model id -> its first camera and classifier

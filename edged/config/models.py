@@ -55,6 +55,12 @@ class ModelEntry(Section):
         "[inference]'s delegate and device. The other [inference] keys are shared."))
 
 
+def unknown_model(model: str, ids: Sequence[str]) -> str:
+    """What is said of a model id no [[models]] entry has (a camera's, a cascade's)."""
+    known = ", ".join(ids) or "none: add a [[models]] entry"
+    return f"{show(model)} is not a model id (the [[models]] ids: {known})"
+
+
 def accelerator_of(delegate: str, device: str) -> str:
     """The accelerator string of a delegate and device ("edgetpu:usb:0", "cpu")."""
     if delegate != "edgetpu":
@@ -103,11 +109,8 @@ def models_problems(top: dict[str, Section], models: Sequence[tuple[int, ModelEn
         if sections:
             where[entry.id] = _accelerator(sections["inference"])
     where[""] = _accelerator(top["inference"])
-    for camera, model in used:
-        if model and model not in ids:
-            known = ", ".join(ids) or "none: add a [[models]] entry"
-            problems.append((("cameras", camera, "model"), f"{show(model)} is not a model id "
-                             f"(the [[models]] ids: {known})"))
+    problems += [(("cameras", camera, "model"), unknown_model(model, list(ids)))
+                 for camera, model in used if model and model not in ids]
     problems += _shared_edgetpus(models, {model for _, model in used}, where)
     return problems
 
