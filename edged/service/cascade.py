@@ -29,7 +29,7 @@ from edged.decode.labels import Labels, load_labels
 from edged.decode.results import Classification, DecodeError, Detection
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
-from edged.numerics.imageinput import image_input
+from edged.numerics.imageinput import ImageInput, image_input
 
 
 class Cascade:
@@ -43,9 +43,16 @@ class Cascade:
         self.top_k, self.min_class_score = c.top_k, c.min_class_score
         self.labels: Labels | None = load_labels(entry.labels) if entry.labels else None
         self.supervisor = supervisor
-        # The labels aligned to the classifier loaded (a background line, a restarted
-        # worker on another build): per loaded model, not per frame.
-        self._aligned: tuple[ModelInfo | None, Labels | None] = (None, None)
+        # What the loaded classifier takes and answers with (its input, its labels
+        # aligned to its classes): per loaded model, not per frame; a restarted worker
+        # on another build brings another info.
+        self._loaded: tuple[ModelInfo, ImageInput, Labels | None] | None = None
+
+    def _for(self, info: ModelInfo) -> tuple[ImageInput, Labels | None]:
+        if self._loaded is None or self._loaded[0] is not info:
+            self._loaded = (info, image_input(info.inputs[0]), self.labels and prepare_labels(
+                "classification", self.labels, info.outputs))
+        return self._loaded[1], self._loaded[2]
 
     def __call__(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8]
                  ) -> tuple[tuple[Detection, ...], dict[str, int]]:
@@ -56,7 +63,7 @@ class Cascade:
             return found, {}
         t0 = time.perf_counter_ns()
         height, width = pixels.shape[:2]
-        image = image_input(info.inputs[0])
+        image, labels = self._for(info)
         chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
         if not chosen:
             return found, {}
@@ -67,14 +74,11 @@ class Cascade:
             _resize_into(pixels[y1:y2, x1:x2], buffer, image.channels)
         t1 = time.perf_counter_ns()
         self.supervisor.classify(len(chosen))
-        if self._aligned[0] is not info:
-            self._aligned = (info, self.labels and prepare_labels(
-                "classification", self.labels, info.outputs))
         classified: dict[int, tuple[Classification, ...]] = {}
         for k, (i, _) in enumerate(chosen):
             classified[i] = decode_classification(
                 self.supervisor.crop_outputs(k)[0], info.outputs[0], top_k=self.top_k,
-                min_score=self.min_class_score, labels=self._aligned[1])
+                min_score=self.min_class_score, labels=labels)
         return attach(found, classified), {"crop": (t1 - t0) // 1000,
                                            "classify": (time.perf_counter_ns() - t1) // 1000}
 

@@ -192,10 +192,9 @@ class EventStages:
 
     def deliver_snapshot(self, pixels: NDArray[np.uint8]) -> None:
         """On the pipeline thread, each frame delivered: the snapshot asked for, if any."""
-        try:
-            topic, publish = self._asked.popleft()
-        except IndexError:
+        if not self._asked:  # nearly always: no exception raised and caught per frame
             return
+        topic, publish = self._asked.popleft()  # only this thread takes
         h, w = pixels.shape[:2]
         self.snapshots.submit(_Job((topic,), pixels, (0.0, 0.0, float(w), float(h)), "",
                                    SnapshotSettings(boxes=False), publish))
