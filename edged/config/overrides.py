@@ -86,10 +86,7 @@ def with_setting(overrides: dict[str, Any], camera: str | None, key: str, value:
         keys = ", ".join(sorted(".".join(k) for k in allowed))
         raise OverrideError(f"{key!r} cannot be set at runtime (settable: {keys})")
     out = copy.deepcopy(overrides)
-    table = out.setdefault("cameras", {}).setdefault(camera, {}) if camera is not None else out
-    for level in path[:-1]:
-        table = table.setdefault(level, {})
-    table[path[-1]] = value
+    _put(out, ("cameras", camera, *path) if camera is not None else path, value)
     return out
 
 

@@ -71,7 +71,6 @@ class CommandInbox:
         self._reply = reply  # queues a message; any thread
         self._queue: deque[Command] = deque()
         self._lock = threading.Lock()
-        self.refused = 0  # refused unread: too large, retained, or the inbox full
         self._said_retained = False
         self._window = (0.0, 0)  # this second's start and its refusals answered
 
@@ -84,7 +83,6 @@ class CommandInbox:
             command = Command(name, camera, payload, answer_on or topic)
             problem = self._refusal(payload, retained and not retained_ok)
             if problem:
-                self.refused += 1
                 if self._may_answer():
                     self._reply(command.result_topic, answer(command, False, problem))
                 return

@@ -56,8 +56,6 @@ class CommandRunner:
         self.d = d
         self.inbox: CommandInbox | None = None
         self.updater = Updater(d)
-        self.carried_out = 0
-        self.failed = 0
 
     def listen(self, publisher: Publisher, cfg: Config) -> None:
         """Subscribe a publisher (before its start) to the command topics, if commands
@@ -99,15 +97,12 @@ class CommandRunner:
         try:
             fields = getattr(self, f"_{command.name}")(command)
         except CommandError as exc:
-            self.failed += 1
             log.warning("command %s%s refused: %s", command.name, where, exc)
             reply = answer(command, False, str(exc), **exc.fields)
         except Exception as exc:  # a bug or the disk: answered, and the daemon goes on
-            self.failed += 1
             log.exception("command %s%s failed", command.name, where)
             reply = answer(command, False, f"failed: {type(exc).__name__}: {exc}".splitlines()[0])
         else:
-            self.carried_out += 1
             log.info("command %s%s: done %s", command.name, where,
                      orjson.dumps({k: v for k, v in fields.items() if k != "config"}).decode())
             reply = answer(command, True, **fields)
