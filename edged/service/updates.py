@@ -184,9 +184,10 @@ class Updater:
                                       std=tuple(p.std), layout=p.layout))
         try:
             info = sup.start()
-            problems = wiring.model_fit_problems(self.d.path, cfg, info)
+            # Said of the update's file: "birds.tflite: output.decoder: ...".
+            problems = wiring.model_fit_problems(a.name, cfg, info)
             if problems:
-                raise UpdateError(problems[0].split(": ", 1)[1])
+                raise UpdateError(problems[0])
             geometry = wiring.build_preprocess(cfg, info)(rgb, sup.pixels(0))
             sup.submit(0)
             sup.wait(0)

@@ -68,11 +68,11 @@ class Fleet:
         self.path = tmp_path / "edged.toml"
         self.path.write_text(config_text(cfg, []))
 
-    def update(self, version: str, *, label_id: int | None = None,
-               key: bytes | None = None) -> tuple[dict[str, Any], bytes]:
+    def update(self, version: str, *, label_id: int | None = None, key: bytes | None = None,
+               model: Path = NEW) -> tuple[dict[str, Any], bytes]:
         top = _golden_top()
         bundle = self.tmp / f"{version}.bundle"
-        a = make_update(key or self.key, NEW, GOLDEN, version=version,
+        a = make_update(key or self.key, model, GOLDEN, version=version,
                         label_id=top[0] if label_id is None else label_id, score=top[1],
                         out=bundle)
         doc = a.to_json()
@@ -162,6 +162,10 @@ def test_wrong_signature_missing_chunk_and_wrong_golden_are_refused(
         sent = _send(sub, doc, bundle, order=[i for i in range(n) if i != 2])
         got = _wait_state(sub, daemon, sent, "incomplete")
         assert got["error"].startswith(f"incomplete: 1 of {n} chunks missing")
+        doc, bundle = fleet.update("detector", model=MODELS / "detect_yolo_int8.tflite")
+        sent = _send(sub, doc, bundle)
+        got = _wait_state(sub, daemon, sent, "rejected")  # the config decodes classes
+        assert got["error"].startswith("detect_yolo_int8.tflite: output.decoder: "), got
         doc, bundle = fleet.update("liar", label_id=(_golden_top()[0] + 1) % 10)
         sent = _send(sub, doc, bundle)
         got = _wait_state(sub, daemon, sent, "rejected")
