@@ -44,7 +44,13 @@ from edged.config.frames import (
     packaged_model,
 )
 from edged.config.integrations import HomeAssistantConfig, MetricsConfig
-from edged.config.models import ModelEntry, model_sections, models_problems
+from edged.config.models import (
+    ModelEntry,
+    accelerators,
+    model_sections,
+    models_problems,
+    worker_keys,
+)
 from edged.config.overrides import OverrideError, with_overrides
 from edged.config.publish import (
     DeviceConfig,
@@ -130,7 +136,8 @@ class Config(Section):
         "other sections with its own keys replaced. None: the one camera of [source]."))
     models: list[ModelEntry] = Field(default_factory=list, max_length=8, description=(
         "Models besides [model], each on its accelerator, for the cameras that name it "
-        "(cameras.model); each model in use runs in a worker of its own."))
+        "(cameras.model); each model in use runs in a worker of its own, the models on one "
+        "Edge TPU in one worker together."))
 
     # Each camera's sections, validated with the file's context (relative paths).
     _camera_sections: list[dict[str, Section]] = PrivateAttr(default_factory=list)
@@ -140,13 +147,14 @@ class Config(Section):
         top, context = self.sections(), info.context
         cameras, models = list(enumerate(self.cameras)), list(enumerate(self.models))
         enabled = [(i, c) for i, c in cameras if c.enabled]
+        by_model = {entry.id: model_sections(top, entry, index, context)[0]
+                    for index, entry in models}
         raise_cross_field(camera_problems(top, cameras, context) + models_problems(
             top, models, [(i, c.model) for i, c in enabled], context) + cascade_problems(
             self.cascade, [(i, c.model, c.cascade) for i, c in enabled],
-            [m.id for m in self.models]) + commands_problems(self.commands, self.mqtt)
+            [m.id for m in self.models], worker_keys(accelerators(top, by_model)))
+            + commands_problems(self.commands, self.mqtt)
             + updates_problems(self.updates, self.commands))
-        by_model = {entry.id: model_sections(top, entry, index, context)[0]
-                    for index, entry in models}
         self._camera_sections = [
             {**camera_sections(top, camera, index, context)[0], **by_model.get(camera.model, {})}
             for index, camera in cameras]

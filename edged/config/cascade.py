@@ -16,7 +16,7 @@ the same result message (docs/cascade.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -52,10 +52,11 @@ class CascadeConfig(Section):
 
 
 def cascade_problems(top: CascadeConfig, cameras: Sequence[tuple[int, str, dict[str, Any]]],
-                     model_ids: Sequence[str]) -> Problems:
-    """A classifier that is not a [[models]] id, and cameras of one model naming
-    different classifiers (its worker runs one). `cameras`: each enabled [[cameras]]
-    entry's index, model id and [cameras.cascade] keys."""
+                     model_ids: Sequence[str], workers: Mapping[str, str]) -> Problems:
+    """A classifier that is not a [[models]] id, and cameras of one worker naming
+    different classifiers (it runs one). `cameras`: each enabled [[cameras]] entry's
+    index, model id and [cameras.cascade] keys; `workers`: each model's worker
+    (`models.worker_keys`: the models on one Edge TPU share one)."""
     problems: Problems = []
 
     def unknown(model: str, key: tuple[str | int, ...]) -> None:
@@ -63,19 +64,31 @@ def cascade_problems(top: CascadeConfig, cameras: Sequence[tuple[int, str, dict[
             problems.append((key, unknown_model(model, model_ids)))
 
     unknown(top.model, ("cascade", "model"))
-    first: dict[str, tuple[int, Any]] = {}  # model id -> its first camera and classifier
+    by_model: dict[str, tuple[int, Any]] = {}  # model id -> its first camera, classifier
+    by_worker: dict[str, tuple[int, Any]] = {}  # worker -> its first camera with a classifier
     for index, model, changes in cameras:
         key: tuple[str | int, ...] = ("cameras", index, "cascade", "model")
         classifier = changes.get("model", top.model)
         if "model" in changes and isinstance(classifier, str):
             unknown(classifier, key)
-        other, theirs = first.setdefault(model, (index, classifier))
+        other, theirs = by_model.setdefault(model, (index, classifier))
         if theirs != classifier:
-            problems.append((key, f"{show(classifier) if classifier else 'no classifier'}, "
-                             f"but cameras[{other}] on the same model has "
-                             f"{show(theirs) if theirs else 'none'}: the cameras of one model "
+            problems.append((key, f"{_named(classifier)}, but cameras[{other}] on the same "
+                             f"model has {_named(theirs, 'none')}: the cameras of one model "
                              "share its worker, which runs one classifier"))
+            continue
+        if not classifier:  # a camera without one, on a worker with one: harmless
+            continue
+        other, theirs = by_worker.setdefault(workers.get(model, model), (index, classifier))
+        if theirs != classifier:
+            problems.append((key, f"{show(classifier)}, but cameras[{other}] has "
+                             f"{show(theirs)}, and their models share an Edge TPU: its "
+                             "worker runs one classifier"))
     return problems
+
+
+def _named(classifier: Any, none: str = "no classifier") -> str:
+    return show(classifier) if classifier else none
 
 
 def classifier_of(cascade: CascadeConfig, models: Sequence[ModelEntry]) -> ModelEntry | None:

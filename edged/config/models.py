@@ -15,9 +15,8 @@ A model is `[model]` with its files replaced and `[inference]` with its
 accelerator: "cpu", "edgetpu" (the first found), "edgetpu:usb:N",
 "edgetpu:pci:N" (libedgetpu's device strings), "external" (the
 [inference] library), or "" for [inference]'s own delegate and device. Each
-model in use runs in a worker of its own; libedgetpu gives an Edge TPU to one
-process, so two models in use may not name the same one (until a worker
-holds several, docs/cameras.md).
+model in use runs in a worker of its own, except that the models on one Edge
+TPU share one: libedgetpu gives a device to one process (`worker_keys`).
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ class ModelEntry(Section):
     accelerator: str = Field(default="", examples=["edgetpu:usb:0"], description=(
         "Where it runs: \"cpu\", \"edgetpu\" (the first found), \"edgetpu:usb:N\", "
         "\"edgetpu:pci:N\", \"external\" (inference.external_library); empty: "
-        "[inference]'s delegate and device. The other [inference] keys are shared."))
+        "[inference]'s delegate and device. The other [inference] keys are shared. Models "
+        "on one Edge TPU share its worker (co-compile them: docs/coral.md, section 7)."))
 
 
 def unknown_model(model: str, ids: Sequence[str]) -> str:
@@ -97,18 +97,37 @@ def model_sections(top: dict[str, Section], entry: ModelEntry, index: int,
     return {"model": model, "inference": inference}, []
 
 
+def worker_keys(accelerators: dict[str, str]) -> dict[str, str]:
+    """Which worker each model runs in (model id -> its worker's key, the id of the
+    first model in it), given each model's accelerator in the file's order, [model]
+    ("") first: the models on one Edge TPU share a worker (libedgetpu gives a
+    device to one process; one worker holds them all), every other has its own."""
+    first: dict[str, str] = {}  # Edge TPU -> the first model on it
+    return {model: first.setdefault(accelerator, model) if accelerator.startswith("edgetpu")
+            else model for model, accelerator in accelerators.items()}
+
+
+def accelerators(top: dict[str, Section], by_model: dict[str, dict[str, Section]]
+                 ) -> dict[str, str]:
+    """Each model's accelerator, [model] ("") first then [[models]] in file order
+    (`by_model`: each entry's sections, empty when they have problems)."""
+    return {"": _accelerator(top["inference"]),
+            **{model: _accelerator(sections["inference"])
+               for model, sections in by_model.items() if sections}}
+
+
 def models_problems(top: dict[str, Section], models: Sequence[tuple[int, ModelEntry]],
                     used: Sequence[tuple[int, str]], context: Any = None) -> Problems:
     """Every model's problems, the ids given twice, cameras naming no model (`used`:
-    each enabled camera's index and model id), and two models in use on one Edge TPU."""
+    each enabled camera's index and model id), and a model on "edgetpu" (the first
+    found) beside another on a named Edge TPU."""
     problems, ids = ids_given_twice("models", [(i, e.id) for i, e in models])
-    where: dict[str, str] = {}  # model id ("" for [model]) -> its accelerator
+    by_model: dict[str, dict[str, Section]] = {}
     for index, entry in models:
         sections, found = model_sections(top, entry, index, context)
         problems += found
-        if sections:
-            where[entry.id] = _accelerator(sections["inference"])
-    where[""] = _accelerator(top["inference"])
+        by_model.setdefault(entry.id, sections)
+    where = accelerators(top, by_model)
     problems += [(("cameras", camera, "model"), unknown_model(model, list(ids)))
                  for camera, model in used if model and model not in ids]
     problems += _shared_edgetpus(models, {model for _, model in used}, where)
@@ -117,26 +136,17 @@ def models_problems(top: dict[str, Section], models: Sequence[tuple[int, ModelEn
 
 def _shared_edgetpus(models: Sequence[tuple[int, ModelEntry]], used: set[str],
                      where: dict[str, str]) -> Problems:
-    """Models in use on one Edge TPU, or on "edgetpu" (the first found) beside another."""
+    """A model in use on "edgetpu" (the first found) beside another on a named Edge
+    TPU: which device it lands on is unknown, so whether they share a worker too."""
     index: dict[str, int] = {}
     for i, entry in models:
         index.setdefault(entry.id, i)
-    # In file order, [model] first: the later of two on one device is the one said.
     on_tpu = [(model, where[model]) for model in sorted(used, key=lambda m: index.get(m, -1))
               if model in where and where[model].startswith("edgetpu")]
-    if len(on_tpu) < 2:
-        return []
-    problems: Problems = []
-    for k, (model, accelerator) in enumerate(on_tpu):
-        key: tuple[str | int, ...] = ("models", index[model], "accelerator") if model else (
-            "inference", "edgetpu_device")
-        others = [m or "[model]" for m, a in on_tpu[:k] if a == accelerator]
-        if accelerator == "edgetpu":
-            problems.append((key, "names no Edge TPU, and another model in use runs on one: "
-                             "give each model its device (\"edgetpu:usb:0\", "
-                             "\"edgetpu:usb:1\"; `edged doctor` lists them)"))
-        elif others:
-            problems.append((key, f"{show(accelerator)} is {others[0]}'s too: an Edge TPU "
-                             "serves one worker (libedgetpu opens it for one process); give "
-                             "each model its own (docs/coral.md, section 7)"))
-    return problems
+    if len({accelerator for _, accelerator in on_tpu}) < 2:
+        return []  # all on one Edge TPU (or all on the first found): one worker holds them
+    return [(("models", index[model], "accelerator") if model else (
+        "inference", "edgetpu_device"), "names no Edge TPU, and another model in use runs "
+        "on a named one: name each model's device (\"edgetpu:usb:0\", \"edgetpu:usb:1\"; "
+        "`edged doctor` lists them; models on the same one share its worker)")
+        for model, accelerator in on_tpu if accelerator == "edgetpu"]

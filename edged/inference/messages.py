@@ -43,6 +43,12 @@ class ModelInfo:
     model_path: str = ""  # the file loaded: the CPU build after a fallback at load
     normalization_source: str = ""  # config, model metadata or derived (edged.numerics.quantize)
     cascade: ModelInfo | None = None  # the classifier the worker runs on crops (issue 17)
+    # The further models the worker holds beside this one (several on one Edge TPU).
+    others: tuple[ModelInfo, ...] = ()
+
+    def model(self, index: int) -> ModelInfo:
+        """The worker's model `index` (0: this one, the first)."""
+        return self.others[index - 1] if index else self
 
     @classmethod
     def from_ready(cls, m: dict[str, Any]) -> ModelInfo:
@@ -53,7 +59,8 @@ class ModelInfo:
                    str(m["pixel_path"]), tuple(m["mean"]), tuple(m["std"]),
                    tuple(int(i) for i in m.get("ssd_outputs") or ()),
                    str(m.get("model_path", "")), str(m.get("normalization_source", "")),
-                   cls.from_ready(m["cascade"]) if m.get("cascade") else None)
+                   cls.from_ready(m["cascade"]) if m.get("cascade") else None,
+                   tuple(cls.from_ready(o) for o in m.get("others") or ()))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
 """The memory the daemon and its worker share: frames in, raw outputs back.
 
 One memfd, mapped by both sides, holds for each slot the preprocessed pixels
-and the raw output tensors; with a cascade (issue 17) also one area of crops
+and the raw output tensors. A worker holding several models (issue 17: one
+Edge TPU serving them all) has slots of its own for each, numbered one
+model after the other: model m's slot s is `m * slots + s`, so a request
+names one number and its slot says which model it is for. With a cascade
+also one area of crops
 for the classifier and each crop's raw outputs. Only the pipeline thread
 classifies, one frame's crops at a time, so one crop area is enough.
 Frames and outputs never cross the worker's socket.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,11 +56,14 @@ class _Planner:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each slot's pixels and outputs, and each crop's, live in the memfd."""
+    """Where each slot's pixels and outputs, and each crop's, live in the memfd.
+
+    `slots` per model; `pixel_shapes` and `outputs` one per model; the offsets
+    one per slot, model after model."""
 
     slots: int
-    pixel_shape: tuple[int, ...]
-    outputs: tuple[TensorInfo, ...]
+    pixel_shapes: tuple[tuple[int, ...], ...]
+    outputs: tuple[tuple[TensorInfo, ...], ...]
     pixel_offsets: tuple[int, ...]
     output_offsets: tuple[tuple[int, ...], ...]
     size: int
@@ -65,22 +73,33 @@ class Layout:
     crop_output_offsets: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
-    def plan(cls, slots: int, pixel_shape: tuple[int, ...], outputs: tuple[TensorInfo, ...],
+    def plan(cls, slots: int, models: Sequence[tuple[tuple[int, ...], tuple[TensorInfo, ...]]],
              *, crops: int = 0, crop_shape: tuple[int, ...] = (),
              crop_outputs: tuple[TensorInfo, ...] = ()) -> Layout:
+        """`models`: each model's (pixel shape, outputs), in the worker's order."""
         at = _Planner()
         pixel_offsets, output_offsets = [], []
-        for _ in range(slots):
-            pixel_offsets.append(at.take(int(np.prod(pixel_shape))))
-            output_offsets.append(at.outputs(outputs))
+        for pixel_shape, outputs in models:
+            for _ in range(slots):
+                pixel_offsets.append(at.take(int(np.prod(pixel_shape))))
+                output_offsets.append(at.outputs(outputs))
         crop_offsets, crop_output_offsets = [], []
         for _ in range(crops if crop_shape else 0):
             crop_offsets.append(at.take(int(np.prod(crop_shape))))
             crop_output_offsets.append(at.outputs(crop_outputs))
-        return cls(slots, pixel_shape, outputs, tuple(pixel_offsets), tuple(output_offsets),
-                   max(at.offset, _ALIGN), crop_shape if crop_offsets else (),
-                   crop_outputs if crop_offsets else (), tuple(crop_offsets),
-                   tuple(crop_output_offsets))
+        return cls(slots, tuple(shape for shape, _ in models),
+                   tuple(outputs for _, outputs in models), tuple(pixel_offsets),
+                   tuple(output_offsets), max(at.offset, _ALIGN),
+                   crop_shape if crop_offsets else (), crop_outputs if crop_offsets else (),
+                   tuple(crop_offsets), tuple(crop_output_offsets))
+
+    @property
+    def all_slots(self) -> int:
+        return len(self.pixel_offsets)
+
+    def model_of(self, slot: int) -> int:
+        """Which of the worker's models slot `slot` is for."""
+        return slot // self.slots
 
     @property
     def crops(self) -> int:
@@ -88,14 +107,15 @@ class Layout:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["outputs"] = [t.to_dict() for t in self.outputs]
+        d["outputs"] = [[t.to_dict() for t in model] for model in self.outputs]
         d["crop_outputs"] = [t.to_dict() for t in self.crop_outputs]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Layout:
-        return cls(int(d["slots"]), tuple(d["pixel_shape"]),
-                   tuple(TensorInfo.from_dict(t) for t in d["outputs"]),
+        return cls(int(d["slots"]), tuple(tuple(shape) for shape in d["pixel_shapes"]),
+                   tuple(tuple(TensorInfo.from_dict(t) for t in model)
+                         for model in d["outputs"]),
                    tuple(d["pixel_offsets"]), tuple(tuple(o) for o in d["output_offsets"]),
                    int(d["size"]), tuple(d.get("crop_shape") or ()),
                    tuple(TensorInfo.from_dict(t) for t in d.get("crop_outputs") or ()),
@@ -103,10 +123,11 @@ class Layout:
                    tuple(tuple(o) for o in d.get("crop_output_offsets") or ()))
 
     def pixels(self, buf: mmap.mmap, slot: int) -> NDArray[np.uint8]:
-        return np.ndarray(self.pixel_shape, np.uint8, buf, self.pixel_offsets[slot])
+        return np.ndarray(self.pixel_shapes[self.model_of(slot)], np.uint8, buf,
+                          self.pixel_offsets[slot])
 
     def raw_outputs(self, buf: mmap.mmap, slot: int) -> list[NDArray[Any]]:
-        return _views(buf, self.outputs, self.output_offsets[slot])
+        return _views(buf, self.outputs[self.model_of(slot)], self.output_offsets[slot])
 
     def crop(self, buf: mmap.mmap, i: int) -> NDArray[np.uint8]:
         return np.ndarray(self.crop_shape, np.uint8, buf, self.crop_offsets[i])
@@ -142,8 +163,8 @@ class SharedSlots:
         os.ftruncate(self.fd, layout.size)
         buf = self.buf = mmap.mmap(self.fd, layout.size)
         self.layout = layout
-        self.pixels = [layout.pixels(buf, s) for s in range(layout.slots)]
-        self.outputs = [layout.raw_outputs(buf, s) for s in range(layout.slots)]
+        self.pixels = [layout.pixels(buf, s) for s in range(layout.all_slots)]
+        self.outputs = [layout.raw_outputs(buf, s) for s in range(layout.all_slots)]
         self.crops = [layout.crop(buf, i) for i in range(layout.crops)]
         self.crop_outputs = [layout.crop_raw_outputs(buf, i) for i in range(layout.crops)]
 

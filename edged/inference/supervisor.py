@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class Supervisor:
         self.fallback_reason = ""
         self.state = "stopped"
         self.stopping = False  # set by abandon(): what fails from now on is the stop's doing
-        self.model_stamp: tuple[int, ...] = ()
+        self.model_stamp: tuple[tuple[int, ...], ...] = ()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._inbox = bytearray(MAX_PACKET)
@@ -78,7 +78,7 @@ class Supervisor:
         loaded, WorkerError when it dies or stalls while loading.
         """
         self.state = "starting"
-        self.model_stamp = file_stamp(self.params.model_path)  # what this worker loads
+        self.model_stamp = self._stamps()  # the files this worker loads
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
@@ -88,7 +88,7 @@ class Supervisor:
         finally:
             child.close()
         self._sock = parent
-        send(parent, {"op": "load", **_params_dict(self.params)})
+        send(parent, {"op": "load", **asdict(self.params)})
         message = self._receive(LOAD_TIMEOUT_S, "loading the model")
         if message.get("op") == "error":
             self._reap()
@@ -103,11 +103,19 @@ class Supervisor:
         self.state = "running"
         return info
 
+    def _stamps(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(file_stamp(path) for path in self.params.model_paths)
+
+    def replaced_on_disk(self) -> bool:
+        """A file the worker runs was replaced at the same path since it loaded it."""
+        return self._stamps() != self.model_stamp
+
     def _map(self, info: ModelInfo) -> None:
         second = info.cascade
+        models = [info, *info.others]
         # A different model (CPU fallback) may have other shapes: new memory.
         self.mem.map(Layout.plan(
-            self.slots, pixel_shape(info.inputs[0]), info.outputs,
+            self.slots, [(pixel_shape(m.inputs[0]), m.outputs) for m in models],
             crops=self.params.max_crops if second else 0,
             crop_shape=pixel_shape(second.inputs[0]) if second else (),
             crop_outputs=second.outputs if second else ()))
@@ -151,9 +159,13 @@ class Supervisor:
 
     @property
     def model_name(self) -> str:
-        """The model file the worker runs (its CPU build after a fallback)."""
-        loaded = self.info.model_path if self.info is not None else ""
-        return Path(loaded or self.params.model_path).name
+        """The model files the worker runs (their CPU builds after a fallback)."""
+        return ", ".join(self.model_file(i) for i in range(1 + len(self.params.others)))
+
+    def model_file(self, index: int = 0) -> str:
+        """The file name of the worker's model `index` (its CPU build after a fallback)."""
+        loaded = self.info.model(index).model_path if self.info is not None else ""
+        return Path(loaded or self.params.model_paths[index]).name
 
     @property
     def on_fallback(self) -> bool:
@@ -180,7 +192,8 @@ class Supervisor:
     # -- per frame ---------------------------------------------------------------------
 
     def pixels(self, slot: int) -> NDArray[np.uint8]:
-        """The slot's pixel buffer: preprocess writes the next frame straight into it."""
+        """The slot's pixel buffer: preprocess writes the next frame straight into it.
+        Model m's slots are m * slots + (0 .. slots - 1) (`edged.inference.slots`)."""
         return self.mem.pixels[slot]
 
     def raw_outputs(self, slot: int) -> list[NDArray[Any]]:
@@ -188,12 +201,7 @@ class Supervisor:
         return self.mem.outputs[slot]
 
     def submit(self, slot: int) -> None:
-        assert self._sock is not None
-        try:
-            send(self._sock, {"op": "infer", "slot": slot})
-        except OSError:
-            raise self._failed(f"worker {self._exit_description()} before a frame was sent"
-                               ) from None
+        self._send({"op": "infer", "slot": slot}, "a frame was")
 
     def wait(self, slot: int) -> Done:
         done = self._early.pop(slot, None) or self._done(
@@ -201,28 +209,24 @@ class Supervisor:
         self.consecutive_failures = 0
         return done
 
-    def crops(self) -> list[NDArray[np.uint8]]:
-        """The cascade's crop buffers: preprocess writes each crop straight into one."""
-        return self.mem.crops
-
-    def crop_outputs(self, i: int) -> list[NDArray[Any]]:
-        """Crop `i`'s raw classifier outputs, valid until the next classify()."""
-        return self.mem.crop_outputs[i]
-
     def classify(self, crops: int) -> Done:
-        """Run the cascade's classifier on the first `crops` crop buffers and wait. It
-        queues behind the frame in flight, whose "done" is kept for wait()."""
-        assert self._sock is not None
-        try:
-            send(self._sock, {"op": "classify", "crops": crops})
-        except OSError:
-            raise self._failed(f"worker {self._exit_description()} before crops were sent"
-                               ) from None
+        """Run the cascade's classifier on the first `crops` crop buffers (`mem.crops`;
+        each one's raw outputs in `mem.crop_outputs`, valid until the next classify)
+        and wait. It queues behind the frame in flight, whose "done" is kept for wait()."""
+        self._send({"op": "classify", "crops": crops}, "crops were")
         while True:
             message = self._receive(self.invoke_timeout_s * (1 + crops), "classifying crops")
             if message.get("op") != "done":
                 return self._done(message, "classified", -1)
             self._early[int(message["slot"])] = self._done(message, "done", message["slot"])
+
+    def _send(self, message: dict[str, Any], what: str) -> None:
+        assert self._sock is not None
+        try:
+            send(self._sock, message)
+        except OSError:
+            raise self._failed(f"worker {self._exit_description()} before {what} sent"
+                               ) from None
 
     def _done(self, message: dict[str, Any], op: str, slot: int) -> Done:
         if message.get("op") != op or message.get("slot") != slot:
@@ -322,7 +326,9 @@ class Supervisor:
             # The external delegate's library and options mean nothing on the CPU
             # (and the CPU spec refuses them): drop them with the delegate.
             self.params = replace(self.params, delegate="cpu", model_path=self.cpu_model_path,
-                                  external_library="", external_options={})
+                                  external_library="", external_options={},
+                                  others=tuple(replace(o, model_path=o.cpu_model_path)
+                                               for o in self.params.others))
         self.restarts += 1
         try:
             return self.start()
@@ -342,12 +348,6 @@ def file_stamp(path: str | os.PathLike[str]) -> tuple[int, ...]:
     except OSError:
         return ()
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _params_dict(params: WorkerParams) -> dict[str, Any]:
-    d = dict(params.__dict__)
-    d["mean"], d["std"] = list(params.mean), list(params.std)
-    return d
 
 
 def wait_backoff(seconds: float, deadline_check: Any = None) -> None:

@@ -10,7 +10,7 @@ Protocol, over a SOCK_SEQPACKET socket pair (one JSON object per packet):
     worker -> daemon   {"op": "ready", "inputs": [...], "outputs": [...], ...}
                        or {"op": "error", "message": "one line"}
     daemon -> worker   {"op": "attach", "layout": {...}}  + the memfd (SCM_RIGHTS)
-    daemon -> worker   {"op": "infer", "slot": s}
+    daemon -> worker   {"op": "infer", "slot": s}   (s names the model too: slots.Layout)
     worker -> daemon   {"op": "done", "slot": s, "quantize_us": .., "invoke_us": ..}
     daemon -> worker   {"op": "classify", "crops": n}    (a cascade's classifier)
     worker -> daemon   {"op": "classified", "slot": -1, "crops": n, ...}
@@ -48,6 +48,18 @@ _FD_TYPE = "i"  # SCM_RIGHTS carries C ints
 
 
 @dataclass(frozen=True)
+class OtherModel:
+    """A further model the worker holds beside its first (issue 17: several models
+    on one Edge TPU, which libedgetpu gives to one process), on the same delegate."""
+
+    model_path: str
+    cpu_model_path: str
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    layout: str = "auto"
+
+
+@dataclass(frozen=True)
 class WorkerParams:
     """Everything the worker needs to load the model; sent as the first packet."""
 
@@ -70,6 +82,21 @@ class WorkerParams:
     cascade_path: str = ""
     cascade_cpu_path: str = ""
     max_crops: int = 0
+    others: tuple[OtherModel, ...] = ()
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> WorkerParams:
+        fields = {k: v for k, v in message.items() if k != "op"}
+        fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+        fields["others"] = tuple(
+            OtherModel(**{**o, "mean": tuple(o["mean"]), "std": tuple(o["std"])})
+            for o in fields.get("others") or ())
+        return cls(**fields)
+
+    @property
+    def model_paths(self) -> tuple[str, ...]:
+        """Every model file the worker loads on its accelerator, first model first."""
+        return (self.model_path, *(o.model_path for o in self.others))
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -162,28 +189,36 @@ def _quantizer(model: Any, configured: Any, layout: str) -> tuple[Any, str]:
     return PixelQuantizer(model.inputs[0], norm, setting), source
 
 
-def _load_cascade(params: WorkerParams, detector: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """The cascade's classifier, where the detector ended up: on its accelerator, or
-    on the CPU (its CPU build) after a fallback at load; its own normalization."""
-    on_cpu = detector.delegate_in_use == "cpu"
-    second = replace(
-        params, model_path=params.cascade_cpu_path if on_cpu else params.cascade_path,
-        cpu_model_path=params.cascade_cpu_path, mean=(), std=(), layout="auto",
-        cascade_path="", cascade_cpu_path="", max_crops=0)
+def _load_beside(params: WorkerParams, first: Any, other: OtherModel
+                 ) -> tuple[Any, Any, dict[str, Any]]:
+    """A further model, where the first ended up: on its accelerator, or on the CPU
+    (its CPU build) after a fallback at load; with its own normalization."""
+    on_cpu = first.delegate_in_use == "cpu"
+    beside = replace(
+        params, model_path=other.cpu_model_path if on_cpu else other.model_path,
+        cpu_model_path=other.cpu_model_path, mean=other.mean, std=other.std,
+        layout=other.layout, cascade_path="", cascade_cpu_path="", max_crops=0, others=())
     if on_cpu:
-        second = replace(second, delegate="cpu", external_library="", external_options={})
-    return _load(second)
+        beside = replace(beside, delegate="cpu", external_library="", external_options={})
+    return _load(beside)
 
 
 def serve(sock: socket.socket) -> int:
     inbox = bytearray(MAX_PACKET)
     message, _ = receive(sock, inbox)
-    params = WorkerParams(**{k: v for k, v in message.items() if k != "op"})
+    params = WorkerParams.from_message(message)
     second: tuple[Any, Any] | None = None
     try:
         model, quantizer, info = _load(params)
+        models = [(model, quantizer)]
+        info["others"] = []
+        for other in params.others:
+            beside, beside_quantizer, beside_info = _load_beside(params, model, other)
+            models.append((beside, beside_quantizer))
+            info["others"].append(beside_info)
         if params.cascade_path:
-            classifier, classifier_quantizer, info["cascade"] = _load_cascade(params, model)
+            classifier, classifier_quantizer, info["cascade"] = _load_beside(
+                params, model, OtherModel(params.cascade_path, params.cascade_cpu_path))
             second = (classifier, classifier_quantizer)
     except Exception as exc:
         # heals: no device yet (a Coral plugged in later); the daemon waits for it.
@@ -195,8 +230,9 @@ def serve(sock: socket.socket) -> int:
     layout = Layout.from_dict(message["layout"])
     buf = mmap.mmap(fds[0], layout.size)
     os.close(fds[0])
-    pixels = [layout.pixels(buf, s) for s in range(layout.slots)]
-    outputs = [layout.raw_outputs(buf, s) for s in range(layout.slots)]
+    pixels = [layout.pixels(buf, s) for s in range(layout.all_slots)]
+    outputs = [layout.raw_outputs(buf, s) for s in range(layout.all_slots)]
+    slot_models = [models[layout.model_of(s)] for s in range(layout.all_slots)]
     crops = [(layout.crop(buf, i), layout.crop_raw_outputs(buf, i))
              for i in range(layout.crops)]
     while True:
@@ -210,6 +246,7 @@ def serve(sock: socket.socket) -> int:
             send(sock, _classify(*second, crops[:int(message["crops"])]))
             continue
         slot = int(message["slot"])
+        model, quantizer = slot_models[slot]
         t0 = time.perf_counter_ns()
         model.set_input_pixels(pixels[slot], quantizer)
         t1 = time.perf_counter_ns()

@@ -8,7 +8,7 @@ plans what a change restarts; this module carries it out on a `Daemon`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,7 @@ from edged.inference.messages import ModelLoadError
 from edged.mqtt.publisher import Publisher
 from edged.service import lifecycle, regroup, wiring
 from edged.service.cameras import CameraPart, part_for
-from edged.service.group import models_in_use
+from edged.service.group import workers_in_use
 from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.reload import (
     ReloadPlan,
@@ -100,12 +100,13 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan, on_disk: set[str]) -> None:
     assert d.publisher is not None
     publisher = wiring.build_publisher(new) if plan.publisher else None
     events_kept = [(part, part.event_stages.current) for part in d.cameras]
-    wanted = models_in_use(new)
+    wanted = workers_in_use(new)
     workers = regroup.plan_workers(d, wanted, on_disk)
     try:
         regroup.start_workers(d, wanted, workers)
         try:
-            changes = _build_cameras(d, new, publisher or d.publisher, workers.new_workers)
+            changes = _build_cameras(d, new, publisher or d.publisher, workers.new_models,
+                                     wanted)
         except BaseException:
             for part, stage in events_kept:  # the running ones, as the new ones are not used
                 part.event_stages.current = stage
@@ -128,10 +129,11 @@ def _apply(d: Daemon, new: Config, plan: ReloadPlan, on_disk: set[str]) -> None:
     d._announce()
 
 
-def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_workers: set[str]
-                   ) -> list[_CameraChange]:
+def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_models: set[str],
+                   workers: Collection[str]) -> list[_CameraChange]:
     """Each enabled camera of `new` with the stages and source its changes need
-    (`new_workers`: the models whose worker was restarted or started)."""
+    (`new_models`: the models whose worker was restarted or started; `workers`: the
+    groups the new config keeps, beside those it is about to stop)."""
     running = {part.id: part for part in d.cameras}
     changes = []
     for camera in (c for c in new.camera_list() if c.enabled):
@@ -139,9 +141,9 @@ def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_workers: se
         added = part is None
         if part is None:
             part = part_for(camera, d.stats, d.snapshots)
-        cam = None if added else plan_camera(part.camera, camera, camera.model in new_workers)
-        cfg, group = camera.config, d.groups[camera.model]
-        info, supervisor = group.info, group.supervisor
+        cam = None if added else plan_camera(part.camera, camera, camera.model in new_models)
+        cfg, group = camera.config, d.group_of(camera.model, workers)
+        info, supervisor = group.model_info(camera.model), group.supervisor
         assert info is not None and supervisor is not None
         problems = wiring.model_fit_problems(d.path, cfg, info, camera.key) \
             if cam is None or cam.deliver else []
@@ -155,7 +157,8 @@ def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_workers: se
         if cam is None or cam.deliver:
             change.deliver = wiring.build_deliver(
                 cfg, supervisor, publisher, d._on_published, part.event_stages,
-                fresh_events=cam is None or cam.events, camera=camera.topic_id)
+                fresh_events=cam is None or cam.events, camera=camera.topic_id,
+                model=group.members.index(camera.model))
         # The Pi camera's ISP scales to the model input: a new input size reopens it.
         change.size = wiring.input_size(cfg, info)
         change.reopen = cam is None or cam.source or (
@@ -180,19 +183,19 @@ def _swap_cameras(d: Daemon, changes: list[_CameraChange]) -> None:
             part.stop()
             d._carried.update(part.counts())
     running: dict[str, CameraStages] = {}
-    for key, group in d.groups.items():
-        mine = [change.camera.id for change in changes if change.camera.model == key]
+    for group in d.groups.values():
+        mine = [change.camera.id for change in changes if change.camera.model in group.cfgs]
         if group.pipeline is not None:
             running.update((lane.name, stages) for lane, stages in group.pipeline.stages.items())
             if [lane.name for lane in group.pipeline.lanes] != mine:
                 group.stop_pipeline()  # the cameras kept resume at once in the new one
     for change in changes:
         change.part.camera = change.camera
-    for key, group in d.groups.items():
+    for group in d.groups.values():
         if group.pipeline is None:
             continue
         # Kept running: new stages take over between frames.
-        for lane, change in enumerate(c for c in changes if c.camera.model == key):
+        for lane, change in enumerate(c for c in changes if c.camera.model in group.cfgs):
             if change.pre is not None:
                 group.pipeline.set_preprocess(change.pre, lane)
             if change.deliver is not None:
@@ -210,7 +213,7 @@ def _swap_cameras(d: Daemon, changes: list[_CameraChange]) -> None:
     for group in d.groups.values():
         if group.pipeline is None:
             d.start_pipeline(group, {c.camera.id: _stages(d, c, running.get(c.camera.id))
-                                     for c in changes if c.camera.model == group.key})
+                                     for c in changes if c.camera.model in group.cfgs})
 
 
 def _stages(d: Daemon, change: _CameraChange, running: CameraStages | None) -> CameraStages:

@@ -67,7 +67,7 @@ class Cascade:
         chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
         if not chosen:
             return found, {}
-        buffers = self.supervisor.crops()
+        buffers = self.supervisor.mem.crops
         # The worker's crop buffers are its first camera's max_crops.
         chosen = chosen[:len(buffers)]
         for (_, (x1, y1, x2, y2)), buffer in zip(chosen, buffers, strict=False):
@@ -77,7 +77,7 @@ class Cascade:
         classified: dict[int, tuple[Classification, ...]] = {}
         for k, (i, _) in enumerate(chosen):
             classified[i] = decode_classification(
-                self.supervisor.crop_outputs(k)[0], info.outputs[0], top_k=self.top_k,
+                self.supervisor.mem.crop_outputs[k][0], info.outputs[0], top_k=self.top_k,
                 min_score=self.min_class_score, labels=labels)
         return attach(found, classified), {"crop": (t1 - t0) // 1000,
                                            "classify": (time.perf_counter_ns() - t1) // 1000}

@@ -23,7 +23,7 @@ import logging
 import signal
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,7 +45,7 @@ from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
 from edged.service.commands import CommandRunner, settings_of
 from edged.service.eventstage import SnapshotEncoder
-from edged.service.group import WorkerGroup, model_names, models_in_use
+from edged.service.group import WorkerGroup, model_names, workers_in_use
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
@@ -100,7 +100,8 @@ class Daemon:
         self.exit_code = 0
         self.snapshots = SnapshotEncoder()  # events' JPEGs, off the pipeline thread
         self.cameras = parts_for(cfg, self.stats, self.snapshots)
-        # A worker and its pipeline thread per model in use, by [[models]] id ("": [model]).
+        # A worker and its pipeline thread per model in use, or per Edge TPU for the
+        # models on one, by its first model's [[models]] id ("": [model]).
         self.groups: dict[str, WorkerGroup] = {}
         self.publisher: Publisher | None = None
         self.first_result = threading.Event()
@@ -123,9 +124,9 @@ class Daemon:
         self.deaths.install()
         try:
             self._start_publisher()
-            for key, cfg in models_in_use(self.cfg).items():
+            for key, cfgs in workers_in_use(self.cfg).items():
                 self.groups[key] = WorkerGroup(key)
-                self.groups[key].start_worker(cfg, self.keeper.tick_while_waiting)
+                self.groups[key].start_worker(cfgs, self.keeper.tick_while_waiting)
             problems = [p for part in self.cameras for p in wiring.model_fit_problems(
                 self.path, part.cfg, self.info_of(part), part.camera.key)]
             if problems:
@@ -151,12 +152,15 @@ class Daemon:
             self._shutdown(reason="failed" if self.fatal_error else self._stop_reason)
         return self.exit_code
 
-    def group_of(self, part: CameraPart) -> WorkerGroup:
-        return self.groups[part.camera.model]
+    def group_of(self, model: str, among: Collection[str] | None = None) -> WorkerGroup:
+        """The group whose worker holds `model` (a [[models]] id, "" for [model]);
+        `among`: the keys of the groups to look in (a reload's, beside those it stops)."""
+        return next(g for key, g in self.groups.items()
+                    if model in g.cfgs and (among is None or key in among))
 
     def info_of(self, part: CameraPart) -> ModelInfo:
         """What the worker of the camera's model runs (it changes on a CPU fallback)."""
-        info = self.group_of(part).info
+        info = self.group_of(part.camera.model).model_info(part.camera.model)
         assert info is not None
         return info
 
@@ -175,36 +179,39 @@ class Daemon:
 
     def start_pipeline(self, group: WorkerGroup,
                        stages: Mapping[str, CameraStages] | None = None) -> None:
-        """The group's pipeline thread, a lane per camera of its model; `stages`: those a
-        reload built already, by camera."""
+        """The group's pipeline thread, a lane per camera of its models; `stages`: those
+        a reload built already, by camera."""
         built = stages or {}
         lanes = []
-        parts = [part for part in self.cameras if part.camera.model == group.key]
+        parts = [part for part in self.cameras if part.camera.model in group.cfgs]
         for part in parts:
             assert part.capture is not None
-            lanes.append((Lane(part.id, part.capture.buffer),
-                          built.get(part.id) or self.camera_stages(part)))
+            lane = built.get(part.id) or self.camera_stages(part)
+            lane.model = group.members.index(part.camera.model)  # the members may change
+            lanes.append((Lane(part.id, part.capture.buffer), lane))
         group.start_pipeline(lanes, lambda pipeline: pace(parts, pipeline))
 
     def camera_stages(self, part: CameraPart, *, pre: Preprocess | None = None,
                       deliver: Deliver | None = None) -> CameraStages:
         """A camera's work on the pipeline thread, built for the running worker unless
         given."""
-        supervisor = self.group_of(part).supervisor
-        assert supervisor and self.publisher
+        group = self.group_of(part.camera.model)
+        model = group.members.index(part.camera.model)
+        assert group.supervisor and self.publisher
         cfg = part.cfg
         return CameraStages(
             pre or wiring.build_preprocess(cfg, self.info_of(part)),
-            deliver or wiring.build_deliver(cfg, supervisor, self.publisher,
+            deliver or wiring.build_deliver(cfg, group.supervisor, self.publisher,
                                             self._on_published, part.event_stages,
-                                            camera=part.topic_camera),
+                                            camera=part.topic_camera, model=model),
             # The camera's config when the worker restarts (a reload may have changed it).
-            part.stats, rebuild=lambda info: wiring.build_preprocess(part.cfg, info))
+            part.stats, rebuild=lambda info: wiring.build_preprocess(part.cfg, info),
+            model=model)
 
     def _pace(self) -> None:
-        for key, group in self.groups.items():
+        for group in self.groups.values():
             if group.pipeline is not None:
-                pace([p for p in self.cameras if p.camera.model == key], group.pipeline)
+                pace([p for p in self.cameras if p.camera.model in group.cfgs], group.pipeline)
 
     def _fatal(self, problems: Sequence[str], code: int) -> int:
         """Stop for good: every problem logged, the first one left where subscribers
@@ -306,8 +313,10 @@ class Daemon:
         self._announce()
 
     def _announce(self) -> None:
-        infos = {key: g.info for key, g in self.groups.items() if g.info is not None}
-        if self.discovery is None or not infos or len(infos) < len(self.groups):
+        infos = {model: info for g in self.groups.values() for model in g.members
+                 if (info := g.model_info(model)) is not None}
+        if self.discovery is None or not infos or len(infos) < sum(
+                len(g.cfgs) for g in self.groups.values()):
             return
         self.discovery.announce(discovery_config(
             wiring.discovery_settings(self.cfg, self.board.available(), infos),

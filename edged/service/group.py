@@ -1,27 +1,35 @@
 """One inference worker and the pipeline thread that feeds it its cameras' frames.
 
 The worker process (`edged.inference.supervisor`, with the fail-back that
-returns it to its accelerator after a CPU fallback) runs one model on one
+returns it to its accelerator after a CPU fallback) runs its models on one
 accelerator; the pipeline thread takes the frames of the cameras assigned to
 it (`edged.service.scheduler`), hands them to the worker and delivers the
 results. The daemon has a group per model in use (`[[models]]`, each on its
-accelerator; one for a file with only [model]).
+accelerator; one for a file with only [model]), except that the models on one
+Edge TPU share a group: libedgetpu gives a device to one process, so one
+worker holds them all and one round robin serves all their cameras.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from edged.config import Config
-from edged.inference.failback import FailBack
+from edged.config import Config, ConfigError
+from edged.config.models import accelerator_of, worker_keys
+from edged.inference.failback import FailBack, FailbackPolicy
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
+from edged.inference.worker import OtherModel, WorkerParams
 from edged.service import wiring
+from edged.service.cascade import cascade_params
 from edged.service.pipeline import CameraStages, Pipeline
 from edged.service.scheduler import Lane
+from edged.system.secrecy import scrubbed_environ
 from edged.system.threads import NamedThread
 
 log = logging.getLogger("edged")
@@ -30,11 +38,13 @@ STOP_GRACE_S = 2.0  # for the frame in flight when stopping or replacing the pip
 
 
 class WorkerGroup:
-    """`key`: the model's [[models]] id, "" for the [model] section."""
+    """`key`: its first model's [[models]] id, "" for the [model] section."""
 
     def __init__(self, key: str = "") -> None:
         self.key = key
-        self.cfg: Config | None = None  # what its worker was started with
+        # Its models (by key, in the worker's order) with the configs its worker was
+        # started with.
+        self.cfgs: dict[str, Config] = {}
         self.supervisor: Supervisor | None = None
         self.failback: FailBack | None = None  # watches for the accelerator after a fallback
         self.pipeline: Pipeline | None = None
@@ -53,17 +63,33 @@ class WorkerGroup:
         """Frames a dying worker took with it, for the life of the process."""
         return self.frames_lost_before + (self.pipeline.frames_lost if self.pipeline else 0)
 
-    def start_worker(self, cfg: Config, tick_while_waiting: Callable[[], bool]) -> None:
-        """A new worker for `cfg`'s model, waiting (ticking) until it has loaded."""
+    @property
+    def members(self) -> list[str]:
+        """Its models' keys, in the worker's order (ModelInfo.model's index)."""
+        return list(self.cfgs)
+
+    def model_info(self, model: str) -> ModelInfo | None:
+        """What the current worker runs for `model`, one of its members."""
+        info = self.info
+        return info.model(self.members.index(model)) if info is not None else None
+
+    def start_worker(self, cfgs: Mapping[str, Config],
+                     tick_while_waiting: Callable[[], bool]) -> None:
+        """A new worker for the models `cfgs` (by key, each with its first camera's
+        config), waiting (ticking) until it has loaded them."""
         if self.supervisor is not None:
             self.carried["worker_restarts"] += self.supervisor.restarts
-        self.cfg = cfg
-        self.supervisor = sup = wiring.build_supervisor(cfg)
-        self.failback = wiring.build_failback(cfg, sup)
+        self.cfgs = dict(cfgs)
+        first, *others = self.cfgs.values()
+        self.supervisor = sup = build_supervisor(first, others)
+        self.failback = build_failback(first, sup)
         info = sup.start_until_loaded(tick_while_waiting)
-        log.info("model %s: runtime %s, delegate %s, input %s %s %s", sup.model_name,
-                 info.runtime, info.delegate, list(info.inputs[0].shape),
-                 info.inputs[0].dtype, wiring.describe_pixels(cfg, info))
+        for index, cfg in enumerate(self.cfgs.values()):
+            model = info.model(index)
+            log.info("model %s: runtime %s, delegate %s, input %s %s %s",
+                     sup.model_file(index), info.runtime, info.delegate,
+                     list(model.inputs[0].shape), model.inputs[0].dtype,
+                     wiring.describe_pixels(cfg, model))
         if info.delegate_note:
             log.warning("%s", info.delegate_note)
 
@@ -107,6 +133,20 @@ class WorkerGroup:
         self.pipeline = self.thread = None
 
 
+def workers_in_use(config: Config) -> dict[str, dict[str, Config]]:
+    """Each worker the config wants (by its key) with its models (`models_in_use`,
+    in the worker's order): the models on one Edge TPU share one."""
+    used = models_in_use(config)
+    order = {model: i for i, model in enumerate(["", *(m.id for m in config.models)])}
+    where = {model: accelerator_of(used[model].inference.delegate,
+                                   used[model].inference.edgetpu_device)
+             for model in sorted(used, key=order.__getitem__)}
+    workers: dict[str, dict[str, Config]] = {}
+    for model, worker in worker_keys(where).items():
+        workers.setdefault(worker, {})[model] = used[model]
+    return workers
+
+
 def models_in_use(config: Config) -> dict[str, Config]:
     """Each model its enabled cameras use ([[models]] id, "" for [model]) with the
     config its worker runs, its first camera's: the model's files, its accelerator
@@ -121,3 +161,55 @@ def models_in_use(config: Config) -> dict[str, Config]:
 def model_names(groups: Mapping[str, WorkerGroup]) -> str:
     """The model files the workers run, for the discovery device and the metrics."""
     return ", ".join(g.supervisor.model_name for g in groups.values() if g.supervisor)
+
+
+def worker_params(cfg: Config, others: Sequence[Config] = ()) -> WorkerParams:
+    """`cfg`'s model, and `others`' models beside it on the same accelerator (several
+    on one Edge TPU); the worker's settings are the first's, its classifier the
+    first one any of them cascades into (config.cascade_problems: they agree)."""
+    inf, model = cfg.inference, cfg.model
+    first = other_model(cfg)
+    return WorkerParams(
+        model_path=first.model_path, runtime=inf.runtime, delegate=inf.delegate,
+        num_threads=inf.num_threads, edgetpu_device=inf.edgetpu_device,
+        edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
+        external_options=dict(inf.external_options), fallback=inf.fallback,
+        mean=first.mean, std=first.std, layout=first.layout, cpu_model_path=str(model.path),
+        others=tuple(other_model(o) for o in others),
+        **next((p for p in map(cascade_params, (cfg, *others)) if p), {}),
+    )
+
+
+def other_model(cfg: Config) -> OtherModel:
+    """`cfg`'s model files for its accelerator, and its normalization."""
+    inf, model = cfg.inference, cfg.model
+    path = model.edgetpu_path if inf.delegate == "edgetpu" and model.edgetpu_path else model.path
+    return OtherModel(str(path), str(model.path), tuple(cfg.preprocess.mean),
+                      tuple(cfg.preprocess.std), cfg.preprocess.layout)
+
+
+def build_supervisor(cfg: Config, others: Sequence[Config] = ()) -> Supervisor:
+    inf = cfg.inference
+    return Supervisor(
+        worker_params(cfg, others), invoke_timeout_s=inf.invoke_timeout_s,
+        restart_backoff_s=inf.restart_backoff_s, restart_backoff_max_s=inf.restart_backoff_max_s,
+        cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
+        env=worker_environ(cfg),
+    )
+
+
+def build_failback(cfg: Config, supervisor: Supervisor) -> FailBack | None:
+    """Back to the accelerator after a CPU fallback; None when nothing can fall back."""
+    inf = cfg.inference
+    if inf.delegate == "cpu" or inf.fallback != "cpu" or not inf.failback:
+        return None
+    return FailBack(supervisor, FailbackPolicy(interval_s=inf.failback_interval_s))
+
+
+def worker_environ(cfg: Config) -> dict[str, str]:
+    """The daemon's environment without the MQTT password: the worker needs none."""
+    password = None
+    with contextlib.suppress(ConfigError):  # reported where the publisher is built
+        password = cfg.mqtt.resolve_password()
+    return scrubbed_environ(os.environ, names=[cfg.mqtt.password_env],
+                            values=[password] if password else [])

@@ -11,7 +11,9 @@ non-blocking hand-off to the MQTT thread.
 Several cameras may share the worker (issue 17): each is a lane of
 `edged.service.scheduler`, which picks whose frame goes next (round robin,
 the newest frame, each camera's max_fps without added latency), with its own
-preprocess, decode/encode and stats here. One camera is one lane.
+preprocess, decode/encode and stats here. One camera is one lane. The
+cameras of one worker may use different models it holds (several models on
+one Edge TPU): each lane names its model, whose slots and outputs it uses.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class CameraStages:
     # A restarted worker may load another model (the file replaced at the same path,
     # a CPU fallback to another file): preprocess is built again for its input.
     rebuild: Callable[[ModelInfo], Preprocess] | None = None
+    model: int = 0  # which of the worker's models the camera runs (ModelInfo.model)
 
 
 class Pipeline:
@@ -160,29 +163,32 @@ class Pipeline:
             except (WorkerError, ModelLoadError):
                 continue
             log.info("inference worker %d running on %s", info.pid, info.delegate)
-            if before is not None and info.inputs[0].shape != before.inputs[0].shape:
+            if before is not None and _input_shapes(info) != _input_shapes(before):
                 self._model_changed(before, info)
             return
 
     def _model_changed(self, before: ModelInfo, info: ModelInfo) -> None:
         """The new worker's model takes another input: a reload of preprocessing
         (decode and encode follow the new outputs by themselves), never a crash."""
-        log.warning("the restarted worker loaded %s with input %s (the model it replaced "
-                    "had %s): the file changed on disk; preprocessing now builds that input",
-                    self.supervisor.params.model_path, list(info.inputs[0].shape),
-                    list(before.inputs[0].shape))
+        for path, old, new in zip(self.supervisor.params.model_paths, _input_shapes(before),
+                                  _input_shapes(info), strict=True):
+            if old != new:
+                log.warning("the restarted worker loaded %s with input %s (the model it "
+                            "replaced had %s): the file changed on disk; preprocessing now "
+                            "builds that input", path, new, old)
         self._rebuild(info)
 
     def _rebuild(self, info: ModelInfo) -> None:
         for stages in self.stages.values():
             if stages.rebuild is not None:
-                stages.preprocess = stages.rebuild(info)
+                stages.preprocess = stages.rebuild(info.model(stages.model))
 
     def _beat_and_check_stop(self) -> bool:
         self.heartbeat = time.monotonic()
         return self._stop.is_set()
 
-    def _next_frame(self, slot: int, timeout: float = 0.25) -> _InFlight | None:
+    def _next_frame(self, turn: int, timeout: float = 0.25) -> _InFlight | None:
+        """The next frame, preprocessed into its model's slot for `turn` (0 or 1)."""
         got = self.scheduler.get(timeout)
         self.heartbeat = time.monotonic()
         if got is None:
@@ -195,9 +201,11 @@ class Pipeline:
         lane, frame = got
         self.drained = False
         self._held += 1
+        stages = self.stages[lane]
+        slot = stages.model * self.supervisor.slots + turn
         t0 = time.perf_counter_ns()
-        geometry = self.stages[lane].preprocess(frame.pixels, self.supervisor.pixels(slot))
-        if self.failback is not None and self.failback.wants_frame:
+        geometry = stages.preprocess(frame.pixels, self.supervisor.pixels(slot))
+        if self.failback is not None and self.failback.wants_frame and not stages.model:
             self.failback.offer(self.supervisor.pixels(slot))
         return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000, lane)
 
@@ -205,11 +213,12 @@ class Pipeline:
         pending: _InFlight | None = None
         while not self._stop.is_set():
             handing_over = self._handing_over(pending is None)
-            slot = 0 if pending is None else pending.slot ^ 1
+            # Two slots a model: the frame in flight holds one, the next takes the other.
+            turn = 0 if pending is None else (pending.slot % self.supervisor.slots) ^ 1
             # No new frame while a fail-back waits for the one in flight to finish;
             # with a frame in flight, only one that is already waiting (and due).
             ahead = None if handing_over else self._next_frame(
-                slot, 0.25 if pending is None else 0.0)
+                turn, 0.25 if pending is None else 0.0)
             if ahead is not None:
                 # Queued behind the invoke in flight, so the worker starts it the
                 # moment that one ends instead of after a round trip through this
@@ -222,7 +231,7 @@ class Pipeline:
             if ahead is None and not handing_over:
                 # Deliver now rather than hold the result until the next frame
                 # arrives (33 ms at 30 fps); one that came during the invoke still overlaps.
-                ahead = self._next_frame(slot, 0.0)
+                ahead = self._next_frame(turn, 0.0)
                 if ahead is not None:
                     self.supervisor.submit(ahead.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
@@ -234,14 +243,16 @@ class Pipeline:
             self._finish(pending, done.quantize_us, done.invoke_us)
 
     def probe(self, pixels: NDArray[np.uint8], done: Probed) -> None:
-        """Run the worker's model on `pixels` (a model update's golden frame) between
-        frames, with the first camera's preprocessing; `done(raw outputs, model info,
-        geometry)` on this thread, once. Any thread."""
+        """Run the worker's first model on `pixels` (a model update's golden frame)
+        between frames, with the preprocessing of a camera of that model; `done(raw
+        outputs, model info, geometry)` on this thread, once. Any thread."""
         self._probe = (pixels, done)
 
     def _run_probe(self) -> None:
         (pixels, done), self._probe = self._probe, None  # type: ignore[misc]
-        geometry = self.stages[self.lanes[0]].preprocess(pixels, self.supervisor.pixels(0))
+        # The worker's first model: the one a model update replaces.
+        stages = next(s for s in self.stages.values() if not s.model)
+        geometry = stages.preprocess(pixels, self.supervisor.pixels(0))
         self.supervisor.submit(0)
         self.supervisor.wait(0)
         info = self.supervisor.info
@@ -270,8 +281,9 @@ class Pipeline:
 
     def _finish(self, job: _InFlight, quantize_us: int, invoke_us: int) -> None:
         self._held -= 1
-        info = self.supervisor.info
-        assert info is not None
+        stages = self.stages[job.lane]
+        assert self.supervisor.info is not None
+        info = self.supervisor.info.model(stages.model)
         t0 = time.perf_counter_ns()
         raw = tuple(self.supervisor.raw_outputs(job.slot))
         floats = tuple(dequantize(r, t) for r, t in zip(raw, info.outputs, strict=True))
@@ -284,7 +296,6 @@ class Pipeline:
         )
         result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
                         info.outputs, job.geometry, times, frame.pixels)
-        stages = self.stages[job.lane]
         try:
             stages.deliver(result)
         except WorkerError:  # a cascade's classifier died with the worker: this frame too
@@ -298,3 +309,7 @@ class Pipeline:
                           self.deliver_errors, self.last_error)
         latency_us = int((time.monotonic() - frame.captured_mono) * 1e6)
         stages.stats.record(times, latency_us)
+
+
+def _input_shapes(info: ModelInfo) -> list[list[int]]:
+    return [list(m.inputs[0].shape) for m in (info, *info.others)]

@@ -1,10 +1,11 @@
-"""A reload's workers: which model's worker restarts, starts or stops (issue 17).
+"""A reload's workers: which worker restarts, starts or stops (issue 17).
 
-Each model in use has a worker of its own (`edged.service.group`). A reload
-restarts a worker only when what it runs changed (its model files, its
-accelerator, the shared [inference] keys or normalization, or the file
+Each model in use has a worker of its own, or shares one with the other
+models on its Edge TPU (`edged.service.group`). A reload restarts a worker
+only when what it runs changed (which models it holds, their files, their
+accelerator, the shared [inference] keys or normalization, or a file
 replaced on disk at the same path); starts one for a model that came into
-use and stops the one of a model no camera uses any more. A worker cannot be
+use and stops the one no camera uses any more. A worker cannot be
 built beside the running one on an Edge TPU, so a failure is undone by
 starting the previous configuration's worker again.
 """
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 from edged.config import Config
 from edged.config.cascade import classifier_of
 from edged.inference.messages import ModelLoadError
-from edged.inference.supervisor import file_stamp
 from edged.service import lifecycle
 from edged.service.group import WorkerGroup
 from edged.service.reload import plan_reload
@@ -31,35 +31,40 @@ log = logging.getLogger("edged")
 
 @dataclass
 class WorkerChanges:
-    """Model keys ([[models]] id, "" for [model]) whose worker restarts, starts, stops."""
+    """Worker keys (their first model's: [[models]] id, "" for [model]) whose worker
+    restarts, starts, stops."""
 
     restart: list[str] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
-    previous: dict[str, Config] = field(default_factory=dict)  # the restarted ones' configs
+    # The restarted ones' models and configs, as they ran.
+    previous: dict[str, dict[str, Config]] = field(default_factory=dict)
     stopped: list[str] = field(default_factory=list)  # the restarts begun: to undo on failure
-
-    @property
-    def new_workers(self) -> set[str]:
-        return {*self.restart, *self.start}
+    new_models: set[str] = field(default_factory=set)  # those held by the new workers
 
 
 def replaced_on_disk(d: Daemon) -> set[str]:
-    """The models whose running file was replaced at the same path."""
+    """The workers a running file of which was replaced at the same path."""
     return {key for key, g in d.groups.items() if g.supervisor is not None
-            and file_stamp(g.supervisor.params.model_path) != g.supervisor.model_stamp}
+            and g.supervisor.replaced_on_disk()}
 
 
-def plan_workers(d: Daemon, wanted: dict[str, Config], on_disk: set[str]) -> WorkerChanges:
+def plan_workers(d: Daemon, wanted: dict[str, dict[str, Config]], on_disk: set[str]
+                 ) -> WorkerChanges:
+    """`wanted`: each worker's models with their configs (`group.workers_in_use`)."""
     changes = WorkerChanges()
-    for key, cfg in wanted.items():
+    for key, cfgs in wanted.items():
         group = d.groups.get(key)
         if group is None:
             changes.start.append(key)
-        elif group.cfg is None or key in on_disk or plan_reload(_own(group.cfg), _own(cfg)).worker:
+        elif group.members != list(cfgs) or key in on_disk or any(
+                plan_reload(_own(group.cfgs[model]), _own(cfg)).worker
+                for model, cfg in cfgs.items()):
             changes.restart.append(key)
-            if group.cfg is not None:
-                changes.previous[key] = group.cfg
+            changes.previous[key] = group.cfgs
+        else:
+            continue
+        changes.new_models.update(cfgs)
     changes.stop = [key for key in d.groups if key not in wanted]
     return changes
 
@@ -72,16 +77,20 @@ def _own(cfg: Config) -> Config:
     return cfg.model_copy(update={"models": [entry] if entry else []}) if cfg.models else cfg
 
 
-def start_workers(d: Daemon, wanted: dict[str, Config], changes: WorkerChanges) -> None:
-    """The restarted and started workers, each loaded; undone on failure."""
+def start_workers(d: Daemon, wanted: dict[str, dict[str, Config]], changes: WorkerChanges
+                  ) -> None:
+    """The restarted and started workers, each loaded; undone on failure. Every
+    restarted one is stopped before any starts: models swapping Edge TPUs would
+    otherwise find a device still held by another worker."""
     try:
         for key in changes.restart:
             group = d.groups[key]
             changes.stopped.append(key)
             group.stop_pipeline()
             group.stop_worker()
+        for key in changes.restart:
             _say(key, "restarting its worker")
-            group.start_worker(wanted[key], d.keeper.tick_while_waiting)
+            d.groups[key].start_worker(wanted[key], d.keeper.tick_while_waiting)
         for key in changes.start:
             d.groups[key] = WorkerGroup(key)
             _say(key, "starting a worker")
@@ -102,7 +111,7 @@ def restore_workers(d: Daemon, changes: WorkerChanges) -> None:
         group.stop_pipeline()
         group.stop_worker()
         try:
-            group.start_worker(changes.previous.get(key, d.cfg), d.keeper.tick_while_waiting)
+            group.start_worker(changes.previous[key], d.keeper.tick_while_waiting)
         except ModelLoadError as exc:
             d.fatal_error = (f"reload: the previous model does not load any more either "
                              f"({_first_line(exc)}); exiting")

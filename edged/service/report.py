@@ -102,13 +102,16 @@ def worker_figures(g: WorkerGroup) -> dict[str, Any]:
 
 
 def _workers(groups: Mapping[str, WorkerGroup]) -> dict[str, Any]:
-    """The device's worker figures: its one worker's, or with several models their sums,
-    the first one not running or falling back (named), and each one's under `models`."""
-    each = {key or "model": worker_figures(g) for key, g in groups.items()}
+    """The device's worker figures: its one worker's, or with several models the sums
+    over the workers, the first one not running or falling back (named), and under
+    `models` each model's (the models on one Edge TPU: their shared worker's)."""
+    workers = [(g, worker_figures(g)) for g in groups.values()]
+    each = {model or "model": {**f, "model": g.supervisor.model_file(i)} if g.supervisor
+            else f for g, f in workers for i, model in enumerate(g.members)}
     if len(each) <= 1:
         one = next(iter(each.values()), _NO_WORKER)
         return {k: v for k, v in one.items() if k != "model"}
-    out: dict[str, Any] = {key: sum(f[key] for f in each.values()) for key in _SUMS}
+    out: dict[str, Any] = {key: sum(f[key] for _, f in workers) for key in _SUMS}
     first = next(iter(each.values()))
     out["delegate"] = ", ".join(dict.fromkeys(f["delegate"] for f in each.values()))
     out["worker_pid"] = first["worker_pid"]

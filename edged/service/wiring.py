@@ -6,9 +6,7 @@ section changed, with the same functions that built them at start-up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from edged.config import Camera, Config, ConfigError
+from edged.config import Camera, Config
 from edged.config.commands import command_cameras
 from edged.config.fit import publish_problem, too_large_for_json
 from edged.decode.dispatch import (
@@ -31,10 +29,8 @@ from edged.decode.dispatch import (
 )
 from edged.decode.labels import Labels, load_labels
 from edged.decode.results import ClassFilter, Detection
-from edged.inference.failback import FailBack, FailbackPolicy
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
-from edged.inference.worker import WorkerParams
 from edged.mqtt.cameradiscovery import CameraEntities
 from edged.mqtt.discovery import DiscoverySettings
 from edged.mqtt.eventdiscovery import EventEntities
@@ -46,13 +42,12 @@ from edged.mqtt.settings import PublisherSettings, TlsSettings
 from edged.numerics.imageinput import ImageInput, image_input
 from edged.numerics.quantize import normalization_source
 from edged.preprocess import Preprocessor
-from edged.service.cascade import Cascade, cascade_fit_problems, cascade_params
+from edged.service.cascade import Cascade, cascade_fit_problems
 from edged.service.eventstage import EventStages, SnapshotEncoder
 from edged.service.pipeline import Result
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
 from edged.sources.resilient import ResilientSource
-from edged.system.secrecy import scrubbed_environ
 from edged.system.threads import leave_cores_to_the_model
 
 log = logging.getLogger("edged.wiring")
@@ -86,47 +81,6 @@ def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
                              reopen_on_end=s.loop or s.kind not in _LOSSLESS,
                              first_seq=first_seq)
     return CaptureThread(source, lossless=s.kind in _LOSSLESS)
-
-
-def worker_params(cfg: Config) -> WorkerParams:
-    inf, model = cfg.inference, cfg.model
-    path = model.edgetpu_path if inf.delegate == "edgetpu" and model.edgetpu_path else model.path
-    return WorkerParams(
-        model_path=str(path), runtime=inf.runtime, delegate=inf.delegate,
-        num_threads=inf.num_threads, edgetpu_device=inf.edgetpu_device,
-        edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
-        external_options=dict(inf.external_options), fallback=inf.fallback,
-        mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
-        layout=cfg.preprocess.layout, cpu_model_path=str(model.path),
-        **cascade_params(cfg),
-    )
-
-
-def build_supervisor(cfg: Config) -> Supervisor:
-    inf = cfg.inference
-    return Supervisor(
-        worker_params(cfg), invoke_timeout_s=inf.invoke_timeout_s,
-        restart_backoff_s=inf.restart_backoff_s, restart_backoff_max_s=inf.restart_backoff_max_s,
-        cpu_fallback_after=inf.cpu_fallback_after, cpu_model_path=str(cfg.model.path),
-        env=worker_environ(cfg),
-    )
-
-
-def build_failback(cfg: Config, supervisor: Supervisor) -> FailBack | None:
-    """Back to the accelerator after a CPU fallback; None when nothing can fall back."""
-    inf = cfg.inference
-    if inf.delegate == "cpu" or inf.fallback != "cpu" or not inf.failback:
-        return None
-    return FailBack(supervisor, FailbackPolicy(interval_s=inf.failback_interval_s))
-
-
-def worker_environ(cfg: Config) -> dict[str, str]:
-    """The daemon's environment without the MQTT password: the worker needs none."""
-    password = None
-    with contextlib.suppress(ConfigError):  # reported where the publisher is built
-        password = cfg.mqtt.resolve_password()
-    return scrubbed_environ(os.environ, names=[cfg.mqtt.password_env],
-                            values=[password] if password else [])
 
 
 def image_of(cfg: Config, info: ModelInfo) -> ImageInput:
@@ -255,16 +209,17 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None], stages: EventStages | None = None,
-                  *, fresh_events: bool = False, camera: str | None = None
+                  *, fresh_events: bool = False, camera: str | None = None, model: int = 0
                   ) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result; with output.publish
     events or both, detections go through the events stage too (the one `stages`
     keeps, unless `fresh_events`: a reload changed what it is made of). `camera`: its
-    [[cameras]] id, in the payload and the topic (None: the device's results topic)."""
+    [[cameras]] id, in the payload and the topic (None: the device's results topic);
+    `model`: which of the worker's models makes its results (ModelInfo.model)."""
     assert supervisor.info is not None
     out = cfg.output
     labels = load_labels(cfg.model.labels) if cfg.model.labels else None
-    decoding = build_decoding(cfg, supervisor.info, labels)
+    decoding = build_decoding(cfg, supervisor.info.model(model), labels)
     events = None
     if out.publish != "results" and decoding.kind == "detection":  # else model_fit_problems
         events = (stages or EventStages(SnapshotEncoder())).for_config(cfg, publisher,
@@ -275,18 +230,19 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     topic = camera_topics(cfg.topic_base, camera)["results"] if camera is not None else None
     # Per loaded model, not per result (a Path per result was a tenth of this
     # thread's CPU): a CPU fallback changes the file, and brings a new `info`.
-    model_name = supervisor.model_name
+    model_name = supervisor.model_file(model)
     cascade = Cascade(cfg, supervisor) if cfg.cascade.model else None
 
     def deliver(result: Result) -> None:
         nonlocal decoding, model_name
         if stages is not None:  # a snapshot asked for by a command
             stages.deliver_snapshot(result.pixels)
-        if supervisor.info is not None and supervisor.info is not decoding.info:
+        info = supervisor.info.model(model) if supervisor.info is not None else None
+        if info is not None and info is not decoding.info:
             # A restarted worker, maybe on the CPU model after an Edge TPU fallback: another
             # file can have other tensor indices (SSD roles) or class counts.
-            decoding = build_decoding(cfg, supervisor.info, labels, announce=False)
-            model_name = supervisor.model_name
+            decoding = build_decoding(cfg, info, labels, announce=False)
+            model_name = supervisor.model_file(model)
             if events is not None and decoding.kind != "detection":
                 log.error("events stopped: the model the restarted worker loaded (%s) does "
                           "not decode as detections; output.publish = %r needs them",

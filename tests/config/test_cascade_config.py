@@ -76,3 +76,56 @@ def test_check_config_says_the_cascade_and_what_is_taken_from_afar(tmp_path: Pat
     path.write_text(path.read_text() + "[commands]\nenabled = true\nallow_insecure = true\n"
                     f'overrides_file = "{tmp_path / "o.toml"}"\n')
     assert summary(read_config(path).config).endswith("(taking commands)")
+
+
+def test_detectors_sharing_an_edgetpu_with_two_classifiers_are_refused(tmp_path: Path) -> None:
+    """The models on one Edge TPU share a worker, which runs one classifier; a camera
+    whose model cascades into nothing beside them is fine."""
+    path = tmp_path / "edged.toml"
+
+    def write(second: str) -> None:
+        path.write_text(f"""[model]
+path = "{SCENE}"
+[inference]
+delegate = "edgetpu"
+edgetpu_device = "usb:0"
+[output]
+decoder = "detection"
+[[models]]
+id = "scene2"
+path = "{SCENE}"
+[[models]]
+id = "digits"
+path = "{DIGITS}"
+[[models]]
+id = "digits2"
+path = "{DIGITS}"
+[[cameras]]
+id = "a"
+[cameras.cascade]
+model = "digits"
+[[cameras]]
+id = "b"
+model = "scene2"
+[cameras.cascade]
+model = "{second}"
+""")
+
+    write("digits2")
+    errors = load_errors(path)
+    assert errors == [f'{path}:25: cameras[1].cascade.model: "digits2", but cameras[0] has '
+                      '"digits", and their models share an Edge TPU: its worker runs one '
+                      'classifier']
+    for fine in ("digits", ""):
+        write(fine)
+        assert load_errors(path) == []
+
+
+def load_errors(path: Path) -> list[str]:
+    from edged.config import ConfigError
+
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []

@@ -30,9 +30,9 @@ def test_crops_classified_behind_the_frame_in_flight_each_answer_its_own() -> No
     info = sup.start()
     try:
         assert info.cascade is not None and info.cascade.outputs[0].shape == (1, 10)
-        assert len(sup.crops()) == 3 and sup.crops()[0].shape == (32, 32, 3)
+        assert len(sup.mem.crops) == 3 and sup.mem.crops[0].shape == (32, 32, 3)
         sup.pixels(0)[:] = 0
-        for crop, n in zip(sup.crops(), (3, 7), strict=False):
+        for crop, n in zip(sup.mem.crops, (3, 7), strict=False):
             crop[:] = digit(n)
         sup.submit(0)  # a frame in flight: its "done" comes before the crops' answer
         done = sup.classify(2)
@@ -46,7 +46,7 @@ def test_crops_classified_behind_the_frame_in_flight_each_answer_its_own() -> No
             interpreter.set_tensor(inp["index"], (digit(n).astype(np.int16) - 128)
                                    .astype(np.int8)[None])
             interpreter.invoke()
-            raw = sup.crop_outputs(i)[0]
+            raw = sup.mem.crop_outputs[i][0]
             assert np.array_equal(raw, interpreter.get_tensor(out["index"]))
             assert int(np.argmax(raw)) == n
     finally:

@@ -5,7 +5,8 @@ detector of a [[models]] entry) publish each its own model's results; their
 workers are separate processes, so one dying leaves the other camera going;
 a reload of one model restarts only its worker. Two models pinned to two
 Edge TPUs by device string load the Edge TPU stand-in (the stub delegate,
-tests/stub_delegate) once each, with their own device.
+tests/stub_delegate) once each, with their own device; two on one Edge TPU
+share its worker.
 """
 
 from __future__ import annotations
@@ -142,6 +143,64 @@ def test_two_models_on_two_edgetpus_each_pinned_to_its_device_edgetpu_stand_in(
     devices = sorted(line for line in record.read_text().splitlines()
                      if line.startswith("device="))
     assert devices == ["device=usb:0", "device=usb:1"]  # one worker each, on its own
+
+
+def test_two_models_on_one_edgetpu_share_its_worker_edgetpu_stand_in(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The models on one Edge TPU run in one worker (libedgetpu gives a device to one
+    process): each camera gets its own model's answers from it; killed, it comes
+    back with both; a model moved to another Edge TPU gets a worker of its own."""
+    stub, record = build_stub_delegate(tmp_path), tmp_path / "record.txt"
+    models = [{"id": "a", "path": str(MODEL), "accelerator": "edgetpu:usb:0"},
+              {"id": "b", "path": str(SCENE_MODEL), "labels": str(SCENE_LABELS),
+               "accelerator": "edgetpu:usb:0"}]
+    cameras = [{"id": "one", "model": "a"},
+               {"id": "two", "model": "b", "output": {"decoder": "detection"},
+                "source": {"uri": str(write_scene(tmp_path / "scene")), "fps": 20.0}}]
+    path, frames = tmp_path / "edged.toml", digit_folder(tmp_path, "digits", "3")
+    inference = {"edgetpu_library": str(stub), "fallback": "fail"}
+    path.write_text(_config(frames, mosquitto.port, models, cameras, inference=inference))
+    with Subscriber(mosquitto.port, "edged/#") as sub, \
+            DaemonProcess(path, env={"STUB_DELEGATE_RECORD": str(record)}) as daemon:
+        _wait(sub, daemon, "one", 5)
+        _wait(sub, daemon, "two", 5)
+        assert {(d["model"], d["decoded"]["classes"][0]["label_id"])
+                for d in _results(sub, "one")} == {("digits_int8.tflite", 3)}
+        shapes = _results(sub, "two")
+        assert {(d["model"], d["decoded"]["kind"]) for d in shapes} == {
+            ("detect_centroid_int8.tflite", "detection")}
+        assert any(d["decoded"]["detections"] for d in shapes)
+        stats = wait_stats(sub, lambda s: set(s.get("models", {})) == {"a", "b"})
+        shared = stats["models"]
+        assert shared["a"]["worker_pid"] == shared["b"]["worker_pid"] == stats["worker_pid"]
+        assert {m["delegate"] for m in shared.values()} == {"edgetpu"}
+        assert (shared["a"]["model"], shared["b"]["model"]) == (
+            "digits_int8.tflite", "detect_centroid_int8.tflite")
+        jsonschema.validate(stats, orjson.loads(STATS_SCHEMA.read_bytes()))
+        # One worker loaded both, each with its delegate instance for the one device.
+        assert record.read_text().splitlines().count("device=usb:0") == 2
+
+        # The shared worker dies: both cameras resume on its replacement.
+        os.kill(stats["worker_pid"], signal.SIGKILL)
+        killed = time.time()
+        _wait(sub, daemon, "one", 3, after=killed + 0.5)
+        _wait(sub, daemon, "two", 3, after=killed + 0.5)
+        after = wait_stats(sub, lambda s: s["worker_restarts"] >= 1, after=killed)
+        assert after["worker_restarts"] == 1  # one worker, counted once
+
+        # Model b moved to a second Edge TPU: the shared worker restarts with a alone,
+        # b gets its own.
+        moved = [models[0], {**models[1], "accelerator": "edgetpu:usb:1"}]
+        path.write_text(_config(frames, mosquitto.port, moved, cameras, inference=inference))
+        applied = sighup(daemon)
+        _wait(sub, daemon, "one", 3, after=applied)
+        _wait(sub, daemon, "two", 3, after=applied)
+        apart = wait_stats(sub, lambda s: s["models"]["a"]["worker_pid"]
+                           != s["models"]["b"]["worker_pid"], after=applied)
+        assert apart["models"]["b"]["delegate"] == "edgetpu"
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log_text()
+    assert "device=usb:1" in record.read_text().splitlines()
 
 
 def test_a_models_entry_no_camera_uses_restarts_no_worker(tmp_path: Path,
