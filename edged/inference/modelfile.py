@@ -19,6 +19,7 @@ Schema field numbers are from tensorflow/lite/schema/schema.fbs.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,3 +316,12 @@ def check_model_file(path: str | Path, delegate: DelegateKind = "cpu") -> ModelF
     check_runnable(info, delegate)
     return info
 
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Which file is at `path` now (device, inode, size, mtime); () when there is none.
+    A model replaced at the same path changes it, so a reload can tell."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

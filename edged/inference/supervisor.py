@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,9 +25,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.inference.messages import Done, ModelInfo, ModelLoadError, WorkerError
+from edged.inference.modelfile import file_stamp
 from edged.inference.slots import Layout, SharedSlots, pixel_shape
 from edged.inference.worker import MAX_PACKET, WorkerParams, receive, send
 from edged.system.childproc import describe_exit
+from edged.system.threads import wait_backoff
 
 log = logging.getLogger("edged.supervisor")
 
@@ -66,8 +66,10 @@ class Supervisor:
         self._sock: socket.socket | None = None
         self._inbox = bytearray(MAX_PACKET)
         self.mem = SharedSlots()
-        # A frame's "done" read while waiting for a cascade's crops (queued behind it).
+        # A frame's "done" read while waiting for another answer: a cascade's crops, or
+        # (on an accelerator, edged.inference.overlap) the frame before it.
         self._early: dict[int, Done] = {}
+        self._in_flight: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -121,6 +123,7 @@ class Supervisor:
             crop_outputs=second.outputs if second else ()))
         assert self._sock is not None and self.mem.layout is not None
         self._early.clear()
+        self._in_flight.clear()
         send(self._sock, {"op": "attach", "layout": self.mem.layout.to_dict()}, [self.mem.fd])
 
     def stop(self) -> None:
@@ -202,10 +205,18 @@ class Supervisor:
 
     def submit(self, slot: int) -> None:
         self._send({"op": "infer", "slot": slot}, "a frame was")
+        self._in_flight.add(slot)
 
     def wait(self, slot: int) -> Done:
-        done = self._early.pop(slot, None) or self._done(
-            self._receive(self.invoke_timeout_s, "inference"), "done", slot)
+        done = self._early.pop(slot, None)
+        while done is None:
+            message = self._receive(self.invoke_timeout_s, "inference")
+            other = message.get("slot")
+            if message.get("op") == "done" and other != slot and other in self._in_flight:
+                self._early[other] = self._done(message, "done", other)
+            else:
+                done = self._done(message, "done", slot)
+        self._in_flight.discard(slot)
         self.consecutive_failures = 0
         return done
 
@@ -338,22 +349,3 @@ class Supervisor:
             # After a restart a load error counts as one more failure, not the end:
             # a USB device may come back.
             raise self._failed(str(exc)) from None
-
-
-def file_stamp(path: str | os.PathLike[str]) -> tuple[int, ...]:
-    """Which file is at `path` now (device, inode, size, mtime); () when there is none.
-    A model replaced at the same path changes it, so a reload can tell."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def wait_backoff(seconds: float, deadline_check: Any = None) -> None:
-    """Sleep in small steps so a stop request is seen promptly."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        if deadline_check is not None and deadline_check():
-            return
-        time.sleep(min(left, 0.05))

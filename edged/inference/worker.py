@@ -15,6 +15,10 @@ Protocol, over a SOCK_SEQPACKET socket pair (one JSON object per packet):
     daemon -> worker   {"op": "classify", "crops": n}    (a cascade's classifier)
     worker -> daemon   {"op": "classified", "slot": -1, "crops": n, ...}
 
+On an accelerator the worker quantizes the next frame while the device runs
+this one, on a second interpreter of the same model (`edged.inference.overlap`);
+the answers come in the order of the requests either way.
+
 Frames and outputs never cross the socket: both sides map one memfd
 (`edged.inference.slots`) holding, for each slot, the preprocessed pixels and
 the raw output tensors, and with a cascade each crop and its outputs. The worker
@@ -26,6 +30,7 @@ want the raw quantized values first).
 from __future__ import annotations
 
 import array
+import contextlib
 import mmap
 import os
 import signal
@@ -33,12 +38,14 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from edged.inference.overlap import Device, Runner, Twins
 from edged.inference.slots import Layout
 from edged.numerics.imageinput import LayoutSetting, NotAnImageError, image_input
 from edged.system.threads import set_os_thread_name
@@ -126,7 +133,9 @@ def receive(sock: socket.socket, buf: bytearray, max_fds: int = 0
     return message, list(fds)
 
 
-def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
+def _load(params: WorkerParams, *, twin: bool = True) -> tuple[list[Any], Any, dict[str, Any]]:
+    """The model (and on an accelerator its twin, `edged.inference.overlap`), its pixel
+    quantizer and what "ready" says of it."""
     # Imported here: the daemon imports this module for its protocol without the runtime.
     from edged.inference.delegates import DelegateSpec
     from edged.inference.model import Model
@@ -147,6 +156,10 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
     )
     model = Model.load(params.model_path, runtime, spec,
                        cpu_path=params.cpu_model_path or None)
+    models = [model]
+    if twin and model.delegate_in_use != "cpu":
+        with contextlib.suppress(Exception):  # without one, frames run one after the other
+            models.append(Model.load(model.path, runtime, replace(spec, fallback="fail")))
     configured = Normalization(params.mean, params.std) if params.mean else None
     quantizer, norm_source = _quantizer(model, configured, params.layout)
     # Model.load ran one inference before "ready": a damaged model that fails only
@@ -166,8 +179,9 @@ def _load(params: WorkerParams) -> tuple[Any, Any, dict[str, Any]]:
         "mean": list(quantizer.normalization.mean),
         "std": list(quantizer.normalization.std),
         "normalization_source": norm_source,
+        "twins": len(models),
     }
-    return model, quantizer, info
+    return models, quantizer, info
 
 
 def _quantizer(model: Any, configured: Any, layout: str) -> tuple[Any, str]:
@@ -189,8 +203,8 @@ def _quantizer(model: Any, configured: Any, layout: str) -> tuple[Any, str]:
     return PixelQuantizer(model.inputs[0], norm, setting), source
 
 
-def _load_beside(params: WorkerParams, first: Any, other: OtherModel
-                 ) -> tuple[Any, Any, dict[str, Any]]:
+def _load_beside(params: WorkerParams, first: Any, other: OtherModel, *, twin: bool = True
+                 ) -> tuple[list[Any], Any, dict[str, Any]]:
     """A further model, where the first ended up: on its accelerator, or on the CPU
     (its CPU build) after a fallback at load; with its own normalization."""
     on_cpu = first.delegate_in_use == "cpu"
@@ -200,26 +214,27 @@ def _load_beside(params: WorkerParams, first: Any, other: OtherModel
         layout=other.layout, cascade_path="", cascade_cpu_path="", max_crops=0, others=())
     if on_cpu:
         beside = replace(beside, delegate="cpu", external_library="", external_options={})
-    return _load(beside)
+    return _load(beside, twin=twin)
 
 
 def serve(sock: socket.socket) -> int:
     inbox = bytearray(MAX_PACKET)
     message, _ = receive(sock, inbox)
     params = WorkerParams.from_message(message)
-    second: tuple[Any, Any] | None = None
+    classifier: tuple[Any, Any] | None = None
     try:
-        model, quantizer, info = _load(params)
-        models = [(model, quantizer)]
+        models, quantizer, info = _load(params)
+        held = [Twins(models, quantizer)]
         info["others"] = []
         for other in params.others:
-            beside, beside_quantizer, beside_info = _load_beside(params, model, other)
-            models.append((beside, beside_quantizer))
+            beside, beside_quantizer, beside_info = _load_beside(params, models[0], other)
+            held.append(Twins(beside, beside_quantizer))
             info["others"].append(beside_info)
         if params.cascade_path:
-            classifier, classifier_quantizer, info["cascade"] = _load_beside(
-                params, model, OtherModel(params.cascade_path, params.cascade_cpu_path))
-            second = (classifier, classifier_quantizer)
+            found, found_quantizer, info["cascade"] = _load_beside(
+                params, models[0], OtherModel(params.cascade_path, params.cascade_cpu_path),
+                twin=False)
+            classifier = (found[0], found_quantizer)
     except Exception as exc:
         # heals: no device yet (a Coral plugged in later); the daemon waits for it.
         send(sock, {"op": "error", "message": str(exc).splitlines()[0] if str(exc)
@@ -232,9 +247,18 @@ def serve(sock: socket.socket) -> int:
     os.close(fds[0])
     pixels = [layout.pixels(buf, s) for s in range(layout.all_slots)]
     outputs = [layout.raw_outputs(buf, s) for s in range(layout.all_slots)]
-    slot_models = [models[layout.model_of(s)] for s in range(layout.all_slots)]
+    slot_models = [held[layout.model_of(s)] for s in range(layout.all_slots)]
     crops = [(layout.crop(buf, i), layout.crop_raw_outputs(buf, i))
              for i in range(layout.crops)]
+    # On an accelerator, the next frame is made ready while this one runs.
+    overlapped = len(models) > 1
+    classifier_runner = None
+    if overlapped:
+        device = Device()
+        for twins in held:
+            twins.start(sock, send, device)
+        if classifier is not None:
+            classifier_runner = Runner(classifier[0], sock, send, device)
     while True:
         try:
             message, _ = receive(sock, inbox)
@@ -242,11 +266,18 @@ def serve(sock: socket.socket) -> int:
             return 0
         if message["op"] == "stop":
             return 0
-        if message["op"] == "classify" and second is not None:
-            send(sock, _classify(*second, crops[:int(message["crops"])]))
+        if message["op"] == "classify" and classifier is not None:
+            job = partial(_classify, *classifier, crops[:int(message["crops"])])
+            if classifier_runner is not None:
+                classifier_runner.call(job)
+            else:
+                send(sock, job())
             continue
         slot = int(message["slot"])
-        model, quantizer = slot_models[slot]
+        if overlapped:
+            slot_models[slot].infer(pixels[slot], outputs[slot], slot)
+            continue
+        model, quantizer = slot_models[slot].models[0], slot_models[slot].quantizer
         t0 = time.perf_counter_ns()
         model.set_input_pixels(pixels[slot], quantizer)
         t1 = time.perf_counter_ns()
@@ -254,9 +285,8 @@ def serve(sock: socket.socket) -> int:
         t2 = time.perf_counter_ns()
         model.copy_raw_outputs(outputs[slot])
         t3 = time.perf_counter_ns()
-        send(sock, {"op": "done", "slot": slot, "seq": message.get("seq"),
-                    "quantize_us": (t1 - t0) // 1000, "invoke_us": (t2 - t1) // 1000,
-                    "copy_us": (t3 - t2) // 1000})
+        send(sock, {"op": "done", "slot": slot, "quantize_us": (t1 - t0) // 1000,
+                    "invoke_us": (t2 - t1) // 1000, "copy_us": (t3 - t2) // 1000})
 
 
 def _classify(model: Any, quantizer: Any,

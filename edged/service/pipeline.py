@@ -30,12 +30,13 @@ from numpy.typing import NDArray
 
 from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo, ModelLoadError, WorkerError
-from edged.inference.supervisor import Supervisor, wait_backoff
+from edged.inference.supervisor import Supervisor
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
 from edged.service.scheduler import Lane, Scheduler
 from edged.service.stats import StageTimes, Stats
 from edged.sources.capture import LatestFrameBuffer
+from edged.system.threads import wait_backoff
 
 log = logging.getLogger("edged.pipeline")
 

@@ -4,11 +4,14 @@ Python 3.11 keeps a thread's name to itself, so `top -H`, `ps -L` and
 /proc show every thread of the daemon as `python3`. On a device, over SSH,
 that kernel view is the one at hand when a thread spins or hangs; these
 threads tell it their names (`edged-pipeline`, `edged-mqtt`, ...) as they start.
+Also the threads' other small needs: a wait that a stop request cuts short.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 COMM_MAX = 15  # the kernel keeps 16 bytes, the last one NUL
 
@@ -43,3 +46,12 @@ def leave_cores_to_the_model() -> None:
     import cv2  # only where pixels are touched: the daemon and the worker
 
     cv2.setNumThreads(1)
+
+
+def wait_backoff(seconds: float, deadline_check: Callable[[], bool] | None = None) -> None:
+    """Sleep in small steps so a stop request is seen promptly."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if deadline_check is not None and deadline_check():
+            return
+        time.sleep(min(left, 0.05))

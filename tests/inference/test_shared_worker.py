@@ -80,8 +80,8 @@ def test_a_second_model_that_cannot_load_fails_the_load_naming_its_file(
 
 def test_both_models_on_the_edgetpu_then_both_on_their_cpu_builds_edgetpu_stand_in(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both models load on the (stand-in) Edge TPU, each with its own delegate
-    instance for the one device; with the device gone at load (fallback = "cpu")
+    """Both models load on the (stand-in) Edge TPU, each (and its twin) with its own
+    delegate instance for the one device; with the device gone at load (fallback = "cpu")
     both run their CPU builds."""
     stub, record = build_stub_delegate(tmp_path), tmp_path / "record.txt"
     monkeypatch.setenv("STUB_DELEGATE_RECORD", str(record))
@@ -93,8 +93,9 @@ def test_both_models_on_the_edgetpu_then_both_on_their_cpu_builds_edgetpu_stand_
     info = sup.start()
     sup.stop()
     assert info.delegate == "edgetpu" and info.model(1).delegate == "edgetpu"
-    assert record.read_text().splitlines().count("device=usb:0") == 2
-    assert record.read_text().splitlines().count("created") == 2
+    # Each model and its twin (edged.inference.overlap): four delegate instances.
+    assert record.read_text().splitlines().count("device=usb:0") == 4
+    assert record.read_text().splitlines().count("created") == 4
 
     monkeypatch.setenv("STUB_DELEGATE_FAIL", "1")
     sup = Supervisor(params)
@@ -106,5 +107,50 @@ def test_both_models_on_the_edgetpu_then_both_on_their_cpu_builds_edgetpu_stand_
         sup.submit(2)
         sup.wait(2)
         assert int(np.argmax(sup.raw_outputs(2)[0])) == 5
+    finally:
+        sup.stop()
+
+
+def test_on_an_accelerator_frames_overlap_on_twin_interpreters_edgetpu_stand_in(
+        tmp_path: Path) -> None:
+    """On an accelerator the worker quantizes the next frame into a second interpreter
+    of the model while the first runs (edged.inference.overlap): two frames queued
+    back to back, round after round, each answer is its own frame's, in order; a
+    classify queued behind them runs in its turn."""
+    stub = build_stub_delegate(tmp_path)
+    sup = Supervisor(WorkerParams(model_path=str(CLASSIFIER), num_threads=1, delegate="edgetpu",
+                                  edgetpu_library=str(stub), cpu_model_path=str(CLASSIFIER),
+                                  others=(OtherModel(str(CLASSIFIER), str(CLASSIFIER)),)))
+    sup.start()
+    try:
+        expected = {n: _digit_alone(n) for n in range(10)}
+        for round_ in range(6):
+            digits = [(round_ * 3 + k) % 10 for k in range(3)]
+            for slot, n in zip((0, 1, 2), digits, strict=True):
+                sup.pixels(slot)[:] = digit(n)
+                sup.submit(slot)
+            for slot, n in zip((0, 1, 2), digits, strict=True):
+                assert sup.wait(slot).slot == slot
+                assert np.array_equal(sup.raw_outputs(slot)[0], expected[n]), (round_, slot)
+    finally:
+        sup.stop()
+
+
+def test_an_invoke_waiting_for_the_device_reports_only_its_own_time_edgetpu_stand_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two frames handed to the device back to back: the second waits for the first
+    in the runtime, and its `invoke` timing is the device's time for it, not twice."""
+    monkeypatch.setenv("STUB_DELEGATE_INVOKE_US", "20000")  # one at a time, 20 ms each
+    stub = build_stub_delegate(tmp_path)
+    sup = Supervisor(WorkerParams(model_path=str(CLASSIFIER), num_threads=1, delegate="edgetpu",
+                                  edgetpu_library=str(stub), cpu_model_path=str(CLASSIFIER)))
+    sup.start()
+    try:
+        for _ in range(3):
+            sup.submit(0)
+            sup.submit(1)
+            first, second = sup.wait(0), sup.wait(1)
+            assert 19_000 <= first.invoke_us < 30_000, first
+            assert 19_000 <= second.invoke_us < 30_000, second
     finally:
         sup.stop()

@@ -142,7 +142,8 @@ def test_two_models_on_two_edgetpus_each_pinned_to_its_device_edgetpu_stand_in(
         assert daemon.stop() == 0
     devices = sorted(line for line in record.read_text().splitlines()
                      if line.startswith("device="))
-    assert devices == ["device=usb:0", "device=usb:1"]  # one worker each, on its own
+    # One worker each, on its own (each model and its twin, edged.inference.overlap).
+    assert devices == ["device=usb:0", "device=usb:0", "device=usb:1", "device=usb:1"]
 
 
 def test_two_models_on_one_edgetpu_share_its_worker_edgetpu_stand_in(
@@ -177,8 +178,9 @@ def test_two_models_on_one_edgetpu_share_its_worker_edgetpu_stand_in(
         assert (shared["a"]["model"], shared["b"]["model"]) == (
             "digits_int8.tflite", "detect_centroid_int8.tflite")
         jsonschema.validate(stats, orjson.loads(STATS_SCHEMA.read_bytes()))
-        # One worker loaded both, each with its delegate instance for the one device.
-        assert record.read_text().splitlines().count("device=usb:0") == 2
+        # One worker loaded both, each (and its twin, edged.inference.overlap) with its
+        # delegate instance for the one device.
+        assert record.read_text().splitlines().count("device=usb:0") == 4
 
         # The shared worker dies: both cameras resume on its replacement.
         os.kill(stats["worker_pid"], signal.SIGKILL)

@@ -24,8 +24,10 @@
  *   invoke_us=N   (or STUB_DELEGATE_INVOKE_US=N) claim the whole graph and spend N
  *                 microseconds per invoke asleep, off the CPU, leaving the outputs
  *                 as they are: an accelerator's timing without one, for edged
- *                 bench's accelerator row (a Coral runs MobileNetV2 in ~2.6 ms).
+ *                 bench's accelerator row (a Coral runs MobileNetV2 in ~2.6 ms); one
+ *                 invoke at a time in the process, as one device runs them.
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,13 +90,18 @@ typedef struct {
 } StubData;
 
 static long sleep_us; /* the kernel has no delegate data at hand: one value per process */
+/* One device runs one invoke at a time, whichever interpreter (or thread) asks, as
+   libedgetpu serializes the interpreters that share an Edge TPU context. */
+static pthread_mutex_t device = PTHREAD_MUTEX_INITIALIZER;
 
 static TfLiteStatus sleep_invoke(TfLiteContext *context, void *node) {
     (void)context;
     (void)node;
     struct timespec t = {sleep_us / 1000000, (sleep_us % 1000000) * 1000};
+    pthread_mutex_lock(&device);
     while (nanosleep(&t, &t) != 0) {
     }
+    pthread_mutex_unlock(&device);
     return 0;
 }
 
