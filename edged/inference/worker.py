@@ -17,7 +17,7 @@ Protocol, over a SOCK_SEQPACKET socket pair (one JSON object per packet):
 
 On an accelerator the worker quantizes the next frame while the device runs
 this one, on a second interpreter of the same model (`edged.inference.overlap`);
-the answers come in the order of the requests either way.
+an answer may then come a frame early (the supervisor keeps it for its slot).
 
 Frames and outputs never cross the socket: both sides map one memfd
 (`edged.inference.slots`) holding, for each slot, the preprocessed pixels and
@@ -30,7 +30,6 @@ want the raw quantized values first).
 from __future__ import annotations
 
 import array
-import contextlib
 import mmap
 import os
 import signal
@@ -158,8 +157,12 @@ def _load(params: WorkerParams, *, twin: bool = True) -> tuple[list[Any], Any, d
                        cpu_path=params.cpu_model_path or None)
     models = [model]
     if twin and model.delegate_in_use != "cpu":
-        with contextlib.suppress(Exception):  # without one, frames run one after the other
+        try:
             models.append(Model.load(model.path, runtime, replace(spec, fallback="fail")))
+        except Exception as exc:  # frames then run one after the other, as on the CPU
+            print(f"edged worker: {model.path}: no second interpreter on the "
+                  f"{model.delegate_in_use} delegate ({exc}); frames run one at a time",
+                  file=sys.stderr)
     configured = Normalization(params.mean, params.std) if params.mean else None
     quantizer, norm_source = _quantizer(model, configured, params.layout)
     # Model.load ran one inference before "ready": a damaged model that fails only
@@ -179,7 +182,6 @@ def _load(params: WorkerParams, *, twin: bool = True) -> tuple[list[Any], Any, d
         "mean": list(quantizer.normalization.mean),
         "std": list(quantizer.normalization.std),
         "normalization_source": norm_source,
-        "twins": len(models),
     }
     return models, quantizer, info
 

@@ -37,9 +37,9 @@ class WorkerChanges:
     restart: list[str] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
-    # The restarted ones' models and configs, as they ran.
+    # The restarted and stopped ones' models and configs, as they ran.
     previous: dict[str, dict[str, Config]] = field(default_factory=dict)
-    stopped: list[str] = field(default_factory=list)  # the restarts begun: to undo on failure
+    stopped: list[str] = field(default_factory=list)  # the workers stopped: to undo on failure
     new_models: set[str] = field(default_factory=set)  # those held by the new workers
 
 
@@ -66,6 +66,7 @@ def plan_workers(d: Daemon, wanted: dict[str, dict[str, Config]], on_disk: set[s
             continue
         changes.new_models.update(cfgs)
     changes.stop = [key for key in d.groups if key not in wanted]
+    changes.previous.update((key, d.groups[key].cfgs) for key in changes.stop)
     return changes
 
 
@@ -80,10 +81,11 @@ def _own(cfg: Config) -> Config:
 def start_workers(d: Daemon, wanted: dict[str, dict[str, Config]], changes: WorkerChanges
                   ) -> None:
     """The restarted and started workers, each loaded; undone on failure. Every
-    restarted one is stopped before any starts: models swapping Edge TPUs would
-    otherwise find a device still held by another worker."""
+    worker restarted or no longer wanted is stopped before any starts: a model
+    moving to another Edge TPU would otherwise find it still held by the worker
+    that had it (libedgetpu gives a device to one process)."""
     try:
-        for key in changes.restart:
+        for key in (*changes.restart, *changes.stop):
             group = d.groups[key]
             changes.stopped.append(key)
             group.stop_pipeline()
@@ -123,7 +125,8 @@ def restore_workers(d: Daemon, changes: WorkerChanges) -> None:
 
 
 def stop_workers(d: Daemon, changes: WorkerChanges) -> None:
-    """The workers of the models no camera uses any more; their counts stay the device's."""
+    """The groups of the models no camera uses any more (their workers stopped by
+    `start_workers` already), once the reload holds; their counts stay the device's."""
     for key in changes.stop:
         group = d.groups.pop(key)
         _say(key, "stopping its worker (no camera uses it)")
