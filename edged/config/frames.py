@@ -176,6 +176,11 @@ class InferenceConfig(Section):
     failback_interval_s: float = Field(default=60.0, ge=1, le=86400, description=(
         "At most one switch between the CPU and the accelerator per this many seconds; "
         "after a failed try or a relapse the wait doubles, up to 16 times this."))
+    overlap: bool = Field(default=True, description=(
+        "On an accelerator, load each model twice and prepare the next frame while the "
+        "device runs this one, so the device never waits for edged (docs/coral.md, "
+        "section 4); false = one interpreter, frames one after the other (half the "
+        "model's host memory). No effect on the CPU."))
     num_threads: int = Field(default=2, ge=0, le=64, description=(
         "CPU threads for the interpreter; 0 = the runtime's default. Fewer threads than "
         "cores leaves a core to edged's own threads (capture, pipeline, MQTT) and each "

@@ -89,6 +89,7 @@ class WorkerParams:
     cascade_cpu_path: str = ""
     max_crops: int = 0
     others: tuple[OtherModel, ...] = ()
+    overlap: bool = True  # on an accelerator: a twin interpreter (edged.inference.overlap)
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> WorkerParams:
@@ -156,7 +157,7 @@ def _load(params: WorkerParams, *, twin: bool = True) -> tuple[list[Any], Any, d
     model = Model.load(params.model_path, runtime, spec,
                        cpu_path=params.cpu_model_path or None)
     models = [model]
-    if twin and model.delegate_in_use != "cpu":
+    if twin and params.overlap and model.delegate_in_use != "cpu":
         try:
             models.append(Model.load(model.path, runtime, replace(spec, fallback="fail")))
         except Exception as exc:  # frames then run one after the other, as on the CPU

@@ -174,7 +174,8 @@ def worker_params(cfg: Config, others: Sequence[Config] = ()) -> WorkerParams:
         num_threads=inf.num_threads, edgetpu_device=inf.edgetpu_device,
         edgetpu_library=inf.edgetpu_library, external_library=inf.external_library,
         external_options=dict(inf.external_options), fallback=inf.fallback,
-        mean=first.mean, std=first.std, layout=first.layout, cpu_model_path=str(model.path),
+        overlap=inf.overlap, mean=first.mean, std=first.std, layout=first.layout,
+        cpu_model_path=str(model.path),
         others=tuple(other_model(o) for o in others),
         **next((p for p in map(cascade_params, (cfg, *others)) if p), {}),
     )

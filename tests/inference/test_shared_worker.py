@@ -6,6 +6,7 @@ the frame, whatever ran before it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,12 @@ def test_both_models_on_the_edgetpu_then_both_on_their_cpu_builds_edgetpu_stand_
     # Each model and its twin (edged.inference.overlap): four delegate instances.
     assert record.read_text().splitlines().count("device=usb:0") == 4
     assert record.read_text().splitlines().count("created") == 4
+
+    record.unlink()
+    alone = Supervisor(replace(params, overlap=False))  # inference.overlap = false
+    alone.start()
+    alone.stop()
+    assert record.read_text().splitlines().count("device=usb:0") == 2  # no twins
 
     monkeypatch.setenv("STUB_DELEGATE_FAIL", "1")
     sup = Supervisor(params)
