@@ -89,7 +89,10 @@ def test_accelerator_row_runs_the_daemon_on_the_stub_delegate_asleep_off_the_cpu
     sleeps 2.6 ms per invoke; the row is results/s against 1 / invoke."""
     (row,) = [r for r in quick_report["rows"] if r["row"] == "accelerator"]
     assert 2600 <= row["stages_us"]["invoke"] < 4000
-    assert 0.5 < row["ratio"] <= 1.0
+    # The device never waits now (edged.inference.overlap): results/s x mean invoke sits
+    # at 1, a little over it by the window's edges and the runtime's hand-over between
+    # two invokes, which counts in the next one's time (one run read 1.0013).
+    assert 0.5 < row["ratio"] <= 1.02
     cpu = row["cpu_us_per_result"]
     assert cpu["edged"] == pytest.approx(cpu["daemon"] + cpu["worker"])
     # Asleep, not spinning: the worker's CPU per result is far below the invoke.
