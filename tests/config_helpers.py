@@ -20,6 +20,17 @@ def expected_problems(path: Path, shown: str) -> list[str]:
             if line.startswith("# expect: ")]
 
 
+def config_problems(path: Path) -> list[str]:
+    """The problems `load_config` says of `path`, as the daemon would; [] when it loads."""
+    from edged.config import ConfigError, load_config
+
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
 def toml_key(key: str) -> str:
     return key if _BARE.match(key) else json.dumps(key)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from config_helpers import config_problems
+
 from edged.config import load_config
 from edged.config.check import check_config
 from edged.service.reload import plan_reload
@@ -112,20 +114,10 @@ model = "{second}"
 """)
 
     write("digits2")
-    errors = load_errors(path)
+    errors = config_problems(path)
     assert errors == [f'{path}:25: cameras[1].cascade.model: "digits2", but cameras[0] has '
                       '"digits", and their models share an Edge TPU: its worker runs one '
                       'classifier']
     for fine in ("digits", ""):
         write(fine)
-        assert load_errors(path) == []
-
-
-def load_errors(path: Path) -> list[str]:
-    from edged.config import ConfigError
-
-    try:
-        load_config(path)
-    except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+        assert config_problems(path) == []

@@ -22,12 +22,11 @@ import orjson
 import pytest
 from badinput_helpers import damaged_configs
 from broker import Mosquitto, Subscriber, free_port
-from config_helpers import toml_document
+from config_helpers import config_problems, toml_document
 from daemon_helpers import FRAMES, MODELS, DaemonProcess, base_config, write_config
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
-from edged.config import ConfigError, load_config
 from edged.config.check import check_config
 
 MODEL = MODELS / "digits_int8.tflite"
@@ -50,14 +49,6 @@ def _edged(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str
                           text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 
-def _problems(path: Path) -> list[str]:
-    try:
-        load_config(path)
-    except ConfigError as exc:
-        return list(exc.problems)
-    return []
-
-
 def _write(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(toml_document(document), encoding="utf-8")
     return path
@@ -68,7 +59,7 @@ def _write(path: Path, document: dict[str, Any]) -> Path:
 def test_check_config_answers_in_lines_never_a_traceback(tmp_path: Path,
                                                           document: dict[str, Any]) -> None:
     path = _write(tmp_path / "edged.toml", document)
-    expected = _problems(path)
+    expected = config_problems(path)
     proc = _edged("check-config", str(path))
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     # Problems on stderr (with the runtime's own chatter), the verdict on stdout.
@@ -97,7 +88,7 @@ def test_check_config_answers_in_lines_never_a_traceback(tmp_path: Path,
 def test_run_with_a_broken_config_exits_78_with_one_line_per_problem(
         tmp_path: Path, document: dict[str, Any]) -> None:
     path = _write(tmp_path / "edged.toml", document)
-    expected = _problems(path)
+    expected = config_problems(path)
     assume(expected)
     proc = _edged("run", "--config", str(path), timeout=30)
     assert proc.returncode == 78, proc.stderr
@@ -131,7 +122,7 @@ def test_broken_reloads_in_a_row_never_stop_results(
         for section, keys in (("mqtt", ("host", "port")), ("device", ("id",))):
             if isinstance(doc.get(section), dict):
                 doc[section].update({k: good[section][k] for k in keys})
-        if _problems(_write(config, doc)):
+        if config_problems(_write(config, doc)):
             broken.append(doc)
     assume(len(broken) >= 2)
     event(f"broken reloads in a row: {len(broken)}")
