@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,31 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
             continue
         out[name] = out.get(name, 0.0) + stat_cpu_seconds(task / "stat")
     return out
+
+
+def thread_wakeups(pid: int) -> dict[str, int]:
+    """Context switches of each of a process's threads (voluntary: it waited and was
+    woken; involuntary: preempted), by name."""
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        n = sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+        out[name] = out.get(name, 0) + n
+    return out
+
+
+def wake_cost_us(n: int = 400) -> float:
+    """CPU time one sleep and wake-up of a Python thread costs on this machine: the
+    price of every wait in the daemon's threads (a KVM guest pays an exit for the
+    timer and the idle, a few times what bare metal does)."""
+    t0 = time.thread_time()
+    for _ in range(n):
+        time.sleep(0.002)
+    return (time.thread_time() - t0) * 1e6 / n
 
 
 def _end_receiver_if_dead(daemon: subprocess.Popen[bytes],
@@ -104,6 +130,7 @@ def main() -> int:
                             "mosquitto": broker.pid, "receiver": receiver.pid}
                     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
                     threads0 = thread_cpu_seconds(daemon.pid)
+                    wakes0 = thread_wakeups(daemon.pid)
                 if n < SKIP:
                     continue
                 stamp, _, payload = line.partition(b" ")
@@ -116,6 +143,8 @@ def main() -> int:
             cpu = {k: (cpu_seconds(p) - cpu0[k]) * 1e6 / len(rows) for k, p in pids.items()}
             threads = {k: (v - threads0.get(k, 0.0)) * 1e6 / len(rows)
                        for k, v in thread_cpu_seconds(daemon.pid).items()}
+            wakes = {k: (v - wakes0.get(k, 0)) / len(rows)
+                     for k, v in thread_wakeups(daemon.pid).items()}
         finally:
             stop_process(daemon, 15.0)
             stop_process(receiver, 5.0)
@@ -135,6 +164,14 @@ def main() -> int:
     # The clock tick is 10 ms: over a few thousand results, steps of a few us.
     print("daemon threads per result: " + ", ".join(
         f"{k} {v:.0f} us" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0))
+    per_wake = wake_cost_us()
+    total_wakes = sum(wakes.values())
+    print("context switches per result: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(wakes.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+        + f"; together {total_wakes:.2f}")
+    print(f"one sleep and wake-up of a Python thread here: {per_wake:.0f} us of CPU; "
+          f"x {total_wakes:.2f} = {per_wake * total_wakes:.0f} us of the daemon's "
+          f"{cpu['daemon']:.0f} us per result before any work")
     return 0
 
 

@@ -180,11 +180,22 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
         rows.append({"model": model.name, "source": label, "row": row,
                      "title": ROW_TITLES[row], **agg})
     limit = next((r["fps"] for r in rows if r["row"] == "limit"), 0.0)
+    cores = len(os.sched_getaffinity(0))
     for r in rows:
         r["ratio"] = r["fps"] / limit if limit else None
         if r["row"] == "daemon":
             r["offered_fps"] = fps
+            r["model_size"] = size == _input_size(model)
+            cpu = r.get("cpu_us_per_result", {}).get("daemon")
+            if limit and cpu and s.threads >= cores:
+                r["ceiling"] = ceiling(cores, 1e6 / limit, cpu)
     return rows
+
+
+def ceiling(cores: int, invoke_us: float, cpu_us: float) -> float:
+    """The daemon's ratio to the limit when the interpreter holds every core: each
+    result's own CPU (capture to publish) comes out of the invoke's core time."""
+    return cores * invoke_us / (cores * invoke_us + cpu_us)
 
 
 def rss_growth(s: Settings, model: Path, broker: Any) -> dict[str, Any]:

@@ -55,6 +55,11 @@ def render(report: dict[str, Any]) -> str:
         if "cpu_us_per_result" in r:
             lines.append(f"{'':<17}CPU per result: " + ", ".join(
                 f"{k} {v:.0f} us" for k, v in r["cpu_us_per_result"].items()))
+        if r.get("ceiling") and r.get("ratio") is not None:
+            cores = m["cores"]
+            lines.append(f"{'':<17}ceiling {cores} x invoke / ({cores} x invoke + the "
+                         f"daemon's CPU per result) {r['ceiling']:.2f}; the ratio is "
+                         f"{r['ratio'] / r['ceiling']:.2f} of it")
         waited = st.get("publish") or 0.0
         if waited > BACKLOG_US:
             # Then results/s is how fast the MQTT path drains a standing queue, not
@@ -164,6 +169,14 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"daemon/limit results/s at {source}, {TARGET_MODEL}, 2 threads", r["ratio"],
                 bar, True)
     for r in report["rows"]:
+        if r["row"] == "daemon" and r.get("model_size") and r.get("cpu_us_per_result"):
+            # Issue 21: a Pi's CPU budget. The daemon's own threads, capture to publish
+            # (the worker's invoke is not in it), at frames of the model's size.
+            add(f"daemon CPU per result, {r['model']} (us)",
+                r["cpu_us_per_result"]["daemon"], 200.0, False)
+            if r.get("ceiling") and r.get("ratio") is not None:
+                add(f"daemon/limit over its ceiling, {r['model']}, {report['threads']} threads",
+                    r["ratio"] / r["ceiling"], 0.97, True)
         if r["row"] == "cameras" and r.get("ratio") is not None and r.get("model_bound"):
             # Issue 17: the model shared by N cameras, a core left free, evenly.
             add(f"{r['title']}/limit results/s, {r['model']}, 1 thread", r["ratio"], 0.90, True)

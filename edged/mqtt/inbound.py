@@ -32,6 +32,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edged.mqtt.acks import QuickAcks
+
 log = logging.getLogger("edged.publish")
 
 MAX_INBOUND_BYTES: Final = 256 * 1024  # a discovery config is a few kB, a birth message 6 B
@@ -43,8 +45,9 @@ class InboundTooLargeError(ConnectionAbortedError):
     """A packet from the broker over `MAX_INBOUND_BYTES`; paho then drops the connection."""
 
 
-class BoundedClient(mqtt.Client):
-    """A paho client that never holds an incoming packet over `max_inbound` bytes."""
+class BoundedClient(QuickAcks):
+    """A paho client that never holds an incoming packet over `max_inbound` bytes
+    (and reads a result's PUBACK quickly, `edged.mqtt.acks`)."""
 
     max_inbound: int = MAX_INBOUND_BYTES
     on_too_large: Callable[[int], None] | None = None

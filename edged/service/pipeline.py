@@ -127,7 +127,7 @@ class Pipeline:
         goes). The limit is on taking frames, never on delivering results, and the
         frame taken when one is due is a fresh one (`edged.service.scheduler`), so
         max_fps adds no latency."""
-        self.lanes[lane].max_fps = max_fps
+        self.scheduler.pace(self.lanes[lane], max_fps)
 
     def set_preprocess(self, preprocess: Preprocess, lane: int = 0) -> None:
         """A reload of preprocessing, between frames."""

@@ -70,9 +70,19 @@ class Scheduler:
     def __init__(self, lanes: list[Lane]) -> None:
         self.lanes = lanes
         self._turn = 0
+        # After a look that found nothing: (wake-ups seen, until when nothing can
+        # change without one, every camera ended). The pipeline looks again for a frame
+        # while one is in flight, two or three times a result: with nothing bumped
+        # since, that look is one comparison instead of a lock per camera.
+        self._quiet: tuple[int, float, bool] | None = None
         self.wakeups = Wakeups()
         for lane in lanes:
             lane.buffer.watch(self.wakeups.bump)
+
+    def pace(self, lane: Lane, max_fps: float) -> None:
+        """Take at most `max_fps` frames a second from `lane` (0: no limit)."""
+        lane.max_fps = max_fps
+        self.wakeups.bump()  # a frame held back by the old pace may be due now
 
     def set_buffer(self, lane: Lane, buffer: LatestFrameBuffer) -> None:
         """Feed `lane` from a new buffer (a reload's new source): the old one is no
@@ -91,13 +101,21 @@ class Scheduler:
         came (or every camera has ended)."""
         deadline = time.monotonic() + timeout
         while True:
-            with self.wakeups.cond:
-                seen = self.wakeups.count
+            # Read before looking: a put after this read bumps it, and the wait below
+            # then returns at once (an int read needs no lock).
+            seen = self.wakeups.count
             now = time.monotonic()
-            picked, wake_at = self._pick(now)
-            if picked is not None:
-                return picked
-            if self.closed:
+            quiet = self._quiet
+            if quiet is not None and quiet[0] == seen and now < quiet[1]:
+                wake_at, closed = quiet[1], quiet[2]
+            else:
+                picked, wake_at = self._pick(now)
+                if picked is not None:
+                    self._quiet = None
+                    return picked
+                closed = self.closed
+                self._quiet = (seen, wake_at, closed)
+            if closed:
                 return None
             wait = min(deadline, wake_at) - now
             if deadline - now <= 0:

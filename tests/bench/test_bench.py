@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edged.bench.command import ceiling
 from edged.bench.daemon import DaemonSpec, daemon_config
 from edged.bench.table import cores_note, parse_sizes, render, targets
 from edged.config import load_config
@@ -222,6 +223,29 @@ def test_camera_size_targets_compare_the_daemon_at_each_size() -> None:
     assert got[f"daemon/limit results/s at 1280x720, {model}, 2 threads"] == (0.79, 0.8, False)
     assert got[f"daemon/limit results/s at 1920x1080, {model}, 2 threads"] == (0.81, 0.8, True)
     assert parse_sizes("640x480, 1920x1080") == ((480, 640), (1080, 1920))
+
+
+def test_cpu_budget_targets_read_the_daemons_cpu_and_its_ceiling() -> None:
+    """Issue 21's third bar: the daemon's CPU per result at model-size frames, and its
+    ratio against the ceiling that CPU sets when the interpreter holds every core."""
+    assert ceiling(2, 2000.0, 400.0) == pytest.approx(4000 / 4400)
+    model = "mobilenet_v2_1.0_224_quant.tflite"
+    rows = [{"model": model, "source": "224x224", "row": "daemon", "ratio": 0.88,
+             "model_size": True, "cpu_us_per_result": {"daemon": 450.0},
+             "ceiling": 4000 / 4400},
+            {"model": model, "source": "640x480", "row": "daemon", "ratio": 0.7,
+             "model_size": False, "cpu_us_per_result": {"daemon": 1400.0}}]
+    got = {t["target"]: (t["value"], t["bar"], t["met"])
+           for t in targets({"rows": rows, "threads": 2})}
+    assert got[f"daemon CPU per result, {model} (us)"] == (450.0, 200.0, False)
+    assert got[f"daemon/limit over its ceiling, {model}, 2 threads"] == (0.968, 0.97, False)
+    assert len(got) == 2  # the camera-size row has its own bar, not this one
+    text = render({"machine": {"cpu": "x", "cores": "2", "runtime": "r"}, "threads": 2,
+                   "delegate": "cpu", "runs": 1, "frames": 10,
+                   "rows": [{**rows[0], "title": "edged daemon", "fps": 100.0, "fps_min": 99.0,
+                             "fps_max": 101.0, "stages_us": {}, "peak_rss_mb": 100.0}]})
+    assert ("ceiling 2 x invoke / (2 x invoke + the daemon's CPU per result) 0.91; "
+            "the ratio is 0.97 of it") in text
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
