@@ -186,9 +186,13 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
         if r["row"] == "daemon":
             r["offered_fps"] = fps
             r["model_size"] = size == _input_size(model)
-            cpu = r.get("cpu_us_per_result", {}).get("daemon")
+            by_process = r.get("cpu_us_per_result", {})
+            cpu = by_process.get("daemon")
             if limit and cpu and s.threads >= cores:
                 r["ceiling"] = ceiling(cores, 1e6 / limit, cpu)
+                # The broker, the subscriber and the bench share these cores here too.
+                r["ceiling_all"] = ceiling(cores, 1e6 / limit, sum(
+                    v for k, v in by_process.items() if k != "worker"))
     return rows
 
 

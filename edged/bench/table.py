@@ -60,6 +60,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{'':<17}ceiling {cores} x invoke / ({cores} x invoke + the "
                          f"daemon's CPU per result) {r['ceiling']:.2f}; the ratio is "
                          f"{r['ratio'] / r['ceiling']:.2f} of it")
+            if r.get("ceiling_all"):
+                lines.append(f"{'':<17}with the broker, subscriber and bench on these cores "
+                             f"too: ceiling {r['ceiling_all']:.2f}, the ratio "
+                             f"{r['ratio'] / r['ceiling_all']:.2f} of it")
         waited = st.get("publish") or 0.0
         if waited > BACKLOG_US:
             # Then results/s is how fast the MQTT path drains a standing queue, not

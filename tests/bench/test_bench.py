@@ -232,7 +232,7 @@ def test_cpu_budget_targets_read_the_daemons_cpu_and_its_ceiling() -> None:
     model = "mobilenet_v2_1.0_224_quant.tflite"
     rows = [{"model": model, "source": "224x224", "row": "daemon", "ratio": 0.88,
              "model_size": True, "cpu_us_per_result": {"daemon": 450.0},
-             "ceiling": 4000 / 4400},
+             "ceiling": 4000 / 4400, "ceiling_all": 4000 / 4600},
             {"model": model, "source": "640x480", "row": "daemon", "ratio": 0.7,
              "model_size": False, "cpu_us_per_result": {"daemon": 1400.0}}]
     got = {t["target"]: (t["value"], t["bar"], t["met"])
@@ -246,6 +246,7 @@ def test_cpu_budget_targets_read_the_daemons_cpu_and_its_ceiling() -> None:
                              "fps_max": 101.0, "stages_us": {}, "peak_rss_mb": 100.0}]})
     assert ("ceiling 2 x invoke / (2 x invoke + the daemon's CPU per result) 0.91; "
             "the ratio is 0.97 of it") in text
+    assert "broker, subscriber and bench on these cores too: ceiling 0.87, the ratio 1.01" in text
 
 
 def test_edgetpu_without_a_coral_fails_with_the_edge_tpu_line() -> None:
@@ -333,8 +334,23 @@ def test_latency_split_script_splits_each_result_at_published_at() -> None:
     assert done.returncode == 0, done.stderr
     for line in ("40 results at 60 frames/s offered, QoS 1, broker without Nagle",
                  "capture -> published_at", "published_at -> receipt", "CPU per result: ",
-                 "daemon threads per result: "):
+                 "daemon threads per result: ", "context switches per result: edged-",
+                 "one sleep and wake-up of a Python thread here: "):
         assert line in done.stdout, done.stdout
+
+
+def test_cold_cost_script_times_the_same_work_back_to_back_and_once_per_frame() -> None:
+    done = subprocess.run([sys.executable, "scripts/cold_cost.py", "-n", "20", "--interval",
+                           "2"], check=False, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"a time.sleep and wake-up: \d+ us of CPU; a thread woken by a "
+                        r"Condition: \d+ us", lines[0]), lines[0]
+    assert "(cold: one every 2 ms)" in lines[1]
+    for name in ("dequantize + encode_result_json [1,1001]",
+                 "paho publish QoS 1 + write + read an ack"):
+        assert any(line.startswith(name) and len(line.split()) >= 3 for line in lines), lines
 
 
 def test_latency_split_script_ends_with_the_daemons_error_when_it_cannot_start(
