@@ -6,12 +6,13 @@ counted: latency stays one frame, memory stays one frame, never a queue that
 grows while the model is slow.
 
 Stopping: `CaptureThread.stop()` closes the `ResilientSource`, which wakes
-backoff and pacing waits at once and aborts blocked reads where the driver
-can (the HTTP MJPEG reader shuts its socket down). OpenCV and picamera2 reads
-cannot be interrupted safely from another thread; they are bounded by the
-driver's read timeout instead. `stop()` waits at most `timeout` seconds and
-then returns anyway: the thread is a daemon thread, finishes its bounded read
-on its own, releases the device, and cannot keep the process alive.
+backoff waits at once, pacing waits within 50 ms (`SLEEP_SLICE_S`), and aborts
+blocked reads where the driver can (the HTTP MJPEG reader shuts its socket
+down). OpenCV and picamera2 reads cannot be interrupted safely from another
+thread; they are bounded by the driver's read timeout instead. `stop()` waits
+at most `timeout` seconds and then returns anyway: the thread is a daemon
+thread, finishes its bounded read on its own, releases the device, and cannot
+keep the process alive.
 """
 
 from __future__ import annotations
