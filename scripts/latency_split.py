@@ -28,13 +28,8 @@ import numpy as np
 import orjson
 
 from edged.bench.command import BENCH_MNV2
-from edged.bench.daemon import (
-    DaemonSpec,
-    cpu_seconds,
-    daemon_config,
-    stat_cpu_seconds,
-    worker_pid,
-)
+from edged.bench.daemon import DaemonSpec, daemon_config, worker_pid
+from edged.bench.procstat import cpu_seconds, thread_cpu_seconds, thread_switches
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.system.childproc import stop_process
 
@@ -44,33 +39,6 @@ SKIP = 30  # results while the daemon warms up
 def percentiles(a: np.ndarray) -> str:
     return " ".join(f"p{q} {np.percentile(a, q):6.2f}" for q in (50, 90, 99)) + \
         f"  max {a.max():6.2f} ms"
-
-
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU time of each of a process's threads, by the name it gave the kernel."""
-    out: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[name] = out.get(name, 0.0) + stat_cpu_seconds(task / "stat")
-    return out
-
-
-def thread_wakeups(pid: int) -> dict[str, int]:
-    """Context switches of each of a process's threads (voluntary: it waited and was
-    woken; involuntary: preempted), by name."""
-    out: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            lines = (task / "status").read_text().splitlines()
-        except OSError:
-            continue
-        n = sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
-        out[name] = out.get(name, 0) + n
-    return out
 
 
 def wake_cost_us(n: int = 400) -> float:
@@ -130,7 +98,7 @@ def main() -> int:
                             "mosquitto": broker.pid, "receiver": receiver.pid}
                     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
                     threads0 = thread_cpu_seconds(daemon.pid)
-                    wakes0 = thread_wakeups(daemon.pid)
+                    wakes0 = thread_switches(daemon.pid)
                 if n < SKIP:
                     continue
                 stamp, _, payload = line.partition(b" ")
@@ -144,7 +112,7 @@ def main() -> int:
             threads = {k: (v - threads0.get(k, 0.0)) * 1e6 / len(rows)
                        for k, v in thread_cpu_seconds(daemon.pid).items()}
             wakes = {k: (v - wakes0.get(k, 0)) / len(rows)
-                     for k, v in thread_wakeups(daemon.pid).items()}
+                     for k, v in thread_switches(daemon.pid).items()}
         finally:
             stop_process(daemon, 15.0)
             stop_process(receiver, 5.0)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edged.bench.command import BENCH_MNV2
-from edged.bench.daemon import cpu_seconds
+from edged.bench.procstat import cpu_seconds
 from edged.inference.delegates import DelegateSpec
 from edged.inference.model import Model
 from edged.inference.runtime import select_runtime

@@ -68,6 +68,8 @@ def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads
                 cpu = daemon.cpu_us_per_result
                 run["cpu_us_per_result"] = {"daemon": cpu["daemon"], "worker": cpu["worker"],
                                             "edged": cpu["daemon"] + cpu["worker"]}
+                run["threads_us_per_result"] = {**daemon.threads_us_per_result,
+                                                "context switches": daemon.switches_per_result}
                 run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
                 results.append(run)
         finally:

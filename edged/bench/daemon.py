@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from edged.bench.procstat import cpu_seconds, thread_cpu_seconds, thread_switches
 from edged.bench.rows import proc_status_kb
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.system.childproc import stop_process
@@ -68,22 +69,6 @@ class DaemonSpec:
     # most `crops` a frame (the cascade row).
     cascade: str = ""
     crops: int = 3
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a whole process (all its threads) so far."""
-    return 0.0 if pid is None else stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
-
-
-def stat_cpu_seconds(stat_file: Path) -> float:
-    """User + system CPU time from a /proc `stat` file (a process's or a thread's);
-    0 when it is gone."""
-    try:
-        stat = stat_file.read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_pid(daemon_pid: int) -> int | None:
@@ -256,6 +241,8 @@ class BenchDaemon:
                 raise BenchError(f"edged run gave no result: {self.log_tail()}")
         self.paused = False
         self.cpu_us_per_result: dict[str, float] = {}
+        self.threads_us_per_result: dict[str, float] = {}
+        self.switches_per_result = 0.0
 
     def _cpu(self) -> dict[str, float]:
         # "subscriber": mosquitto_sub and this process, whose only busy thread meanwhile
@@ -309,6 +296,7 @@ class BenchDaemon:
                 raise BenchError(f"edged run stopped sending results: {self.log_tail()}")
             inbox.reset(keep=keep, since=inbox.since)
             cpu = self._cpu()
+            threads, switches = thread_cpu_seconds(self.proc.pid), thread_switches(self.proc.pid)
             if not inbox.wait_for(results, timeout_s):
                 raise BenchError(f"edged run sent {inbox.count} of {results} results in "
                                  f"{timeout_s:g} s: {self.log_tail()}")
@@ -318,6 +306,12 @@ class BenchDaemon:
         # capture and MQTT threads, the broker) and what competes with the invoke.
         after = self._cpu()
         self.cpu_us_per_result = {k: (after[k] - cpu[k]) * 1e6 / results for k in after}
+        # And the daemon's, by thread (issue 21: where a Pi's CPU budget goes).
+        self.threads_us_per_result = {
+            k: (v - threads.get(k, 0.0)) * 1e6 / results
+            for k, v in thread_cpu_seconds(self.proc.pid).items() if k.startswith("edged-")}
+        self.switches_per_result = (sum(thread_switches(self.proc.pid).values())
+                                    - sum(switches.values())) / results
         return list(inbox.received)
 
     def stop(self) -> None:

@@ -55,6 +55,13 @@ def render(report: dict[str, Any]) -> str:
         if "cpu_us_per_result" in r:
             lines.append(f"{'':<17}CPU per result: " + ", ".join(
                 f"{k} {v:.0f} us" for k, v in r["cpu_us_per_result"].items()))
+        if r.get("threads_us_per_result"):
+            by_thread = dict(r["threads_us_per_result"])
+            switches = by_thread.pop("context switches", 0.0)
+            lines.append(f"{'':<17}the daemon's threads per result: " + ", ".join(
+                f"{k.removeprefix('edged-')} {v:.0f} us"
+                for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v >= 1)
+                + f"; {switches:.1f} context switches")
         if r.get("ceiling") and r.get("ratio") is not None:
             cores = m["cores"]
             lines.append(f"{'':<17}ceiling {cores} x invoke / ({cores} x invoke + the "

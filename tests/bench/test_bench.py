@@ -96,6 +96,10 @@ def test_accelerator_row_runs_the_daemon_on_the_stub_delegate_asleep_off_the_cpu
     assert 0.5 < row["ratio"] <= 1.02
     cpu = row["cpu_us_per_result"]
     assert cpu["edged"] == pytest.approx(cpu["daemon"] + cpu["worker"])
+    # Where the daemon's goes, by thread (each named to the kernel), and its wake-ups.
+    threads = row["threads_us_per_result"]
+    assert {"edged-capture", "edged-pipeline", "edged-mqtt"} <= set(threads)
+    assert threads["context switches"] > 0
     # Asleep, not spinning: the worker's CPU per result is far below the invoke.
     assert cpu["worker"] < 1000
     assert any(t["target"].startswith("accelerator results/s x invoke time")
@@ -112,6 +116,8 @@ def test_quick_json_stage_columns_per_row(quick_report: dict[str, Any]) -> None:
     assert {"resize", "quantize", "invoke", "dequantize", "decode", "publish"} == set(
         daemon["stages_us"])
     assert set(daemon["latency_ms"]) == {"p50", "p95", "p99"}
+    assert {"edged-capture", "edged-pipeline", "edged-mqtt", "context switches"} <= set(
+        daemon["threads_us_per_result"])
     assert daemon["latency_ms"]["p50"] <= daemon["latency_ms"]["p99"]
 
 
@@ -244,6 +250,7 @@ def test_cpu_budget_targets_read_the_daemons_cpu_and_its_ceiling() -> None:
                    "delegate": "cpu", "runs": 1, "frames": 10,
                    "rows": [{**rows[0], "title": "edged daemon", "fps": 100.0, "fps_min": 99.0,
                              "fps_max": 101.0, "stages_us": {}, "peak_rss_mb": 100.0}]})
+    assert "the daemon's threads per result: " not in text  # none measured in this row
     assert ("ceiling 2 x invoke / (2 x invoke + the daemon's CPU per result) 0.91; "
             "the ratio is 0.97 of it") in text
     assert "broker, subscriber and bench on these cores too: ceiling 0.87, the ratio 1.01" in text
