@@ -59,7 +59,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                            "peak_rss_mb": max(r["peak_rss_kb"] for r in runs) / 1024}
     for key in ("latency_ms", "invoke_ms", "cpu_us_per_result", "threads_us_per_result"):
         if all(key in r for r in runs):
-            # A thread that started during a run (a restarted worker's) is in some only.
+            # A thread that started during a run (a reload's new capture thread) is in some only.
             out[key] = {p: float(np.median([r[key].get(p, 0.0) for r in runs]))
                         for p in runs[0][key]}
     return out
