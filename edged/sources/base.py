@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edged.system.secrecy import redact_credentials
+from edged.system.threads import sleep_unless
 
 Pixels = NDArray[np.uint8]
 
@@ -109,9 +110,6 @@ class DriverBase:
         return self._origin
 
 
-SLEEP_SLICE_S = 0.05  # pacing waits this short sleep instead of waiting on the abort
-
-
 class Pacer:
     """Holds a finite source to a frame rate; waits can be cut short by `abort`.
 
@@ -145,15 +143,7 @@ class Pacer:
             self._due = now
         delay = self._due - now
         self._due += self.interval
-        if delay > 0:
-            if delay <= SLEEP_SLICE_S:
-                # A plain sleep costs ~40 us less CPU per frame than a timed Event.wait
-                # (Python's Condition machinery, run cold once a frame: BENCHMARKS.md,
-                # "A Pi's CPU budget"); an abort then waits out this slice at most.
-                time.sleep(delay)
-                return not self._aborted.is_set()
-            return not self._aborted.wait(delay)
-        return not self._aborted.is_set()
+        return sleep_unless(self._aborted, delay)
 
 
 def redact_url(url: str) -> str:

@@ -6,9 +6,9 @@ counted: latency stays one frame, memory stays one frame, never a queue that
 grows while the model is slow.
 
 Stopping: `CaptureThread.stop()` closes the `ResilientSource`, which wakes
-backoff waits at once, pacing waits within 50 ms (`SLEEP_SLICE_S`), and aborts
-blocked reads where the driver can (the HTTP MJPEG reader shuts its socket
-down). OpenCV and picamera2 reads cannot be interrupted safely from another
+backoff waits at once, pacing waits within 50 ms (`system.threads.sleep_unless`),
+and aborts blocked reads where the driver can (the HTTP MJPEG reader shuts its
+socket down). OpenCV and picamera2 reads cannot be interrupted safely from another
 thread; they are bounded by the driver's read timeout instead. `stop()` waits
 at most `timeout` seconds and then returns anyway: the thread is a daemon
 thread, finishes its bounded read on its own, releases the device, and cannot
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from edged.sources.base import Frame
 from edged.sources.resilient import ResilientSource
-from edged.system.threads import NamedThread
+from edged.system.threads import NamedThread, sleep_unless
 
 log = logging.getLogger("edged.sources")
 
@@ -195,6 +195,4 @@ class RateLimiter:
         now = time.monotonic()
         due = now if self._due is None else max(self._due, now)
         self._due = due + self.interval
-        if due > now:
-            return not self._stop.wait(due - now)
-        return not self._stop.is_set()
+        return sleep_unless(self._stop, due - now)

@@ -48,6 +48,25 @@ def leave_cores_to_the_model() -> None:
     cv2.setNumThreads(1)
 
 
+SLEEP_SLICE_S = 0.05  # a per-frame wait this short sleeps instead of waiting on its event
+
+
+def sleep_unless(stop: threading.Event, seconds: float) -> bool:
+    """Wait `seconds` unless `stop` is set first; True when it was not set.
+
+    For waits made once a frame (a source's pace, a consumer's max_fps): a plain
+    sleep costs ~20 us less CPU than a timed `Event.wait` (Python's Condition
+    machinery, run cold once a frame: BENCHMARKS.md, "A Pi's CPU budget"), so a
+    wait of up to SLEEP_SLICE_S sleeps and `stop` is seen at its end; a longer
+    one waits on the event and ends at once when it is set."""
+    if seconds <= 0:
+        return not stop.is_set()
+    if seconds <= SLEEP_SLICE_S:
+        time.sleep(seconds)
+        return not stop.is_set()
+    return not stop.wait(seconds)
+
+
 def wait_backoff(seconds: float, deadline_check: Callable[[], bool] | None = None) -> None:
     """Sleep in small steps so a stop request is seen promptly."""
     end = time.monotonic() + seconds

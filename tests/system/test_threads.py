@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
-from edged.system.threads import COMM_MAX, NamedThread, set_os_thread_name
+from edged.system.threads import COMM_MAX, NamedThread, set_os_thread_name, sleep_unless
 
 
 def _kernel_name(native_id: int) -> str:
@@ -41,3 +42,16 @@ def test_a_name_outside_ascii_is_still_set() -> None:
     t.start()
     t.join()
     assert out == [True]
+
+
+def test_sleep_unless_sleeps_a_frame_and_is_cut_short_on_a_longer_wait() -> None:
+    stop = threading.Event()
+    t0 = time.monotonic()
+    assert sleep_unless(stop, 0.02) is True  # a frame's wait: slept
+    assert time.monotonic() - t0 >= 0.02
+    threading.Timer(0.1, stop.set).start()
+    t0 = time.monotonic()
+    assert sleep_unless(stop, 30.0) is False  # a long one ends when stop is set
+    assert time.monotonic() - t0 < 5.0
+    assert sleep_unless(stop, 0.01) is False  # set: said even after a short sleep
+    assert sleep_unless(stop, -1.0) is False  # and at once for a wait already due
