@@ -17,6 +17,8 @@ result and sleeps again. Measured here, in one process, on this machine:
 The ratio cold/hot is what a per-result micro-benchmark leaves out: after a
 sleep the caches and branch predictors hold other threads' and the
 interpreter's work, and Python's dispatch pays for it on every bytecode.
+"spun" is the same interval spent busy instead of asleep (no idle between
+calls), which separates what the idle costs from what time alone does.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edged.bench.procstat import sleep_wake_us
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.mqtt.payload import Result, encode_result_json, outputs_from
 from edged.numerics.quantize import dequantize
@@ -39,23 +42,22 @@ from edged.numerics.tensors import TensorInfo
 from edged.system.childproc import stop_process
 
 
-def per_call_us(work: Callable[[], None], n: int, interval_s: float) -> float:
-    """CPU per call of `work`, its sleeps left out (`interval_s` 0: back to back)."""
+def per_call_us(work: Callable[[], None], n: int, interval_s: float, *,
+                spin: bool = False) -> float:
+    """CPU per call of `work`, the time between calls left out (`interval_s` 0: back
+    to back; `spin`: busy between calls instead of asleep, so no idle in between)."""
     total = 0.0
     for _ in range(n):
-        if interval_s:
+        if interval_s and spin:
+            until = time.perf_counter() + interval_s
+            while time.perf_counter() < until:
+                pass
+        elif interval_s:
             time.sleep(interval_s)
         t0 = time.thread_time()
         work()
         total += time.thread_time() - t0
     return total * 1e6 / n
-
-
-def sleep_wake_us(n: int, interval_s: float) -> float:
-    t0 = time.thread_time()
-    for _ in range(n):
-        time.sleep(interval_s)
-    return (time.thread_time() - t0) * 1e6 / n
 
 
 def condition_wake_us(n: int, interval_s: float) -> float:
@@ -116,13 +118,14 @@ def main() -> int:
 
             rows.append(("paho publish QoS 1 + write + read an ack", publish))
         try:
-            print(f"{'work':<44}{'hot us':>8}{'cold us':>9}{'cold/hot':>9}"
-                  f"   (cold: one every {args.interval:g} ms)")
+            print(f"{'work':<44}{'hot us':>8}{'cold us':>9}{'cold/hot':>9}{'spun us':>9}"
+                  f"   (cold: one every {args.interval:g} ms asleep; spun: busy between)")
             for name, work in rows:
                 per_call_us(work, 50, 0.0)  # warm-up
                 hot = per_call_us(work, n * 4, 0.0)
                 cold = per_call_us(work, n, interval)
-                print(f"{name:<44}{hot:>8.1f}{cold:>9.1f}{cold / hot:>9.1f}")
+                spun = per_call_us(work, max(n // 5, 1), interval, spin=True)
+                print(f"{name:<44}{hot:>8.1f}{cold:>9.1f}{cold / hot:>9.1f}{spun:>9.1f}")
         finally:
             if broker is not None:
                 stop_process(broker, 5.0)

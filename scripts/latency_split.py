@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,12 @@ import orjson
 
 from edged.bench.command import BENCH_MNV2
 from edged.bench.daemon import DaemonSpec, daemon_config, worker_pid
-from edged.bench.procstat import cpu_seconds, thread_cpu_seconds, thread_switches
+from edged.bench.procstat import (
+    cpu_seconds,
+    sleep_wake_us,
+    thread_cpu_seconds,
+    thread_switches,
+)
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.system.childproc import stop_process
 
@@ -39,16 +43,6 @@ SKIP = 30  # results while the daemon warms up
 def percentiles(a: np.ndarray) -> str:
     return " ".join(f"p{q} {np.percentile(a, q):6.2f}" for q in (50, 90, 99)) + \
         f"  max {a.max():6.2f} ms"
-
-
-def wake_cost_us(n: int = 400) -> float:
-    """CPU time one sleep and wake-up of a Python thread costs on this machine: the
-    price of every wait in the daemon's threads (a KVM guest pays an exit for the
-    timer and the idle, a few times what bare metal does)."""
-    t0 = time.thread_time()
-    for _ in range(n):
-        time.sleep(0.002)
-    return (time.thread_time() - t0) * 1e6 / n
 
 
 def _end_receiver_if_dead(daemon: subprocess.Popen[bytes],
@@ -132,7 +126,7 @@ def main() -> int:
     # The clock tick is 10 ms: over a few thousand results, steps of a few us.
     print("daemon threads per result: " + ", ".join(
         f"{k} {v:.0f} us" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0))
-    per_wake = wake_cost_us()
+    per_wake = sleep_wake_us(400, 0.002)
     total_wakes = sum(wakes.values())
     print("context switches per result: " + ", ".join(
         f"{k} {v:.2f}" for k, v in sorted(wakes.items(), key=lambda kv: -kv[1]) if v >= 0.01)

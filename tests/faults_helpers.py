@@ -295,9 +295,3 @@ def jpeg_frames() -> list[bytes]:
         assert ok
         out.append(data.tobytes())
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (its threads included), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -1,4 +1,5 @@
-"""CPU time and context switches of processes and their threads, from /proc.
+"""CPU time and context switches of processes and their threads, from /proc, and
+what one sleep and wake-up costs here.
 
 The bench's "CPU per result" (per process) and where a daemon's goes (per thread,
 by the names edged's threads give the kernel: edged-capture, edged-pipeline,
@@ -9,6 +10,7 @@ of microseconds per result.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -53,6 +55,16 @@ def thread_switches(pid: int) -> dict[str, int]:
         n = sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
         out[name] = out.get(name, 0) + n
     return out
+
+
+def sleep_wake_us(n: int, interval_s: float) -> float:
+    """CPU time of one `time.sleep(interval_s)` and its wake-up, over `n` of them: the
+    price of every wait in the daemon's threads (a KVM guest pays an exit for the
+    timer and the idle, a few times what bare metal does)."""
+    t0 = time.thread_time()
+    for _ in range(n):
+        time.sleep(interval_s)
+    return (time.thread_time() - t0) * 1e6 / n
 
 
 def _tasks(pid: int) -> list[Path]:

@@ -354,10 +354,12 @@ def test_cold_cost_script_times_the_same_work_back_to_back_and_once_per_frame() 
     lines = done.stdout.splitlines()
     assert re.fullmatch(r"a time.sleep and wake-up: \d+ us of CPU; a thread woken by a "
                         r"Condition: \d+ us", lines[0]), lines[0]
-    assert "(cold: one every 2 ms)" in lines[1]
+    assert "(cold: one every 2 ms asleep; spun: busy between)" in lines[1]
     for name in ("dequantize + encode_result_json [1,1001]",
                  "paho publish QoS 1 + write + read an ack"):
-        assert any(line.startswith(name) and len(line.split()) >= 3 for line in lines), lines
+        row = next(line for line in lines if line.startswith(name))
+        hot, cold, ratio, spun = (float(v) for v in row[len(name):].split())
+        assert hot > 0 and cold > 0 and spun > 0 and ratio == pytest.approx(cold / hot, abs=0.1)
 
 
 def test_latency_split_script_ends_with_the_daemons_error_when_it_cannot_start(

@@ -16,7 +16,6 @@ from faults_helpers import (
     DIGITS,
     MjpegServer,
     NotifyRecorder,
-    cpu_seconds,
     is_stats,
     jpeg_frames,
     make_video,
@@ -28,6 +27,8 @@ from faults_helpers import (
     wait_until,
 )
 from notify_helpers import abstract_listener
+
+from edged.bench.procstat import cpu_seconds
 
 WATCHDOG_USEC = "1000000"  # a ping every 0.5 s while healthy
 FRAMES_WINDOW_S = 10.0  # the daemon's "no frames inferred recently" window
