@@ -82,6 +82,8 @@ class Scheduler:
     def pace(self, lane: Lane, max_fps: float) -> None:
         """Take at most `max_fps` frames a second from `lane` (0: no limit)."""
         lane.max_fps = max_fps
+        if max_fps <= 0:
+            lane.due = 0.0  # no limit any more: not even the rest of the old interval
         self.wakeups.bump()  # a frame held back by the old pace may be due now
 
     def set_buffer(self, lane: Lane, buffer: LatestFrameBuffer) -> None:

@@ -162,3 +162,44 @@ def test_a_replaced_buffer_wakes_the_wait_and_is_no_longer_watched() -> None:
     got = waiter[0]
     assert isinstance(got, tuple) and got[1].seq == 1
     assert old._watchers == [] and new._watchers == [scheduler.wakeups.bump]
+
+
+def test_a_look_that_found_nothing_is_redone_when_a_frame_comes_or_a_pace_changes() -> None:
+    """The pipeline looks for a frame two or three times a result; after an empty look
+    the scheduler answers from memory until something changes: a put, a new pace, or a
+    camera falling due by the clock. Each of those must still be seen."""
+    lane = Lane("a", LatestFrameBuffer())
+    scheduler = Scheduler([lane])
+    assert scheduler.get(timeout=0) is None
+    lane.buffer.put(_frame("a", 0))  # a put bumps the wake-ups
+    got = scheduler.get(timeout=0)
+    assert got is not None and got[1].seq == 0
+
+    # max_fps 5: the frame taken makes the camera due again 0.2 s later.
+    scheduler.pace(lane, 5.0)
+    assert scheduler.get(timeout=0) is None  # nothing waiting
+    lane.buffer.put(_frame("a", 1))
+    lane.buffer.put(_frame("a", 2))  # a fresh one, but taken only when due
+    first = scheduler.get(timeout=1.0)
+    assert first is not None and first[1].seq == 2
+    lane.buffer.put(_frame("a", 3))
+    assert scheduler.get(timeout=0) is None  # not due: this look is remembered
+    assert scheduler.get(timeout=0) is None  # answered from memory, nothing changed
+    # A new pace (0: no limit) is a change: the waiting frame is taken at once.
+    scheduler.pace(lane, 0.0)
+    got = scheduler.get(timeout=0)
+    assert got is not None and got[1].seq == 3
+
+    # Due by the clock alone, with no put in between.
+    scheduler.pace(lane, 5.0)
+    lane.buffer.put(_frame("a", 4))
+    assert scheduler.get(timeout=0) is not None  # taken; due again in 0.2 s
+    lane.buffer.put(_frame("a", 5))
+    assert scheduler.get(timeout=0) is None
+    t0 = time.monotonic()
+    got = scheduler.get(timeout=1.0)  # the remembered look ends when the camera is due
+    assert got is not None and got[1].seq == 5
+    assert 0.1 < time.monotonic() - t0 < 0.5
+
+    lane.buffer.close()
+    assert scheduler.closed and scheduler.get(timeout=0.5) is None
