@@ -7,6 +7,10 @@ crops of the real photographs in ../shared/models brought to 640x480,
 1280x720 and 1920x1080, and synthetic scenes (textures, stripes, shapes).
 Prints the top-1 agreement and the score differences, per frame size.
 
+The last column is a JPEG camera's case (`source.jpeg_decode`): each frame as a
+quality-90 JPEG, decoded at 1/2-1/4 for the model and resized (edged), against
+the same JPEG decoded whole and resized in one exact INTER_AREA step.
+
     .venv/bin/python scripts/resize_agreement.py [--frames-per-size N]
 """
 
@@ -24,6 +28,7 @@ from edged.inference.model import Model
 from edged.inference.runtime import select_runtime
 from edged.numerics.quantize import PixelQuantizer
 from edged.preprocess import Preprocessor
+from edged.sources.jpeg import JpegDecoder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 PHOTOS = ("cat.bmp", "grace_hopper.bmp", "squat.bmp", "cat_720p.jpg", "cat_1080p.jpg")
@@ -84,12 +89,13 @@ def main() -> int:
           "that class's score). 'area, 1 px' is the exact step on the frame moved by one "
           "pixel: how often the top class flips under a change nobody would see.\n")
     print("| frames | size | auto (edged) | linear alone | area, 1 px | auto, where area's "
-          "top-1 score >= 0.5 |")
-    print("|---|---|---|---|---|---|")
+          "top-1 score >= 0.5 | JPEG reduced + auto (edged) vs whole + area |")
+    print("|---|---|---|---|---|---|---|")
+    whole, reduced = JpegDecoder(), JpegDecoder((224, 224))
     for kind, make in (("photos", photo_frames), ("synthetic", synthetic_frames)):
         for size in SIZES:
             frames = make(size, args.frames_per_size, rng)
-            same: dict[str, int] = {"auto": 0, "linear": 0, "shift": 0}
+            same: dict[str, int] = {"auto": 0, "linear": 0, "shift": 0, "jpeg": 0}
             diffs: dict[str, list[float]] = {k: [] for k in same}
             sure, sure_same = 0, 0
             for frame in frames:
@@ -106,9 +112,18 @@ def main() -> int:
                         sure += 1
                         sure_same += top == int(np.argmax(got))
                     diffs[way].append(abs(float(got[top]) - float(ref[top])))
+                ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+                big, small = whole(bytes(data)), reduced(bytes(data))
+                assert ok and big is not None and small is not None
+                ref = model.run(exact(big.pixels), quantizer)[0].reshape(-1).copy()
+                got = model.run(ways["auto"](small.pixels), quantizer)[0].reshape(-1)
+                top = int(np.argmax(ref))
+                same["jpeg"] += top == int(np.argmax(got))
+                diffs["jpeg"].append(abs(float(got[top]) - float(ref[top])))
             cells = [f"{100 * same[w] / len(frames):.1f} % ({np.mean(diffs[w]):.3f} / "
                      f"{np.max(diffs[w]):.3f})" for w in same]
-            cells.append(f"{sure_same}/{sure}")
+            cells.insert(3, f"{sure_same}/{sure}")
             print(f"| {kind} | {size[1]}x{size[0]} | " + " | ".join(cells) + " |")
     return 0
 

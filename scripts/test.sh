@@ -7,14 +7,17 @@ cd "$(dirname "$0")/.."
 
 .venv/bin/python -m pytest "$@"
 
-if [ ! -x .venv-tflite/bin/python ]; then
-    "${PYTHON:-python3}" -m venv .venv-tflite
+# Each side venv is (re)filled when pyproject.toml is newer than its stamp: a new
+# dependency reaches venvs made before it.
+if [ ! -x .venv-tflite/bin/python ] || [ pyproject.toml -nt .venv-tflite/.edged-installed ]; then
+    [ -x .venv-tflite/bin/python ] || "${PYTHON:-python3}" -m venv .venv-tflite
     .venv-tflite/bin/python -m pip install -q --upgrade pip >/dev/null
     # opencv 4.10 is the last wheel built against numpy 1.
     .venv-tflite/bin/python -m pip install -q "tflite-runtime==2.14.0" "numpy<2" \
-        "opencv-python-headless<4.11" pydantic paho-mqtt orjson \
+        "opencv-python-headless<4.11" pydantic paho-mqtt orjson simplejpeg \
         pytest pytest-timeout hypothesis jsonschema
     .venv-tflite/bin/python -m pip install -q --no-deps -e .
+    touch .venv-tflite/.edged-installed
 fi
 echo "== the same numerics on tflite-runtime with numpy<2 =="
 .venv-tflite/bin/python -m pytest -p no:cacheprovider \
@@ -34,10 +37,11 @@ if [ -z "$py313" ]; then
     echo "== Python 3.13 stage skipped: no python3.13 found (set PYTHON313=/path/to/python3.13) =="
     exit 0
 fi
-if [ ! -x .venv-py313/bin/python ]; then
-    "$py313" -m venv .venv-py313
+if [ ! -x .venv-py313/bin/python ] || [ pyproject.toml -nt .venv-py313/.edged-installed ]; then
+    [ -x .venv-py313/bin/python ] || "$py313" -m venv .venv-py313
     .venv-py313/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv-py313/bin/python -m pip install -q -e '.[dev]'
+    touch .venv-py313/.edged-installed
 fi
 echo "== the numerics, model, inspect and a daemon run on Python 3.13 =="
 .venv-py313/bin/python -m pytest -p no:cacheprovider -W error::DeprecationWarning \

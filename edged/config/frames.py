@@ -52,6 +52,12 @@ class SourceConfig(Section):
     lores: bool = Field(default=True, description=(
         "picamera2: let the ISP scale a second (lores) stream to the model's input size, so "
         "the CPU does not resize. Only for stretch resizing."))
+    jpeg_decode: Literal["reduced", "full"] = Field(default="reduced", description=(
+        "stream (http(s) MJPEG or JPEG snapshot URLs) and folder JPEGs: reduced = decode each "
+        "at 1/2, 1/4 or 1/8 of its size, the smallest still at least the model's input (and "
+        "events' snapshot max_width wide); whole when a cascade crops the frames. About half "
+        "the CPU of a whole 1080p decode and resize. Boxes, zones and min_box_area stay in "
+        "the camera's own pixels. full = decode every pixel."))
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceConfig:

@@ -4,6 +4,6 @@ The geometry that maps results back to frame pixels lives here too: one
 place knows how a frame became the model's input.
 """
 
-from edged.preprocess.resize import Geometry, Preprocessor, plan_geometry
+from edged.preprocess.resize import Geometry, Preprocessor, box_in_pixels, plan_geometry
 
-__all__ = ["Geometry", "Preprocessor", "plan_geometry"]
+__all__ = ["Geometry", "Preprocessor", "box_in_pixels", "plan_geometry"]

@@ -92,6 +92,13 @@ class Geometry:
             fy1, fy2 = min(max(fy1, 0.0), h), min(max(fy2, 0.0), h)
         return fx1, fy1, fx2, fy2
 
+    def scaled_to(self, frame_size: tuple[int, int]) -> Geometry:
+        """The same mapping onto `frame_size` (height, width): the picture this frame
+        is a reduced decode of (`edged.sources.Frame.full_size`)."""
+        kx, ky = frame_size[1] / self.frame_size[1], frame_size[0] / self.frame_size[0]
+        return Geometry(frame_size, self.input_size, self.scale_x * kx, self.scale_y * ky,
+                        self.offset_x * kx, self.offset_y * ky, self.content)
+
     def points_to_frame(self, xy: NDArray[np.floating], *, normalized: bool = False
                         ) -> NDArray[np.float64]:
         """Many points at once: `xy[..., 0]` is x, `xy[..., 1]` is y (keypoints, anchors)."""
@@ -102,6 +109,16 @@ class Geometry:
         offset = np.array([self.offset_x, self.offset_y], dtype=np.float64)
         out: NDArray[np.float64] = pts * scale + offset
         return out
+
+
+def box_in_pixels(box: tuple[float, float, float, float], frame_size: tuple[int, int],
+                  pixels_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A box in `frame_size` pixels (height, width) -> the same box in a reduced decode
+    of that frame, `pixels_size`; the box itself when the two are one size."""
+    if frame_size == pixels_size:
+        return box
+    kx, ky = pixels_size[1] / frame_size[1], pixels_size[0] / frame_size[0]
+    return box[0] * kx, box[1] * ky, box[2] * kx, box[3] * ky
 
 
 def plan_geometry(frame_size: tuple[int, int], input_size: tuple[int, int],

@@ -161,8 +161,11 @@ def _build_cameras(d: Daemon, new: Config, publisher: Publisher, new_models: set
                 model=group.members.index(camera.model))
         # The Pi camera's ISP scales to the model input: a new input size reopens it.
         change.size = wiring.input_size(cfg, info)
+        # A JPEG source decodes for the model's input (and snapshots, a cascade) too.
         change.reopen = cam is None or cam.source or (
-            cfg.source.kind == "picamera2" and change.size != part.input_size)
+            cfg.source.kind == "picamera2" and change.size != part.input_size) or (
+            wiring.jpeg_min_size(cfg, change.size)
+            != wiring.jpeg_min_size(part.camera.config, part.input_size))
         changes.append(change)
     # Sources last: every stage has been built, nothing after this can fail half-way.
     for change in (c for c in changes if c.reopen):

@@ -30,6 +30,7 @@ from edged.decode.results import Classification, DecodeError, Detection
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.numerics.imageinput import ImageInput, image_input
+from edged.preprocess import box_in_pixels
 
 
 class Cascade:
@@ -54,15 +55,19 @@ class Cascade:
                 "classification", self.labels, info.outputs))
         return self._loaded[1], self._loaded[2]
 
-    def __call__(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8]
+    def __call__(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8],
+                 frame_size: tuple[int, int] | None = None
                  ) -> tuple[tuple[Detection, ...], dict[str, int]]:
         """`found` with classes attached to the detections classified, and the time
-        it took ({"crop": us, "classify": us}; empty when none was classified)."""
+        it took ({"crop": us, "classify": us}; empty when none was classified).
+        `frame_size`: the picture's (height, width), the boxes' units, when `pixels`
+        are a reduced decode of it."""
         info = self.supervisor.info.cascade if self.supervisor.info else None
         if info is None or not found:
             return found, {}
         t0 = time.perf_counter_ns()
-        height, width = pixels.shape[:2]
+        size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        height, width = frame_size or size
         image, labels = self._for(info)
         chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
         if not chosen:
@@ -70,8 +75,10 @@ class Cascade:
         buffers = self.supervisor.mem.crops
         # The worker's crop buffers are its first camera's max_crops.
         chosen = chosen[:len(buffers)]
-        for (_, (x1, y1, x2, y2)), buffer in zip(chosen, buffers, strict=False):
-            _resize_into(pixels[y1:y2, x1:x2], buffer, image.channels)
+        for (_, crop), buffer in zip(chosen, buffers, strict=False):
+            x1, y1, x2, y2 = (int(v) for v in box_in_pixels(crop, (height, width), size))
+            _resize_into(pixels[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)], buffer,
+                         image.channels)
         t1 = time.perf_counter_ns()
         self.supervisor.classify(len(chosen))
         classified: dict[int, tuple[Classification, ...]] = {}

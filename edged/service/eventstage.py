@@ -39,6 +39,7 @@ from edged.mqtt.eventpayload import (
     snapshot_topic,
 )
 from edged.mqtt.publisher import Publisher
+from edged.preprocess import box_in_pixels
 from edged.system.threads import NamedThread
 
 log = logging.getLogger("edged.events")
@@ -138,19 +139,24 @@ class EventStage:
         self._publish_occupancy({}, time.time())
 
     def step(self, detections: Sequence[Detection], frame: NDArray[np.uint8],
-             captured_at: float, captured_mono: float) -> list[Event]:
-        size = (int(frame.shape[0]), int(frame.shape[1]))
+             captured_at: float, captured_mono: float,
+             full_size: tuple[int, int] | None = None) -> list[Event]:
+        """`full_size`: the picture's (height, width) when `frame` is a reduced decode
+        of it; boxes and zones are in its pixels."""
+        pixels_size = (int(frame.shape[0]), int(frame.shape[1]))
+        size = full_size or pixels_size
         events, occupancy = self.engine.step(detections, captured_mono, size)
         clock = captured_at - captured_mono
         for event in events:
-            snapshot = self._snapshot(event, frame)
+            snapshot = self._snapshot(event, frame, box_in_pixels(event.box, size, pixels_size))
             self.publisher.publish_event(self.topics["events"], encode_event(
                 self.device_id, self.camera, captured_at, event.to_json(clock), snapshot))
         if occupancy is not None:
             self._publish_occupancy(occupancy, captured_at)
         return events
 
-    def _snapshot(self, event: Event, frame: NDArray[np.uint8]) -> str | None:
+    def _snapshot(self, event: Event, frame: NDArray[np.uint8],
+                  box: Box) -> str | None:
         if self.snapshot_settings is None:
             return None
         if event.type != "new" and "score" not in event.why:
@@ -158,7 +164,7 @@ class EventStage:
         label = event.label or str(event.label_id)
         topics = (snapshot_topic(self.base, self.camera, label),
                   snapshot_topic(self.base, self.camera))
-        self.snapshots.submit(_Job(topics, frame, event.box,
+        self.snapshots.submit(_Job(topics, frame, box,
                                    f"{label} {event.best_score:.2f}", self.snapshot_settings,
                                    self.publisher.publish_control))
         return topics[0]

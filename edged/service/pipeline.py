@@ -18,6 +18,7 @@ one Edge TPU): each lane names its model, whose slots and outputs it uses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from edged.inference.messages import ModelInfo, ModelLoadError, WorkerError
 from edged.inference.supervisor import Supervisor
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
+from edged.preprocess import Geometry
 from edged.service.scheduler import Lane, Scheduler
 from edged.service.stats import StageTimes, Stats
 from edged.sources.capture import LatestFrameBuffer
@@ -50,6 +52,8 @@ class FrameLike(Protocol):
     def captured_at(self) -> float: ...
     @property
     def captured_mono(self) -> float: ...
+    @property
+    def full_size(self) -> tuple[int, int] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,12 @@ class Result:
     geometry: Any
     times: StageTimes
     pixels: NDArray[np.uint8]  # the frame itself, for event snapshots
+    full_size: tuple[int, int] | None = None  # the picture's, when pixels are reduced
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the frame in the camera's pixels, boxes' units."""
+        return self.full_size or (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
 
 
 Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]
@@ -206,6 +216,8 @@ class Pipeline:
         slot = stages.model * self.supervisor.slots + turn
         t0 = time.perf_counter_ns()
         geometry = stages.preprocess(frame.pixels, self.supervisor.pixels(slot))
+        if frame.full_size is not None and geometry is not None:  # a JPEG decoded reduced
+            geometry = _scaled(geometry, frame.full_size)
         if self.failback is not None and self.failback.wants_frame and not stages.model:
             self.failback.offer(self.supervisor.pixels(slot))
         return _InFlight(slot, frame, geometry, (time.perf_counter_ns() - t0) // 1000, lane)
@@ -296,7 +308,7 @@ class Pipeline:
             dequantize=dequantize_us,
         )
         result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
-                        info.outputs, job.geometry, times, frame.pixels)
+                        info.outputs, job.geometry, times, frame.pixels, frame.full_size)
         try:
             stages.deliver(result)
         except WorkerError:  # a cascade's classifier died with the worker: this frame too
@@ -310,6 +322,12 @@ class Pipeline:
                           self.deliver_errors, self.last_error)
         latency_us = int((time.monotonic() - frame.captured_mono) * 1e6)
         stages.stats.record(times, latency_us)
+
+
+@functools.lru_cache(maxsize=16)
+def _scaled(geometry: Geometry, full_size: tuple[int, int]) -> Geometry:
+    """One Geometry per (frame plan, picture size), not one a frame."""
+    return geometry.scaled_to(full_size)
 
 
 def _input_shapes(info: ModelInfo) -> list[list[int]]:

@@ -75,12 +75,36 @@ def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
     else:
         params = {"uri": s.uri, "width": s.width, "height": s.height, "fps": s.fps,
                   "loop": s.loop}
+    if jpeg_source(cfg):
+        params["min_size"] = jpeg_min_size(cfg, input_size)
     # A video or folder with loop = false ends for good: reopening would replay it.
     source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
                              max_backoff=s.reopen_backoff_max_s,
                              reopen_on_end=s.loop or s.kind not in _LOSSLESS,
                              first_seq=first_seq)
     return CaptureThread(source, lossless=s.kind in _LOSSLESS)
+
+
+def jpeg_source(cfg: Config) -> bool:
+    """Whether the camera's driver decodes JPEGs itself (edged.sources.jpeg)."""
+    s = cfg.source
+    return s.kind == "folder" or (s.kind == "stream" and s.uri.lower().startswith("http"))
+
+
+def jpeg_min_size(cfg: Config, input_size: tuple[int, int]) -> tuple[int, int] | None:
+    """The smallest (height, width) a JPEG source may decode its pictures at (None:
+    whole, or not a JPEG source).
+
+    The model's input in both dimensions: exact for stretch and crop, a little more
+    than letterbox needs. Event snapshots are cut from the frame, so it stays at least
+    their max_width wide; a cascade's crops need the camera's detail: whole."""
+    if not jpeg_source(cfg) or cfg.source.jpeg_decode == "full" or cfg.cascade.model:
+        return None
+    height, width = input_size
+    snap = cfg.events.snapshot
+    if cfg.output.publish != "results" and snap.enabled:
+        width = max(width, snap.max_width)
+    return height, width
 
 
 def image_of(cfg: Config, info: ModelInfo) -> ImageInput:
@@ -257,10 +281,11 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                 input_wh=d.input_wh, geometry=geometry, labels=d.labels,
                 content_box=getattr(geometry, "content", None))
             if cascade is not None and d.kind == "detection":
-                found, cascade_us = cascade(cast(tuple[Detection, ...], found), result.pixels)
+                found, cascade_us = cascade(cast(tuple[Detection, ...], found), result.pixels,
+                                            result.frame_size)
             if events is not None and d.kind == "detection":
                 events.step(cast(tuple[Detection, ...], found), result.pixels,
-                            result.captured_at, result.captured_mono)
+                            result.captured_at, result.captured_mono, result.full_size)
             if not results:
                 on_published()
                 return

@@ -31,7 +31,10 @@ class Frame:
     `captured_mono` the monotonic clock (`time.monotonic()`, for latencies),
     both taken when the driver handed the frame over. `origin` says where the
     frame came from when that is finer than `source` (the image file of a
-    folder source, the frame number of a video file).
+    folder source, the frame number of a video file). `full_size` (height, width)
+    is the picture's size as the camera sent it when `pixels` hold it decoded
+    smaller (a JPEG read at 1/2..1/8, `edged.sources.jpeg`): results are mapped
+    back to those full-size pixels, so boxes and zones keep one meaning.
     """
 
     pixels: Pixels
@@ -40,10 +43,11 @@ class Frame:
     captured_mono: float
     source: str
     origin: str | None = None
+    full_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width)."""
+        """(height, width) of `pixels`."""
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
@@ -75,6 +79,11 @@ class FrameSource(Protocol):
         """Where the last frame came from, finer than `name` (file, frame number)."""
         ...
 
+    @property
+    def full_size(self) -> tuple[int, int] | None:
+        """The last frame's size as sent, when it was decoded smaller (see `Frame`)."""
+        ...
+
     def open(self) -> None: ...
 
     def read(self) -> Pixels | None: ...
@@ -96,6 +105,7 @@ class DriverBase:
         self._size: tuple[int, int] | None = None
         self._skipped = 0
         self._origin: str | None = None
+        self._full: tuple[int, int] | None = None
 
     @property
     def delivered_size(self) -> tuple[int, int] | None:
@@ -108,6 +118,10 @@ class DriverBase:
     @property
     def origin(self) -> str | None:
         return self._origin
+
+    @property
+    def full_size(self) -> tuple[int, int] | None:
+        return self._full
 
 
 class Pacer:

@@ -11,9 +11,8 @@ import logging
 import re
 from pathlib import Path
 
-import cv2
-
-from edged.sources.base import DriverBase, Pacer, Pixels, SourceError, as_pixels
+from edged.sources.base import DriverBase, Pacer, Pixels, SourceError
+from edged.sources.jpeg import JpegDecoder
 
 log = logging.getLogger("edged.sources")
 
@@ -33,12 +32,15 @@ def list_images(folder: Path) -> list[Path]:
 
 
 class FolderSource(DriverBase):
-    """Images of `path`, in order, at `fps` (0 = as fast as read); `loop` restarts."""
+    """Images of `path`, in order, at `fps` (0 = as fast as read); `loop` restarts.
+    `min_size`: JPEGs are decoded reduced, as `HttpMjpegSource` does."""
 
-    def __init__(self, path: str | Path, loop: bool = True, fps: float = 10.0) -> None:
+    def __init__(self, path: str | Path, loop: bool = True, fps: float = 10.0,
+                 min_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.name = f"folder:{self.path}"
+        self._decode = JpegDecoder(min_size, self.name)
         self.loop = loop
         self._pacer = Pacer(fps)
         self._files: list[Path] = []
@@ -77,9 +79,11 @@ class FolderSource(DriverBase):
             path = self._files[self._next]
             self._next += 1
             tried += 1
-            # imread returns None for missing, unreadable and corrupt files alike.
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is not None:
+            try:
+                picture = self._decode(path.read_bytes())
+            except OSError:  # gone or unreadable since listed: skipped as a corrupt one is
+                picture = None
+            if picture is not None:
                 decoded_this_pass = True
                 break
             self._skipped += 1
@@ -91,7 +95,7 @@ class FolderSource(DriverBase):
         if not self._pacer.wait():
             return None
         self._origin = path.name
-        rgb = as_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        rgb, self._full = picture.pixels, picture.full_size
         self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
         return rgb
 

@@ -24,19 +24,14 @@ import ssl
 import threading
 import time
 import urllib.parse
-from typing import Literal
 
-import cv2
-import numpy as np
-
-from edged.sources.base import DriverBase, Pixels, SourceError, as_pixels, redact_url
+from edged.sources.base import DriverBase, Pixels, SourceError, redact_url
+from edged.sources.jpeg import JpegDecoder
 
 log = logging.getLogger("edged.sources")
 
 MAX_PART_BYTES = 16 * 1024 * 1024
 MAX_HEADER_LINES = 64
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 # One warning per this many seconds about corrupt parts: a camera with a bad
 # cable can send thousands and must not flood the journal.
 CORRUPT_LOG_INTERVAL = 60.0
@@ -56,24 +51,23 @@ def boundary_of(content_type: str) -> str | None:
 class HttpMjpegSource(DriverBase):
     """Frames from an HTTP MJPEG stream or a JPEG snapshot URL.
 
-    `decode_scale` 2/4/8 decodes JPEGs at that fraction of their size (libjpeg
-    DCT scaling): far cheaper than decoding full size and resizing afterwards
-    when the stream is much larger than the model input.
+    `min_size` (height, width) decodes each JPEG at the smallest of 1/2, 1/4, 1/8
+    of its size still covering it (`edged.sources.jpeg`): far cheaper than
+    decoding it whole and resizing afterwards when the stream is much larger than
+    the model's input. None decodes every frame whole.
     """
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
-                 decode_scale: Literal[1, 2, 4, 8] = 1, verify_tls: bool = True) -> None:
+                 min_size: tuple[int, int] | None = None, verify_tls: bool = True) -> None:
         super().__init__()
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
             raise SourceError(f"not an http(s) URL: {redact_url(url)}")
-        if decode_scale not in _REDUCED:
-            raise SourceError(f"decode_scale must be 1, 2, 4 or 8, got {decode_scale!r}")
         self.url = url
         self.name = f"http:{redact_url(url)}"
         self._parsed = parsed
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
-        self._flag = _REDUCED[decode_scale]
+        self._decode = JpegDecoder(min_size, self.name)
         self.verify_tls = verify_tls
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
@@ -202,14 +196,6 @@ class HttpMjpegSource(DriverBase):
             if total > MAX_PART_BYTES:
                 raise SourceError(f"{self.name}: part over the {MAX_PART_BYTES} byte limit")
 
-    def _decode(self, data: bytes) -> Pixels | None:
-        if not data:
-            return None
-        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), self._flag)
-        if bgr is None:
-            return None
-        return as_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
     def read(self) -> Pixels | None:
         if not self._opened:
             raise SourceError(f"{self.name}: read before open")
@@ -218,10 +204,11 @@ class HttpMjpegSource(DriverBase):
                 if self._reader is not None:  # each part, corrupt or not, has its time
                     self._reader.start_frame()
                 data = self._snapshot_body() if self._snapshot else self._next_part()
-                rgb = self._decode(data)
-                if rgb is None:
+                picture = self._decode(data)
+                if picture is None:
                     self._corrupt(len(data))
                     continue
+                rgb, self._full = picture.pixels, picture.full_size
                 self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
                 return rgb
         except (OSError, http.client.HTTPException) as e:

@@ -176,7 +176,8 @@ class ResilientSource:
             self._lost_at = None
         self._failures = 0
         pixels.flags.writeable = False  # frames are shared between threads
-        frame = Frame(pixels, self._seq, now_wall, now_mono, self.name, self.source.origin)
+        frame = Frame(pixels, self._seq, now_wall, now_mono, self.name, self.source.origin,
+                      self.source.full_size)
         self._seq += 1
         self._last_frame_mono = now_mono
         return frame

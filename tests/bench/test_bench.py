@@ -362,6 +362,20 @@ def test_cold_cost_script_times_the_same_work_back_to_back_and_once_per_frame() 
         assert hot > 0 and cold > 0 and spun > 0 and ratio == pytest.approx(cold / hot, abs=0.1)
 
 
+def test_jpeg_decode_script_times_each_way_of_decoding_a_camera_jpeg() -> None:
+    done = subprocess.run([sys.executable, "scripts/jpeg_decode.py", "--runs", "1", "--frames",
+                           "2"], check=False, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 1")
+            or line.startswith("| 6")]
+    assert [(r[0], r[2]) for r in rows] == [
+        ("| 640x480", "320x240"), ("| 1280x720", "640x360"), ("| 1920x1080", "480x270")], rows
+    for row in rows:
+        ratio = float(row[-1].rstrip(" |"))
+        assert ratio > 0 and all(float(cell.split()[0]) > 0 for cell in row[3:6])
+
+
 def test_latency_split_script_ends_with_the_daemons_error_when_it_cannot_start(
         tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "scripts/latency_split.py", "--model",

@@ -6,12 +6,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edged.numerics.quantize import PixelQuantizer
 from edged.numerics.tensors import TensorInfo
-from edged.preprocess import Geometry, Preprocessor, plan_geometry
+from edged.preprocess import Geometry, Preprocessor, box_in_pixels, plan_geometry
 
 sizes = st.tuples(st.integers(8, 1200), st.integers(8, 1200))
 modes = st.sampled_from(["stretch", "letterbox", "crop"])
@@ -210,3 +210,35 @@ def test_geometry_is_a_frozen_value() -> None:
         geo.scale_x = 1.0  # type: ignore[misc]
     assert geo.box_to_frame(-1, -1, 9, 9, clip=False) == (-2, -2, 18, 18)
     assert geo.box_to_frame(-1, -1, 9, 9) == (0, 0, 10, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(full=st.tuples(st.integers(256, 2000), st.integers(256, 2000)),
+       k=st.sampled_from([2, 4, 8]), model=st.tuples(st.integers(32, 320), st.integers(32, 320)),
+       mode=modes,
+       x=st.floats(0, 1), y=st.floats(0, 1))
+def test_a_reduced_frames_geometry_scaled_to_the_full_picture_is_the_full_pictures(
+        full: tuple[int, int], k: int, model: tuple[int, int], mode: str, x: float,
+        y: float) -> None:
+    """A JPEG decoded at 1/k (sizes rounded up, as libjpeg does) maps model points
+    onto the full picture's pixels as planning on the full picture itself does, to
+    the rounding of the reduced frame's window (2k pixels) and of its size (a model
+    pixel: what the model cannot resolve anyway). As edged decodes: never smaller
+    than the model's input."""
+    reduced = (-(-full[0] // k), -(-full[1] // k))
+    assume(reduced[0] >= model[0] and reduced[1] >= model[1])
+    small, _ = plan_geometry(reduced, model, mode)  # type: ignore[arg-type]
+    whole, _ = plan_geometry(full, model, mode)  # type: ignore[arg-type]
+    scaled = small.scaled_to(full)
+    assert scaled.frame_size == full and scaled.content == small.content
+    # A point on the picture (inside the content window: letterbox padding is no one's).
+    x0, y0, x1, y1 = small.content
+    mx, my = x0 + x * (x1 - x0), y0 + y * (y1 - y0)
+    model_pixel = max(full[0] / model[0], full[1] / model[1])
+    assert scaled.to_frame(mx, my) == pytest.approx(
+        whole.to_frame(mx, my), abs=2 * k + model_pixel)
+    # And a box in the full picture's pixels finds its pixels in the reduced frame.
+    box = scaled.box_to_frame(0.1, 0.2, 0.6, 0.9, normalized=True)
+    back = box_in_pixels(box, full, reduced)
+    assert back == pytest.approx(small.box_to_frame(0.1, 0.2, 0.6, 0.9, normalized=True))
+    assert box_in_pixels(box, full, full) == box

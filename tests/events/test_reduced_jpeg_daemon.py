@@ -1,0 +1,72 @@
+"""JPEG frames decoded at 1/4 by the real daemon (source.jpeg_decode = "reduced"):
+boxes, pixel zones and snapshots stay in the camera's own pixels.
+
+The scripted scene (tests/scene_helpers.py) is drawn 4x larger, 1024x1024, as
+JPEGs in a folder: what a user's 1024-pixel camera would send. The detector's
+input is 64x64 and snapshots ask for 256 pixels, so each JPEG is decoded at 1/4
+(256x256) and never whole; the events must be the ones the 256x256 PNG scene
+gives (tests/events/test_events_daemon.py), with every box and zone 4x.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import orjson
+from broker import Mosquitto, Subscriber
+from daemon_helpers import DaemonProcess, base_config, write_config
+from scene_helpers import FPS, LABELS, LINES, MODEL, SIZE, render, scene
+
+CAMERA = "drive"
+K = 4
+# The driveway (the bottom half) in the camera's pixels, as a user measures it on a
+# full-size picture: the same zone as the scene's normalized one.
+DRIVEWAY = [[0, 512], [1024, 512], [1024, 1024], [0, 1024]]
+
+
+def _write_big_scene(directory: Path) -> Path:
+    directory.mkdir()
+    for i, shapes in enumerate(scene()):
+        big = cv2.resize(render(shapes), (SIZE * K, SIZE * K), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(directory / f"{i:04d}.jpg"), big[:, :, ::-1],
+                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return directory
+
+
+def test_jpegs_decoded_at_a_quarter_give_full_size_boxes_zones_and_events(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    frames = _write_big_scene(tmp_path / "frames")
+    cfg = base_config(
+        mosquitto.port, model=MODEL, frames=frames, device="scene",
+        source={"name": CAMERA, "loop": False, "fps": FPS},
+        output={"decoder": "detection", "publish": "both", "min_score": 0.3},
+        events={"hold_s": 0.5, "labels": ["person", "car"], "lines": LINES,
+                "zones": [{"name": "driveway", "points": DRIVEWAY, "units": "pixels"}],
+                "snapshot": {"max_width": 256}})
+    cfg["model"]["labels"] = str(LABELS)
+    with Subscriber(mosquitto.port, "edged/scene/#") as sub, \
+            DaemonProcess(write_config(tmp_path / "edged.toml", cfg),
+                          args=("--exit-on-end",)) as daemon:
+        assert daemon.proc.wait(60) == 0, daemon.log_text()
+    log = daemon.log_text()
+    assert "JPEGs of 1024x1024 decoded at 1/4 (256x256; at least 256x64 needed)" in log, log
+    events = [orjson.loads(m.payload) for m in sub.on(f"/{CAMERA}/events")]
+    assert [(e["type"], e["label"], e["zones"]) for e in events] == [
+        ("new", "person", []), ("update", "person", []), ("new", "car", ["driveway"]),
+        ("update", "person", ["driveway"]), ("end", "car", ["driveway"]),
+        ("end", "person", ["driveway"])], log
+    # The parked car, (160, 176)-(240, 224) in the 256-pixel scene: 4x, to a pixel or two
+    # of the scene's own (JPEG's ringing at the rectangles' edges adds a few).
+    assert np.allclose(events[2]["box"], [640, 704, 960, 896], atol=12), events[2]["box"]
+    boxes = [d["box"] for m in sub.on("/results")
+             for d in orjson.loads(m.payload)["decoded"]["detections"]]
+    assert boxes and max(max(b) for b in boxes) > 600 and max(max(b) for b in boxes) <= 1024
+    shot = sub.on(f"/{CAMERA}/snapshot/car")[0].payload
+    image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (256, 256, 3)
+    # Its box was drawn where the car is in the reduced frame: the orange box's top edge
+    # (red 255; the green car and the black ground have none) at y = 176.
+    assert image[176 - 2:176 + 3, 200, 2].max() > 90  # BGR: [..., 2] is red (a 1-px line, JPEG)
+    assert image[150, 200, 2] < 60 and image[200, 200, 2] < 60

@@ -1,0 +1,137 @@
+"""JPEGs decoded at 1/2, 1/4 or 1/8 (edged.sources.jpeg), alone and in the drivers that
+receive them: the folder source and the HTTP MJPEG reader against a real HTTP server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from sources_helpers import MjpegServer
+
+from edged.sources.folder import FolderSource
+from edged.sources.jpeg import JpegDecoder, reduction
+from edged.sources.mjpeg import HttpMjpegSource
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "models"
+
+
+def _scene(h: int, w: int) -> np.ndarray:
+    """Smooth gradients and a few flat shapes: what a camera sees, not noise."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([(x * 255 // w), (y * 255 // h), ((x + y) * 127 // (h + w))], -1)
+    img = img.astype(np.uint8)
+    cv2.rectangle(img, (w // 5, h // 4), (w // 2, h // 2), (250, 30, 30), -1)
+    cv2.circle(img, (3 * w // 4, 2 * h // 3), h // 6, (20, 200, 60), -1)
+    return img
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buf)
+
+
+@pytest.mark.parametrize(("full", "need", "k"), [
+    ((1080, 1920), (224, 224), 4),   # 270x480
+    ((720, 1280), (224, 224), 2),    # 180 < 224 at 1/4
+    ((480, 640), (224, 224), 2),
+    ((480, 640), (300, 300), 1),     # 240 < 300: whole
+    ((1080, 1920), (64, 64), 8),
+    ((1080, 1920), (224, 640), 2),   # an event snapshot 640 wide
+    ((1081, 1921), (136, 241), 8),   # libjpeg rounds up: 136x241 at 1/8
+    ((1080, 1920), None, 1),
+])
+def test_the_reduction_is_the_largest_power_of_two_still_covering_the_need(
+        full: tuple[int, int], need: tuple[int, int] | None, k: int) -> None:
+    assert reduction(full, need) == k
+
+
+def test_a_reduced_decode_is_the_area_resize_of_the_whole_to_a_level_or_two() -> None:
+    rgb = _scene(720, 1280)
+    data = _jpeg(rgb)
+    got = JpegDecoder((224, 224))(data)
+    assert got is not None and got.full_size == (720, 1280)
+    assert got.pixels.shape == (360, 640, 3) and got.pixels.dtype == np.uint8
+    whole = JpegDecoder()(data)
+    assert whole is not None and whole.full_size is None and whole.pixels.shape == rgb.shape
+    area = cv2.resize(whole.pixels, (640, 360), interpolation=cv2.INTER_AREA)
+    diff = np.abs(got.pixels.astype(int) - area.astype(int))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (diff.mean(), diff.max())
+
+
+def test_pictures_that_are_not_jpegs_decode_whole_and_garbage_is_none(tmp_path: Path) -> None:
+    rgb = _scene(96, 128)
+    _, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    got = JpegDecoder((16, 16))(bytes(png))
+    assert got is not None and got.full_size is None
+    assert np.array_equal(got.pixels, rgb)  # lossless, RGB as every source delivers
+    decode = JpegDecoder((16, 16))
+    assert decode(b"") is None and decode(b"not a picture") is None
+    assert decode(b"\xff\xd8 a JPEG's first two bytes, then nothing") is None
+
+
+def test_grey_and_truncated_jpegs_decode_as_opencv_decoded_them() -> None:
+    grey = _scene(160, 256)[..., 0]
+    _, buf = cv2.imencode(".jpg", grey)
+    got = JpegDecoder((40, 64))(bytes(buf))
+    assert got is not None and got.pixels.shape == (40, 64, 3) and got.full_size == (160, 256)
+    # A truncated frame (a camera's dropped packet) decodes with its missing rows grey,
+    # as cv2.imdecode did: lenient, so a camera whose every JPEG has a flaw still works.
+    data = _jpeg(_scene(480, 640))
+    cut = JpegDecoder((120, 160))(data[:len(data) * 2 // 3])
+    assert cut is not None and cut.pixels.shape == (120, 160, 3)
+    assert (cut.pixels[-10:] == 128).all()  # the rows that never came
+
+
+def test_the_reduction_is_logged_once_naming_the_source(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    decode = JpegDecoder((224, 224), "http:cam")
+    data = _jpeg(_scene(1080, 1920))
+    with caplog.at_level(logging.INFO, "edged.sources"):
+        for _ in range(3):
+            decode(data)
+        decode(_jpeg(_scene(480, 640)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "http:cam: JPEGs of 1920x1080 decoded at 1/4 (480x270; at least 224x224 needed)",
+        "http:cam: JPEGs of 640x480 decoded at 1/2 (320x240; at least 224x224 needed)"]
+
+
+@pytest.mark.skipif(not (SHARED / "cat_1080p.jpg").exists(), reason="../shared/models absent")
+def test_a_real_camera_photo_decodes_reduced_with_its_full_size() -> None:
+    data = (SHARED / "cat_1080p.jpg").read_bytes()
+    got = JpegDecoder((224, 224))(data)
+    assert got is not None and got.full_size == (1080, 1920) and got.pixels.shape[:2] == (270, 480)
+
+
+def test_the_folder_source_decodes_jpegs_reduced_and_other_files_whole(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(_jpeg(_scene(480, 640)))
+    cv2.imwrite(str(tmp_path / "b.png"), _scene(480, 640))
+    src = FolderSource(tmp_path, loop=False, fps=0, min_size=(100, 100))
+    src.open()
+    first = src.read()
+    assert first is not None and first.shape == (120, 160, 3)
+    assert src.full_size == (480, 640) and src.origin == "a.jpg"
+    second = src.read()
+    assert second is not None and second.shape == (480, 640, 3) and src.full_size is None
+    assert src.read() is None
+
+
+def test_the_mjpeg_reader_decodes_each_part_reduced_over_real_http() -> None:
+    parts = [_jpeg(_scene(720, 1280)), b"corrupt", _jpeg(_scene(480, 640))]
+    server = MjpegServer(lambda i: parts[i] if i < len(parts) else None).start()
+    try:
+        src = HttpMjpegSource(server.url, min_size=(224, 224), read_timeout=5)
+        src.open()
+        first = src.read()
+        assert first is not None and first.shape == (360, 640, 3)
+        assert src.full_size == (720, 1280) and src.delivered_size == (360, 640)
+        second = src.read()  # the corrupt part is skipped and counted
+        assert second is not None and second.shape == (240, 320, 3) and src.skipped == 1
+        assert src.full_size == (480, 640)
+        src.close()
+    finally:
+        server.stop()
