@@ -42,7 +42,9 @@ SHARED_MNV2 = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant.tf
 BENCH_MNV2 = ROOT / "build" / "models" / "mobilenetv2_224_int8.tflite"
 MAKE_BENCH_MODEL = "/tmp/tfvenv/bin/python scripts/make_test_models.py --bench"
 ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "cameras", "cascade",
-            "micro", "rss", "latency")
+            "micro", "rss", "latency", "jpeg")
+# Asked for by name: an MJPEG camera's rows, two daemons per camera size of --sizes.
+DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r != "jpeg")
 ROW_TITLES = {"limit": "limit", "naive": "naive", "inprocess": "edged in-process",
               "daemon": "edged daemon"}
 MAX_SOURCE_FPS = 1000.0  # the config's bound on source.fps
@@ -65,8 +67,8 @@ def register(sub: Any) -> None:
     p.add_argument("--runtime", default="auto", help="TFLite runtime (default auto)")
     p.add_argument("--delegate", choices=("cpu", "edgetpu"), default="cpu",
                    help="cpu, or edgetpu with a Coral attached (and an _edgetpu model)")
-    p.add_argument("--rows", default=",".join(ALL_ROWS),
-                   help=f"comma-separated subset of {','.join(ALL_ROWS)}")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"comma-separated subset of {','.join(ALL_ROWS)} (default: all but jpeg)")
     p.add_argument("--rss-frames", type=int, default=None,
                    help="frames for the RSS growth check (default 20000)")
     p.add_argument("--quick", action="store_true",
@@ -283,7 +285,7 @@ def run_bench(s: Settings) -> dict[str, Any]:
                               "runs": s.runs, "delegate": s.delegate, "notes": list(s.notes),
                               "rows": []}
     needs_broker = any(r in s.rows for r in ("daemon", "accelerator", "cameras", "cascade",
-                                             "rss", "latency"))
+                                             "rss", "latency", "jpeg"))
     with private_broker() if needs_broker else contextlib.nullcontext() as broker:
         for model in s.models:
             h, w = _input_size(model)
@@ -307,6 +309,11 @@ def run_bench(s: Settings) -> dict[str, Any]:
 
             report["rows"] += cascade_section(s, primary, _input_size(primary), broker,
                                               report["notes"])
+        if "jpeg" in s.rows:
+            from edged.bench.jpeg import jpeg_section
+
+            report["rows"] += jpeg_section(s, primary, _input_size(primary), broker,
+                                           report["notes"])
         if "micro" in s.rows:
             report["micro"] = micro(quick=s.quick)
         if "latency" in s.rows:

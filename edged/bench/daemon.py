@@ -69,6 +69,9 @@ class DaemonSpec:
     # most `crops` a frame (the cascade row).
     cascade: str = ""
     crops: int = 3
+    # An http:// MJPEG camera instead of the synthetic source, decoded so (the jpeg rows).
+    source_uri: str = ""
+    jpeg_decode: str = "reduced"
 
 
 def worker_pid(daemon_pid: int) -> int | None:
@@ -89,12 +92,14 @@ def daemon_config(spec: DaemonSpec, port: int) -> str:
     options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.external_options)
     external = (f"external_library = {json.dumps(spec.external_library)}\n"
                 f"external_options = {{{options}}}\n") if spec.external_library else ""
+    source = (f'kind = "stream"\nuri = "{spec.source_uri}"\njpeg_decode = "{spec.jpeg_decode}"'
+              if spec.source_uri else 'kind = "synthetic"')
     return f"""\
 # Written by `edged bench`.
 [device]
 id = "bench"
 [source]
-kind = "synthetic"
+{source}
 width = {w}
 height = {h}
 fps = {spec.fps:.3f}

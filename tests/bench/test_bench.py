@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edged.bench.command import ceiling
+from edged.bench.command import DEFAULT_ROWS, ceiling
 from edged.bench.daemon import DaemonSpec, daemon_config
 from edged.bench.table import cores_note, parse_sizes, render, targets
 from edged.config import load_config
@@ -461,3 +461,22 @@ def test_the_cascade_row_is_measured_against_both_models_limits(
     assert 0 < row["ratio"] == row["fps"] / row["cascade_limit_fps"]
     assert any(t["target"].startswith("cascade (3 crops/frame)/the two models' limits")
                for t in quick_report["targets"])
+
+
+def test_the_jpeg_rows_read_a_real_mjpeg_camera_decoded_reduced_and_whole() -> None:
+    """An MJPEG camera's case (`--rows jpeg`, asked for by name): an HTTP server child
+    process of JPEGs, two daemons reading it, against a limit row of the same runs."""
+    done = bench("--quick", "--json", "--rows", "jpeg", "--sizes", "160x120", "--frames", "40",
+                 "--runs", "1")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    rows = {r["title"]: r for r in report["rows"]}
+    assert set(rows) == {"limit", "jpeg reduced", "jpeg full"}
+    assert all(r["source"] == "160x120 MJPEG" for r in rows.values())
+    for title in ("jpeg reduced", "jpeg full"):
+        row = rows[title]
+        assert row["fps"] > 0 and row["ratio"] == row["fps"] / rows["limit"]["fps"]
+        assert row["cpu_us_per_result"]["daemon"] >= 0 and row["offered_fps"] == 1000.0
+    assert any(n.startswith("jpeg: the daemon reading an MJPEG camera") for n in report["notes"])
+    # Not among the default rows: two daemons per camera size.
+    assert "jpeg" not in DEFAULT_ROWS

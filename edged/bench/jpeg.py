@@ -1,0 +1,112 @@
+"""The `jpeg` rows of `edged bench`: the daemon fed by an MJPEG camera over HTTP.
+
+For each camera size of `--sizes`, an MJPEG server child process
+(`edged.bench.jpegserver`) offers 1.25 x the model's limit frame rate, and two
+daemons read it, run by run interleaved with a limit row: one with
+`source.jpeg_decode = "reduced"` (the default: each JPEG decoded at 1/2-1/8 for
+the model's input) and one with `"full"` (decoded whole, then resized). The
+decode is the daemon's capture thread's work, so it shows in the daemon's CPU
+per result and, with the interpreter on every core, in the ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edged.bench.command import Settings, ceiling
+from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec, summarize_run
+from edged.bench.procs import RowProcess, aggregate
+from edged.bench.rows import RowSpec
+from edged.system.childproc import stop_process
+
+OFFER = 1.25
+MAX_FPS = 1000.0
+WAYS = ("reduced", "full")
+NOTE = ("jpeg: the daemon reading an MJPEG camera over HTTP (a child process serving the "
+        "synthetic pattern as quality-85 JPEGs at 1.25 x the limit), source.jpeg_decode "
+        "reduced and full; ratio = results/s over the limit row of the same runs")
+
+
+class JpegCamera:
+    """The MJPEG server child process for one frame size and rate."""
+
+    def __init__(self, size: tuple[int, int], fps: float) -> None:
+        h, w = size
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged.bench.jpegserver", str(w), str(h), f"{fps:.3f}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            stop_process(self.proc, 5.0)
+            raise BenchError(f"the MJPEG camera did not start: {line or self.proc.stderr}")
+        self.url = f"http://127.0.0.1:{line}/stream.mjpg"
+
+    def close(self) -> None:
+        stop_process(self.proc, 5.0)
+
+
+def jpeg_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
+              ) -> list[dict[str, Any]]:
+    limit = RowProcess(RowSpec("limit", str(model), s.threads, size, s.runtime, s.delegate))
+    daemons: dict[str, BenchDaemon] = {}
+    camera = None
+    runs: dict[str, list[dict[str, Any]]] = {"limit": [], **{way: [] for way in WAYS}}
+    h, w = size
+    try:
+        limit.run(max(20, s.frames // 4))  # warm-up
+        offered = min(MAX_FPS, OFFER * limit.run(s.frames)["fps"])
+        camera = JpegCamera(size, offered)
+        for way in WAYS:
+            daemons[way] = BenchDaemon(
+                DaemonSpec(str(model), s.threads, size, offered, s.runtime, s.delegate,
+                           client_id=f"edged-bench-jpeg-{way}", source_uri=camera.url,
+                           jpeg_decode=way),
+                broker[0], broker[1], f"{model.stem}-{w}x{h}-jpeg-{way}")
+            daemons[way].measure(max(20, s.frames // 4), keep=False)  # warm-up; paused after
+        for _ in range(s.runs):
+            runs["limit"].append(limit.run(s.frames))
+            for way, daemon in daemons.items():
+                run = summarize_run(daemon.measure(s.frames))
+                run["cpu_us_per_result"] = daemon.cpu_us_per_result
+                run["threads_us_per_result"] = {**daemon.threads_us_per_result,
+                                                "context switches": daemon.switches_per_result}
+                run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
+                runs[way].append(run)
+    finally:
+        limit.close()
+        for daemon in daemons.values():
+            daemon.stop()
+        if camera is not None:
+            camera.close()
+    label = f"{w}x{h} MJPEG"
+    base = aggregate(runs["limit"])
+    rows = [{"model": model.name, "source": label, "row": "limit", "title": "limit", **base,
+             "ratio": 1.0}]
+    for way in WAYS:
+        row = aggregate(runs[way])
+        rows.append({"model": model.name, "source": label, "row": "jpeg",
+                     "title": f"jpeg {way}", **row, "offered_fps": offered,
+                     "ratio": row["fps"] / base["fps"] if base["fps"] else None})
+        cpu = row.get("cpu_us_per_result", {}).get("daemon")
+        cores = len(os.sched_getaffinity(0))
+        if base["fps"] and cpu and s.threads >= cores and row["fps"] < 0.9 * offered:
+            rows[-1]["ceiling"] = ceiling(cores, 1e6 / base["fps"], cpu)
+    return rows
+
+
+def jpeg_section(s: Settings, model: Path, model_size: tuple[int, int], broker: Any,
+                 notes: list[str]) -> list[dict[str, Any]]:
+    """The rows for each camera size of `--sizes` larger than the model's input."""
+    rows: list[dict[str, Any]] = []
+    for size in (c for c in s.sizes if c != model_size):
+        try:
+            rows += jpeg_rows(s, model, size, broker)
+        except BenchError as exc:
+            notes.append(f"jpeg rows at {size[1]}x{size[0]} left out: {exc}")
+    notes.append(NOTE)
+    return rows
