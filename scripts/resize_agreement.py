@@ -11,7 +11,7 @@ The last column is a JPEG camera's case (`source.jpeg_decode`): each frame as a
 quality-90 JPEG, decoded at 1/2-1/4 for the model and resized (edged), against
 the same JPEG decoded whole and resized in one exact INTER_AREA step.
 
-    .venv/bin/python scripts/resize_agreement.py [--frames-per-size N]
+    .venv/bin/python scripts/resize_agreement.py [--frames-per-size N] [--sizes 640x480,...]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from edged.bench.table import parse_sizes
 from edged.inference.model import Model
 from edged.inference.runtime import select_runtime
 from edged.numerics.quantize import PixelQuantizer
@@ -32,7 +33,6 @@ from edged.sources.jpeg import JpegDecoder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 PHOTOS = ("cat.bmp", "grace_hopper.bmp", "squat.bmp", "cat_720p.jpg", "cat_1080p.jpg")
-SIZES = ((480, 640), (720, 1280), (1080, 1920))
 
 
 def photo_frames(size: tuple[int, int], n: int, rng: np.random.Generator
@@ -74,7 +74,10 @@ def synthetic_frames(size: tuple[int, int], n: int, rng: np.random.Generator
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames-per-size", type=int, default=200)
+    parser.add_argument("--sizes", default="640x480,1280x720,1920x1080",
+                        help="camera frame sizes, WxH, comma-separated")
     args = parser.parse_args()
+    sizes = parse_sizes(args.sizes)
     model_path = SHARED / "mobilenet_v2_1.0_224_quant.tflite"
     if not model_path.is_file():
         print(f"{model_path} is absent: this measurement needs ../shared/models", file=sys.stderr)
@@ -93,7 +96,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     whole, reduced = JpegDecoder(), JpegDecoder((224, 224))
     for kind, make in (("photos", photo_frames), ("synthetic", synthetic_frames)):
-        for size in SIZES:
+        for size in sizes:
             frames = make(size, args.frames_per_size, rng)
             same: dict[str, int] = {"auto": 0, "linear": 0, "shift": 0, "jpeg": 0}
             diffs: dict[str, list[float]] = {k: [] for k in same}

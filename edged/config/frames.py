@@ -96,10 +96,10 @@ class PreprocessConfig(Section):
     interpolation: Literal["auto", "area", "linear", "nearest"] = Field(
         default="auto", description=(
             "How frames are resized: auto = a frame more than twice the input's size is "
-            "halved with pixel averaging (2x2, cheap) until within 2x, then bilinear; within "
-            "2x from the start, exact averaging (area); enlarging, bilinear. area = exact "
-            "averaging in one step (several ms for a 1080p frame on a Pi), linear or nearest "
-            "= those alone (alias when shrinking more than 2x)."))
+            "halved with pixel averaging (cheap) until within 2x, then bilinear (within 2x "
+            "it changes the model's answers less than a one-pixel shift of the frame does). "
+            "area = exact averaging in one step (several ms for a 1080p frame on a Pi), linear "
+            "or nearest = those alone (alias when shrinking more than 2x)."))
     color_order: Literal["rgb", "bgr"] = Field(default="rgb", description=(
         "Channel order the model expects. One-channel models get grayscale automatically."))
     mean: list[float] = Field(default_factory=list, max_length=4, description=(

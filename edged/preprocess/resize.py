@@ -6,13 +6,19 @@ interpolation, the letterbox offsets, the crop window, the output buffer
 into that buffer and, when needed, one `cv2.cvtColor`.
 
 Shrinking a camera frame ("auto"): while a side is more than twice the
-model's, it is halved with INTER_AREA (OpenCV's integer-factor path: a 2x2
-box average, anti-aliased and cheap), then INTER_LINEAR covers the last
-factor of at most 2. One INTER_AREA step at a fractional factor averages
-exactly but takes OpenCV's general path: measured on one core here, 640x480
--> 224x224 1.7 ms against 0.2-0.3 ms, 1920x1080 9.4 ms against 1.6 ms; the
-top-1 agreement with it is in BENCHMARKS.md. `interpolation = "area"` keeps
-the single exact step. A frame whose size
+model's, it is halved by averaging each pair of pixels (a 2x2 box, or 2x1
+when only one side is still over 2x), anti-aliased and cheap, then
+INTER_LINEAR covers the last factor of at most 2 (it changes the model's
+answers less than moving the frame by a pixel does). The halvings are done by
+INTER_LINEAR at exactly 2x, which samples midway between each pair: the same
+average as INTER_AREA's (to a level of rounding), but where one side alone is
+halved OpenCV's INTER_AREA takes its general path (640x360 -> 320x360: 767 us
+against 171 on one core here; 2x2 halvings cost the same). One INTER_AREA step
+at a fractional factor averages exactly but takes that general path: measured
+on one core here, 640x480 -> 224x224 1.7 ms against 0.2-0.3 ms, 1920x1080
+9.4 ms against 1.6 ms, 320x240 0.52 ms against 0.08; the top-1 agreement with
+it is in BENCHMARKS.md. `interpolation = "area"` keeps the single exact step.
+A frame whose size
 changes (a camera renegotiating) gets a new plan once, not per frame.
 
 Frames come in RGB (see edged.sources). The output is uint8 (H, W, C),
@@ -163,7 +169,7 @@ class Plan:
     convert: int | None  # cvtColor code from `resized`'s buffer into `output`, or None
     resize_buffer: NDArray[np.uint8]
     output: NDArray[np.uint8]  # (H, W, C) returned
-    halvings: tuple[NDArray[np.uint8], ...] = ()  # 2x INTER_AREA steps before `resized`
+    halvings: tuple[NDArray[np.uint8], ...] = ()  # 2x averaging steps before `resized`
 
 
 class Preprocessor:
@@ -230,11 +236,12 @@ class Preprocessor:
             interp = _INTERP[self.interpolation]
         elif dst_w <= src_w and dst_h <= src_h:
             steps = halving_steps((src_h, src_w), (dst_h, dst_w))
-            # After halvings, within 2x: linear is close to the average and ~10x cheaper.
-            # A frame within 2x of the input from the start, or with an odd side still
-            # over 2x, keeps the exact average.
+            # Within 2x (after halvings or from the start): linear changes the model's
+            # answers less than moving the frame by a pixel does, and is 5-10x cheaper
+            # (320x240 -> 224x224: 81 us against 523; scripts/resize_agreement.py).
+            # An odd side still over 2x keeps the exact average.
             small = steps[-1][0] <= 2 * dst_h and steps[-1][1] <= 2 * dst_w
-            interp = cv2.INTER_LINEAR if small and len(steps) > 1 else cv2.INTER_AREA
+            interp = cv2.INTER_LINEAR if small else cv2.INTER_AREA
         else:
             interp = cv2.INTER_LINEAR
         channels_in = () if grey_in else (3,)
@@ -264,7 +271,7 @@ class Preprocessor:
                                   else np.asarray(self._frame_pad(), dtype=np.uint8))
         resized = resize_buffer[cy0:cy1, cx0:cx1]
         if not passthrough:
-            via = "".join(f"{b.shape[1]}x{b.shape[0]} (area) -> " for b in halvings)
+            via = "".join(f"{b.shape[1]}x{b.shape[0]} (halved) -> " for b in halvings)
             log.debug("preprocess plan: frame %dx%d -> %sinput %dx%d (%s, %s)", fw, fh, via,
                       iw, ih, self.mode, "area" if interp == cv2.INTER_AREA else "linear")
         return Plan(tuple(frame_shape), geo, passthrough, window, interp, resized, convert,
@@ -307,9 +314,9 @@ class Preprocessor:
             pixels = pixels[..., 0]
         x0, y0, x1, y1 = plan.window
         src = pixels[y0:y1, x0:x1]
-        for buffer in plan.halvings:
+        for buffer in plan.halvings:  # bilinear at exactly 2x: pair averages (see above)
             cv2.resize(src, (buffer.shape[1], buffer.shape[0]), dst=buffer,
-                       interpolation=cv2.INTER_AREA)
+                       interpolation=cv2.INTER_LINEAR)
             src = buffer
         # The frame fills the whole input and needs no conversion: resize into `out`.
         direct = (out is not None and plan.convert is None

@@ -138,7 +138,8 @@ def test_output_buffer_is_reused_and_a_new_frame_size_replans_once() -> None:
 
 def test_interpolation_area_down_linear_up() -> None:
     prep = Preprocessor((224, 224), 3)
-    assert prep.plan((400, 300, 3)).interpolation == cv2.INTER_AREA  # within 2x: exact
+    assert prep.plan((400, 300, 3)).interpolation == cv2.INTER_LINEAR  # within 2x
+    assert prep.plan((400, 300, 3)).halvings == ()
     assert prep.plan((100, 100, 3)).interpolation == cv2.INTER_LINEAR  # enlarging
     assert Preprocessor((224, 224), 3, interpolation="nearest").plan(
         (480, 640, 3)).interpolation == cv2.INTER_NEAREST
@@ -178,6 +179,26 @@ def test_halving_then_linear_stays_close_to_the_exact_average() -> None:
     assert np.abs(fast(stripes).astype(float) - 127.5).max() <= 1
     assert np.abs(exact(stripes).astype(float) - 127.5).max() <= 10
     assert np.abs(linear(stripes).astype(float) - 127.5).max() > 100
+
+
+@pytest.mark.parametrize("frame", [(720, 1280), (1080, 1920), (1081, 1920), (360, 640)])
+def test_halvings_are_pair_averages_as_inter_area_makes_them(frame: tuple[int, int]) -> None:
+    """The halvings run as bilinear at exactly 2x (OpenCV's INTER_AREA is slow where one
+    side alone is halved): the same pixel-pair averages, to a level of rounding."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (*frame, 3), dtype=np.uint8)
+    plan = Preprocessor((224, 224), 3).plan(pixels.shape)
+    src = pixels
+    for buffer in plan.halvings:
+        averaged = cv2.resize(src, (buffer.shape[1], buffer.shape[0]),
+                              interpolation=cv2.INTER_AREA)
+        fast = cv2.resize(src, (buffer.shape[1], buffer.shape[0]),
+                          interpolation=cv2.INTER_LINEAR)
+        assert np.abs(fast.astype(int) - averaged.astype(int)).max() <= 1
+        src = averaged
+    got = Preprocessor((224, 224), 3)(pixels)
+    want = cv2.resize(src, (224, 224), interpolation=plan.interpolation)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
 
 
 def test_output_feeds_the_pixel_quantizer() -> None:
