@@ -42,7 +42,9 @@ class SourceConfig(Section):
     width: int = Field(default=640, ge=16, le=8192, description="Capture width in pixels.")
     height: int = Field(default=480, ge=16, le=8192, description="Capture height in pixels.")
     fps: float = Field(default=30.0, gt=0, le=1000, description=(
-        "Requested capture rate in frames per second (the camera may deliver less)."))
+        "Requested capture rate in frames per second (the camera may deliver less). An "
+        "HTTP MJPEG stream's frames beyond it are dropped before decoding; a JPEG "
+        "snapshot URL is asked at most this often."))
     loop: bool = Field(default=True, description=(
         "video and folder: start again at the end instead of stopping."))
     reopen_backoff_s: float = Field(default=1.0, gt=0, le=3600, description=(

@@ -160,6 +160,33 @@ class Pacer:
         return sleep_unless(self._aborted, delay)
 
 
+class Thinner:
+    """Lets at most `fps` frames a second through, on average, of a source that sends
+    faster (an HTTP MJPEG camera sets its own rate): the rest are dropped before they
+    are decoded. A frame arriving up to half an interval early still goes through, so
+    a camera sending at exactly `fps` loses nothing to jitter. `fps <= 0`: all."""
+
+    BURST = 1.5  # frames of credit a pause can build up
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self._credit = self.BURST
+        self._at: float | None = None
+        self.thinned = 0
+
+    def admit(self, now: float) -> bool:
+        if self.fps <= 0:
+            return True
+        if self._at is not None:
+            self._credit = min(self.BURST, self._credit + (now - self._at) * self.fps)
+        self._at = now
+        if self._credit >= 0.5:
+            self._credit -= 1.0
+            return True
+        self.thinned += 1
+        return False
+
+
 def redact_url(url: str) -> str:
     """`scheme://user:secret@host/...` -> `scheme://user:***@host/...` for logs and status."""
     return redact_credentials(url)

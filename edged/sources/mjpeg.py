@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 
-from edged.sources.base import DriverBase, Pixels, SourceError, redact_url
+from edged.sources.base import DriverBase, Pacer, Pixels, SourceError, Thinner, redact_url
 from edged.sources.jpeg import JpegDecoder
 
 log = logging.getLogger("edged.sources")
@@ -55,10 +55,16 @@ class HttpMjpegSource(DriverBase):
     of its size still covering it (`edged.sources.jpeg`): far cheaper than
     decoding it whole and resizing afterwards when the stream is much larger than
     the model's input. None decodes every frame whole.
+
+    `fps` (None or 0: every frame, as fast as the camera answers): a stream's frames
+    beyond it are dropped before they are decoded (`Thinner`), and a snapshot URL is
+    asked no more often (a cheap camera answering a request a few ms apart would
+    otherwise be asked, and its JPEG decoded, hundreds of times a second).
     """
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
-                 min_size: tuple[int, int] | None = None, verify_tls: bool = True) -> None:
+                 min_size: tuple[int, int] | None = None, verify_tls: bool = True,
+                 fps: float | None = None) -> None:
         super().__init__()
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
@@ -68,6 +74,7 @@ class HttpMjpegSource(DriverBase):
         self._parsed = parsed
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self._decode = JpegDecoder(min_size, self.name)
+        self._pacer, self._thinner = Pacer(fps or 0.0), Thinner(fps or 0.0)
         self.verify_tls = verify_tls
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
@@ -124,6 +131,7 @@ class HttpMjpegSource(DriverBase):
     def open(self) -> None:
         self.close()
         self._aborted = False
+        self._pacer.reset()
         resp = self._request()
         content_type = resp.getheader("Content-Type", "")
         media = content_type.split(";")[0].strip().lower()
@@ -203,7 +211,14 @@ class HttpMjpegSource(DriverBase):
             while True:
                 if self._reader is not None:  # each part, corrupt or not, has its time
                     self._reader.start_frame()
-                data = self._snapshot_body() if self._snapshot else self._next_part()
+                if self._snapshot:
+                    if not self._pacer.wait():
+                        return None  # aborted
+                    data = self._snapshot_body()
+                else:
+                    data = self._next_part()
+                    if not self._thinner.admit(time.monotonic()):
+                        continue
                 picture = self._decode(data)
                 if picture is None:
                     self._corrupt(len(data))
@@ -259,6 +274,7 @@ class HttpMjpegSource(DriverBase):
         with self._lock:
             self._aborted = True
             sock = self._sock
+        self._pacer.abort()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -51,12 +51,12 @@ def open_opencv(uri: int | str, http_reader: Literal["builtin", "ffmpeg"] = "bui
         raise SourceError(f"http_reader must be 'builtin' or 'ffmpeg', got {http_reader!r}")
     if (isinstance(uri, str) and re.match(r"^https?://", uri, re.IGNORECASE)
             and http_reader == "builtin"):
-        allowed = {"open_timeout", "read_timeout", "min_size", "verify_tls"}
+        allowed = {"open_timeout", "read_timeout", "min_size", "verify_tls", "fps"}
         unknown = sorted(set(params) - allowed - _DEVICE_ONLY)
         if unknown:
             raise TypeError(f"http MJPEG source: unknown parameter(s) {', '.join(unknown)}")
         # One config shape serves every opencv uri: what only a device or a file
-        # can honour (size, rate, loop) is accepted and means nothing to a stream.
+        # can honour (size, loop) is accepted and means nothing to a stream.
         return HttpMjpegSource(uri, **{k: v for k, v in params.items() if k in allowed})
     return OpenCVSource(uri, **params)
 

@@ -4,6 +4,7 @@ receive them: the folder source and the HTTP MJPEG reader against a real HTTP se
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from sources_helpers import MjpegServer
 
+from edged.sources.base import Thinner
 from edged.sources.folder import FolderSource
 from edged.sources.jpeg import JpegDecoder, reduction
 from edged.sources.mjpeg import HttpMjpegSource
@@ -132,6 +134,56 @@ def test_the_mjpeg_reader_decodes_each_part_reduced_over_real_http() -> None:
         second = src.read()  # the corrupt part is skipped and counted
         assert second is not None and second.shape == (240, 320, 3) and src.skipped == 1
         assert src.full_size == (480, 640)
+        src.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("camera_fps", "fps", "through"), [
+    (30, 20, 20), (30, 10, 10), (30, 30, 30), (25, 30, 25), (60, 7.5, 7.5)])
+def test_the_thinner_lets_fps_frames_a_second_through_whatever_the_camera_sends(
+        camera_fps: float, fps: float, through: float) -> None:
+    thinner = Thinner(fps)
+    rng = np.random.default_rng(3)
+    # 20 s of a camera's frames, each up to a fifth of an interval early or late.
+    times = np.arange(int(20 * camera_fps)) / camera_fps
+    times = times + rng.uniform(-0.2, 0.2, times.size) / camera_fps
+    passed = sum(thinner.admit(float(t)) for t in np.sort(times))
+    assert passed / 20 == pytest.approx(through, abs=0.3)
+    assert thinner.thinned == times.size - passed
+    assert Thinner(0).admit(0.0) and Thinner(0).thinned == 0
+
+
+def test_a_stream_faster_than_fps_is_thinned_before_decoding_over_real_http() -> None:
+    server = MjpegServer(lambda i: _jpeg(_scene(48, 64)), interval=0.01).start()  # ~100/s
+    try:
+        src = HttpMjpegSource(server.url, fps=20.0)
+        src.open()
+        start = time.monotonic()
+        frames = 0
+        while time.monotonic() - start < 1.5:
+            assert src.read() is not None
+            frames += 1
+        assert 25 <= frames <= 36, frames  # 20/s, and a first frame's credit
+        assert src._thinner.thinned > 2 * frames
+        src.close()
+    finally:
+        server.stop()
+
+
+def test_a_snapshot_url_is_asked_no_more_than_fps_times_a_second() -> None:
+    server = MjpegServer(snapshot=True, make_part=lambda i: _jpeg(_scene(48, 64))).start()
+    try:
+        src = HttpMjpegSource(server.url, fps=10.0)
+        src.open()
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:
+            assert src.read() is not None
+        assert 9 <= server.connections <= 12, server.connections
+        # An abort ends a paced wait at once.
+        src.abort()
+        t0 = time.monotonic()
+        assert src.read() is None and time.monotonic() - t0 < 0.2
         src.close()
     finally:
         server.stop()
