@@ -54,6 +54,9 @@ class FrameLike(Protocol):
     def captured_mono(self) -> float: ...
     @property
     def full_size(self) -> tuple[int, int] | None: ...
+    @property
+    def pending(self) -> Callable[[], Any] | None: ...
+    def ready(self) -> FrameLike | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +212,16 @@ class Pipeline:
                 self.drained = True
                 self._stop.wait(timeout)
             return None
-        lane, frame = got
+        lane, taken = got
         self.drained = False
+        t0 = time.perf_counter_ns()
+        # An HTTP camera's JPEG is decoded here, once taken: not each one it sends.
+        frame = taken.ready() if taken.pending is not None else taken
+        if frame is None:
+            return None  # it did not decode: its source counted and logged it
         self._held += 1
         stages = self.stages[lane]
         slot = stages.model * self.supervisor.slots + turn
-        t0 = time.perf_counter_ns()
         geometry = stages.preprocess(frame.pixels, self.supervisor.pixels(slot))
         if frame.full_size is not None and geometry is not None:  # a JPEG decoded reduced
             geometry = _scaled(geometry, frame.full_size)

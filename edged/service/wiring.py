@@ -77,6 +77,9 @@ def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
                   "loop": s.loop}
     if jpeg_source(cfg):
         params["min_size"] = jpeg_min_size(cfg, input_size)
+        if s.kind == "stream":  # a folder is lossless: every image is taken anyway
+            # Its JPEGs decoded by the pipeline once taken, not each one the camera sends.
+            params["defer_decode"] = True
     # A video or folder with loop = false ends for good: reopening would replay it.
     source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
                              max_backoff=s.reopen_backoff_max_s,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -15,6 +17,17 @@ from edged.system.secrecy import redact_credentials
 from edged.system.threads import sleep_unless
 
 Pixels = NDArray[np.uint8]
+Decode = Callable[[], "tuple[Pixels, tuple[int, int] | None] | None"]
+"""A frame's deferred decode: (pixels, full_size), or None when it does not decode."""
+NO_PIXELS: Pixels = np.zeros((0, 0, 3), np.uint8)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecoded:
+    """What a driver's `read` returns for a frame it has read but not decoded (an
+    HTTP camera's JPEG): decoded only if a consumer takes it (`Frame.ready`)."""
+
+    decode: Decode
 
 
 class SourceError(Exception):
@@ -35,6 +48,10 @@ class Frame:
     is the picture's size as the camera sent it when `pixels` hold it decoded
     smaller (a JPEG read at 1/2..1/8, `edged.sources.jpeg`): results are mapped
     back to those full-size pixels, so boxes and zones keep one meaning.
+
+    `pending`: the frame's JPEG is not decoded yet (`pixels` is empty): a camera
+    sending faster than the model runs would have most of its JPEGs decoded only
+    to be replaced in the buffer. The consumer calls `ready()`.
     """
 
     pixels: Pixels
@@ -44,11 +61,24 @@ class Frame:
     source: str
     origin: str | None = None
     full_size: tuple[int, int] | None = None
+    pending: Decode | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         """(height, width) of `pixels`."""
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    def ready(self) -> Frame | None:
+        """This frame with its pixels: a `pending` one is decoded now, on the caller's
+        thread; None when it does not decode (its source counts and logs it)."""
+        if self.pending is None:
+            return self
+        got = self.pending()
+        if got is None:
+            return None
+        pixels, full_size = got
+        pixels.flags.writeable = False  # frames are shared between threads
+        return dataclasses.replace(self, pixels=pixels, full_size=full_size, pending=None)
 
 
 @runtime_checkable
@@ -86,7 +116,7 @@ class FrameSource(Protocol):
 
     def open(self) -> None: ...
 
-    def read(self) -> Pixels | None: ...
+    def read(self) -> Pixels | Undecoded | None: ...
 
     def close(self) -> None:
         """Release everything; idempotent; never raises."""

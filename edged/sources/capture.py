@@ -3,7 +3,8 @@
 The camera produces at its rate, the model consumes at its own; between them
 sits one slot. A frame replaced before the consumer took it is dropped and
 counted: latency stays one frame, memory stays one frame, never a queue that
-grows while the model is slow.
+grows while the model is slow. An HTTP camera's frames arrive undecoded
+(`edged.sources.base.Undecoded`): one replaced here never costs a decode.
 
 Stopping: `CaptureThread.stop()` closes the `ResilientSource`, which wakes
 backoff waits at once, pacing waits within 50 ms (`system.threads.sleep_unless`),

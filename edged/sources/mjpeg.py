@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import logging
 import socket
@@ -25,7 +26,16 @@ import threading
 import time
 import urllib.parse
 
-from edged.sources.base import DriverBase, Pacer, Pixels, SourceError, Thinner, redact_url
+from edged.sources.base import (
+    DriverBase,
+    Pacer,
+    Pixels,
+    SourceError,
+    Thinner,
+    Undecoded,
+    redact_url,
+)
+from edged.sources.httpread import FrameReader, boundary_of, describe
 from edged.sources.jpeg import JpegDecoder
 
 log = logging.getLogger("edged.sources")
@@ -35,17 +45,6 @@ MAX_HEADER_LINES = 64
 # One warning per this many seconds about corrupt parts: a camera with a bad
 # cable can send thousands and must not flood the journal.
 CORRUPT_LOG_INTERVAL = 60.0
-
-
-def boundary_of(content_type: str) -> str | None:
-    """The multipart boundary from a Content-Type header, without leading dashes."""
-    for part in content_type.split(";")[1:]:
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "boundary":
-            value = value.strip().strip('"')
-            # Some cameras put the dashes in the header too; the body has two more.
-            return value[2:] if value.startswith("--") else value
-    return None
 
 
 class HttpMjpegSource(DriverBase):
@@ -60,11 +59,15 @@ class HttpMjpegSource(DriverBase):
     beyond it are dropped before they are decoded (`Thinner`), and a snapshot URL is
     asked no more often (a cheap camera answering a request a few ms apart would
     otherwise be asked, and its JPEG decoded, hundreds of times a second).
+
+    `defer_decode`: `read` returns each JPEG whose header reads as `Undecoded`, decoded
+    by whoever takes the frame (the daemon's pipeline): a camera sending faster than
+    the model runs then costs a decode per result, not per frame sent.
     """
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
                  min_size: tuple[int, int] | None = None, verify_tls: bool = True,
-                 fps: float | None = None) -> None:
+                 fps: float | None = None, defer_decode: bool = False) -> None:
         super().__init__()
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
@@ -75,11 +78,12 @@ class HttpMjpegSource(DriverBase):
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self._decode = JpegDecoder(min_size, self.name)
         self._pacer, self._thinner = Pacer(fps or 0.0), Thinner(fps or 0.0)
+        self.defer_decode = defer_decode
         self.verify_tls = verify_tls
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
         self._resp: http.client.HTTPResponse | None = None
-        self._reader: _FrameReader | None = None
+        self._reader: FrameReader | None = None
         self._boundary: bytes | None = None
         self._snapshot = False
         self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
@@ -120,7 +124,7 @@ class HttpMjpegSource(DriverBase):
                 raise SourceError(f"{self.name}: aborted")
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
-            raise SourceError(f"{self.name}: {_describe(e, self.open_timeout)}") from e
+            raise SourceError(f"{self.name}: {describe(e, self.open_timeout)}") from e
         if resp.status != 200:
             resp.close()
             raise SourceError(f"{self.name}: HTTP {resp.status} {resp.reason}")
@@ -147,7 +151,7 @@ class HttpMjpegSource(DriverBase):
             raise SourceError(f"{self.name}: Content-Type {media or 'missing'} is not MJPEG; "
                               f"set http_reader = \"ffmpeg\" for other streams")
         self._resp = resp
-        self._reader = None if self._snapshot else _FrameReader(resp, self._sock,
+        self._reader = None if self._snapshot else FrameReader(resp, self._sock,
                                                                   self.read_timeout, self.name)
         self._opened = True
 
@@ -204,7 +208,7 @@ class HttpMjpegSource(DriverBase):
             if total > MAX_PART_BYTES:
                 raise SourceError(f"{self.name}: part over the {MAX_PART_BYTES} byte limit")
 
-    def read(self) -> Pixels | None:
+    def read(self) -> Pixels | Undecoded | None:
         if not self._opened:
             raise SourceError(f"{self.name}: read before open")
         try:
@@ -219,28 +223,37 @@ class HttpMjpegSource(DriverBase):
                     data = self._next_part()
                     if not self._thinner.admit(time.monotonic()):
                         continue
-                picture = self._decode(data)
-                if picture is None:
-                    self._corrupt(len(data))
-                    continue
-                rgb, self._full = picture.pixels, picture.full_size
-                self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
-                return rgb
+                if self.defer_decode and self._decode.readable(data):
+                    return Undecoded(functools.partial(self._decode_now, data))
+                got = self._decode_now(data)
+                if got is not None:
+                    return got[0]
         except (OSError, http.client.HTTPException) as e:
             if self._aborted:
                 return None
-            raise SourceError(f"{self.name}: {_describe(e, self.read_timeout)}") from e
+            raise SourceError(f"{self.name}: {describe(e, self.read_timeout)}") from e
         except SourceError:
             if self._aborted:
                 return None
             raise
+
+    def _decode_now(self, data: bytes) -> tuple[Pixels, tuple[int, int] | None] | None:
+        """(pixels, full size) of one part, or None (counted, logged) when corrupt.
+        On the capture thread, or the pipeline's for an `Undecoded` part."""
+        picture = self._decode(data)
+        if picture is None:
+            self._corrupt(len(data))
+            return None
+        rgb, self._full = picture.pixels, picture.full_size
+        self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        return rgb, picture.full_size
 
     def _snapshot_body(self) -> bytes:
         # The response from open() serves the first frame; later ones ask again.
         resp = self._resp or self._request()
         self._resp = None
         try:
-            reader = _FrameReader(resp, self._sock, self.read_timeout, self.name)
+            reader = FrameReader(resp, self._sock, self.read_timeout, self.name)
             data = reader.read(MAX_PART_BYTES + 1)
         finally:
             resp.close()
@@ -278,77 +291,3 @@ class HttpMjpegSource(DriverBase):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-
-class _FrameReader:
-    """Buffered reads of a response, each bounded by `deadline` (set per frame).
-
-    A socket timeout bounds one recv(); `readline()` on the response makes as
-    many as it needs, so a server that sends a byte every 2 s keeps a read
-    going forever under a 5 s timeout. Here every recv gets only the time left
-    until the deadline, through `read1` (one recv at most, chunked bodies too).
-    """
-
-    def __init__(self, resp: http.client.HTTPResponse, sock: socket.socket | None,
-                 timeout: float, name: str) -> None:
-        self._resp, self._sock, self._timeout, self._name = resp, sock, timeout, name
-        self._buf = bytearray()
-        self._eof = False  # the response closed its socket: never touch it again
-        self.start_frame()
-
-    def start_frame(self) -> None:
-        self.deadline = time.monotonic() + self._timeout
-        self._trickle = False  # bytes came since: a timeout is then a stall, not silence
-
-    def _more(self) -> bool:
-        if self._eof:
-            return False
-        left = self.deadline - time.monotonic()
-        stalled = SourceError(f"{self._name}: no complete frame for {self._timeout:g} s "
-                              "(stalled)")
-        if left <= 0:
-            raise stalled
-        if self._sock is not None:
-            self._sock.settimeout(min(self._timeout, left))
-        try:
-            chunk = self._resp.read1(1 << 16)
-        except TimeoutError:
-            if self._trickle:  # data came, too slowly: the frame's time ran out
-                raise stalled from None
-            raise  # silence for the whole read timeout
-        self._trickle = self._trickle or bool(chunk)
-        self._buf += chunk
-        self._eof = not chunk
-        return not self._eof
-
-    def readline(self, limit: int) -> bytes:
-        start = 0
-        while (end := self._buf.find(b"\n", start)) < 0 and len(self._buf) < limit:
-            start = len(self._buf)
-            if not self._more():
-                break
-        size = min(end + 1 if end >= 0 else len(self._buf), limit)
-        line = bytes(self._buf[:size])
-        del self._buf[:size]
-        return line
-
-    def peek(self, n: int) -> bytes:
-        while len(self._buf) < n and self._more():
-            pass
-        return bytes(self._buf[:n])
-
-    def read(self, n: int) -> bytes:
-        data = self.peek(n)
-        del self._buf[:len(data)]
-        return data
-
-
-def _describe(e: BaseException, timeout: float) -> str:
-    if isinstance(e, TimeoutError | socket.timeout):
-        return f"no data for {timeout:g} s (timed out)"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, http.client.HTTPException):
-        return f"bad HTTP response ({type(e).__name__})"
-    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return str(text).splitlines()[0]

@@ -51,7 +51,7 @@ def open_opencv(uri: int | str, http_reader: Literal["builtin", "ffmpeg"] = "bui
         raise SourceError(f"http_reader must be 'builtin' or 'ffmpeg', got {http_reader!r}")
     if (isinstance(uri, str) and re.match(r"^https?://", uri, re.IGNORECASE)
             and http_reader == "builtin"):
-        allowed = {"open_timeout", "read_timeout", "min_size", "verify_tls", "fps"}
+        allowed = {"open_timeout", "read_timeout", "min_size", "verify_tls", "fps", "defer_decode"}
         unknown = sorted(set(params) - allowed - _DEVICE_ONLY)
         if unknown:
             raise TypeError(f"http MJPEG source: unknown parameter(s) {', '.join(unknown)}")

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from edged.sources.base import Frame, FrameSource, Pixels, SourceError
+from edged.sources.base import NO_PIXELS, Frame, FrameSource, Pixels, SourceError, Undecoded
 
 log = logging.getLogger("edged.sources")
 
@@ -154,7 +154,7 @@ class ResilientSource:
                         self._release()
                         self._state = "ended"
                     continue
-                problem = _check(pixels)
+                problem = None if isinstance(pixels, Undecoded) else _check(pixels)
                 if problem:
                     self._lose(f"{self.name}: bad frame ({problem})")
                     continue
@@ -166,7 +166,7 @@ class ResilientSource:
         # SourceErrors name their source already; anything else gets the name.
         return one_line(e) if isinstance(e, SourceError) else f"{self.name}: {one_line(e)}"
 
-    def _frame(self, pixels: Pixels) -> Frame:
+    def _frame(self, pixels: Pixels | Undecoded) -> Frame:
         now_wall, now_mono = time.time(), time.monotonic()
         if self._state != "running":
             if self._lost_at is not None:
@@ -175,9 +175,13 @@ class ResilientSource:
             self._state = "running"
             self._lost_at = None
         self._failures = 0
-        pixels.flags.writeable = False  # frames are shared between threads
-        frame = Frame(pixels, self._seq, now_wall, now_mono, self.name, self.source.origin,
-                      self.source.full_size)
+        if isinstance(pixels, Undecoded):
+            frame = Frame(NO_PIXELS, self._seq, now_wall, now_mono, self.name,
+                          self.source.origin, pending=pixels.decode)
+        else:
+            pixels.flags.writeable = False  # frames are shared between threads
+            frame = Frame(pixels, self._seq, now_wall, now_mono, self.name,
+                          self.source.origin, self.source.full_size)
         self._seq += 1
         self._last_frame_mono = now_mono
         return frame

@@ -18,6 +18,7 @@ import orjson
 from broker import Mosquitto, Subscriber
 from daemon_helpers import DaemonProcess, base_config, write_config
 from scene_helpers import FPS, LABELS, LINES, MODEL, SIZE, render, scene
+from sources_helpers import MjpegServer
 
 CAMERA = "drive"
 K = 4
@@ -70,3 +71,35 @@ def test_jpegs_decoded_at_a_quarter_give_full_size_boxes_zones_and_events(
     # (red 255; the green car and the black ground have none) at y = 176.
     assert image[176 - 2:176 + 3, 200, 2].max() > 90  # BGR: [..., 2] is red (a 1-px line, JPEG)
     assert image[150, 200, 2] < 60 and image[200, 200, 2] < 60
+
+
+def test_an_http_cameras_jpegs_are_decoded_by_the_pipeline_at_a_quarter(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The same pictures from an MJPEG camera over HTTP, sending faster than source.fps:
+    frames beyond fps are never decoded, the rest are decoded when the pipeline takes
+    them (defer_decode), at 1/4, and the boxes are the camera's pixels."""
+    parked = [s for s in scene()[40] if s.channel == 1]  # the car alone
+    big = cv2.resize(render(parked), (SIZE * K, SIZE * K), interpolation=cv2.INTER_NEAREST)
+    jpeg = bytes(cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
+    camera = MjpegServer(lambda i: jpeg, interval=0.01).start()  # ~100 frames/s
+    try:
+        cfg = base_config(
+            mosquitto.port, model=MODEL, frames=tmp_path, device="scene",
+            source={"kind": "stream", "uri": camera.url, "name": CAMERA, "fps": 20.0},
+            output={"decoder": "detection", "min_score": 0.3})
+        cfg["model"]["labels"] = str(LABELS)
+        with Subscriber(mosquitto.port, "edged/scene/#") as sub, \
+                DaemonProcess(write_config(tmp_path / "edged.toml", cfg)) as daemon:
+            sub.wait_count(lambda m: m.topic.endswith("/results"), 20, timeout=30)
+            assert daemon.stop() == 0
+        log = daemon.log_text()
+        assert "JPEGs of 1024x1024 decoded at 1/8 (128x128; at least 64x64 needed)" in log, log
+        results = [orjson.loads(m.payload) for m in sub.on("/results")]
+        for doc in results:
+            (car,) = doc["decoded"]["detections"]
+            assert np.allclose(car["box"], [640, 704, 960, 896], atol=16), car["box"]
+        # source.fps = 20 of the camera's ~100: the seqs count frames let through.
+        span = results[-1]["captured_at"] - results[0]["captured_at"]
+        assert len(results) / max(span, 1e-3) < 30
+    finally:
+        camera.stop()

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from sources_helpers import MjpegServer
 
-from edged.sources.base import Thinner
+from edged.sources.base import NO_PIXELS, Frame, Thinner
 from edged.sources.folder import FolderSource
 from edged.sources.jpeg import JpegDecoder, reduction
 from edged.sources.mjpeg import HttpMjpegSource
+from edged.sources.resilient import ResilientSource
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "models"
 
@@ -187,3 +188,33 @@ def test_a_snapshot_url_is_asked_no_more_than_fps_times_a_second() -> None:
         src.close()
     finally:
         server.stop()
+
+
+def test_a_deferred_camera_leaves_each_jpeg_to_the_frame_that_is_taken() -> None:
+    """defer_decode (the daemon's HTTP cameras): read returns each JPEG undecoded; the
+    consumer's `Frame.ready()` decodes it, reduced, with its full size. A part whose
+    header does not read is decoded (refused, counted) on the capture thread as before."""
+    parts = [_jpeg(_scene(720, 1280)), b"corrupt", _jpeg(_scene(480, 640))]
+    server = MjpegServer(lambda i: parts[i] if i < len(parts) else None).start()
+    try:
+        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
+                                              defer_decode=True))
+        first = src.read()
+        assert first is not None and first.pending is not None and first.pixels.size == 0
+        second = src.read()  # the corrupt part was skipped on the way: not a frame
+        assert second is not None and second.seq == first.seq + 1
+        assert src.source.skipped == 1
+        ready = second.ready()
+        assert ready is not None and ready.pending is None and ready.seq == second.seq
+        assert ready.pixels.shape == (240, 320, 3) and ready.full_size == (480, 640)
+        assert not ready.pixels.flags.writeable
+        assert first.ready() is not None  # taken late, still decodes
+        src.close()
+    finally:
+        server.stop()
+    # A frame read whole is its own ready().
+    whole = Frame(np.zeros((2, 2, 3), np.uint8), 0, 0.0, 0.0, "t")
+    assert whole.ready() is whole
+    # One whose JPEG does not decode after all: None, the source counts it.
+    bad = Frame(NO_PIXELS, 1, 0.0, 0.0, "t", pending=lambda: None)
+    assert bad.ready() is None

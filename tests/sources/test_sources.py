@@ -21,7 +21,7 @@ from sources_helpers import MjpegServer, closest, jpeg, wait_for, write_video
 from edged.sources import Frame, FrameSource, SourceError, open_source, redact_url
 from edged.sources.capture import CaptureThread, LatestFrameBuffer, RateLimiter
 from edged.sources.folder import natural_key
-from edged.sources.mjpeg import boundary_of
+from edged.sources.httpread import boundary_of
 from edged.sources.resilient import ResilientSource, backoff_delay, one_line
 from edged.sources.synthetic import SyntheticSource, frame_index, pattern
 
