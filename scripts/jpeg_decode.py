@@ -4,9 +4,11 @@ For each frame size, the same JPEGs three ways, interleaved run by run, on one
 core: OpenCV's whole decode + BGR->RGB (edged before `source.jpeg_decode`),
 simplejpeg's whole decode (`jpeg_decode = "full"`), and the reduced decode
 (`"reduced"`, the default), each followed by edged's resize to the model's
-input (`Preprocessor`, interpolation auto). Frames: the real photographs in
-../shared/models (cat_720p.jpg, cat_1080p.jpg, and cat.bmp encoded at 640x480)
-when present, else a synthetic scene; quality 90 where edged encodes them.
+input (`Preprocessor`, interpolation auto); and 1/8 whatever the model needs,
+the floor: the entropy decoding of every coefficient no reduction skips.
+Frames: the real photographs in ../shared/models (cat_720p.jpg, cat_1080p.jpg,
+and cat.bmp encoded at 640x480) when present, else a synthetic scene; quality
+90 where edged encodes them.
 
     .venv/bin/python scripts/jpeg_decode.py [--model-size 224] [--runs 7] [--frames 40]
 """
@@ -83,8 +85,9 @@ def main() -> int:
             resize(picture.pixels, out=out)
         return run
 
+    # 1/8 whatever the need: the floor a JPEG's entropy decoding sets.
     ways = {"opencv whole": opencv, "simplejpeg whole": decoded(whole),
-            "reduced (edged)": decoded(reduced)}
+            "reduced (edged)": decoded(reduced), "1/8 (floor)": decoded(JpegDecoder((1, 1)))}
     print(f"decode + resize to {need[1]}x{need[0]}, microseconds per frame, one core, median "
           f"of {args.runs} interleaved runs x {args.frames} frames (min-max)\n")
     print("| frames | JPEG | decoded at | " + " | ".join(ways) + " | reduced / opencv |")
