@@ -240,7 +240,10 @@ class HttpMjpegSource(DriverBase):
     def _decode_now(self, data: bytes) -> tuple[Pixels, tuple[int, int] | None] | None:
         """(pixels, full size) of one part, or None (counted, logged) when corrupt.
         On the capture thread, or the pipeline's for an `Undecoded` part."""
-        picture = self._decode(data)
+        try:
+            picture = self._decode(data)
+        except Exception:  # a decoder's surprise is one bad frame, not a dead pipeline
+            picture = None
         if picture is None:
             self._corrupt(len(data))
             return None

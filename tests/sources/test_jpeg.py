@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sources_helpers import MjpegServer
 
-from edged.sources.base import NO_PIXELS, Frame, Thinner
+from edged.sources.base import NO_PIXELS, Frame, Thinner, Undecoded
 from edged.sources.folder import FolderSource
 from edged.sources.jpeg import JpegDecoder, reduction
 from edged.sources.mjpeg import HttpMjpegSource
@@ -218,3 +218,21 @@ def test_a_deferred_camera_leaves_each_jpeg_to_the_frame_that_is_taken() -> None
     # One whose JPEG does not decode after all: None, the source counts it.
     bad = Frame(NO_PIXELS, 1, 0.0, 0.0, "t", pending=lambda: None)
     assert bad.ready() is None
+
+
+def test_a_decode_that_raises_is_one_corrupt_frame_not_a_dead_pipeline() -> None:
+    server = MjpegServer(lambda i: _jpeg(_scene(48, 64)) if i < 2 else None).start()
+    try:
+        src = HttpMjpegSource(server.url, defer_decode=True)
+        src.open()
+        part = src.read()
+        assert isinstance(part, Undecoded)
+
+        def broken(data: bytes) -> None:
+            raise MemoryError("libjpeg-turbo ran out")
+
+        src._decode = broken  # type: ignore[assignment]
+        assert part.decode() is None and src.skipped == 1
+        src.close()
+    finally:
+        server.stop()
