@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 from broker import Mosquitto, Subscriber
 from daemon_helpers import DaemonProcess, base_config, write_config
+from reload_helpers import sighup, wait_log
 from scene_helpers import FPS, LABELS, LINES, MODEL, SIZE, render, scene
 from sources_helpers import MjpegServer
 
@@ -101,5 +102,32 @@ def test_an_http_cameras_jpegs_are_decoded_by_the_pipeline_at_a_quarter(
         # source.fps = 20 of the camera's ~100: the seqs count frames let through.
         span = results[-1]["captured_at"] - results[0]["captured_at"]
         assert len(results) / max(span, 1e-3) < 30
+    finally:
+        camera.stop()
+
+
+def test_a_reload_that_needs_a_larger_decode_reopens_the_http_camera(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Results only: 1/8 covers the 64x64 input. Events with snapshots 640 wide, by a
+    reload that leaves [source] alone: the camera is reopened and decoded whole (1/2
+    of 1024 is under 640)."""
+    big = cv2.resize(render(scene()[40]), (SIZE * K, SIZE * K), interpolation=cv2.INTER_NEAREST)
+    jpeg = bytes(cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
+    camera = MjpegServer(lambda i: jpeg, interval=0.02).start()
+    try:
+        cfg = base_config(
+            mosquitto.port, model=MODEL, frames=tmp_path, device="scene",
+            source={"kind": "stream", "uri": camera.url, "name": CAMERA},
+            output={"decoder": "detection", "min_score": 0.3})
+        cfg["model"]["labels"] = str(LABELS)
+        path = write_config(tmp_path / "edged.toml", cfg)
+        with DaemonProcess(path) as daemon:
+            wait_log(daemon, "JPEGs of 1024x1024 decoded at 1/8 (128x128; at least 64x64")
+            cfg["output"]["publish"] = "both"
+            write_config(path, cfg)
+            sighup(daemon)
+            wait_log(daemon, "JPEGs of 1024x1024 decoded at full size (1024x1024; at least "
+                             "640x64 needed)")
+            assert daemon.stop() == 0
     finally:
         camera.stop()
