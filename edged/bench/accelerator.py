@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec, summarize_run
+from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import aggregate
 
 if TYPE_CHECKING:
@@ -64,13 +64,10 @@ def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads
         try:
             daemon.measure(max(20, frames // 4), keep=False)  # warm-up
             for _ in range(runs):
-                run = summarize_run(daemon.measure(frames))
-                cpu = daemon.cpu_us_per_result
+                run = daemon.run(frames)[0]
+                cpu = run["cpu_us_per_result"]
                 run["cpu_us_per_result"] = {"daemon": cpu["daemon"], "worker": cpu["worker"],
                                             "edged": cpu["daemon"] + cpu["worker"]}
-                run["threads_us_per_result"] = {**daemon.threads_us_per_result,
-                                                "context switches": daemon.switches_per_result}
-                run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
                 results.append(run)
         finally:
             daemon.stop()

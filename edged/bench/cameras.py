@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from edged.bench.daemon import BenchDaemon, DaemonSpec, summarize_run
+from edged.bench.daemon import BenchDaemon, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 
@@ -66,11 +66,8 @@ def cameras_section(s: Settings, model: Path, size: tuple[int, int], broker: Any
         for _ in range(s.runs):
             runs.setdefault("limit", []).append(limit.run(s.frames))
             for n, daemon in daemons.items():
-                received = daemon.measure(s.frames)
-                run = summarize_run(received)
+                run, received = daemon.run(s.frames)
                 run["spread"] = spread(received, n)
-                run["cpu_us_per_result"] = daemon.cpu_us_per_result
-                run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
                 runs.setdefault(f"cameras{n}", []).append(run)
     finally:
         limit.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.bench.daemon import BenchDaemon, DaemonSpec, summarize_run
+from edged.bench.daemon import BenchDaemon, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 
@@ -54,10 +54,7 @@ def cascade_section(s: Settings, classifier: Path, classifier_size: tuple[int, i
         for _ in range(s.runs):
             for name, row in limits.items():
                 runs[name].append(row.run(s.frames))
-            run = summarize_run(daemon.measure(s.frames))
-            run["cpu_us_per_result"] = daemon.cpu_us_per_result
-            run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
-            runs["cascade"].append(run)
+            runs["cascade"].append(daemon.run(s.frames)[0])
     finally:
         for row in limits.values():
             row.close()

@@ -140,9 +140,10 @@ def check_delegate(delegate: str, runtime: str) -> None:
 
 
 def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
-                  broker: Any) -> list[dict[str, Any]]:
-    """All selected rows for one model and one frame size, interleaved run by run."""
-    from edged.bench.daemon import BenchDaemon, DaemonSpec, summarize_run
+                  broker: Any, *, model_size: bool) -> list[dict[str, Any]]:
+    """All selected rows for one model and one frame size (`model_size`: the model's
+    own input size), interleaved run by run."""
+    from edged.bench.daemon import BenchDaemon, DaemonSpec
 
     procs: dict[str, RowProcess] = {}
     daemon: BenchDaemon | None = None
@@ -164,14 +165,7 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
             for row, proc in procs.items():
                 runs.setdefault(row, []).append(proc.run(s.frames))
             if daemon is not None:
-                result = summarize_run(daemon.measure(s.frames))
-                result["cpu_us_per_result"] = daemon.cpu_us_per_result
-                result["threads_us_per_result"] = {
-                    **daemon.threads_us_per_result,
-                    "context switches": daemon.switches_per_result}
-                mem = daemon.memory_kb()
-                result["peak_rss_kb"] = mem["VmHWM"]
-                runs.setdefault("daemon", []).append(result)
+                runs.setdefault("daemon", []).append(daemon.run(s.frames)[0])
     finally:
         for proc in procs.values():
             proc.close()
@@ -185,21 +179,26 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
         rows.append({"model": model.name, "source": label, "row": row,
                      "title": ROW_TITLES[row], **agg})
     limit = next((r["fps"] for r in rows if r["row"] == "limit"), 0.0)
-    cores = len(os.sched_getaffinity(0))
     for r in rows:
         r["ratio"] = r["fps"] / limit if limit else None
         if r["row"] == "daemon":
             r["offered_fps"] = fps
-            r["model_size"] = size == _input_size(model)
-            by_process = r.get("cpu_us_per_result", {})
-            cpu = by_process.get("daemon")
-            # Only where the model sets the pace (not a source cap the daemon keeps up with).
-            if limit and cpu and s.threads >= cores and r["fps"] < 0.9 * fps:
-                r["ceiling"] = ceiling(cores, 1e6 / limit, cpu)
-                # The broker, the subscriber and the bench share these cores here too.
-                r["ceiling_all"] = ceiling(cores, 1e6 / limit, sum(
-                    v for k, v in by_process.items() if k != "worker"))
+            r["model_size"] = model_size
+            add_ceilings(r, limit, s.threads)
     return rows
+
+
+def add_ceilings(row: dict[str, Any], limit_fps: float, threads: int) -> None:
+    """A daemon row's `ceiling`, and `ceiling_all` counting the broker, subscriber and
+    bench (they share these cores here): only where the interpreter holds every core
+    and the model sets the pace (not a source cap the daemon keeps up with)."""
+    cores = len(os.sched_getaffinity(0))
+    by_process = row.get("cpu_us_per_result", {})
+    cpu = by_process.get("daemon")
+    if limit_fps and cpu and threads >= cores and row["fps"] < 0.9 * row["offered_fps"]:
+        row["ceiling"] = ceiling(cores, 1e6 / limit_fps, cpu)
+        row["ceiling_all"] = ceiling(cores, 1e6 / limit_fps, sum(
+            v for k, v in by_process.items() if k != "worker"))
 
 
 def ceiling(cores: int, invoke_us: float, cpu_us: float) -> float:
@@ -238,13 +237,13 @@ def rss_growth(s: Settings, model: Path, broker: Any) -> dict[str, Any]:
 
 def latency_at_30fps(s: Settings, model: Path, broker: Any) -> dict[str, Any]:
     """End-to-end latency with frames offered at 30/s, next to the invoke time."""
-    from edged.bench.daemon import BenchDaemon, DaemonSpec, summarize_run
+    from edged.bench.daemon import BenchDaemon, DaemonSpec
 
     daemon = BenchDaemon(DaemonSpec(str(model), s.threads, _input_size(model), 30.0, s.runtime,
                                     s.delegate), broker[0], broker[1], f"{model.stem}-30fps")
     try:
         daemon.measure(30, keep=False)
-        run = summarize_run(daemon.measure(s.latency_results))
+        run = daemon.run(s.latency_results)[0]
     finally:
         daemon.stop()
     return {"model": model.name, "offered_fps": 30.0, "results": s.latency_results,
@@ -292,7 +291,8 @@ def run_bench(s: Settings) -> dict[str, Any]:
             sizes = [((h, w), f"{w}x{h}")] + [(c, f"{c[1]}x{c[0]}") for c in s.sizes
                                               if c != (h, w)]
             for size, label in sizes:
-                report["rows"] += measure_group(s, model, size, label, broker)
+                report["rows"] += measure_group(s, model, size, label, broker,
+                                                model_size=size == (h, w))
         primary = s.models[-1]
         if "accelerator" in s.rows:
             from edged.bench.accelerator import accelerator_section

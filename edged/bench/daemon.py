@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-
+from edged.bench.procs import summarize_run
 from edged.bench.procstat import cpu_seconds, thread_cpu_seconds, thread_switches
 from edged.bench.rows import proc_status_kb
 from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
@@ -245,9 +243,9 @@ class BenchDaemon:
                 self.stop()
                 raise BenchError(f"edged run gave no result: {self.log_tail()}")
         self.paused = False
-        self.cpu_us_per_result: dict[str, float] = {}
-        self.threads_us_per_result: dict[str, float] = {}
-        self.switches_per_result = 0.0
+        # The last run's CPU per result, by process and by the daemon's thread (with its
+        # context switches), and peak RSS: what every daemon row records (`run`).
+        self.last: dict[str, Any] = {}
 
     def _cpu(self) -> dict[str, float]:
         # "subscriber": mosquitto_sub and this process, whose only busy thread meanwhile
@@ -309,42 +307,26 @@ class BenchDaemon:
             self.pause()
         # Where the CPU went, per process: what the stage timings cannot show (the
         # capture and MQTT threads, the broker) and what competes with the invoke.
-        after = self._cpu()
-        self.cpu_us_per_result = {k: (after[k] - cpu[k]) * 1e6 / results for k in after}
-        # And the daemon's, by thread (issue 21: where a Pi's CPU budget goes).
-        self.threads_us_per_result = {
-            k: (v - threads.get(k, 0.0)) * 1e6 / results
-            for k, v in thread_cpu_seconds(self.proc.pid).items() if k.startswith("edged-")}
-        self.switches_per_result = (sum(thread_switches(self.proc.pid).values())
-                                    - sum(switches.values())) / results
+        after, threads_after = self._cpu(), thread_cpu_seconds(self.proc.pid)
+        self.last = {
+            "cpu_us_per_result": {k: (after[k] - cpu[k]) * 1e6 / results for k in after},
+            # And the daemon's, by thread (issue 21: where a Pi's CPU budget goes).
+            "threads_us_per_result": {
+                **{k: (v - threads.get(k, 0.0)) * 1e6 / results
+                   for k, v in threads_after.items() if k.startswith("edged-")},
+                "context switches": (sum(thread_switches(self.proc.pid).values())
+                                     - sum(switches.values())) / results},
+            "peak_rss_kb": self.memory_kb()["VmHWM"]}
         return list(inbox.received)
+
+    def run(self, results: int) -> tuple[dict[str, Any], list[tuple[float, bytes]]]:
+        """One measured run: `summarize_run`'s figures with `last`'s, and what came."""
+        received = self.measure(results)
+        return {**summarize_run(received), **self.last}, received
 
     def stop(self) -> None:
         self.resume()
         stop_process(self.proc, 15.0, group=True)
-
-
-def summarize_run(received: list[tuple[float, bytes]]) -> dict[str, Any]:
-    """results/s, latency percentiles and mean stage times from one run's results."""
-    times = np.array([t for t, _ in received])
-    docs = [orjson.loads(p) for _, p in received]
-    latency_ms = np.array([(t - d["captured_at"]) * 1000 for (t, _), d in zip(
-        received, docs, strict=True)])
-    publish_us = np.array([(t - d["published_at"]) * 1e6 for (t, _), d in zip(
-        received, docs, strict=True)])
-    timing = {k: np.array([d["timings_us"].get(k, 0) for d in docs], dtype=np.float64)
-              for k in ("preprocess", "quantize", "invoke", "dequantize", "decode")}
-    span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
-    return {
-        "frames": len(received),
-        "fps": (len(received) - 1) / span if span > 0 else 0.0,
-        "stages_us": {"resize": timing["preprocess"].mean(), "quantize": timing["quantize"].mean(),
-                      "invoke": timing["invoke"].mean(), "dequantize": timing["dequantize"].mean(),
-                      "decode": timing["decode"].mean(), "publish": float(publish_us.mean())},
-        "latency_ms": {f"p{q}": float(np.percentile(latency_ms, q)) for q in (50, 95, 99)},
-        "invoke_ms": {f"p{q}": float(np.percentile(timing["invoke"], q)) / 1000
-                      for q in (50, 95, 99)},
-    }
 
 
 @contextlib.contextmanager

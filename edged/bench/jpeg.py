@@ -11,14 +11,13 @@ per result and, with the interpreter on every core, in the ratio.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from edged.bench.command import Settings, ceiling
-from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec, summarize_run
+from edged.bench.command import Settings, add_ceilings
+from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 from edged.system.childproc import stop_process
@@ -71,12 +70,7 @@ def jpeg_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
         for _ in range(s.runs):
             runs["limit"].append(limit.run(s.frames))
             for way, daemon in daemons.items():
-                run = summarize_run(daemon.measure(s.frames))
-                run["cpu_us_per_result"] = daemon.cpu_us_per_result
-                run["threads_us_per_result"] = {**daemon.threads_us_per_result,
-                                                "context switches": daemon.switches_per_result}
-                run["peak_rss_kb"] = daemon.memory_kb()["VmHWM"]
-                runs[way].append(run)
+                runs[way].append(daemon.run(s.frames)[0])
     finally:
         limit.close()
         for daemon in daemons.values():
@@ -92,10 +86,7 @@ def jpeg_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
         rows.append({"model": model.name, "source": label, "row": "jpeg",
                      "title": f"jpeg {way}", **row, "offered_fps": offered,
                      "ratio": row["fps"] / base["fps"] if base["fps"] else None})
-        cpu = row.get("cpu_us_per_result", {}).get("daemon")
-        cores = len(os.sched_getaffinity(0))
-        if base["fps"] and cpu and s.threads >= cores and row["fps"] < 0.9 * offered:
-            rows[-1]["ceiling"] = ceiling(cores, 1e6 / base["fps"], cpu)
+        add_ceilings(rows[-1], base["fps"], s.threads)
     return rows
 
 

@@ -1,4 +1,5 @@
-"""An in-process row in a child process of its own, and the medians over a row's runs.
+"""An in-process row in a child process of its own, one daemon run's figures from
+the results received, and the medians over a row's runs.
 
 Shared by `edged bench`'s groups (edged.bench.command) and its sections
 (accelerator, cameras).
@@ -12,6 +13,7 @@ import sys
 from typing import Any
 
 import numpy as np
+import orjson
 
 from edged.bench.rows import STAGES, RowSpec
 from edged.system.childproc import stop_process
@@ -63,3 +65,26 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = {p: float(np.median([r[key].get(p, 0.0) for r in runs]))
                         for p in runs[0][key]}
     return out
+
+
+def summarize_run(received: list[tuple[float, bytes]]) -> dict[str, Any]:
+    """results/s, latency percentiles and mean stage times from one run's results."""
+    times = np.array([t for t, _ in received])
+    docs = [orjson.loads(p) for _, p in received]
+    latency_ms = np.array([(t - d["captured_at"]) * 1000 for (t, _), d in zip(
+        received, docs, strict=True)])
+    publish_us = np.array([(t - d["published_at"]) * 1e6 for (t, _), d in zip(
+        received, docs, strict=True)])
+    timing = {k: np.array([d["timings_us"].get(k, 0) for d in docs], dtype=np.float64)
+              for k in ("preprocess", "quantize", "invoke", "dequantize", "decode")}
+    span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+    return {
+        "frames": len(received),
+        "fps": (len(received) - 1) / span if span > 0 else 0.0,
+        "stages_us": {"resize": timing["preprocess"].mean(), "quantize": timing["quantize"].mean(),
+                      "invoke": timing["invoke"].mean(), "dequantize": timing["dequantize"].mean(),
+                      "decode": timing["decode"].mean(), "publish": float(publish_us.mean())},
+        "latency_ms": {f"p{q}": float(np.percentile(latency_ms, q)) for q in (50, 95, 99)},
+        "invoke_ms": {f"p{q}": float(np.percentile(timing["invoke"], q)) / 1000
+                      for q in (50, 95, 99)},
+    }
