@@ -10,6 +10,9 @@ Frames: the real photographs in ../shared/models (cat_720p.jpg, cat_1080p.jpg,
 and cat.bmp encoded at 640x480) when present, else a synthetic scene; quality
 90 where edged encodes them.
 
+Then libjpeg-turbo's M/8 decode factors on the 720p JPEG, and the resize's steps
+(INTER_AREA against bilinear) on random frames.
+
     .venv/bin/python scripts/jpeg_decode.py [--model-size 224] [--runs 7] [--frames 40]
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from edged.preprocess import Preprocessor
 from edged.sources.jpeg import JpegDecoder
@@ -107,7 +111,39 @@ def main() -> int:
         ratio = np.median(times["reduced (edged)"]) / np.median(times["opencv whole"])
         print(f"| {size[1]}x{size[0]} | {origin}, {len(data) // 1024} kB | {at} | "
               + " | ".join(cells) + f" | {ratio:.2f} |")
+    factors(args.runs, args.frames)
+    resize_steps(args.runs, args.frames)
     return 0
+
+
+def median_us(step: Callable[[], object], runs: int, frames: int) -> float:
+    step()
+    return float(np.median([per_frame_us(step, frames) for _ in range(runs)]))
+
+
+def factors(runs: int, frames: int) -> None:
+    """Why edged decodes at powers of two only: libjpeg-turbo's other M/8 factors."""
+    data, origin = jpeg_of((720, 1280))
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    print(f"\ndecode alone at M/8 of its size ({origin}), microseconds, median of {runs}:")
+    for m in range(8, 0, -1):
+        mh, mw = -(-h * m // 8), -(-w * m // 8)
+        us = median_us(lambda mh=mh, mw=mw, m=m: simplejpeg.decode_jpeg(
+            data, colorspace="RGB", strict=False, min_height=mh, min_width=mw,
+            min_factor=8 / m), runs, frames)
+        print(f"  {m}/8 ({mw}x{mh}): {us:.0f}")
+
+
+def resize_steps(runs: int, frames: int) -> None:
+    """The resize's steps (edged.preprocess.resize): INTER_AREA against bilinear."""
+    rng = np.random.default_rng(0)
+    print(f"\nresize steps of random frames, microseconds, median of {runs}: area / linear")
+    for (h, w), (th, tw) in (((360, 640), (360, 320)), ((1080, 1920), (540, 960)),
+                             ((240, 320), (224, 224))):
+        src = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        area, linear = (median_us(lambda i=i, a=src, to=(tw, th): cv2.resize(
+            a, to, interpolation=i), runs, frames) for i in (cv2.INTER_AREA, cv2.INTER_LINEAR))
+        print(f"  {w}x{h} -> {tw}x{th}: {area:.0f} / {linear:.0f}")
 
 
 if __name__ == "__main__":

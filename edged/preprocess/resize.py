@@ -12,13 +12,13 @@ INTER_LINEAR covers the last factor of at most 2 (it changes the model's
 answers less than moving the frame by a pixel does). The halvings are done by
 INTER_LINEAR at exactly 2x, which samples midway between each pair: the same
 average as INTER_AREA's (to a level of rounding), but where one side alone is
-halved OpenCV's INTER_AREA takes its general path (640x360 -> 320x360: 767 us
-against 171 on one core here; 2x2 halvings cost the same). One INTER_AREA step
-at a fractional factor averages exactly but takes that general path: measured
-on one core here, 640x480 -> 224x224 1.7 ms against 0.2-0.3 ms, 1920x1080
-9.4 ms against 1.6 ms, 320x240 0.52 ms against 0.08; the top-1 agreement with
-it is in BENCHMARKS.md. `interpolation = "area"` keeps the single exact step.
-A frame whose size
+halved OpenCV's INTER_AREA takes its general path (one core here, `python
+scripts/jpeg_decode.py`: 640x360 -> 320x360 770 us against 172; 2x2 halvings
+cost the same; 320x240 -> 224x224 in one step 523 us against 80). One
+INTER_AREA step at a fractional factor averages exactly but slowly (640x480 ->
+224x224 1.7 ms against 0.2-0.3 ms, 1920x1080 9.4 ms against 1.6 ms, measured
+when "auto" came in); the top-1 agreement with it is in BENCHMARKS.md.
+`interpolation = "area"` keeps the single exact step. A frame whose size
 changes (a camera renegotiating) gets a new plan once, not per frame.
 
 Frames come in RGB (see edged.sources). The output is uint8 (H, W, C),
@@ -238,7 +238,8 @@ class Preprocessor:
             steps = halving_steps((src_h, src_w), (dst_h, dst_w))
             # Within 2x (after halvings or from the start): linear changes the model's
             # answers less than moving the frame by a pixel does, and is 5-10x cheaper
-            # (320x240 -> 224x224: 81 us against 523; scripts/resize_agreement.py).
+            # (320x240 -> 224x224: 80 us against 523, scripts/jpeg_decode.py; the
+            # agreement: scripts/resize_agreement.py).
             # An odd side still over 2x keeps the exact average.
             small = steps[-1][0] <= 2 * dst_h and steps[-1][1] <= 2 * dst_w
             interp = cv2.INTER_LINEAR if small else cv2.INTER_AREA

@@ -10,13 +10,14 @@ those sizes that still covers `min_size` (the model's input, see
 Measured here (`python scripts/jpeg_decode.py`): a 1920x1080 JPEG decoded at
 1/4 and resized to 224x224 costs about half of decoding it whole and resizing.
 
-Only powers of two: libjpeg-turbo's other factors (3/8, 5/8..7/8) cost more than
-a whole decode here (5/8 of a 720p JPEG 3.0 ms, the whole 2.1 ms, 1/2 1.4 ms).
+Only powers of two: libjpeg-turbo's other factors cost more than the power of two
+above them (720p: 5/8 3.0 ms, the whole 1.9 ms, 3/8 1.8 ms, 1/2 1.4 ms; the same
+command).
 
 simplejpeg (libjpeg-turbo) rather than OpenCV's `IMREAD_REDUCED_*`: it reads the
 header alone (the picture's full size, exact, for mapping boxes back to camera
 pixels, ~1 us), decodes straight to RGB (OpenCV gives BGR and a conversion),
-and is faster at full size (1080p: 4.2 ms against 4.8 with the conversion).
+and is faster at full size (the same command's "whole" columns).
 Anything that is not a JPEG (a snapshot URL serving PNG, a BMP in a folder)
 goes to OpenCV, whole.
 """

@@ -374,6 +374,13 @@ def test_jpeg_decode_script_times_each_way_of_decoding_a_camera_jpeg() -> None:
     for row in rows:
         ratio = float(row[-1].rstrip(" |"))
         assert ratio > 0 and all(float(cell.split()[0]) > 0 for cell in row[3:7])
+    lines = done.stdout.splitlines()
+    factors = [line for line in lines if re.fullmatch(r"  [1-8]/8 \(\d+x\d+\): \d+", line)]
+    assert [f.split("/")[0].strip() for f in factors] == [str(m) for m in range(8, 0, -1)]
+    assert "  8/8 (1280x720)" in factors[0] and "  1/8 (160x90)" in factors[-1]
+    steps = [line for line in lines if re.fullmatch(r"  \d+x\d+ -> \d+x\d+: \d+ / \d+", line)]
+    assert [s.split(":")[0] for s in steps] == [
+        "  640x360 -> 320x360", "  1920x1080 -> 960x540", "  320x240 -> 224x224"]
 
 
 def test_latency_split_script_ends_with_the_daemons_error_when_it_cannot_start(
