@@ -16,14 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edged.bench.command import Settings, add_ceilings
+from edged.bench.command import MAX_SOURCE_FPS, OFFER, Settings, add_ceilings
 from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 from edged.system.childproc import stop_process
 
-OFFER = 1.25
-MAX_FPS = 1000.0
 WAYS = ("reduced", "full")
 NOTE = ("jpeg: the daemon reading an MJPEG camera over HTTP (a child process serving the "
         "synthetic pattern as quality-85 JPEGs at 1.25 x the limit), source.jpeg_decode "
@@ -58,7 +56,7 @@ def jpeg_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
     h, w = size
     try:
         limit.run(max(20, s.frames // 4))  # warm-up
-        offered = min(MAX_FPS, OFFER * limit.run(s.frames)["fps"])
+        offered = min(MAX_SOURCE_FPS, OFFER * limit.run(s.frames)["fps"])
         camera = JpegCamera(size, offered)
         for way in WAYS:
             daemons[way] = BenchDaemon(
