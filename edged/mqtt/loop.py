@@ -6,7 +6,8 @@ drive paho's external loop ourselves); this is the one thread behind it. The
 two meet only at an `Outbox` (in `edged.mqtt.settings`): the queued results,
 control messages, events and pending stats, the counters and the wake-up socket, under
 one lock. The paho client and all that is in flight or about the connection
-belong to `PublishLoop` and are changed by the network thread alone; the front
+belong to `PublishLoop` and are changed under its `lock`: by the network thread,
+or by a thread sending a result while that one waits (`send_here`); the front
 only reads a few of its fields (`state`, `connected`, `inflight_results`,
 `beat`, `crashed`). Kept apart from the front so that what may run on which
 thread is plain from the module.
@@ -43,6 +44,9 @@ from edged.mqtt.settings import (
 
 log = logging.getLogger("edged.publish")  # not __name__: see publish_setup
 ACK_BATCH_S = 0.02  # while acks are due, how long they may wait to be read (see _serve)
+# Acks are read in batches this long after a result was sent by `send_here`, even with
+# none in flight: the next one's PUBACK would wake the network thread once a result.
+SENDING_S = 0.2
 
 
 class PublishLoop(PahoCallbacks):
@@ -63,7 +67,7 @@ class PublishLoop(PahoCallbacks):
         # Filled by the front; hooks and subscriptions are renewed on every connect.
         self.connect_hooks: list[Callable[[], None]] = []
         self.inbound = Inbound(s.protocol == "5")
-        # Changed on the network thread only (paho callbacks run there too).
+        # Changed under `lock` (paho's callbacks run under it too).
         self.state = "new"
         self._inflight: dict[int, str] = {}
         self.inflight_results = 0
@@ -84,6 +88,10 @@ class PublishLoop(PahoCallbacks):
         self._server_max = 0
         self.beat = time.monotonic()
         self.crashed: str | None = None
+        # Whoever calls the paho client holds it: this thread, except around its select,
+        # or a thread sending a result (`send_here`) while this one waits there.
+        self.lock = threading.Lock()
+        self._sending_until = 0.0
         self.client = make_client(s, self.client_id, self.status_topic)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -101,7 +109,9 @@ class PublishLoop(PahoCallbacks):
             while not self._stop.is_set():
                 self.beat = time.monotonic()
                 self.state = "connecting"
-                if self._connect():
+                with self.lock:
+                    connected = self._connect()
+                if connected:
                     connects, failures = self._out.n["connects"], self._out.n["connect_failures"]
                     self._serve()
                     if self._out.n["connects"] > connects:
@@ -163,21 +173,16 @@ class PublishLoop(PahoCallbacks):
         read_by = 0.0
         while sock is not None and client.socket() is sock:
             self.beat = now = time.monotonic()
-            if self._stop.is_set():
-                if not self.connected:
-                    break
-                if closing_until is None:
-                    closing_until = now + self.settings.drain_timeout_s
-                if self._close_step(now, closing_until):
-                    return
             want_w = [sock] if client.want_write() else []
-            timeout = 0.05 if closing_until is not None else 1.0
+            timeout = 0.05 if closing_until is not None or self._stop.is_set() else 1.0
             # Acks in batches: while messages are in flight (and the window is far from
-            # full), a PUBACK does not wake this thread; the socket is read whenever it
-            # wakes to publish anyway, or ACK_BATCH_S later. At saturation that halves
-            # its wake-ups, and each one preempts one of the interpreter's threads.
-            lazy = (self.connected and closing_until is None
-                    and 0 < len(self._inflight) < self.settings.max_inflight // 2)
+            # full), or results are being sent from the pipeline's thread, a PUBACK does
+            # not wake this thread; the socket is read whenever it wakes anyway, or
+            # ACK_BATCH_S later. Each wake-up at saturation preempts an interpreter thread.
+            inflight = len(self._inflight)
+            lazy = (self.connected and closing_until is None and not self._stop.is_set()
+                    and inflight < self.settings.max_inflight // 2
+                    and (inflight > 0 or now < self._sending_until))
             if lazy:
                 timeout = min(timeout, max(read_by - now, 0.0))
             try:
@@ -185,35 +190,71 @@ class PublishLoop(PahoCallbacks):
                                                want_w, [], timeout)
             except (OSError, ValueError):
                 break
-            if out.wake_r in readable:
-                out.drain_wake()
-            if lazy or sock in readable:
-                # Non-blocking: with nothing to read, paho's loop_read is one recv.
-                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            with self.lock:
+                if client.socket() is not sock:  # lost while a result was sent from elsewhere
                     break
-                read_by = time.monotonic() + ACK_BATCH_S
-            if self.connected and closing_until is None:
-                # Again while messages landed during the pump: their wake() found a
-                # look pending and sent nothing (see Outbox.pumped).
-                while self._pump() and out.pumped(stats_sendable=self._stats_mid is None):
-                    pass
-            if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
+                if self._stop.is_set():
+                    if not self.connected:
+                        break
+                    if closing_until is None:
+                        closing_until = now + self.settings.drain_timeout_s
+                    if self._close_step(time.monotonic(), closing_until):
+                        return
+                if out.wake_r in readable:
+                    out.drain_wake()
+                if lazy or sock in readable:
+                    # Non-blocking: with nothing to read, paho's loop_read is one recv.
+                    if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                    read_by = time.monotonic() + ACK_BATCH_S
+                if not self._service(now, pump=closing_until is None):
+                    break
+        with self.lock:
+            if client.socket() is not None:  # we left first (stop before CONNACK, select error)
+                client._sock_close()
             if self.connected:
-                self.inbound.tick(client, now)
-        if client.socket() is not None:  # we left first (stop before CONNACK, select error)
-            client._sock_close()
+                lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+                self._on_disconnect(client, None, None, lost, None)
+
+    def _service(self, now: float, *, pump: bool) -> bool:
+        """After a wake-up: feed paho, write, keep the connection alive. False: it is lost."""
+        client, out = self.client, self._out
+        if self.connected and pump:
+            # Again while messages landed during the pump: their wake() found a
+            # look pending and sent nothing (see Outbox.pumped).
+            while self._pump() and out.pumped(stats_sendable=self._stats_mid is None):
+                pass
+        if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
         if self.connected:
-            lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
-            self._on_disconnect(client, None, None, lost, None)
+            self.inbound.tick(client, now)
+        return True
+
+    def send_here(self) -> bool:
+        """Any thread, after queueing a result: while the network thread waits in its
+        select, feed paho here (paho then writes the packet itself): that thread is not
+        woken per result. False when it must look (busy, not connected, stopping, paho's
+        window or the socket full): then `Outbox.wake()`."""
+        if not self.connected or self._stop.is_set() or not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if not self.connected or self._stop.is_set() or self.client.socket() is None:
+                return False
+            self._sending_until = time.monotonic() + SENDING_S
+            return self._pump() and not self.client.want_write()
+        except Exception:  # the network thread meets it again and reports it
+            log.debug("MQTT: sending from the caller's thread failed", exc_info=True)
+            return False
+        finally:
+            self.lock.release()
 
     def _close_step(self, now: float, until: float) -> bool:
-        """Clean stop: drain, then `offline`, then DISCONNECT. True when done."""
-        client = self.client
+        """Clean stop: drain (results, events, figures), `offline`, DISCONNECT; True when done."""
+        client, out = self.client, self._out
         if self._offline_mid is None and not self._offline_done:
-            if (self._out.queue or self._out.events) and now < until:
+            if (out.queue or out.events or out.pending_stats is not None) and now < until:
                 self._pump()
                 return False
             if self.inflight_results and now < until:

@@ -19,7 +19,8 @@ Why not paho's own machinery:
   back from an outage) and swallows the reason a connect failed. One thread of
   ours runs paho's external-loop API (`loop_read`/`loop_write`/`loop_misc` on
   `select`), connects, backs off with jitter and records a one-line reason.
-  Every paho call happens on that thread, so paho needs no locking of ours.
+  paho calls happen on that thread, or on a thread sending a result while that
+  one waits in `select` (`PublishLoop.send_here`), under one lock either way.
 
 TLS is configured once, before the first connect; there is no code path that
 connects without it when it is configured.
@@ -98,8 +99,9 @@ class Publisher:
         self._thread.start()
 
     def publish_result(self, payload: bytes, topic: str | None = None) -> None:
-        """Queue one result for `topic` (default: the device's results topic); O(1),
-        never waits for the network."""
+        """Queue one result for `topic` (default: the device's results topic); never
+        waits for the network. Sent from this thread when the network thread is idle
+        (`PublishLoop.send_here`), else by that thread."""
         out = self._out
         limit = self.settings.max_payload_bytes
         if limit is not None and len(payload) > limit:
@@ -119,7 +121,8 @@ class Publisher:
             out.drop_logged = True
             log.warning("MQTT: result queue full (%d): dropping the oldest until the broker "
                         "takes them again", self.settings.queue_size)
-        out.wake()
+        if not self._loop.send_here():
+            out.wake()
 
     def publish_stats(self, figures: Mapping[str, Any]) -> None:
         """Latest figures win; older unsent ones are replaced, not queued."""

@@ -9,10 +9,9 @@ from typing import Any
 import paho.mqtt._packet
 import pytest
 from broker import Mosquitto
+from publisher_helpers import FAST
 
 from edged.mqtt.publisher import Publisher, PublisherSettings
-
-FAST = {"keepalive_s": 5, "backoff_min_s": 0.1, "backoff_max_s": 0.4, "connect_timeout_s": 3.0}
 
 
 def _acked(port: int, protocol: str, n: int, *, quick: bool) -> tuple[int, int, int]:

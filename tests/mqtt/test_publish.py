@@ -24,41 +24,24 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Subscriber, TlsFiles, make_ca, make_tls_files, retained
+from publisher_helpers import FAST, publisher, result_payload, seq_of
 
 import edged.mqtt.publisher
 from edged.mqtt.backoff import backoff_delay
 from edged.mqtt.loop import ACK_BATCH_S, PublishLoop
 from edged.mqtt.payload import (
-    Result,
     decode_result,
-    encode_result_binary,
-    encode_result_json,
-    outputs_from,
 )
 from edged.mqtt.publisher import Publisher, PublisherError, PublisherSettings, TlsSettings
 from edged.mqtt.settings import Outbox
-from edged.numerics.tensors import TensorInfo
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "edged" / "schemas"
 HELPER = Path(__file__).resolve().parents[1] / "publish_helpers.py"
-FAST = {"keepalive_s": 5, "backoff_min_s": 0.1, "backoff_max_s": 0.4, "connect_timeout_s": 3.0}
 
 
 def schema(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(
         json.loads((SCHEMAS / f"{name}-v1.schema.json").read_text()))
-
-
-def result_payload(seq: int, binary: bool = False) -> bytes:
-    info = TensorInfo(0, "logits", (1, 10), np.int8, scales=(1 / 256,), zero_points=(-128,))
-    data = (np.arange(10, dtype=np.float32) + seq).reshape(1, 10) / 16
-    result = Result("cam-1", seq, time.time(), "digits_int8.tflite", "cpu",
-                    outputs_from([info], [data]), {"invoke": 800})
-    return encode_result_binary(result) if binary else encode_result_json(result)
-
-
-def seq_of(payload: bytes) -> int:
-    return int(decode_result(payload)["seq"])
 
 
 @pytest.fixture
@@ -70,13 +53,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-def publisher(port: int, **kw: Any) -> Publisher:
-    pub = Publisher(PublisherSettings(device_id=kw.pop("device_id", "cam-1"), port=port,
-                                      **{**FAST, **kw}))
-    pub.start()
-    return pub
 
 
 def test_online_retained_results_and_stats_valid_then_offline_on_clean_stop(
