@@ -5,17 +5,26 @@ For each camera size of `--sizes`, an MJPEG server child process
 daemons read it, run by run interleaved with a limit row: one with
 `source.jpeg_decode = "reduced"` (the default: each JPEG decoded at 1/2-1/8 for
 the model's input) and one with `"full"` (decoded whole, then resized). The
-decode is the daemon's capture thread's work, so it shows in the daemon's CPU
-per result and, with the interpreter on every core, in the ratio.
+decode is the daemon's pipeline thread's work (for the frames it takes), so it
+shows in the daemon's CPU per result and, with the interpreter on every core,
+in the ratio.
+
+Then 1, 2 and 4 such cameras (together 1.25 x 1 / invoke) before the stand-in
+accelerator of the `accelerator` row, decoding reduced: a Coral user's IP cameras,
+where the invoke leaves the CPU and the JPEG decodes are what the daemon's cores
+do; ratio = results/s x the mean invoke time, as on the accelerator row.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from edged.bench import accelerator
+from edged.bench.cameras import spread
 from edged.bench.command import MAX_SOURCE_FPS, OFFER, Settings, add_ceilings
 from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
@@ -23,9 +32,12 @@ from edged.bench.rows import RowSpec
 from edged.system.childproc import stop_process
 
 WAYS = ("reduced", "full")
+ACCELERATED = (1, 2, 4)  # cameras before the stand-in accelerator (--quick: 1 and 2)
 NOTE = ("jpeg: the daemon reading an MJPEG camera over HTTP (a child process serving the "
         "synthetic pattern as quality-85 JPEGs at 1.25 x the limit), source.jpeg_decode "
-        "reduced and full; ratio = results/s over the limit row of the same runs")
+        "reduced and full; ratio = results/s over the limit row of the same runs; "
+        "accel N cam: N such cameras, together 1.25 x 1 / invoke, before the accelerator "
+        "row's stand-in; ratio = results/s x mean invoke time")
 
 
 class JpegCamera:
@@ -88,14 +100,51 @@ def jpeg_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
     return rows
 
 
+def accelerated_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
+                     ) -> list[dict[str, Any]]:
+    h, w = size
+    total = accelerator.OFFER * 1e6 / accelerator.INVOKE_US
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edged-bench-jpeg-") as tmp:
+        library = str(accelerator.build_stub_delegate(Path(tmp)))
+        for n in ACCELERATED[:2] if s.quick else ACCELERATED:
+            camera, daemon, runs = JpegCamera(size, total / n), None, []
+            try:
+                daemon = BenchDaemon(DaemonSpec(
+                    str(model), s.threads, size, total / n, delegate="external",
+                    external_library=library,
+                    external_options=(("invoke_us", str(accelerator.INVOKE_US)),),
+                    cameras=n if n > 1 else 0, client_id=f"edged-bench-jpeg-accel{n}",
+                    source_uri=camera.url), broker[0], broker[1],
+                    f"{model.stem}-{w}x{h}-jpeg-accel{n}")
+                daemon.measure(max(20, s.frames // 4), keep=False)  # warm-up
+                for _ in range(s.runs):
+                    run, received = daemon.run(s.frames)
+                    run["spread"] = spread(received, n) if n > 1 else 0.0
+                    runs.append(run)
+            finally:
+                if daemon is not None:
+                    daemon.stop()
+                camera.close()
+            row = aggregate(runs)
+            spreads = [r["spread"] for r in runs]
+            rows.append({"model": model.name, "source": f"{w}x{h} MJPEG", "row": "jpeg",
+                         "title": f"accel {n} cam", **row, "offered_fps": total,
+                         "ratio": row["fps"] * row["stages_us"]["invoke"] / 1e6,
+                         **({"spread": sorted(spreads)[len(spreads) // 2],
+                             "spread_max": max(spreads)} if n > 1 else {})})
+    return rows
+
+
 def jpeg_section(s: Settings, model: Path, model_size: tuple[int, int], broker: Any,
                  notes: list[str]) -> list[dict[str, Any]]:
     """The rows for each camera size of `--sizes` larger than the model's input."""
     rows: list[dict[str, Any]] = []
     for size in (c for c in s.sizes if c != model_size):
-        try:
-            rows += jpeg_rows(s, model, size, broker)
-        except BenchError as exc:
-            notes.append(f"jpeg rows at {size[1]}x{size[0]} left out: {exc}")
+        for kind, make in (("jpeg", jpeg_rows), ("jpeg accelerator", accelerated_rows)):
+            try:
+                rows += make(s, model, size, broker)
+            except BenchError as exc:
+                notes.append(f"{kind} rows at {size[1]}x{size[0]} left out: {exc}")
     notes.append(NOTE)
     return rows

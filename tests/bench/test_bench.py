@@ -478,12 +478,19 @@ def test_the_jpeg_rows_read_a_real_mjpeg_camera_decoded_reduced_and_whole() -> N
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     rows = {r["title"]: r for r in report["rows"]}
-    assert set(rows) == {"limit", "jpeg reduced", "jpeg full"}
+    assert set(rows) == {"limit", "jpeg reduced", "jpeg full", "accel 1 cam", "accel 2 cam"}
     assert all(r["source"] == "160x120 MJPEG" for r in rows.values())
     for title in ("jpeg reduced", "jpeg full"):
         row = rows[title]
         assert row["fps"] > 0 and row["ratio"] == row["fps"] / rows["limit"]["fps"]
         assert row["cpu_us_per_result"]["daemon"] >= 0 and row["offered_fps"] == 1000.0
+    # The same cameras before the stand-in accelerator (a Coral user's IP cameras).
+    for title in ("accel 1 cam", "accel 2 cam"):
+        row = rows[title]
+        assert row["ratio"] == row["fps"] * row["stages_us"]["invoke"] / 1e6 > 0.3
+        assert 2000 < row["stages_us"]["invoke"] < 6000  # the stand-in's 2600 us sleep
+        assert row["threads_us_per_result"]["edged-pipeline"] > 0
+    assert 0 <= rows["accel 2 cam"]["spread"] < 0.5 and "spread" not in rows["accel 1 cam"]
     assert any(n.startswith("jpeg: the daemon reading an MJPEG camera") for n in report["notes"])
     # Not among the default rows: two daemons per camera size.
     assert "jpeg" not in DEFAULT_ROWS
