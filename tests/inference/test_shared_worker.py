@@ -161,3 +161,34 @@ def test_an_invoke_waiting_for_the_device_reports_only_its_own_time_edgetpu_stan
             assert 19_000 <= second.invoke_us < 30_000, second
     finally:
         sup.stop()
+
+
+def test_an_accelerator_that_takes_no_second_interpreter_runs_frames_one_at_a_time_edgetpu_stand_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+        ) -> None:
+    """The twin (edged.inference.overlap) is an optimisation: a delegate that refuses a
+    second instance costs one line naming the model, and every frame still runs, on
+    the accelerator, one after the other."""
+    monkeypatch.setenv("STUB_DELEGATE_MAX_INSTANCES", "1")
+    stub = build_stub_delegate(tmp_path)
+    sup = Supervisor(WorkerParams(model_path=str(CLASSIFIER), num_threads=1, delegate="edgetpu",
+                                  edgetpu_library=str(stub), cpu_model_path=str(CLASSIFIER)))
+    info = sup.start()
+    try:
+        assert info.delegate == "edgetpu"
+        expected = {n: _digit_alone(n) for n in range(4)}
+        for n in range(4):
+            sup.pixels(n % 2)[:] = digit(n)
+            sup.submit(n % 2)
+            if n % 2:
+                for slot in (0, 1):
+                    assert sup.wait(slot).slot == slot
+                    assert np.array_equal(sup.raw_outputs(slot)[0], expected[n - 1 + slot])
+    finally:
+        sup.stop()
+    said = [line for line in capfd.readouterr().err.splitlines() if "second interpreter" in line]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"edged worker: {CLASSIFIER}: no second interpreter on the "
+                              "edgetpu delegate (")
+    assert said[0].endswith("); frames run one at a time")
+

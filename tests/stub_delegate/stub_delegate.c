@@ -21,6 +21,8 @@
  * (a fake sysfs entry of a USB Accelerator): create fails while it is gone,
  * as libedgetpu does with no Edge TPU plugged in.
  * STUB_DELEGATE_ABORT_IF_EXISTS=PATH is the default for abort_if_exists=.
+ * STUB_DELEGATE_MAX_INSTANCES=N: create fails while N of its delegates live in the
+ *                 process (a driver that opens the device for so many interpreters).
  *   invoke_us=N   (or STUB_DELEGATE_INVOKE_US=N) claim the whole graph and spend N
  *                 microseconds per invoke asleep, off the CPU, leaving the outputs
  *                 as they are: an accelerator's timing without one, for edged
@@ -90,6 +92,7 @@ typedef struct {
 } StubData;
 
 static long sleep_us; /* the kernel has no delegate data at hand: one value per process */
+static int live; /* delegates created and not yet destroyed in this process */
 /* One device runs one invoke at a time, whichever interpreter (or thread) asks, as
    libedgetpu serializes the interpreters that share an Edge TPU context. */
 static pthread_mutex_t device = PTHREAD_MUTEX_INITIALIZER;
@@ -147,7 +150,9 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     const char *env_fail_if = getenv("STUB_DELEGATE_FAIL_IF_EXISTS");
     const char *env_device = getenv("STUB_DELEGATE_DEVICE");
     const char *env_abort_if = getenv("STUB_DELEGATE_ABORT_IF_EXISTS");
+    const char *env_max = getenv("STUB_DELEGATE_MAX_INSTANCES");
     int fail = (env_fail && strcmp(env_fail, "1") == 0) ||
+               (env_max && env_max[0] && live >= atoi(env_max)) ||
                (env_fail_if && env_fail_if[0] && access(env_fail_if, F_OK) == 0) ||
                (env_device && env_device[0] && access(env_device, F_OK) != 0);
     for (int i = 0; i < n; i++) {
@@ -187,12 +192,14 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     }
     delegate->data_ = data;
     delegate->Prepare = stub_prepare;
+    live++;
     append(data->record, "created\n");
     return delegate;
 }
 
 void tflite_plugin_destroy_delegate(TfLiteDelegate *delegate) {
     if (!delegate) return;
+    live--;
     StubData *data = delegate->data_;
     if (data) {
         append(data->record, "destroyed\n");
