@@ -44,9 +44,7 @@ from edged.mqtt.settings import (
 
 log = logging.getLogger("edged.publish")  # not __name__: see publish_setup
 ACK_BATCH_S = 0.02  # while acks are due, how long they may wait to be read (see _serve)
-# Acks are read in batches this long after a result was sent by `send_here`, even with
-# none in flight: the next one's PUBACK would wake the network thread once a result.
-SENDING_S = 0.2
+SENDING_S = 0.2  # after a send_here, acks are read in batches this long, even none in flight
 
 
 class PublishLoop(PahoCallbacks):
@@ -88,10 +86,10 @@ class PublishLoop(PahoCallbacks):
         self._server_max = 0
         self.beat = time.monotonic()
         self.crashed: str | None = None
-        # Whoever calls the paho client holds it: this thread, except around its select,
-        # or a thread sending a result (`send_here`) while this one waits there.
+        # Held by whoever calls paho: this thread but in its select, or `send_here`.
         self.lock = threading.Lock()
         self._sending_until = 0.0
+        self.send_here_failed = False
         self.client = make_client(s, self.client_id, self.status_topic)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -175,10 +173,9 @@ class PublishLoop(PahoCallbacks):
             self.beat = now = time.monotonic()
             want_w = [sock] if client.want_write() else []
             timeout = 0.05 if closing_until is not None or self._stop.is_set() else 1.0
-            # Acks in batches: while messages are in flight (and the window is far from
-            # full), or results are being sent from the pipeline's thread, a PUBACK does
-            # not wake this thread; the socket is read whenever it wakes anyway, or
-            # ACK_BATCH_S later. Each wake-up at saturation preempts an interpreter thread.
+            # Acks in batches: while messages are in flight (the window far from full) or
+            # results are sent by `send_here`, a PUBACK does not wake this thread; it reads
+            # when it wakes anyway, or ACK_BATCH_S later (a wake-up preempts the model).
             inflight = len(self._inflight)
             lazy = (self.connected and closing_until is None and not self._stop.is_set()
                     and inflight < self.settings.max_inflight // 2
@@ -237,15 +234,18 @@ class PublishLoop(PahoCallbacks):
         select, feed paho here (paho then writes the packet itself): that thread is not
         woken per result. False when it must look (busy, not connected, stopping, paho's
         window or the socket full): then `Outbox.wake()`."""
-        if not self.connected or self._stop.is_set() or not self.lock.acquire(blocking=False):
+        if (not self.connected or self._stop.is_set() or self.send_here_failed
+                or not self.lock.acquire(blocking=False)):
             return False
         try:
             if not self.connected or self._stop.is_set() or self.client.socket() is None:
                 return False
             self._sending_until = time.monotonic() + SENDING_S
             return self._pump() and not self.client.want_write()
-        except Exception:  # the network thread meets it again and reports it
-            log.debug("MQTT: sending from the caller's thread failed", exc_info=True)
+        except Exception as exc:  # an optimisation that fails is turned off, not retried
+            self.send_here_failed = True
+            log.error("MQTT: sending from the pipeline's thread failed (%s); the network "
+                      "thread sends everything from now on", describe_error(exc))
             return False
         finally:
             self.lock.release()

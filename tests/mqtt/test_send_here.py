@@ -4,6 +4,7 @@ mix their packets, and that a broker lost meanwhile costs no exception."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -150,3 +151,30 @@ def test_the_figures_published_right_before_a_clean_stop_reach_the_broker(
             pub.stop()
             got = sub.wait_for(lambda m: b'"final"' in m.payload, 5)
         assert orjson.loads(got.payload)["final"] == run
+
+
+def test_a_failure_sending_from_the_callers_thread_turns_that_off_with_one_line(
+        broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    # A topic paho refuses (a wildcard: config validation keeps them out) makes paho's
+    # publish raise on the caller's thread: one line, and the network thread sends
+    # everything from then on; later results arrive.
+    pub = publisher(broker.port)
+    try:
+        assert pub.wait_connected(5) and pub.wait_idle(5)
+        threads = record_threads(pub)
+        with caplog.at_level(logging.ERROR, logger="edged.publish"), \
+                Subscriber(broker.port, "edged/cam-1/results") as sub:
+            pub.publish_result(result_payload(0), "edged/cam-1/+/results")
+            for seq in range(1, 6):
+                pub.publish_result(result_payload(seq))
+                time.sleep(0.005)
+            got = sub.wait_count(lambda m: True, 5)
+        assert [seq_of(m.payload) for m in got] == [1, 2, 3, 4, 5]
+        said = [r.getMessage() for r in caplog.records if "pipeline's thread" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(
+            "MQTT: sending from the pipeline's thread failed ("), said
+        assert said[0].endswith("the network thread sends everything from now on")
+        assert threads[1:] == ["edged-mqtt"] * 5, threads
+        assert pub.network_alive()
+    finally:
+        pub.stop()
