@@ -44,7 +44,7 @@ from edged.mqtt.settings import (
 
 log = logging.getLogger("edged.publish")  # not __name__: see publish_setup
 ACK_BATCH_S = 0.02  # while acks are due, how long they may wait to be read (see _serve)
-SENDING_S = 0.2  # after a send_here, acks are read in batches this long, even none in flight
+SENDING_S = 0.2  # after a send_here, how long the next ack may wait (none in flight when read)
 
 
 class PublishLoop(PahoCallbacks):
@@ -168,20 +168,20 @@ class PublishLoop(PahoCallbacks):
         client, out = self.client, self._out
         sock = client.socket()
         closing_until: float | None = None
-        read_by = 0.0
+        read_at = 0.0
         while sock is not None and client.socket() is sock:
             self.beat = now = time.monotonic()
             want_w = [sock] if client.want_write() else []
             timeout = 0.05 if closing_until is not None or self._stop.is_set() else 1.0
-            # Acks in batches: while messages are in flight (the window far from full) or
-            # results are sent by `send_here`, a PUBACK does not wake this thread; it reads
-            # when it wakes anyway, or ACK_BATCH_S later (a wake-up preempts the model).
+            # Acks in batches (a wake-up preempts the model): while messages are in flight
+            # or `send_here` sends, a PUBACK does not wake this thread; it reads them later.
             inflight = len(self._inflight)
             lazy = (self.connected and closing_until is None and not self._stop.is_set()
                     and inflight < self.settings.max_inflight // 2
                     and (inflight > 0 or now < self._sending_until))
-            if lazy:
-                timeout = min(timeout, max(read_by - now, 0.0))
+            if lazy:  # at 5 results/s, two looks a result as before send_here, not ten
+                batch = ACK_BATCH_S if inflight else SENDING_S
+                timeout = min(timeout, max(read_at + batch - now, 0.0))
             try:
                 readable, _, _ = select.select([out.wake_r] if lazy else [sock, out.wake_r],
                                                want_w, [], timeout)
@@ -203,7 +203,7 @@ class PublishLoop(PahoCallbacks):
                     # Non-blocking: with nothing to read, paho's loop_read is one recv.
                     if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
-                    read_by = time.monotonic() + ACK_BATCH_S
+                    read_at = time.monotonic()
                 if not self._service(now, pump=closing_until is None):
                     break
         with self.lock:

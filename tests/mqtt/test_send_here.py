@@ -178,3 +178,29 @@ def test_a_failure_sending_from_the_callers_thread_turns_that_off_with_one_line(
         assert pub.network_alive()
     finally:
         pub.stop()
+
+
+def _switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines()
+               if "ctxt_switches:" in line)  # voluntary and not
+
+
+def test_at_a_few_results_a_second_the_network_thread_wakes_about_once_a_result(
+        broker: Mosquitto) -> None:
+    # A Pi's CPU model runs at a few frames a second: reading acks every 20 ms while
+    # results are being sent would wake the network thread ten times a result.
+    pub = publisher(broker.port)
+    try:
+        assert pub.wait_connected(5) and pub.wait_idle(5)
+        thread = pub._thread
+        assert thread is not None
+        before = _switches(thread)
+        for seq in range(10):
+            pub.publish_result(result_payload(seq))
+            time.sleep(0.2)
+        woke = _switches(thread) - before
+        assert pub.wait_idle(5) and pub.counters().acked == 10
+        assert woke <= 30, woke  # ~100 at one look every 20 ms
+    finally:
+        pub.stop()
