@@ -52,13 +52,18 @@ def build_stub_delegate(directory: Path, name: str = "libstub_delegate.so") -> P
     return out
 
 
+def stand_in(library: Path) -> dict[str, Any]:
+    """A DaemonSpec's delegate settings for the stand-in accelerator built in `library`."""
+    return {"delegate": "external", "external_library": str(library),
+            "external_options": (("invoke_us", str(INVOKE_US)),)}
+
+
 def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads: int,
                      frames: int, runs: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="edged-bench-accel-") as tmp:
         library = build_stub_delegate(Path(tmp))
         spec = DaemonSpec(str(model), threads, size, OFFER * 1e6 / INVOKE_US,
-                          delegate="external", external_library=str(library),
-                          external_options=(("invoke_us", str(INVOKE_US)),))
+                          **stand_in(library))
         daemon = BenchDaemon(spec, broker[0], broker[1], f"{model.stem}-accelerator")
         results = []
         try:

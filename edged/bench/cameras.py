@@ -44,6 +44,11 @@ def spread(received: list[tuple[float, bytes]], cameras: int) -> float:
     return (max(per) - min(per)) / mean if mean else 1.0
 
 
+def spread_figures(spreads: list[float]) -> dict[str, float]:
+    """A cameras row's spread over its runs: the median and the worst."""
+    return {"spread": float(np.median(spreads)), "spread_max": max(spreads)}
+
+
 def cameras_section(s: Settings, model: Path, size: tuple[int, int], broker: Any,
                     notes: list[str]) -> list[dict[str, Any]]:
     h, w = size
@@ -77,10 +82,9 @@ def cameras_section(s: Settings, model: Path, size: tuple[int, int], broker: Any
              **aggregate(runs["limit"])}]
     for n in counts:
         agg = aggregate(runs[f"cameras{n}"])
-        spreads = [r["spread"] for r in runs[f"cameras{n}"]]
         rows.append({"model": model.name, "source": label, "row": "cameras",
                      "title": f"{n} camera{'s' if n > 1 else ''}", "cameras": n, **agg,
-                     "spread": float(np.median(spreads)), "spread_max": max(spreads),
+                     **spread_figures([r["spread"] for r in runs[f"cameras{n}"]]),
                      "offered_fps": offered[n] * n,
                      # Beyond ~1000 results/s the MQTT path, not the shared model, is the
                      # bound (the committed digits model): no target then.

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.bench import accelerator
-from edged.bench.cameras import spread
+from edged.bench.cameras import spread, spread_figures
 from edged.bench.command import MAX_SOURCE_FPS, OFFER, Settings, add_ceilings
 from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
@@ -106,14 +106,12 @@ def accelerated_rows(s: Settings, model: Path, size: tuple[int, int], broker: An
     total = accelerator.OFFER * 1e6 / accelerator.INVOKE_US
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edged-bench-jpeg-") as tmp:
-        library = str(accelerator.build_stub_delegate(Path(tmp)))
+        delegate = accelerator.stand_in(accelerator.build_stub_delegate(Path(tmp)))
         for n in ACCELERATED[:2] if s.quick else ACCELERATED:
             camera, daemon, runs = JpegCamera(size, total / n), None, []
             try:
                 daemon = BenchDaemon(DaemonSpec(
-                    str(model), s.threads, size, total / n, delegate="external",
-                    external_library=library,
-                    external_options=(("invoke_us", str(accelerator.INVOKE_US)),),
+                    str(model), s.threads, size, total / n, **delegate,
                     cameras=n if n > 1 else 0, client_id=f"edged-bench-jpeg-accel{n}",
                     source_uri=camera.url), broker[0], broker[1],
                     f"{model.stem}-{w}x{h}-jpeg-accel{n}")
@@ -131,8 +129,7 @@ def accelerated_rows(s: Settings, model: Path, size: tuple[int, int], broker: An
             rows.append({"model": model.name, "source": f"{w}x{h} MJPEG", "row": "jpeg",
                          "title": f"accel {n} cam", **row, "offered_fps": total,
                          "ratio": row["fps"] * row["stages_us"]["invoke"] / 1e6,
-                         **({"spread": sorted(spreads)[len(spreads) // 2],
-                             "spread_max": max(spreads)} if n > 1 else {})})
+                         **(spread_figures(spreads) if n > 1 else {})})
     return rows
 
 
