@@ -54,8 +54,15 @@ class SourceConfig(Section):
     lores: bool = Field(default=True, description=(
         "picamera2: let the ISP scale a second (lores) stream to the model's input size, so "
         "the CPU does not resize. Only for stretch resizing."))
+    v4l2_format: Literal["auto", "mjpeg", "uncompressed"] = Field(default="auto", description=(
+        "v4l2: auto = ask the camera for MJPEG (most USB webcams reach their full size and "
+        "rate only so) and decode its JPEGs in edged as jpeg_decode says, only the frames "
+        "the model takes; a camera without MJPEG keeps its own format. mjpeg = MJPEG or the "
+        "camera is refused (one line; retried). uncompressed = the format OpenCV picks "
+        "(uncompressed first), every frame converted by OpenCV."))
     jpeg_decode: Literal["reduced", "full"] = Field(default="reduced", description=(
-        "stream (http(s) MJPEG or JPEG snapshot URLs) and folder JPEGs: reduced = decode each "
+        "stream (http(s) MJPEG or JPEG snapshot URLs), v4l2 cameras in MJPEG and folder "
+        "JPEGs: reduced = decode each "
         "at 1/2, 1/4 or 1/8 of its size, the smallest still at least the model's input (and "
         "events' snapshot max_width wide); whole when a cascade crops the frames. About half "
         "the CPU of a whole 1080p decode and resize. Boxes, zones and min_box_area stay in "

@@ -75,9 +75,11 @@ def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
     else:
         params = {"uri": s.uri, "width": s.width, "height": s.height, "fps": s.fps,
                   "loop": s.loop}
+        if s.kind == "v4l2":
+            params["v4l2_format"] = s.v4l2_format
     if jpeg_source(cfg):
         params["min_size"] = jpeg_min_size(cfg, input_size)
-        if s.kind == "stream":  # a folder is lossless: every image is taken anyway
+        if s.kind != "folder":  # a folder is lossless: every image is taken anyway
             # Its JPEGs decoded by the pipeline once taken, not each one the camera sends.
             params["defer_decode"] = True
     # A video or folder with loop = false ends for good: reopening would replay it.
@@ -89,9 +91,11 @@ def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
 
 
 def jpeg_source(cfg: Config) -> bool:
-    """Whether the camera's driver decodes JPEGs itself (edged.sources.jpeg)."""
+    """Whether the camera's driver decodes JPEGs itself (edged.sources.jpeg); a V4L2
+    camera does once it took MJPEG (a camera without it ignores the settings)."""
     s = cfg.source
-    return s.kind == "folder" or (s.kind == "stream" and s.uri.lower().startswith("http"))
+    return s.kind == "folder" or (s.kind == "stream" and s.uri.lower().startswith("http")) or (
+        s.kind == "v4l2" and s.v4l2_format != "uncompressed")
 
 
 def jpeg_min_size(cfg: Config, input_size: tuple[int, int]) -> tuple[int, int] | None:

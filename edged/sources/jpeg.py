@@ -24,19 +24,24 @@ goes to OpenCV, whole.
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import simplejpeg
 
-from edged.sources.base import Pixels, as_pixels
+from edged.sources.base import DriverBase, Pixels, Undecoded, as_pixels
 
 log = logging.getLogger("edged.sources")
 
 _SOI = b"\xff\xd8"
 REDUCTIONS = (8, 4, 2)
+# One warning per this many seconds about corrupt JPEGs: a camera with a bad
+# cable can send thousands and must not flood the journal.
+CORRUPT_LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +121,48 @@ def _whole(data: bytes) -> Decoded | None:
     if bgr is None:
         return None
     return Decoded(as_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+
+
+class JpegCamera(DriverBase):
+    """What a driver of a camera that sends JPEGs shares (HTTP MJPEG, a V4L2 camera
+    in MJPEG): each JPEG decoded reduced (`JpegDecoder`), now or, with `defer_decode`,
+    by whoever takes the frame (`Undecoded`: a camera sending faster than the model
+    runs then costs a decode per result, not per frame sent); a corrupt one skipped,
+    counted, and logged at most once a minute."""
+
+    name: str
+    corrupt_what = "JPEG part"  # in the warning: what the camera sends one JPEG in
+
+    def _init_jpeg(self, min_size: tuple[int, int] | None, defer_decode: bool) -> None:
+        self._decode = JpegDecoder(min_size, self.name)
+        self.defer_decode = defer_decode
+        self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
+
+    def _jpeg_frame(self, data: bytes) -> Pixels | Undecoded | None:
+        """The frame `read` returns for one JPEG; None when it is corrupt (counted)."""
+        if self.defer_decode and self._decode.readable(data):
+            return Undecoded(functools.partial(self._decode_now, data))
+        got = self._decode_now(data)
+        return got[0] if got is not None else None
+
+    def _decode_now(self, data: bytes) -> tuple[Pixels, tuple[int, int] | None] | None:
+        """(pixels, full size) of one JPEG, or None (counted, logged) when corrupt.
+        On the capture thread, or the pipeline's for an `Undecoded` frame."""
+        try:
+            picture = self._decode(data)
+        except Exception:  # a decoder's surprise is one bad frame, not a dead pipeline
+            picture = None
+        if picture is None:
+            self._corrupt(len(data))
+            return None
+        rgb, self._full = picture.pixels, picture.full_size
+        self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        return rgb, picture.full_size
+
+    def _corrupt(self, size: int) -> None:
+        self._skipped += 1
+        now = time.monotonic()
+        if now - self._last_corrupt_log >= CORRUPT_LOG_INTERVAL:
+            self._last_corrupt_log = now
+            log.warning("%s: skipped a corrupt %s (%d bytes); %d skipped so far",
+                        self.name, self.corrupt_what, size, self._skipped)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import http.client
 import logging
 import socket
@@ -27,7 +26,6 @@ import time
 import urllib.parse
 
 from edged.sources.base import (
-    DriverBase,
     Pacer,
     Pixels,
     SourceError,
@@ -36,18 +34,15 @@ from edged.sources.base import (
     redact_url,
 )
 from edged.sources.httpread import FrameReader, boundary_of, describe
-from edged.sources.jpeg import JpegDecoder
+from edged.sources.jpeg import JpegCamera
 
 log = logging.getLogger("edged.sources")
 
 MAX_PART_BYTES = 16 * 1024 * 1024
 MAX_HEADER_LINES = 64
-# One warning per this many seconds about corrupt parts: a camera with a bad
-# cable can send thousands and must not flood the journal.
-CORRUPT_LOG_INTERVAL = 60.0
 
 
-class HttpMjpegSource(DriverBase):
+class HttpMjpegSource(JpegCamera):
     """Frames from an HTTP MJPEG stream or a JPEG snapshot URL.
 
     `min_size` (height, width) decodes each JPEG at the smallest of 1/2, 1/4, 1/8
@@ -76,9 +71,8 @@ class HttpMjpegSource(DriverBase):
         self.name = f"http:{redact_url(url)}"
         self._parsed = parsed
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
-        self._decode = JpegDecoder(min_size, self.name)
+        self._init_jpeg(min_size, defer_decode)
         self._pacer, self._thinner = Pacer(fps or 0.0), Thinner(fps or 0.0)
-        self.defer_decode = defer_decode
         self.verify_tls = verify_tls
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
@@ -86,7 +80,6 @@ class HttpMjpegSource(DriverBase):
         self._reader: FrameReader | None = None
         self._boundary: bytes | None = None
         self._snapshot = False
-        self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
         self._lock = threading.Lock()
         self._aborted = False
         self._opened = False
@@ -223,11 +216,9 @@ class HttpMjpegSource(DriverBase):
                     data = self._next_part()
                     if not self._thinner.admit(time.monotonic()):
                         continue
-                if self.defer_decode and self._decode.readable(data):
-                    return Undecoded(functools.partial(self._decode_now, data))
-                got = self._decode_now(data)
-                if got is not None:
-                    return got[0]
+                frame = self._jpeg_frame(data)
+                if frame is not None:
+                    return frame
         except (OSError, http.client.HTTPException) as e:
             if self._aborted:
                 return None
@@ -236,20 +227,6 @@ class HttpMjpegSource(DriverBase):
             if self._aborted:
                 return None
             raise
-
-    def _decode_now(self, data: bytes) -> tuple[Pixels, tuple[int, int] | None] | None:
-        """(pixels, full size) of one part, or None (counted, logged) when corrupt.
-        On the capture thread, or the pipeline's for an `Undecoded` part."""
-        try:
-            picture = self._decode(data)
-        except Exception:  # a decoder's surprise is one bad frame, not a dead pipeline
-            picture = None
-        if picture is None:
-            self._corrupt(len(data))
-            return None
-        rgb, self._full = picture.pixels, picture.full_size
-        self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        return rgb, picture.full_size
 
     def _snapshot_body(self) -> bytes:
         # The response from open() serves the first frame; later ones ask again.
@@ -263,14 +240,6 @@ class HttpMjpegSource(DriverBase):
         if len(data) > MAX_PART_BYTES:
             raise SourceError(f"{self.name}: image over {MAX_PART_BYTES} bytes")
         return data
-
-    def _corrupt(self, size: int) -> None:
-        self._skipped += 1
-        now = time.monotonic()
-        if now - self._last_corrupt_log >= CORRUPT_LOG_INTERVAL:
-            self._last_corrupt_log = now
-            log.warning("%s: skipped a corrupt JPEG part (%d bytes); %d skipped so far",
-                        self.name, size, self._skipped)
 
     def close(self) -> None:
         with self._lock:

@@ -30,9 +30,12 @@ HTTP = {"kind": "stream", "uri": "http://cam.local/video.mjpg"}
      (224, 224)),
     ({"source": {**HTTP, "jpeg_decode": "full"}}, None),
     ({"source": HTTP, "cascade": {"model": "birds"}}, None),  # crops need the detail
-    # Not decoded by edged: RTSP (ffmpeg), a V4L2 device, a video file.
+    # A V4L2 camera in MJPEG (asked for by default; one without it ignores the size).
+    ({"source": {"kind": "v4l2"}}, (224, 224)),
+    ({"source": {"kind": "v4l2", "v4l2_format": "mjpeg"}}, (224, 224)),
+    # Not decoded by edged: RTSP (ffmpeg), a V4L2 camera's own format, a video file.
     ({"source": {"kind": "stream", "uri": "rtsp://cam.local/h264"}}, None),
-    ({"source": {"kind": "v4l2"}}, None),
+    ({"source": {"kind": "v4l2", "v4l2_format": "uncompressed"}}, None),
     ({"source": {"kind": "video", "uri": "/srv/a.mp4"}}, None),
 ])
 def test_a_jpeg_camera_decodes_for_the_model_snapshots_and_cascade(

@@ -1,0 +1,40 @@
+"""The real `edged run` on a STAND-IN V4L2 webcam (tests/v4l2_standin.py, opened in
+the daemon's own process through a sitecustomize.py: no V4L2 device can exist
+here), with the real interpreter, a real mosquitto and a subscriber: the camera
+is asked for MJPEG, its JPEGs are decoded by edged at 1/8 for the 32x32 digits
+model, and the results name the digit the camera shows."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import orjson
+from broker import Mosquitto, Subscriber
+from daemon_helpers import DaemonProcess, base_config, write_config
+from v4l2_standin import install_in_subprocesses
+
+DATA = Path(__file__).resolve().parents[2] / "edged" / "data"
+
+
+def test_standin_webcam_daemon_decodes_mjpeg_reduced_and_classifies_what_it_shows(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    env = install_in_subprocesses(tmp_path / "site", DATA / "frames" / "digit_7_1496.png")
+    cfg = base_config(mosquitto.port, model=DATA / "digits_int8.tflite", frames=tmp_path,
+                      device="webcam", source={"kind": "v4l2", "uri": "0", "width": 640,
+                                               "height": 480, "fps": 30.0},
+                      output={"decoder": "classification", "stats_interval_s": 1.0})
+    with Subscriber(mosquitto.port, "edged/webcam/results") as sub:
+        daemon = DaemonProcess(write_config(tmp_path / "edged.toml", cfg), env)
+        try:
+            sub.wait_for(lambda m: len(sub.messages) >= 20, timeout=60)
+        finally:
+            daemon.proc.send_signal(signal.SIGTERM)
+            rc = daemon.proc.wait(30)
+    log = daemon.log_text()
+    assert rc == 0, log
+    assert ("opencv:0: MJPG 640x480 from the camera, decoded by edged, at least 32x32, once "
+            "taken") in log, log
+    assert "opencv:0: JPEGs of 640x480 decoded at 1/8 (80x60; at least 32x32 needed)" in log
+    tops = [orjson.loads(m.payload)["decoded"]["classes"][0]["label_id"] for m in sub.messages]
+    assert len(tops) >= 20 and set(tops) == {7}, tops
