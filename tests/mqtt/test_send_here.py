@@ -92,7 +92,9 @@ def test_results_from_several_threads_and_the_network_thread_arrive_whole_once_e
         c = pub.counters()
         assert (c.published, c.acked, c.dropped, c.connects) == (
             threads * per_thread, threads * per_thread, 0, 1)
-        assert "edged-mqtt" in names and len(set(names)) > 2, set(names)
+        # Which callers win the lock is the scheduler's choice (on a loaded machine one
+        # may send all the callers' share): a caller and the network thread, at least.
+        assert "edged-mqtt" in names and len(set(names)) >= 2, set(names)
     finally:
         pub.stop()
 
