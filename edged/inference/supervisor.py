@@ -222,18 +222,9 @@ class Supervisor:
 
     def classify(self, crops: int) -> Done:
         """Run the cascade's classifier on the first `crops` crop buffers (`mem.crops`;
-        each one's raw outputs in `mem.crop_outputs`, valid until the next classify),
-        queued behind the frame in flight (whose "done" is kept for wait()), and wait."""
-        self.submit_classify(crops)
-        return self.wait_classified(crops)
-
-    def submit_classify(self, crops: int) -> None:
-        """`classify` without the wait (`wait_classified`): the pipeline queues the next
-        frame behind it first. Nothing else is waited for, no crop touched, meanwhile."""
+        each one's raw outputs in `mem.crop_outputs`, valid until the next classify)
+        and wait. It queues behind the frame in flight, whose "done" is kept for wait()."""
         self._send({"op": "classify", "crops": crops}, "crops were")
-
-    def wait_classified(self, crops: int) -> Done:
-        """The answer to `submit_classify(crops)`; frames finished before it are kept."""
         while True:
             message = self._receive(self.invoke_timeout_s * (1 + crops), "classifying crops")
             if message.get("op") != "done":

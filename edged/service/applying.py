@@ -18,7 +18,7 @@ from edged.mqtt.publisher import Publisher
 from edged.service import lifecycle, regroup, wiring
 from edged.service.cameras import CameraPart, part_for
 from edged.service.group import workers_in_use
-from edged.service.pipeline import CameraStages
+from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.reload import (
     ReloadPlan,
     plan_camera,
@@ -27,7 +27,6 @@ from edged.service.reload import (
     vanished_warnings,
     with_model_file_changed,
 )
-from edged.service.result import Deliver, Preprocess
 
 if TYPE_CHECKING:
     from edged.service.daemon import Daemon

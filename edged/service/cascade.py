@@ -4,16 +4,14 @@ into the worker's crop buffers, the classifier run there, its answers attached.
 The crops are cut from the camera's frame, not the detector's input, so a
 small object keeps every pixel the camera gave it; each is resized to the
 classifier's own input (its size and channels; the worker quantizes it with
-the classifier's own scale, zero point and normalization). The crops are
-queued behind the detector's next frame (`submit`), and the frame after that
-is queued behind them before the pipeline waits for their answer (`collect`),
-so the worker goes from one invoke to the next without waiting for this thread.
+the classifier's own scale, zero point and normalization). It runs after the
+detector's next frame is queued, so the classifier's invokes follow that
+frame's in the worker without a gap.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +62,16 @@ class Cascade:
         it took ({"crop": us, "classify": us}; empty when none was classified).
         `frame_size`: the picture's (height, width), the boxes' units, when `pixels`
         are a reduced decode of it."""
-        ticket = self.submit(found, pixels, frame_size)
-        return self.collect(ticket) if ticket is not None else (found, {})
-
-    def submit(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8],
-               frame_size: tuple[int, int] | None = None) -> Ticket | None:
-        """Cut the crops and queue them in the worker; None when none is to be
-        classified. `collect` waits for the answer (see `__call__`)."""
         info = self.supervisor.info.cascade if self.supervisor.info else None
         if info is None or not found:
-            return None
+            return found, {}
         t0 = time.perf_counter_ns()
         size = (int(pixels.shape[0]), int(pixels.shape[1]))
         height, width = frame_size or size
         image, labels = self._for(info)
         chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
         if not chosen:
-            return None
+            return found, {}
         buffers = self.supervisor.mem.crops
         # The worker's crop buffers are its first camera's max_crops.
         chosen = chosen[:len(buffers)]
@@ -89,32 +80,14 @@ class Cascade:
             _resize_into(pixels[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)], buffer,
                          image.channels)
         t1 = time.perf_counter_ns()
-        self.supervisor.submit_classify(len(chosen))
-        return Ticket(found, tuple(i for i, _ in chosen), info, labels, (t1 - t0) // 1000, t1)
-
-    def collect(self, ticket: Ticket) -> tuple[tuple[Detection, ...], dict[str, int]]:
-        """The submitted crops' classes attached, and {"crop": us, "classify": us}: the
-        classify time from queueing to the answer (the worker's frame ahead of it too)."""
-        self.supervisor.wait_classified(len(ticket.chosen))
+        self.supervisor.classify(len(chosen))
         classified: dict[int, tuple[Classification, ...]] = {}
-        for k, i in enumerate(ticket.chosen):
+        for k, (i, _) in enumerate(chosen):
             classified[i] = decode_classification(
-                self.supervisor.mem.crop_outputs[k][0], ticket.info.outputs[0],
-                top_k=self.top_k, min_score=self.min_class_score, labels=ticket.labels)
-        return attach(ticket.found, classified), {
-            "crop": ticket.crop_us, "classify": (time.perf_counter_ns() - ticket.queued_ns) // 1000}
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """Crops queued in the worker, waiting to be collected."""
-
-    found: tuple[Detection, ...]
-    chosen: tuple[int, ...]  # indices into `found`, in crop buffer order
-    info: ModelInfo
-    labels: Labels | None
-    crop_us: int
-    queued_ns: int
+                self.supervisor.mem.crop_outputs[k][0], info.outputs[0], top_k=self.top_k,
+                min_score=self.min_class_score, labels=labels)
+        return attach(found, classified), {"crop": (t1 - t0) // 1000,
+                                           "classify": (time.perf_counter_ns() - t1) // 1000}
 
 
 def _resize_into(crop: NDArray[np.uint8], out: NDArray[np.uint8], channels: int) -> None:

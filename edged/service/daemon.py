@@ -50,8 +50,7 @@ from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
 from edged.service.notify import Notifier, ProgressMonitor
-from edged.service.pipeline import CameraStages
-from edged.service.result import Deliver, Preprocess
+from edged.service.pipeline import CameraStages, Deliver, Preprocess
 from edged.service.scheduler import Lane
 from edged.service.stats import Stats
 from edged.service.threaddeaths import ThreadDeaths

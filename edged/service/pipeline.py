@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,14 +33,61 @@ from edged.inference.failback import FailBack
 from edged.inference.messages import ModelInfo, ModelLoadError, WorkerError
 from edged.inference.supervisor import Supervisor
 from edged.numerics.quantize import dequantize
+from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Geometry
-from edged.service.result import Completion, Deliver, FrameLike, Preprocess, Probed, Result
 from edged.service.scheduler import Lane, Scheduler
 from edged.service.stats import StageTimes, Stats
 from edged.sources.capture import LatestFrameBuffer
 from edged.system.threads import wait_backoff
 
 log = logging.getLogger("edged.pipeline")
+
+
+class FrameLike(Protocol):
+    @property
+    def pixels(self) -> NDArray[np.uint8]: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def captured_at(self) -> float: ...
+    @property
+    def captured_mono(self) -> float: ...
+    @property
+    def full_size(self) -> tuple[int, int] | None: ...
+    @property
+    def pending(self) -> Callable[[], Any] | None: ...
+    def ready(self) -> FrameLike | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One inferred frame, ready to encode."""
+
+    frame_seq: int
+    captured_at: float
+    captured_mono: float
+    outputs: tuple[NDArray[Any], ...]
+    raw_outputs: tuple[NDArray[Any], ...]
+    tensors: tuple[TensorInfo, ...]
+    geometry: Any
+    times: StageTimes
+    pixels: NDArray[np.uint8]  # the frame itself, for event snapshots
+    full_size: tuple[int, int] | None = None  # the picture's, when pixels are reduced
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the frame in the camera's pixels, boxes' units."""
+        return self.full_size or (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+
+Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]
+"""(frame pixels, destination buffer) -> geometry mapping model coordinates to the frame."""
+
+Probed = Callable[[tuple[NDArray[Any], ...], ModelInfo, Any], None]
+"""(raw outputs, the model that made them, geometry): a probe's answer (Pipeline.probe)."""
+
+Deliver = Callable[[Result], None]
+"""Decode, encode and hand the result to the publisher; runs on the pipeline thread."""
 
 
 @dataclass
@@ -84,10 +131,6 @@ class Pipeline:
         self.drained = False
         self._stop = threading.Event()
         self._probe: tuple[NDArray[np.uint8], Probed] | None = None
-        # A delivery waiting for what it queued in the worker (a cascade's crops), with
-        # its frame's seq, stats, times and capture time: completed before anything else
-        # is waited for, so the worker runs the next frame meanwhile.
-        self._later: tuple[Completion, int, Stats, StageTimes, float] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,7 +161,7 @@ class Pipeline:
                 self._run_frames()
             except WorkerError:
                 self.frames_lost += self._held
-                self._held, self._later = 0, None
+                self._held = 0
                 self._recover()
 
     def _recover(self) -> None:
@@ -189,8 +232,6 @@ class Pipeline:
     def _run_frames(self) -> None:
         pending: _InFlight | None = None
         while not self._stop.is_set():
-            if pending is None:
-                self._complete()  # nothing in the worker to overlap with: before any wait
             handing_over = self._handing_over(pending is None)
             # Two slots a model: the frame in flight holds one, the next takes the other.
             turn = 0 if pending is None else (pending.slot % self.supervisor.slots) ^ 1
@@ -206,7 +247,6 @@ class Pipeline:
             if pending is None:
                 pending = ahead
                 continue
-            self._complete()  # the last frame's crops, classified while `ahead` was queued
             done = self.supervisor.wait(pending.slot)
             if ahead is None and not handing_over:
                 # Deliver now rather than hold the result until the next frame
@@ -216,13 +256,11 @@ class Pipeline:
                     self.supervisor.submit(ahead.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
             pending = ahead
-        self._complete()
         if pending is not None:
             # Stopped with one frame in the worker: deliver it, so its answer is not
             # left on the socket for the next pipeline (a reload keeps the worker).
             done = self.supervisor.wait(pending.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
-            self._complete()
 
     def probe(self, pixels: NDArray[np.uint8], done: Probed) -> None:
         """Run the worker's first model on `pixels` (a model update's golden frame)
@@ -278,36 +316,19 @@ class Pipeline:
         )
         result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
                         info.outputs, job.geometry, times, frame.pixels, frame.full_size)
-        self._delivered(lambda: stages.deliver(result), frame.seq, stages.stats, times,
-                        frame.captured_mono)
-
-    def _complete(self) -> None:
-        """Finish the delivery waiting for the worker (`_later`), if one is."""
-        if self._later is not None:
-            rest, seq, stats, times, captured_mono = self._later
-            self._later = None
-            self._held -= 1
-            self._delivered(rest, seq, stats, times, captured_mono)
-
-    def _delivered(self, deliver: Callable[[], Completion | None], seq: int, stats: Stats,
-                   times: StageTimes, captured_mono: float) -> None:
         try:
-            rest = deliver()
+            stages.deliver(result)
         except WorkerError:  # a cascade's classifier died with the worker: this frame too
             self.frames_lost += 1
             raise
         except Exception as exc:
-            rest = None
             self.deliver_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             if self.deliver_errors <= 3 or self.deliver_errors % 1000 == 0:
-                log.error("result %d not delivered (%d so far): %s", seq,
+                log.error("result %d not delivered (%d so far): %s", frame.seq,
                           self.deliver_errors, self.last_error)
-        if rest is not None:  # held until `_complete`, lost with the worker if it dies
-            self._later = (rest, seq, stats, times, captured_mono)
-            self._held += 1
-            return
-        stats.record(times, int((time.monotonic() - captured_mono) * 1e6))
+        latency_us = int((time.monotonic() - frame.captured_mono) * 1e6)
+        stages.stats.record(times, latency_us)
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -44,7 +44,7 @@ from edged.numerics.quantize import normalization_source
 from edged.preprocess import Preprocessor
 from edged.service.cascade import Cascade, cascade_fit_problems
 from edged.service.eventstage import EventStages, SnapshotEncoder
-from edged.service.result import Completion, Deliver, Result
+from edged.service.pipeline import Result
 from edged.sources import open_source
 from edged.sources.capture import CaptureThread
 from edged.sources.resilient import ResilientSource
@@ -241,7 +241,7 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None], stages: EventStages | None = None,
                   *, fresh_events: bool = False, camera: str | None = None, model: int = 0
-                  ) -> Deliver:
+                  ) -> Callable[[Result], None]:
     """Decode (as configured), encode and hand off one result; with output.publish
     events or both, detections go through the events stage too (the one `stages`
     keeps, unless `fresh_events`: a reload changed what it is made of). `camera`: its
@@ -264,7 +264,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     model_name = supervisor.model_file(model)
     cascade = Cascade(cfg, supervisor) if cfg.cascade.model else None
 
-    def deliver(result: Result) -> Completion | None:
+    def deliver(result: Result) -> None:
         nonlocal decoding, model_name
         if stages is not None:  # a snapshot asked for by a command
             stages.deliver_snapshot(result.pixels)
@@ -280,36 +280,16 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                           model_name, out.publish)
         d = decoding
         t0 = time.perf_counter_ns()
-        if d.kind == "none":
-            send(result, d, None, t0, {})
-            return None
-        geometry = result.geometry
-        found = decode(
-            d.kind, result.raw_outputs, result.tensors, settings=d.settings,
-            input_wh=d.input_wh, geometry=geometry, labels=d.labels,
-            content_box=getattr(geometry, "content", None))
-        if cascade is not None and d.kind == "detection":
-            ticket = cascade.submit(cast(tuple[Detection, ...], found), result.pixels,
-                                    result.frame_size)
-            if ticket is not None:  # the rest once the worker answered (Pipeline._complete)
-                decode_ns = time.perf_counter_ns() - t0 - ticket.crop_us * 1000
-                # The next frame's invoke writes this one's slot before `rest` runs: keep
-                # nothing that points into it (float outputs are views of it).
-                kept = replace(result, raw_outputs=(), outputs=tuple(
-                    np.array(o) for o in result.outputs) if out.include_raw else ())
-
-                def rest() -> None:
-                    classified, cascade_us = cascade.collect(ticket)
-                    send(kept, d, classified, time.perf_counter_ns() - decode_ns, cascade_us)
-                return rest
-        send(result, d, found, t0, {})
-        return None
-
-    def send(result: Result, d: Decoding, found: Any, t0: int, cascade_us: dict[str, int]
-             ) -> None:
-        """Events, encode, publish; `t0`: when decoding began, the cascade's time left out."""
-        decoded = None
-        if found is not None:
+        decoded, cascade_us = None, dict[str, int]()
+        if d.kind != "none":
+            geometry = result.geometry
+            found = decode(
+                d.kind, result.raw_outputs, result.tensors, settings=d.settings,
+                input_wh=d.input_wh, geometry=geometry, labels=d.labels,
+                content_box=getattr(geometry, "content", None))
+            if cascade is not None and d.kind == "detection":
+                found, cascade_us = cascade(cast(tuple[Detection, ...], found), result.pixels,
+                                            result.frame_size)
             if events is not None and d.kind == "detection":
                 events.step(cast(tuple[Detection, ...], found), result.pixels,
                             result.captured_at, result.captured_mono, result.full_size)
@@ -317,13 +297,14 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                 on_published()
                 return
             decoded = decoded_json(d.kind, found)
+        t1 = time.perf_counter_ns()
         timings = result.times.as_dict()
-        timings["decode"] = (time.perf_counter_ns() - t0) // 1000
+        timings["decode"] = (t1 - t0) // 1000 - sum(cascade_us.values())
         timings.update(cascade_us)
         payload = encode(Payload(
             device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
             model=model_name,
-            delegate=d.info.delegate,
+            delegate=decoding.info.delegate,
             outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
             timings_us=timings, decoded=decoded, camera=camera,
         ))

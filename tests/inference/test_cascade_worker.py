@@ -53,29 +53,6 @@ def test_crops_classified_behind_the_frame_in_flight_each_answer_its_own() -> No
         sup.stop()
 
 
-def test_the_next_frame_queued_behind_the_crops_before_their_answer_is_waited_for() -> None:
-    """The pipeline's order (edged.service.pipeline, `_complete`): frame 0 in flight, its
-    crops queued, frame 1 queued behind them, and only then the wait for the crops."""
-    sup = _supervisor()
-    sup.start()
-    try:
-        for slot in (0, 1):
-            sup.pixels(slot)[:] = 0
-        for crop, n in zip(sup.mem.crops, (2, 5), strict=False):
-            crop[:] = digit(n)
-        sup.submit(0)
-        sup.submit_classify(2)
-        sup.submit(1)
-        assert sup.wait_classified(2).slot == -1
-        answers = [int(np.argmax(sup.mem.crop_outputs[i][0])) for i in range(2)]
-        assert sup.wait(0).slot == 0 and sup.wait(1).slot == 1
-        assert answers == [2, 5]
-        assert [int(np.argmax(sup.mem.crop_outputs[i][0])) for i in range(2)] == [2, 5], \
-            "a frame's invoke leaves the crops' outputs alone"
-    finally:
-        sup.stop()
-
-
 def test_a_classifier_that_cannot_load_fails_the_load_naming_its_file(tmp_path: Path) -> None:
     broken = tmp_path / "birds.tflite"
     broken.write_bytes(b"not a model")
