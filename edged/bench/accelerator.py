@@ -52,10 +52,10 @@ def build_stub_delegate(directory: Path, name: str = "libstub_delegate.so") -> P
     return out
 
 
-def stand_in(library: Path) -> dict[str, Any]:
+def stand_in(library: Path, invoke_us: int = INVOKE_US) -> dict[str, Any]:
     """A DaemonSpec's delegate settings for the stand-in accelerator built in `library`."""
     return {"delegate": "external", "external_library": str(library),
-            "external_options": (("invoke_us", str(INVOKE_US)),)}
+            "external_options": (("invoke_us", str(invoke_us)),)}
 
 
 def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads: int,

@@ -70,6 +70,7 @@ class DaemonSpec:
     # An http:// MJPEG camera instead of the synthetic source, decoded so (the jpeg rows).
     source_uri: str = ""
     jpeg_decode: str = "reduced"
+    jpeg_decode_thread: str = "auto"
 
 
 def worker_pid(daemon_pid: int) -> int | None:
@@ -90,7 +91,8 @@ def daemon_config(spec: DaemonSpec, port: int) -> str:
     options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.external_options)
     external = (f"external_library = {json.dumps(spec.external_library)}\n"
                 f"external_options = {{{options}}}\n") if spec.external_library else ""
-    source = (f'kind = "stream"\nuri = "{spec.source_uri}"\njpeg_decode = "{spec.jpeg_decode}"'
+    source = (f'kind = "stream"\nuri = "{spec.source_uri}"\njpeg_decode = "{spec.jpeg_decode}"\n'
+              f'jpeg_decode_thread = "{spec.jpeg_decode_thread}"'
               if spec.source_uri else 'kind = "synthetic"')
     return f"""\
 # Written by `edged bench`.

@@ -13,6 +13,13 @@ Then 1, 2 and 4 such cameras (together 1.25 x 1 / invoke) before the stand-in
 accelerator of the `accelerator` row, decoding reduced: a Coral user's IP cameras,
 where the invoke leaves the CPU and the JPEG decodes are what the daemon's cores
 do; ratio = results/s x the mean invoke time, as on the accelerator row.
+
+Last, 4 cameras before it, one daemon with `source.jpeg_decode_thread =
+"pipeline"` (each JPEG decoded by the pipeline thread once taken, in turn) and one
+with `"auto"` (`edged.sources.decodeplace`): together at 0.9 x 1 / invoke, where
+the accelerator sets the pace, and before a stand-in taking 1.0 ms an invoke at
+0.6 x, where the pipeline decoding every camera's frames sets it. Ratio =
+results/s over the frames offered.
 """
 
 from __future__ import annotations
@@ -33,11 +40,20 @@ from edged.system.childproc import stop_process
 
 WAYS = ("reduced", "full")
 ACCELERATED = (1, 2, 4)  # cameras before the stand-in accelerator (--quick: 1 and 2)
+PLACED = 4  # cameras of the decode-thread rows
+# (stand-in invoke us, frames offered together x 1 / invoke): the accelerator sets the
+# pace (a MobileNetV2 on a Coral, every frame taken); then one 2.6 x faster (a small
+# model), where a pipeline decoding every camera's 1080p JPEGs in turn sets it.
+REGIMES = ((accelerator.INVOKE_US, 0.9), (1000, 0.6))
+PLACES = ("pipeline", "auto")  # source.jpeg_decode_thread
 NOTE = ("jpeg: the daemon reading an MJPEG camera over HTTP (a child process serving the "
         "synthetic pattern as quality-85 JPEGs at 1.25 x the limit), source.jpeg_decode "
         "reduced and full; ratio = results/s over the limit row of the same runs; "
         "accel N cam: N such cameras, together 1.25 x 1 / invoke, before the accelerator "
-        "row's stand-in; ratio = results/s x mean invoke time")
+        "row's stand-in; ratio = results/s x mean invoke time; 4 cam Xms pipe / auto: "
+        "4 cameras before a stand-in taking X ms an invoke (2.6: together 0.9 x 1 / invoke; "
+        "1.0: 0.6 x), source.jpeg_decode_thread pipeline and auto; ratio = results/s over "
+        "the frames offered")
 
 
 class JpegCamera:
@@ -133,12 +149,54 @@ def accelerated_rows(s: Settings, model: Path, size: tuple[int, int], broker: An
     return rows
 
 
+def placement_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
+                   ) -> list[dict[str, Any]]:
+    """`PLACED` cameras before the stand-in accelerator, for each of `REGIMES`, with
+    `source.jpeg_decode_thread` pipeline and auto, interleaved run by run."""
+    h, w = size
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edged-bench-jpeg-") as tmp:
+        library = accelerator.build_stub_delegate(Path(tmp))
+        for invoke_us, offer in REGIMES[1:] if s.quick else REGIMES:
+            total = offer * 1e6 / invoke_us
+            runs: dict[str, list[dict[str, Any]]] = {way: [] for way in PLACES}
+            daemons: dict[str, BenchDaemon] = {}
+            camera = JpegCamera(size, total / PLACED)
+            try:
+                for way in PLACES:
+                    daemons[way] = BenchDaemon(DaemonSpec(
+                        str(model), s.threads, size, total / PLACED,
+                        **accelerator.stand_in(library, invoke_us), cameras=PLACED,
+                        client_id=f"edged-bench-jpeg-{way}", source_uri=camera.url,
+                        jpeg_decode_thread=way), broker[0], broker[1],
+                        f"{model.stem}-{w}x{h}-jpeg-{way}-{invoke_us}")
+                    # Long enough for auto's first windows (30 frames a camera) to decide.
+                    daemons[way].measure(max(40, s.frames // 2), keep=False)
+                for _ in range(s.runs):
+                    for way, daemon in daemons.items():
+                        run, received = daemon.run(s.frames)
+                        run["spread"] = spread(received, PLACED)
+                        runs[way].append(run)
+            finally:
+                for daemon in daemons.values():
+                    daemon.stop()
+                camera.close()
+            for way in PLACES:
+                row = aggregate(runs[way])
+                rows.append({"model": model.name, "source": f"{w}x{h} MJPEG", "row": "jpeg",
+                             "title": f"{PLACED} cam {invoke_us / 1000:.1f}ms {way[:4]}", **row,
+                             "offered_fps": total, "ratio": row["fps"] / total,
+                             **spread_figures([r["spread"] for r in runs[way]])})
+    return rows
+
+
 def jpeg_section(s: Settings, model: Path, model_size: tuple[int, int], broker: Any,
                  notes: list[str]) -> list[dict[str, Any]]:
     """The rows for each camera size of `--sizes` larger than the model's input."""
     rows: list[dict[str, Any]] = []
     for size in (c for c in s.sizes if c != model_size):
-        for kind, make in (("jpeg", jpeg_rows), ("jpeg accelerator", accelerated_rows)):
+        for kind, make in (("jpeg", jpeg_rows), ("jpeg accelerator", accelerated_rows),
+                           ("decode thread", placement_rows)):
             try:
                 rows += make(s, model, size, broker)
             except BenchError as exc:

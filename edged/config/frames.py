@@ -67,6 +67,17 @@ class SourceConfig(Section):
         "events' snapshot max_width wide); whole when a cascade crops the frames. About half "
         "the CPU of a whole 1080p decode and resize. Boxes, zones and min_box_area stay in "
         "the camera's own pixels. full = decode every pixel."))
+    jpeg_decode_thread: Literal["auto", "camera", "pipeline"] = Field(
+        default="auto", description=(
+            "stream (http(s) MJPEG) and v4l2 cameras in MJPEG: where their JPEGs are "
+            "decoded. pipeline = by the pipeline once it takes a frame (a frame the model "
+            "never takes costs no decode; but the one pipeline thread decodes every "
+            "camera's frames in turn). camera = on the camera's own thread as each "
+            "arrives, in parallel with the pipeline and the other cameras (several 1080p "
+            "cameras before a Coral). auto = camera while the model takes at least 90 % "
+            "of the camera's frames (no decode is wasted), the pipeline spends at least a "
+            "quarter of its time decoding (all cameras) and a decode takes at most half "
+            "the time between frames; else pipeline. Each change is logged."))
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceConfig:

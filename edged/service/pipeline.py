@@ -38,6 +38,7 @@ from edged.preprocess import Geometry
 from edged.service.scheduler import Lane, Scheduler
 from edged.service.stats import StageTimes, Stats
 from edged.sources.capture import LatestFrameBuffer
+from edged.sources.decodeplace import LOAD as DECODES
 from edged.system.threads import wait_backoff
 
 log = logging.getLogger("edged.pipeline")
@@ -203,8 +204,11 @@ class Pipeline:
 
     def _next_frame(self, turn: int, timeout: float = 0.25) -> _InFlight | None:
         """The next frame, preprocessed into its model's slot for `turn` (0 or 1)."""
+        taking = time.monotonic()
         got = self.scheduler.get(timeout)
-        self.heartbeat = time.monotonic()
+        self.heartbeat = now = time.monotonic()
+        if timeout:
+            DECODES.waited(now - taking)
         if got is None:
             if timeout and self.scheduler.closed:
                 # Every finite source has ended: the closed buffers answer at once,
@@ -247,7 +251,10 @@ class Pipeline:
             if pending is None:
                 pending = ahead
                 continue
+            waiting = time.perf_counter()
             done = self.supervisor.wait(pending.slot)
+            # Where JPEG cameras decode (edged.sources.decodeplace) asks how much we wait.
+            DECODES.waited(time.perf_counter() - waiting)
             if ahead is None and not handing_over:
                 # Deliver now rather than hold the result until the next frame
                 # arrives (33 ms at 30 fps); one that came during the invoke still overlaps.

@@ -82,6 +82,7 @@ def build_capture(cfg: Config, input_size: tuple[int, int], first_seq: int = 0
         if s.kind != "folder":  # a folder is lossless: every image is taken anyway
             # Its JPEGs decoded by the pipeline once taken, not each one the camera sends.
             params["defer_decode"] = True
+            params["decode_thread"] = s.jpeg_decode_thread
     # A video or folder with loop = false ends for good: reopening would replay it.
     source = ResilientSource(open_source(kind, **params), initial_backoff=s.reopen_backoff_s,
                              max_backoff=s.reopen_backoff_max_s,

@@ -50,7 +50,7 @@ def open_source(kind: str, **params: Any) -> FrameSource:
     * ``opencv``: uri (device index, /dev/videoN, rtsp:// or http(s):// URL,
       video file), width, height, fps, fourcc, loop, http_reader,
       rtsp_transport, open_timeout, read_timeout; http(s) JPEGs also min_size,
-      defer_decode;
+      defer_decode, decode_thread;
     * ``folder``: path, loop, fps, min_size (JPEG files decoded reduced);
     * ``synthetic``: size (h, w), fps, frames.
 

@@ -25,9 +25,14 @@ NO_PIXELS: Pixels = np.zeros((0, 0, 3), np.uint8)
 @dataclass(frozen=True, slots=True)
 class Undecoded:
     """What a driver's `read` returns for a frame it has read but not decoded (an
-    HTTP camera's JPEG): decoded only if a consumer takes it (`Frame.ready`)."""
+    HTTP camera's JPEG): decoded only if a consumer takes it (`Frame.ready`). A JPEG
+    decoded as it arrived (`edged.sources.decodeplace`) comes the same way, so its
+    source still learns which frames are taken: `decode` then returns the pixels it
+    has, and `arrived` (wall, monotonic) is when the JPEG came, before its decode:
+    the frame's capture time, so latencies still count the decode."""
 
     decode: Decode
+    arrived: tuple[float, float] | None = None
 
 
 class SourceError(Exception):

@@ -34,6 +34,7 @@ import numpy as np
 import simplejpeg
 
 from edged.sources.base import DriverBase, Pixels, Undecoded, as_pixels
+from edged.sources.decodeplace import DecodePlace, DecodeThread
 
 log = logging.getLogger("edged.sources")
 
@@ -126,38 +127,63 @@ def _whole(data: bytes) -> Decoded | None:
 class JpegCamera(DriverBase):
     """What a driver of a camera that sends JPEGs shares (HTTP MJPEG, a V4L2 camera
     in MJPEG): each JPEG decoded reduced (`JpegDecoder`), now or, with `defer_decode`,
-    by whoever takes the frame (`Undecoded`: a camera sending faster than the model
-    runs then costs a decode per result, not per frame sent); a corrupt one skipped,
-    counted, and logged at most once a minute."""
+    where `decode_thread` says (`edged.sources.decodeplace`): by whoever takes the
+    frame (`Undecoded`: a camera sending faster than the model runs then costs a
+    decode per result, not per frame sent) or on this thread as it arrives (in
+    parallel with the pipeline); a corrupt one skipped, counted, and logged at most
+    once a minute."""
 
     name: str
     corrupt_what = "JPEG part"  # in the warning: what the camera sends one JPEG in
 
-    def _init_jpeg(self, min_size: tuple[int, int] | None, defer_decode: bool) -> None:
+    def _init_jpeg(self, min_size: tuple[int, int] | None, defer_decode: bool,
+                   decode_thread: DecodeThread = "pipeline") -> None:
         self._decode = JpegDecoder(min_size, self.name)
         self.defer_decode = defer_decode
+        self.place = DecodePlace(decode_thread, self.name)
         self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
 
     def _jpeg_frame(self, data: bytes) -> Pixels | Undecoded | None:
         """The frame `read` returns for one JPEG; None when it is corrupt (counted)."""
-        if self.defer_decode and self._decode.readable(data):
-            return Undecoded(functools.partial(self._decode_now, data))
-        got = self._decode_now(data)
-        return got[0] if got is not None else None
+        if not self.defer_decode or not self._decode.readable(data):
+            got, _ = self._decode_now(data)
+            return got[0] if got is not None else None
+        mono = time.monotonic()
+        if not self.place.arrived(mono):
+            return Undecoded(functools.partial(self._decode_taken, data))
+        wall = time.time()
+        got, seconds = self._decode_now(data)
+        if got is None:
+            return None
+        return Undecoded(functools.partial(self._taken, got, seconds), (wall, mono))
 
-    def _decode_now(self, data: bytes) -> tuple[Pixels, tuple[int, int] | None] | None:
-        """(pixels, full size) of one JPEG, or None (counted, logged) when corrupt.
-        On the capture thread, or the pipeline's for an `Undecoded` frame."""
+    def _decode_taken(self, data: bytes) -> tuple[Pixels, tuple[int, int] | None] | None:
+        got, seconds = self._decode_now(data)
+        self.place.taken(seconds)
+        return got
+
+    def _taken(self, got: tuple[Pixels, tuple[int, int] | None], seconds: float
+               ) -> tuple[Pixels, tuple[int, int] | None]:
+        self.place.taken(seconds)
+        return got
+
+    def _decode_now(self, data: bytes
+                    ) -> tuple[tuple[Pixels, tuple[int, int] | None] | None, float]:
+        """((pixels, full size) of one JPEG, or None (counted, logged) when corrupt; the
+        seconds it took). On the capture thread, or the pipeline's for an `Undecoded`."""
+        t0 = time.perf_counter()
         try:
             picture = self._decode(data)
         except Exception:  # a decoder's surprise is one bad frame, not a dead pipeline
             picture = None
+        seconds = time.perf_counter() - t0
+        self.place.decoded(seconds)
         if picture is None:
             self._corrupt(len(data))
-            return None
+            return None, seconds
         rgb, self._full = picture.pixels, picture.full_size
         self._size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        return rgb, picture.full_size
+        return (rgb, picture.full_size), seconds
 
     def _corrupt(self, size: int) -> None:
         self._skipped += 1

@@ -33,6 +33,7 @@ from edged.sources.base import (
     Undecoded,
     redact_url,
 )
+from edged.sources.decodeplace import DecodeThread
 from edged.sources.httpread import FrameReader, boundary_of, describe
 from edged.sources.jpeg import JpegCamera
 
@@ -57,12 +58,14 @@ class HttpMjpegSource(JpegCamera):
 
     `defer_decode`: `read` returns each JPEG whose header reads as `Undecoded`, decoded
     by whoever takes the frame (the daemon's pipeline): a camera sending faster than
-    the model runs then costs a decode per result, not per frame sent.
+    the model runs then costs a decode per result, not per frame sent; or, as
+    `decode_thread` says (`edged.sources.decodeplace`), decoded here as it arrives.
     """
 
     def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0,
                  min_size: tuple[int, int] | None = None, verify_tls: bool = True,
-                 fps: float | None = None, defer_decode: bool = False) -> None:
+                 fps: float | None = None, defer_decode: bool = False,
+                 decode_thread: DecodeThread = "pipeline") -> None:
         super().__init__()
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
@@ -71,7 +74,7 @@ class HttpMjpegSource(JpegCamera):
         self.name = f"http:{redact_url(url)}"
         self._parsed = parsed
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
-        self._init_jpeg(min_size, defer_decode)
+        self._init_jpeg(min_size, defer_decode, decode_thread)
         self._pacer, self._thinner = Pacer(fps or 0.0), Thinner(fps or 0.0)
         self.verify_tls = verify_tls
         self._conn: http.client.HTTPConnection | None = None

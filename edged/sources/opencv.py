@@ -40,6 +40,7 @@ from edged.sources.base import (
     as_pixels,
     redact_url,
 )
+from edged.sources.decodeplace import DecodeThread
 from edged.sources.jpeg import JpegCamera
 from edged.sources.mjpeg import HttpMjpegSource
 
@@ -59,6 +60,10 @@ def classify(uri: int | str) -> UriKind:
     return "file"
 
 
+_WHEN = {"pipeline": ", once taken", "camera": ", as each arrives",
+         "auto": ", once taken or as each arrives (jpeg_decode_thread = auto)"}
+
+
 def open_opencv(uri: int | str, http_reader: Literal["builtin", "ffmpeg"] = "builtin",
                 **params: Any) -> FrameSource:
     """The driver for `uri`: the MJPEG reader for http(s) URLs, else `OpenCVSource`."""
@@ -66,7 +71,8 @@ def open_opencv(uri: int | str, http_reader: Literal["builtin", "ffmpeg"] = "bui
         raise SourceError(f"http_reader must be 'builtin' or 'ffmpeg', got {http_reader!r}")
     if (isinstance(uri, str) and re.match(r"^https?://", uri, re.IGNORECASE)
             and http_reader == "builtin"):
-        allowed = {"open_timeout", "read_timeout", "min_size", "verify_tls", "fps", "defer_decode"}
+        allowed = {"open_timeout", "read_timeout", "min_size", "verify_tls", "fps", "defer_decode",
+                   "decode_thread"}
         unknown = sorted(set(params) - allowed - _DEVICE_ONLY)
         if unknown:
             raise TypeError(f"http MJPEG source: unknown parameter(s) {', '.join(unknown)}")
@@ -89,7 +95,7 @@ class OpenCVSource(JpegCamera):
     otherwise; `delivered_size` reports what it chose) and a one-frame driver
     buffer so a slow consumer reads a fresh frame, not one seconds old. In
     MJPEG (`v4l2_format`, see the module's note) their JPEGs are decoded here,
-    reduced to `min_size` and, with `defer_decode`, once taken. Video
+    reduced to `min_size` and, with `defer_decode`, where `decode_thread` says. Video
     files play at `fps` (None = the file's own rate, 0 = as fast as read); with
     `loop` they rewind at the end, and a file that vanished or was replaced
     is reported as an error so the wrapper reopens it.
@@ -101,7 +107,8 @@ class OpenCVSource(JpegCamera):
                  fps: float | None = None, fourcc: str | None = None, loop: bool = False,
                  rtsp_transport: Literal["tcp", "udp"] = "tcp", open_timeout: float = 10.0,
                  read_timeout: float = 5.0, v4l2_format: V4l2Format = "uncompressed",
-                 min_size: tuple[int, int] | None = None, defer_decode: bool = False) -> None:
+                 min_size: tuple[int, int] | None = None, defer_decode: bool = False,
+                 decode_thread: DecodeThread = "pipeline") -> None:
         super().__init__()
         self.uri = uri
         self.kind = classify(uri)
@@ -110,7 +117,7 @@ class OpenCVSource(JpegCamera):
             raise SourceError(f"{self.name}: v4l2_format must be auto, mjpeg or uncompressed, "
                               f"got {v4l2_format!r}")
         self.v4l2_format = v4l2_format
-        self._init_jpeg(min_size, defer_decode)
+        self._init_jpeg(min_size, defer_decode, decode_thread)
         self._jpegs = False  # the device hands over its JPEGs undecoded
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
         if fourcc is not None and len(fourcc) != 4:
@@ -203,7 +210,7 @@ class OpenCVSource(JpegCamera):
             how = (f"decoded by edged, at least {self._decode.min_size[1]}x"
                    f"{self._decode.min_size[0]}" if self._decode.min_size else "decoded by edged")
             log.info("%s: %s %s from the camera, %s%s", self.name, got, size, how,
-                     ", once taken" if self.defer_decode else "")
+                     _WHEN.get(self.place.mode, "") if self.defer_decode else "")
             return
         if self.v4l2_format == "mjpeg":
             why = ("OpenCV would not hand its JPEGs over undecoded" if got in _JPEG_FOURCCS

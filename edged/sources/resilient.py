@@ -176,7 +176,8 @@ class ResilientSource:
             self._lost_at = None
         self._failures = 0
         if isinstance(pixels, Undecoded):
-            frame = Frame(NO_PIXELS, self._seq, now_wall, now_mono, self.name,
+            wall, mono = pixels.arrived or (now_wall, now_mono)
+            frame = Frame(NO_PIXELS, self._seq, wall, mono, self.name,
                           self.source.origin, pending=pixels.decode)
         else:
             pixels.flags.writeable = False  # frames are shared between threads

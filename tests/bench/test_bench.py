@@ -478,7 +478,8 @@ def test_the_jpeg_rows_read_a_real_mjpeg_camera_decoded_reduced_and_whole() -> N
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     rows = {r["title"]: r for r in report["rows"]}
-    assert set(rows) == {"limit", "jpeg reduced", "jpeg full", "accel 1 cam", "accel 2 cam"}
+    assert set(rows) == {"limit", "jpeg reduced", "jpeg full", "accel 1 cam", "accel 2 cam",
+                         "4 cam 1.0ms pipe", "4 cam 1.0ms auto"}
     assert all(r["source"] == "160x120 MJPEG" for r in rows.values())
     for title in ("jpeg reduced", "jpeg full"):
         row = rows[title]
@@ -491,6 +492,11 @@ def test_the_jpeg_rows_read_a_real_mjpeg_camera_decoded_reduced_and_whole() -> N
         assert 2000 < row["stages_us"]["invoke"] < 6000  # the stand-in's 2600 us sleep
         assert row["threads_us_per_result"]["edged-pipeline"] > 0
     assert 0 <= rows["accel 2 cam"]["spread"] < 0.5 and "spread" not in rows["accel 1 cam"]
+    # Four cameras before a faster stand-in, decoded where jpeg_decode_thread says.
+    for way in ("pipe", "auto"):
+        row = rows[f"4 cam 1.0ms {way}"]
+        assert row["ratio"] == row["fps"] / row["offered_fps"] > 0.3
+        assert 500 < row["stages_us"]["invoke"] < 4000  # the stand-in's 1000 us sleep
     assert any(n.startswith("jpeg: the daemon reading an MJPEG camera") for n in report["notes"])
     # Not among the default rows: two daemons per camera size.
     assert "jpeg" not in DEFAULT_ROWS

@@ -34,7 +34,7 @@ def test_standin_webcam_daemon_decodes_mjpeg_reduced_and_classifies_what_it_show
     log = daemon.log_text()
     assert rc == 0, log
     assert ("opencv:0: MJPG 640x480 from the camera, decoded by edged, at least 32x32, once "
-            "taken") in log, log
+            "taken or as each arrives (jpeg_decode_thread = auto)") in log, log
     assert "opencv:0: JPEGs of 640x480 decoded at 1/8 (80x60; at least 32x32 needed)" in log
     tops = [orjson.loads(m.payload)["decoded"]["classes"][0]["label_id"] for m in sub.messages]
     assert len(tops) >= 20 and set(tops) == {7}, tops
