@@ -59,8 +59,8 @@ IDLE_TO_PIPELINE = 0.1  # idle cores under which it moves back (the machine is f
 DECODE_TO_CAMERA = 0.7  # a decode's share of the time between frames, at most, to move
 DECODE_TO_PIPELINE = 0.85  # ... and over which it moves back
 
-
 _Marks = tuple[float, int, int, float, int, float, float, float | None]
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def idle_cpu_seconds() -> float | None:
@@ -72,9 +72,6 @@ def idle_cpu_seconds() -> float | None:
     except OSError:
         return None
     return (int(fields[4]) + int(fields[5])) / _CLOCK_TICK
-
-
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class DecodeLoad:
@@ -94,8 +91,9 @@ class DecodeLoad:
             self.seconds += seconds
 
     def waited(self, seconds: float) -> None:
-        """The pipeline's thread waited so long (its only writer: no lock)."""
-        self.wait_s += seconds
+        """A pipeline's thread waited so long."""
+        with self._lock:
+            self.wait_s += seconds
 
 
 LOAD = DecodeLoad()
