@@ -219,3 +219,22 @@ def test_auto_follows_what_the_consumer_takes_over_real_http(take: int, expected
         src.close()
     finally:
         server.stop()
+
+
+def test_on_the_camera_thread_a_corrupt_jpeg_is_skipped_and_counted_as_before() -> None:
+    parts = [_scene(1), b"corrupt", _scene(2)]
+    server = MjpegServer(lambda i: parts[i] if i < len(parts) else None).start()
+    try:
+        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
+                                              defer_decode=True, decode_thread="camera"))
+        first, second = src.read(), src.read()  # the corrupt part skipped on the way
+        assert first is not None and second is not None and second.seq == first.seq + 1
+        for frame in (first, second):
+            ready = frame.ready()
+            assert ready is not None and ready.pixels.shape == (240, 320, 3)
+        driver = src.source
+        assert isinstance(driver, HttpMjpegSource)
+        assert driver.skipped == 1 and driver.place.decodes == 3  # two frames, one refused
+        src.close()
+    finally:
+        server.stop()
