@@ -74,10 +74,11 @@ class SourceConfig(Section):
             "never takes costs no decode; but the one pipeline thread decodes every "
             "camera's frames in turn). camera = on the camera's own thread as each "
             "arrives, in parallel with the pipeline and the other cameras (several 1080p "
-            "cameras before a Coral). auto = camera while the model takes at least 90 % "
-            "of the camera's frames (no decode is wasted), the pipeline spends at least a "
-            "quarter of its time decoding (all cameras) and a decode takes at most half "
-            "the time between frames; else pipeline. Each change is logged."))
+            "cameras before a Coral). auto = camera while the pipeline is what limits the "
+            "results (it waits under 10 % of its time), decoding is 40 % of its time or "
+            "more (all cameras), the idle cores cover twice the decodes wasted on frames "
+            "never taken and a decode takes at most 70 % of the time between frames; "
+            "else pipeline. Each change is logged."))
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceConfig:

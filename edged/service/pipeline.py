@@ -204,7 +204,8 @@ class Pipeline:
 
     def _next_frame(self, turn: int, timeout: float = 0.25) -> _InFlight | None:
         """The next frame, preprocessed into its model's slot for `turn` (0 or 1)."""
-        taking = time.monotonic()
+        # With a frame in flight (timeout 0) this never waits: no clock read for it.
+        taking = time.monotonic() if timeout else 0.0
         got = self.scheduler.get(timeout)
         self.heartbeat = now = time.monotonic()
         if timeout:
@@ -251,10 +252,10 @@ class Pipeline:
             if pending is None:
                 pending = ahead
                 continue
-            waiting = time.perf_counter()
+            waiting = time.monotonic()
             done = self.supervisor.wait(pending.slot)
             # Where JPEG cameras decode (edged.sources.decodeplace) asks how much we wait.
-            DECODES.waited(time.perf_counter() - waiting)
+            DECODES.waited(time.monotonic() - waiting)
             if ahead is None and not handing_over:
                 # Deliver now rather than hold the result until the next frame
                 # arrives (33 ms at 30 fps); one that came during the invoke still overlaps.

@@ -12,7 +12,15 @@ import pytest
 import simplejpeg
 from sources_helpers import MjpegServer
 
-from edged.sources.decodeplace import WINDOW, DecodeLoad, DecodePlace
+from edged.config.frames import SourceConfig
+from edged.sources.decodeplace import (
+    BUSY_TO_CAMERA,
+    DECODE_TO_CAMERA,
+    SPARE_TO_CAMERA,
+    WINDOW,
+    DecodeLoad,
+    DecodePlace,
+)
 from edged.sources.mjpeg import HttpMjpegSource
 from edged.sources.resilient import ResilientSource
 
@@ -155,12 +163,22 @@ def test_between_the_thresholds_nothing_moves() -> None:
 
 
 def test_camera_and_pipeline_are_fixed_whatever_happens() -> None:
-    for mode, expected in (("camera", True), ("pipeline", False)):
-        machine = Machine(idle_cores=0.0)
-        place = _place(machine, mode)
-        for decode_s in (0.001, 0.012):
-            _feed(place, machine, 3 * WINDOW, decode_s=decode_s)
-            assert place.on_camera is expected
+    """Each fixed mode under what would move `auto` away from it."""
+    moves_to_camera, moves_back = Machine(), Machine(idle_cores=0.0)
+    for mode, machine, expected in (("pipeline", moves_to_camera, False),
+                                    ("camera", moves_back, True)):
+        place, auto = _place(machine, mode), _place(machine)
+        auto.on_camera = not expected
+        for p in (place, auto):
+            _feed(p, machine, 3 * WINDOW)
+        assert place.on_camera is expected and auto.on_camera is not expected
+
+
+def test_the_config_describes_the_rule_the_code_runs() -> None:
+    """The field's description is the user's manual: its thresholds are these."""
+    described = SourceConfig.model_fields["jpeg_decode_thread"].description or ""
+    for share in (SPARE_TO_CAMERA, BUSY_TO_CAMERA, DECODE_TO_CAMERA):
+        assert f"{share * 100:.0f} %" in described, (share, described)
 
 
 def _scene(i: int, size: tuple[int, int] = (480, 640)) -> bytes:
