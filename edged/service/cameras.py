@@ -20,6 +20,7 @@ from edged.service.eventstage import EventStages, SnapshotEncoder
 from edged.service.pipeline import Pipeline
 from edged.service.stats import Stats
 from edged.sources.capture import CaptureThread
+from edged.sources.jpeg import JpegCamera
 
 # The counts of a capture that a reload replaces, carried so they only grow.
 CAPTURE_COUNTS = ("frames_dropped", "source_reopens", "frames_skipped")
@@ -74,12 +75,20 @@ class CameraPart:
         # Kept by the source for its logs; history once frames flow again.
         return (cap.source.last_error or "") if cap and cap.source.state != "running" else ""
 
+    def jpeg_decoding(self) -> str | None:
+        """Where its JPEGs are decoded now (`JpegCamera.jpeg_decoding`); None for a
+        camera that sends none."""
+        driver = self.capture.source.source if self.capture else None
+        return driver.jpeg_decoding if isinstance(driver, JpegCamera) else None
+
     def figures(self) -> dict[str, Any]:
         """This camera's own figures, for the stats message's `cameras`."""
         snap: dict[str, Any] = {key: value for key, value in self.stats.snapshot().items()
                                 if key != "uptime_s"}
         snap.update(self.counts(), source=self.source_state(),
                     last_error=self.source_error())
+        if (where := self.jpeg_decoding()) is not None:
+            snap["jpeg_decoding"] = where
         return snap
 
 
@@ -115,6 +124,13 @@ def source_state(parts: Sequence[CameraPart]) -> str:
         return states[0][1]
     camera, state = next((c, s) for c, s in states if s != "running")
     return f"{state} ({camera})"
+
+
+def jpeg_decoding(parts: Sequence[CameraPart]) -> str | None:
+    """The device's word for where its JPEG cameras' frames are decoded: theirs when
+    they agree, else "mixed"; None without a JPEG camera."""
+    where = {w for part in parts if (w := part.jpeg_decoding()) is not None}
+    return None if not where else where.pop() if len(where) == 1 else "mixed"
 
 
 def _capture_counts(capture: CaptureThread) -> tuple[int, int, int]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edged.mqtt.publisher import Publisher
-from edged.service.cameras import CAPTURE_COUNTS, CameraPart, source_state
+from edged.service.cameras import CAPTURE_COUNTS, CameraPart, jpeg_decoding, source_state
 from edged.service.group import WorkerGroup
 from edged.service.stats import Stats
 from edged.system.logsetup import redact_text
@@ -57,6 +57,8 @@ def figures(p: Parts) -> dict[str, Any]:
     # frames_dropped, source_reopens, frames_skipped (corrupt frames a source threw away).
     for key in CAPTURE_COUNTS:
         snap[key] = sum(part.counts()[key] for part in p.cameras)
+    if (where := jpeg_decoding(p.cameras)) is not None:
+        snap["jpeg_decoding"] = where
     if any(part.camera.index is not None for part in p.cameras):  # a file with [[cameras]]
         snap["cameras"] = {part.id: part.figures() for part in p.cameras}
     for key, value in p.carried.items():

@@ -143,6 +143,15 @@ class JpegCamera(DriverBase):
         self.place = DecodePlace(decode_thread, self.name)
         self._last_corrupt_log = -CORRUPT_LOG_INTERVAL
 
+    @property
+    def jpeg_decoding(self) -> str | None:
+        """Where this camera's JPEGs are decoded now, for the stats: "camera" (on its
+        thread, as each arrives) or "pipeline" (once taken); None before its first
+        JPEG, and for a device that sends none (a V4L2 camera in YUYV)."""
+        if not self.place.decodes:
+            return None
+        return "camera" if self.place.on_camera or not self.defer_decode else "pipeline"
+
     def _jpeg_frame(self, data: bytes) -> Pixels | Undecoded | None:
         """The frame `read` returns for one JPEG; None when it is corrupt (counted)."""
         if not self.defer_decode or not self._decode.readable(data):

@@ -13,6 +13,7 @@ import simplejpeg
 from sources_helpers import MjpegServer
 
 from edged.config.frames import SourceConfig
+from edged.service.cameras import jpeg_decoding
 from edged.sources.decodeplace import (
     BUSY_TO_CAMERA,
     DECODE_TO_CAMERA,
@@ -256,3 +257,39 @@ def test_on_the_camera_thread_a_corrupt_jpeg_is_skipped_and_counted_as_before() 
         src.close()
     finally:
         server.stop()
+
+
+def test_the_stats_say_where_a_jpeg_camera_decodes_over_real_http() -> None:
+    """None before the first JPEG; then the place auto chose, or the fixed one."""
+    server = MjpegServer(lambda i: _scene(i) if i < 40 else None, interval=0.005).start()
+    try:
+        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
+                                              defer_decode=True, decode_thread="auto"))
+        driver = src.source
+        assert isinstance(driver, HttpMjpegSource)
+        assert driver.jpeg_decoding is None
+        frame = src.read()
+        assert frame is not None and driver.jpeg_decoding is None  # not decoded yet
+        assert frame.ready() is not None and driver.jpeg_decoding == "pipeline"
+        driver.place.on_camera = True  # what auto does when it moves them
+        assert driver.jpeg_decoding == "camera"
+        src.close()
+    finally:
+        server.stop()
+
+
+def test_the_device_names_its_cameras_place_or_mixed() -> None:
+    class Part:
+        def __init__(self, where: str | None) -> None:
+            self.where = where
+
+        def jpeg_decoding(self) -> str | None:
+            return self.where
+
+    def device(*where: str | None) -> str | None:
+        return jpeg_decoding([Part(w) for w in where])  # type: ignore[arg-type]
+
+    assert device() is None and device(None, None) is None
+    assert device("camera", None, "camera") == "camera"
+    assert device("pipeline") == "pipeline"
+    assert device("camera", "pipeline", None) == "mixed"
