@@ -5,9 +5,9 @@ and the raw output tensors. A worker holding several models (issue 17: one
 Edge TPU serving them all) has slots of its own for each, numbered one
 model after the other: model m's slot s is `m * slots + s`, so a request
 names one number and its slot says which model it is for. With a cascade
-also one area of crops
-for the classifier and each crop's raw outputs. Only the pipeline thread
-classifies, one frame's crops at a time, so one crop area is enough.
+also two areas of crops for the classifier and each crop's raw outputs: the
+worker classifies one frame's crops from one while the pipeline cuts the next
+frame's into the other (`edged.service.cascade`).
 Frames and outputs never cross the worker's socket.
 """
 

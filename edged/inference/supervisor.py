@@ -69,7 +69,9 @@ class Supervisor:
         # A frame's "done" read while waiting for another answer: a cascade's crops, or
         # (on an accelerator, edged.inference.overlap) the frame before it.
         self._early: dict[int, Done] = {}
-        self._in_flight: set[int] = set()
+        # What is in flight: a frame's slot (0 crops), a classify's key (-1 - its first
+        # crop buffer) and its crops.
+        self._in_flight: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class Supervisor:
         # A different model (CPU fallback) may have other shapes: new memory.
         self.mem.map(Layout.plan(
             self.slots, [(pixel_shape(m.inputs[0]), m.outputs) for m in models],
-            crops=self.params.max_crops if second else 0,
+            crops=2 * self.params.max_crops if second else 0,  # two frames' (slots.py)
             crop_shape=pixel_shape(second.inputs[0]) if second else (),
             crop_outputs=second.outputs if second else ()))
         assert self._sock is not None and self.mem.layout is not None
@@ -205,31 +207,32 @@ class Supervisor:
 
     def submit(self, slot: int) -> None:
         self._send({"op": "infer", "slot": slot}, "a frame was")
-        self._in_flight.add(slot)
+        self._in_flight[slot] = 0
 
     def wait(self, slot: int) -> Done:
+        """The answer for `slot`, or for a classify's key (`classify`); the answers of
+        others in flight read meanwhile are kept for their own wait."""
         done = self._early.pop(slot, None)
         while done is None:
-            message = self._receive(self.invoke_timeout_s, "inference")
+            # Whatever is queued ahead (a classify's crops) counts in the hang timeout.
+            message = self._receive(self.invoke_timeout_s * (1 + sum(self._in_flight.values())),
+                                    "inference" if slot >= 0 else "classifying crops")
             other = message.get("slot")
-            if message.get("op") == "done" and other != slot and other in self._in_flight:
-                self._early[other] = self._done(message, "done", other)
+            if other != slot and other in self._in_flight:
+                self._early[other] = self._done(message, other)
             else:
-                done = self._done(message, "done", slot)
-        self._in_flight.discard(slot)
+                done = self._done(message, slot)
+        self._in_flight.pop(slot, None)
         self.consecutive_failures = 0
         return done
 
-    def classify(self, crops: int) -> Done:
-        """Run the cascade's classifier on the first `crops` crop buffers (`mem.crops`;
-        each one's raw outputs in `mem.crop_outputs`, valid until the next classify)
-        and wait. It queues behind the frame in flight, whose "done" is kept for wait()."""
-        self._send({"op": "classify", "crops": crops}, "crops were")
-        while True:
-            message = self._receive(self.invoke_timeout_s * (1 + crops), "classifying crops")
-            if message.get("op") != "done":
-                return self._done(message, "classified", -1)
-            self._early[int(message["slot"])] = self._done(message, "done", message["slot"])
+    def classify(self, crops: int, first: int = 0) -> int:
+        """Queue the cascade's classifier on `crops` crop buffers from `first` (`mem.crops`;
+        each one's raw outputs in `mem.crop_outputs`) behind what is in flight; the key
+        to `wait` for its answer. Those buffers are the worker's until then."""
+        self._send({"op": "classify", "crops": crops, "first": first}, "crops were")
+        self._in_flight[-1 - first] = crops
+        return -1 - first
 
     def _send(self, message: dict[str, Any], what: str) -> None:
         assert self._sock is not None
@@ -239,7 +242,8 @@ class Supervisor:
             raise self._failed(f"worker {self._exit_description()} before {what} sent"
                                ) from None
 
-    def _done(self, message: dict[str, Any], op: str, slot: int) -> Done:
+    def _done(self, message: dict[str, Any], slot: int) -> Done:
+        op = "done" if slot >= 0 else "classified"  # a frame's, a classify's
         if message.get("op") != op or message.get("slot") != slot:
             raise self._failed(f"worker protocol error: unexpected {message.get('op')!r}")
         return Done(slot, int(message["quantize_us"]), int(message["invoke_us"]))

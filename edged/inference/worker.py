@@ -12,8 +12,10 @@ Protocol, over a SOCK_SEQPACKET socket pair (one JSON object per packet):
     daemon -> worker   {"op": "attach", "layout": {...}}  + the memfd (SCM_RIGHTS)
     daemon -> worker   {"op": "infer", "slot": s}   (s names the model too: slots.Layout)
     worker -> daemon   {"op": "done", "slot": s, "quantize_us": .., "invoke_us": ..}
-    daemon -> worker   {"op": "classify", "crops": n}    (a cascade's classifier)
-    worker -> daemon   {"op": "classified", "slot": -1, "crops": n, ...}
+    daemon -> worker   {"op": "classify", "crops": n, "first": f}   (a cascade's
+                       classifier on crop buffers f..f+n-1; the pipeline cuts the next
+                       frame's crops into the other half meanwhile)
+    worker -> daemon   {"op": "classified", "slot": -1 - f, "crops": n, ...}
 
 On an accelerator the worker quantizes the next frame while the device runs
 this one, on a second interpreter of the same model (`edged.inference.overlap`);
@@ -270,7 +272,9 @@ def serve(sock: socket.socket) -> int:
         if message["op"] == "stop":
             return 0
         if message["op"] == "classify" and classifier is not None:
-            job = partial(_classify, *classifier, crops[:int(message["crops"])])
+            first = int(message.get("first", 0))
+            job = partial(_classify, *classifier, crops[first:first + int(message["crops"])],
+                          first)
             if classifier_runner is not None:
                 classifier_runner.call(job)
             else:
@@ -293,7 +297,8 @@ def serve(sock: socket.socket) -> int:
 
 
 def _classify(model: Any, quantizer: Any,
-              crops: list[tuple[NDArray[np.uint8], list[NDArray[Any]]]]) -> dict[str, Any]:
+              crops: list[tuple[NDArray[np.uint8], list[NDArray[Any]]]], first: int
+              ) -> dict[str, Any]:
     """The cascade's classifier on each crop, its raw outputs beside the crop."""
     quantize_ns = invoke_ns = 0
     for pixels, outputs in crops:
@@ -304,7 +309,7 @@ def _classify(model: Any, quantizer: Any,
         invoke_ns += time.perf_counter_ns() - t1
         quantize_ns += t1 - t0
         model.copy_raw_outputs(outputs)
-    return {"op": "classified", "slot": -1, "crops": len(crops),
+    return {"op": "classified", "slot": -1 - first, "crops": len(crops),
             "quantize_us": quantize_ns // 1000, "invoke_us": invoke_ns // 1000}
 
 

@@ -17,8 +17,9 @@ from edged.inference.messages import ModelLoadError
 from edged.mqtt.publisher import Publisher
 from edged.service import lifecycle, regroup, wiring
 from edged.service.cameras import CameraPart, part_for
+from edged.service.delivery import Deliver
 from edged.service.group import workers_in_use
-from edged.service.pipeline import CameraStages, Deliver, Preprocess
+from edged.service.pipeline import CameraStages, Preprocess
 from edged.service.reload import (
     ReloadPlan,
     plan_camera,

@@ -4,14 +4,17 @@ into the worker's crop buffers, the classifier run there, its answers attached.
 The crops are cut from the camera's frame, not the detector's input, so a
 small object keeps every pixel the camera gave it; each is resized to the
 classifier's own input (its size and channels; the worker quantizes it with
-the classifier's own scale, zero point and normalization). It runs after the
-detector's next frame is queued, so the classifier's invokes follow that
-frame's in the worker without a gap.
+the classifier's own scale, zero point and normalization). A frame's crops are
+queued behind the detector's next frame, and the pipeline takes their answer
+only after it has queued the next frame's crops too (`start`, then `finish`):
+the worker always has the next request, instead of waiting while this thread
+encodes a frame and cuts the next one's crops.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from edged.decode.cascade import CropRule, attach, crops_to_classify
 from edged.decode.classification import decode_classification
 from edged.decode.dispatch import decode_kind, prepare_labels
 from edged.decode.labels import Labels, load_labels
-from edged.decode.results import Classification, DecodeError, Detection
+from edged.decode.results import DecodeError, Detection
 from edged.inference.messages import ModelInfo
 from edged.inference.supervisor import Supervisor
 from edged.numerics.imageinput import ImageInput, image_input
@@ -48,6 +51,8 @@ class Cascade:
         # aligned to its classes): per loaded model, not per frame; a restarted worker
         # on another build brings another info.
         self._loaded: tuple[ModelInfo, ImageInput, Labels | None] | None = None
+        self._half = 0  # the half of the crop buffers the next frame's crops go to
+        self._answer_s = 0.0  # the worker's time for the last frame's crops
 
     def _for(self, info: ModelInfo) -> tuple[ImageInput, Labels | None]:
         if self._loaded is None or self._loaded[0] is not info:
@@ -55,39 +60,63 @@ class Cascade:
                 "classification", self.labels, info.outputs))
         return self._loaded[1], self._loaded[2]
 
-    def __call__(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8],
-                 frame_size: tuple[int, int] | None = None
-                 ) -> tuple[tuple[Detection, ...], dict[str, int]]:
-        """`found` with classes attached to the detections classified, and the time
-        it took ({"crop": us, "classify": us}; empty when none was classified).
-        `frame_size`: the picture's (height, width), the boxes' units, when `pixels`
-        are a reduced decode of it."""
+    def start(self, found: tuple[Detection, ...], pixels: NDArray[np.uint8],
+              frame_size: tuple[int, int] | None = None) -> Classifying | None:
+        """Cut the crops of `found` to classify into the free half of the worker's crop
+        buffers and queue the classifier on them (None: nothing to classify); `finish`
+        takes the answer. `frame_size`: the picture's (height, width), the boxes'
+        units, when `pixels` are a reduced decode of it."""
         info = self.supervisor.info.cascade if self.supervisor.info else None
         if info is None or not found:
-            return found, {}
+            return None
         t0 = time.perf_counter_ns()
         size = (int(pixels.shape[0]), int(pixels.shape[1]))
         height, width = frame_size or size
         image, labels = self._for(info)
         chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
         if not chosen:
-            return found, {}
-        buffers = self.supervisor.mem.crops
-        # The worker's crop buffers are its first camera's max_crops.
-        chosen = chosen[:len(buffers)]
+            return None
+        # Two halves, each the worker's first camera's max_crops: one frame's crops are
+        # classified from one while the next frame's are cut into the other.
+        per_frame = len(self.supervisor.mem.crops) // 2
+        first, self._half = self._half * per_frame, self._half ^ 1
+        buffers = self.supervisor.mem.crops[first:first + per_frame]
+        chosen = chosen[:per_frame]
         for (_, crop), buffer in zip(chosen, buffers, strict=False):
             x1, y1, x2, y2 = (int(v) for v in box_in_pixels(crop, (height, width), size))
             _resize_into(pixels[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)], buffer,
                          image.channels)
-        t1 = time.perf_counter_ns()
-        self.supervisor.classify(len(chosen))
-        classified: dict[int, tuple[Classification, ...]] = {}
-        for k, (i, _) in enumerate(chosen):
-            classified[i] = decode_classification(
-                self.supervisor.mem.crop_outputs[k][0], info.outputs[0], top_k=self.top_k,
-                min_score=self.min_class_score, labels=labels)
-        return attach(found, classified), {"crop": (t1 - t0) // 1000,
-                                           "classify": (time.perf_counter_ns() - t1) // 1000}
+        key = self.supervisor.classify(len(chosen), first)
+        return Classifying(found, tuple(i for i, _ in chosen), first, key, info, labels,
+                           (time.perf_counter_ns() - t0) // 1000,
+                           time.monotonic() + self._answer_s * len(chosen))
+
+    def finish(self, job: Classifying) -> tuple[tuple[Detection, ...], dict[str, int]]:
+        """The detections with the classes of those classified attached, and the time it
+        took ({"crop": us, "classify": us, the worker's quantize and invokes})."""
+        done = self.supervisor.wait(job.key)
+        self._answer_s = (done.quantize_us + done.invoke_us) / 1e6 / len(job.indices)
+        outputs = self.supervisor.mem.crop_outputs
+        classified = {i: decode_classification(
+            outputs[job.first + k][0], job.info.outputs[0], top_k=self.top_k,
+            min_score=self.min_class_score, labels=job.labels)
+            for k, i in enumerate(job.indices)}
+        return attach(job.found, classified), {
+            "crop": job.crop_us, "classify": done.quantize_us + done.invoke_us}
+
+
+@dataclass(frozen=True, slots=True)
+class Classifying:
+    """A frame's crops queued for the classifier (`Cascade.start`)."""
+
+    found: tuple[Detection, ...]
+    indices: tuple[int, ...]  # which of `found` each crop is
+    first: int  # its first crop buffer
+    key: int  # what Supervisor.wait answers for it
+    info: ModelInfo
+    labels: Labels | None
+    crop_us: int
+    due: float  # when the answer is expected (time.monotonic()), by the last one's time
 
 
 def _resize_into(crop: NDArray[np.uint8], out: NDArray[np.uint8], channels: int) -> None:

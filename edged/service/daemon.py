@@ -44,13 +44,14 @@ from edged.service import applying, lifecycle, report, wiring
 from edged.service.boardhealth import BoardHealth
 from edged.service.cameras import CameraPart, pace, parts_for
 from edged.service.commands import CommandRunner, settings_of
+from edged.service.delivery import Deliver
 from edged.service.eventstage import SnapshotEncoder
 from edged.service.group import WorkerGroup, model_names, workers_in_use
 from edged.service.housekeeping import TICK_S, Housekeeping
 from edged.service.lifecycle import EX_CONFIG
 from edged.service.metrics import Textfile
 from edged.service.notify import Notifier, ProgressMonitor
-from edged.service.pipeline import CameraStages, Deliver, Preprocess
+from edged.service.pipeline import CameraStages, Preprocess
 from edged.service.scheduler import Lane
 from edged.service.stats import Stats
 from edged.service.threaddeaths import ThreadDeaths

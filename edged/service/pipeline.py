@@ -35,6 +35,7 @@ from edged.inference.supervisor import Supervisor
 from edged.numerics.quantize import dequantize
 from edged.numerics.tensors import TensorInfo
 from edged.preprocess import Geometry
+from edged.service.delivery import Deliver, Deliveries
 from edged.service.scheduler import Lane, Scheduler
 from edged.service.stats import StageTimes, Stats
 from edged.sources.capture import LatestFrameBuffer
@@ -87,9 +88,6 @@ Preprocess = Callable[[NDArray[np.uint8], NDArray[np.uint8]], Any]
 Probed = Callable[[tuple[NDArray[Any], ...], ModelInfo, Any], None]
 """(raw outputs, the model that made them, geometry): a probe's answer (Pipeline.probe)."""
 
-Deliver = Callable[[Result], None]
-"""Decode, encode and hand the result to the publisher; runs on the pipeline thread."""
-
 
 @dataclass
 class _InFlight:
@@ -122,16 +120,23 @@ class Pipeline:
         self.failback = failback  # back to the accelerator after a CPU fallback
         self.supervisor = supervisor
         self.heartbeat = time.monotonic()
-        self.deliver_errors = 0
-        self.last_error = ""
+        self.deliveries = Deliveries()
         # Frames taken from the feed and not yet delivered: the ones a dying
         # worker takes with it, counted in frames_lost so no loss goes unreported.
         self._held = 0
-        self.frames_lost = 0
+        self._lost = 0
         # True once every finite source's feed is closed and empty, nothing in flight.
         self.drained = False
         self._stop = threading.Event()
         self._probe: tuple[NDArray[np.uint8], Probed] | None = None
+
+    @property
+    def frames_lost(self) -> int:
+        return self._lost + self.deliveries.lost
+
+    @property
+    def last_error(self) -> str:
+        return self.deliveries.last_error
 
     def stop(self) -> None:
         self._stop.set()
@@ -161,8 +166,9 @@ class Pipeline:
             try:
                 self._run_frames()
             except WorkerError:
-                self.frames_lost += self._held
+                self._lost += self._held
                 self._held = 0
+                self.deliveries.drop()
                 self._recover()
 
     def _recover(self) -> None:
@@ -263,12 +269,21 @@ class Pipeline:
                 if ahead is not None:
                     self.supervisor.submit(ahead.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
+            if ahead is None and not handing_over and (due := self.deliveries.due_in()):
+                # A cascade's frame held: a next frame taken before its crops' answer is
+                # due queues its requests behind them (edged.service.delivery).
+                ahead = self._next_frame(turn, min(due, 0.25))
+                if ahead is not None:
+                    self.supervisor.submit(ahead.slot)
+            if ahead is None:
+                self.deliveries.flush()  # no next frame's crops to queue first
             pending = ahead
         if pending is not None:
             # Stopped with one frame in the worker: deliver it, so its answer is not
             # left on the socket for the next pipeline (a reload keeps the worker).
             done = self.supervisor.wait(pending.slot)
             self._finish(pending, done.quantize_us, done.invoke_us)
+        self.deliveries.flush()
 
     def probe(self, pixels: NDArray[np.uint8], done: Probed) -> None:
         """Run the worker's first model on `pixels` (a model update's golden frame)
@@ -324,19 +339,11 @@ class Pipeline:
         )
         result = Result(frame.seq, frame.captured_at, frame.captured_mono, floats, raw,
                         info.outputs, job.geometry, times, frame.pixels, frame.full_size)
-        try:
-            stages.deliver(result)
-        except WorkerError:  # a cascade's classifier died with the worker: this frame too
-            self.frames_lost += 1
-            raise
-        except Exception as exc:
-            self.deliver_errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            if self.deliver_errors <= 3 or self.deliver_errors % 1000 == 0:
-                log.error("result %d not delivered (%d so far): %s", frame.seq,
-                          self.deliver_errors, self.last_error)
-        latency_us = int((time.monotonic() - frame.captured_mono) * 1e6)
-        stages.stats.record(times, latency_us)
+
+        def record() -> None:
+            stages.stats.record(times, int((time.monotonic() - frame.captured_mono) * 1e6))
+
+        self.deliveries.deliver(stages.deliver, result, record)
 
 
 @functools.lru_cache(maxsize=16)

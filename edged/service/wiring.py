@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -43,6 +43,7 @@ from edged.numerics.imageinput import ImageInput, image_input
 from edged.numerics.quantize import normalization_source
 from edged.preprocess import Preprocessor
 from edged.service.cascade import Cascade, cascade_fit_problems
+from edged.service.delivery import Deliver, Later, owned
 from edged.service.eventstage import EventStages, SnapshotEncoder
 from edged.service.pipeline import Result
 from edged.sources import open_source
@@ -242,7 +243,7 @@ def build_decoding(cfg: Config, info: ModelInfo, labels: Labels | None, *,
 def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                   on_published: Callable[[], None], stages: EventStages | None = None,
                   *, fresh_events: bool = False, camera: str | None = None, model: int = 0
-                  ) -> Callable[[Result], None]:
+                  ) -> Deliver:
     """Decode (as configured), encode and hand off one result; with output.publish
     events or both, detections go through the events stage too (the one `stages`
     keeps, unless `fresh_events`: a reload changed what it is made of). `camera`: its
@@ -265,7 +266,7 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
     model_name = supervisor.model_file(model)
     cascade = Cascade(cfg, supervisor) if cfg.cascade.model else None
 
-    def deliver(result: Result) -> None:
+    def deliver(result: Result) -> Later | None:
         nonlocal decoding, model_name
         if stages is not None:  # a snapshot asked for by a command
             stages.deliver_snapshot(result.pixels)
@@ -281,16 +282,35 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                           model_name, out.publish)
         d = decoding
         t0 = time.perf_counter_ns()
-        decoded, cascade_us = None, dict[str, int]()
+        if d.kind == "none":
+            publish(result, d, 0, None, {})
+            return None
+        geometry = result.geometry
+        found = decode(
+            d.kind, result.raw_outputs, result.tensors, settings=d.settings,
+            input_wh=d.input_wh, geometry=geometry, labels=d.labels,
+            content_box=getattr(geometry, "content", None))
+        decode_us = (time.perf_counter_ns() - t0) // 1000
+        if cascade is not None and d.kind == "detection":
+            job = cascade.start(cast(tuple[Detection, ...], found), result.pixels,
+                                result.frame_size)
+            if job is not None:
+                # Published after the next frame's crops are queued (service.delivery),
+                # whose detector owns the slot by then: what is read of it goes along.
+                kept = replace(result, outputs=tuple(owned(o) for o in result.outputs),
+                               raw_outputs=())
+                return Later(lambda: publish(kept, d, decode_us, *cascade.finish(job)),
+                             due=job.due)
+            # In order: after the frame held before it (edged.service.delivery).
+            return Later(lambda: publish(result, d, decode_us, found, {}), waits=False)
+        publish(result, d, decode_us, found, {})
+        return None
+
+    def publish(result: Result, d: Decoding, decode_us: int, found: Any,
+                cascade_us: dict[str, int]) -> None:
+        t0 = time.perf_counter_ns()
+        decoded = None
         if d.kind != "none":
-            geometry = result.geometry
-            found = decode(
-                d.kind, result.raw_outputs, result.tensors, settings=d.settings,
-                input_wh=d.input_wh, geometry=geometry, labels=d.labels,
-                content_box=getattr(geometry, "content", None))
-            if cascade is not None and d.kind == "detection":
-                found, cascade_us = cascade(cast(tuple[Detection, ...], found), result.pixels,
-                                            result.frame_size)
             if events is not None and d.kind == "detection":
                 events.step(cast(tuple[Detection, ...], found), result.pixels,
                             result.captured_at, result.captured_mono, result.full_size)
@@ -298,14 +318,12 @@ def build_deliver(cfg: Config, supervisor: Supervisor, publisher: Publisher,
                 on_published()
                 return
             decoded = decoded_json(d.kind, found)
-        t1 = time.perf_counter_ns()
         timings = result.times.as_dict()
-        timings["decode"] = (t1 - t0) // 1000 - sum(cascade_us.values())
+        timings["decode"] = decode_us + (time.perf_counter_ns() - t0) // 1000
         timings.update(cascade_us)
         payload = encode(Payload(
             device_id=device_id, seq=result.frame_seq, captured_at=result.captured_at,
-            model=model_name,
-            delegate=decoding.info.delegate,
+            model=model_name, delegate=d.info.delegate,
             outputs=outputs_from(result.tensors, result.outputs) if out.include_raw else (),
             timings_us=timings, decoded=decoded, camera=camera,
         ))

@@ -24,25 +24,32 @@ def _supervisor(**params: object) -> Supervisor:
 
 
 def test_crops_classified_behind_the_frame_in_flight_each_answer_its_own() -> None:
+    """Two frames' crops, one half of the crop buffers each, queued behind a frame in
+    flight and each other: every answer is kept for the one who waits for it, in
+    whatever order they wait."""
     from ai_edge_litert.interpreter import Interpreter
 
     sup = _supervisor()
     info = sup.start()
     try:
         assert info.cascade is not None and info.cascade.outputs[0].shape == (1, 10)
-        assert len(sup.mem.crops) == 3 and sup.mem.crops[0].shape == (32, 32, 3)
+        assert len(sup.mem.crops) == 6 and sup.mem.crops[0].shape == (32, 32, 3)
         sup.pixels(0)[:] = 0
-        for crop, n in zip(sup.mem.crops, (3, 7), strict=False):
-            crop[:] = digit(n)
-        sup.submit(0)  # a frame in flight: its "done" comes before the crops' answer
-        done = sup.classify(2)
-        assert done.slot == -1 and done.invoke_us > 0
+        digits = {0: 3, 1: 7, 3: 1, 4: 9, 5: 4}
+        for i, n in digits.items():
+            sup.mem.crops[i][:] = digit(n)
+        sup.submit(0)  # a frame in flight: its "done" comes before the crops' answers
+        first = sup.classify(2)
+        second = sup.classify(3, first=3)
+        done = sup.wait(second)
+        assert done.slot == second == -4 and done.invoke_us > 0
         assert sup.wait(0).slot == 0
+        assert sup.wait(first).slot == first == -1
         interpreter = Interpreter(model_path=str(CLASSIFIER))
         interpreter.allocate_tensors()
         inp = interpreter.get_input_details()[0]
         out = interpreter.get_output_details()[0]
-        for i, n in enumerate((3, 7)):
+        for i, n in digits.items():
             interpreter.set_tensor(inp["index"], (digit(n).astype(np.int16) - 128)
                                    .astype(np.int8)[None])
             interpreter.invoke()
