@@ -154,6 +154,7 @@ class SharedSlots:
         self.outputs: list[list[NDArray[Any]]] = []
         self.crops: list[NDArray[np.uint8]] = []
         self.crop_outputs: list[list[NDArray[Any]]] = []
+        self._crop_half = 0
 
     def map(self, layout: Layout) -> None:
         if layout == self.layout:
@@ -167,6 +168,14 @@ class SharedSlots:
         self.outputs = [layout.raw_outputs(buf, s) for s in range(layout.all_slots)]
         self.crops = [layout.crop(buf, i) for i in range(layout.crops)]
         self.crop_outputs = [layout.crop_raw_outputs(buf, i) for i in range(layout.crops)]
+
+    def next_crops(self) -> tuple[int, list[NDArray[np.uint8]]]:
+        """The first index and the buffers of the half of the crops the next classify
+        takes. The halves alternate for the whole worker (every camera's cascade), so
+        one frame's crops are cut while the other's are classified."""
+        per_frame = len(self.crops) // 2
+        first, self._crop_half = self._crop_half * per_frame, self._crop_half ^ 1
+        return first, self.crops[first:first + per_frame]
 
     def close(self) -> None:
         self.pixels, self.outputs, self.crops, self.crop_outputs = [], [], [], []

@@ -51,7 +51,6 @@ class Cascade:
         # aligned to its classes): per loaded model, not per frame; a restarted worker
         # on another build brings another info.
         self._loaded: tuple[ModelInfo, ImageInput, Labels | None] | None = None
-        self._half = 0  # the half of the crop buffers the next frame's crops go to
         self._answer_s = 0.0  # the worker's time for the last frame's crops
 
     def _for(self, info: ModelInfo) -> tuple[ImageInput, Labels | None]:
@@ -76,12 +75,10 @@ class Cascade:
         chosen = crops_to_classify(found, (width, height), self.rule, image.width / image.height)
         if not chosen:
             return None
-        # Two halves, each the worker's first camera's max_crops: one frame's crops are
-        # classified from one while the next frame's are cut into the other.
-        per_frame = len(self.supervisor.mem.crops) // 2
-        first, self._half = self._half * per_frame, self._half ^ 1
-        buffers = self.supervisor.mem.crops[first:first + per_frame]
-        chosen = chosen[:per_frame]
+        # Half the worker's crop buffers (each half its first camera's max_crops): the
+        # other half may hold the crops of the frame before, any camera's, in flight.
+        first, buffers = self.supervisor.mem.next_crops()
+        chosen = chosen[:len(buffers)]
         for (_, crop), buffer in zip(chosen, buffers, strict=False):
             x1, y1, x2, y2 = (int(v) for v in box_in_pixels(crop, (height, width), size))
             _resize_into(pixels[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)], buffer,

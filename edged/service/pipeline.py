@@ -6,7 +6,8 @@ behind the invoke in flight (the worker goes from one to the next without
 waiting for this thread) and then dequantizes, decodes, encodes and hands
 off the previous result, so the model's invoke time is the bottleneck.
 Capture runs ahead on its own thread into a one-slot buffer; publishing is a
-non-blocking hand-off to the MQTT thread.
+non-blocking hand-off to the MQTT thread. A cascade's frame is published once
+the next frame's crops are queued too (`edged.service.delivery`).
 
 Several cameras may share the worker (issue 17): each is a lane of
 `edged.service.scheduler`, which picks whose frame goes next (round robin,

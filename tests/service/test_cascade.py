@@ -33,7 +33,7 @@ PLACEMENTS = [(n, (12 + 25 * n, 8 + 17 * n), 64 + 8 * (n % 4)) for n in range(10
 
 
 def _config(tmp_path: Path, port: int, source: dict[str, Any] | None = None,
-            **cascade: Any) -> Path:
+            cameras: list[dict[str, Any]] | None = None, **cascade: Any) -> Path:
     cfg = base_config(port, model=SCENE_MODEL, frames=tmp_path / "frames",
                       source={"fps": 20.0},
                       output={"decoder": "detection", "include_raw": False, "min_score": 0.05})
@@ -42,7 +42,7 @@ def _config(tmp_path: Path, port: int, source: dict[str, Any] | None = None,
         cfg["source"] = source
     cfg["cascade"] = {"model": "digits", "labels": ["person"], "top_k": 10, "min_score": 0.05,
                       "min_class_score": 0.0, "padding": 0.1, **cascade}
-    text = config_text(cfg, []) + (f'[[models]]\nid = "digits"\npath = "{CLASSIFIER}"\n'
+    text = config_text(cfg, cameras or []) + (f'[[models]]\nid = "digits"\npath = "{CLASSIFIER}"\n'
                                    f'labels = "{CLASSIFIER_LABELS}"\n')
     path = tmp_path / "edged.toml"
     path.write_text(text)
@@ -102,15 +102,37 @@ def test_frames_back_to_back_each_carry_the_answer_on_their_own_crops(
     the next frame's crops are queued into the other half of the crop buffers. Each
     answer is still the classifier's on that frame's own crops, and frames stay in
     order."""
-    path = _config(tmp_path, mosquitto.port, {"kind": "synthetic", "width": 64, "height": 64,
-                                              "fps": 1000.0}, labels=[])
+    path = _config(tmp_path, mosquitto.port, SYNTHETIC, labels=[])
     with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
         _wait(sub, daemon, 200)
         results = _results(sub)
+    _check_synthetic(results, (64, 64))
+
+
+def test_two_cameras_cascading_on_one_worker_each_get_their_own_crops_answers(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Two such cameras, 64x64 and 96x96, before one detector: their frames' crops take
+    turns in the halves of the one worker's crop buffers (whichever camera's frame came
+    before), and each answer is the classifier's on that camera's own frame."""
+    path = _config(tmp_path, mosquitto.port, SYNTHETIC, [
+        {"id": "a"}, {"id": "b", "source": {"width": 96, "height": 96}}], labels=[])
+    with Subscriber(mosquitto.port, "edged/#") as sub, DaemonProcess(path) as daemon:
+        wait_until(lambda: min(len(sub.on(f"/test/{c}/results")) for c in "ab") >= 100, 30,
+                   "100 results each", daemon.log_text)
+    for camera, size in (("a", (64, 64)), ("b", (96, 96))):
+        _check_synthetic([orjson.loads(m.payload) for m in sub.on(f"/test/{camera}/results")],
+                         size)
+
+
+SYNTHETIC = {"kind": "synthetic", "width": 64, "height": 64, "fps": 1000.0}
+
+
+def _check_synthetic(results: list[dict[str, Any]], size: tuple[int, int]) -> None:
+    """In order, and every tenth frame's three answers the classifier's on its crops."""
     seqs = [r["seq"] for r in results]
     assert seqs == sorted(set(seqs)) and seqs[-1] - seqs[0] >= len(seqs) - 1
     for result in results[::10]:
-        frame = pattern(result["seq"], 64, 64)
+        frame = pattern(result["seq"], *size)
         classified = _classified(result)
         assert len(classified) == 3, result["decoded"]
         for detection in classified:
