@@ -69,7 +69,8 @@ def cascade_section(s: Settings, classifier: Path, classifier_size: tuple[int, i
              "title": "limit, classifier", **cls},
             {"model": classifier.name, "source": label, "row": "cascade",
              "title": f"cascade ({CROPS} crops/frame)", **aggregate(runs["cascade"]),
-             "cascade_limit_fps": limit}]
+             "cascade_limit_fps": limit, "crops": CROPS,
+             "classifier_limit_us": cls["stages_us"].get("invoke")}]
     rows[0]["ratio"] = rows[1]["ratio"] = 1.0
     rows[2]["ratio"] = rows[2]["fps"] / limit
     notes.append(NOTE)

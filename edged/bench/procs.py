@@ -59,7 +59,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"fps": float(np.median(fps)), "fps_min": min(fps),
                            "fps_max": max(fps), "runs": len(runs), "stages_us": stages,
                            "peak_rss_mb": max(r["peak_rss_kb"] for r in runs) / 1024}
-    for key in ("latency_ms", "invoke_ms", "cpu_us_per_result", "threads_us_per_result"):
+    for key in ("latency_ms", "invoke_ms", "cpu_us_per_result", "threads_us_per_result",
+                "cascade_us"):
         if all(key in r for r in runs):
             # A thread that started during a run (a reload's new capture thread) is in some only.
             out[key] = {p: float(np.median([r[key].get(p, 0.0) for r in runs]))
@@ -78,7 +79,10 @@ def summarize_run(received: list[tuple[float, bytes]]) -> dict[str, Any]:
     timing = {k: np.array([d["timings_us"].get(k, 0) for d in docs], dtype=np.float64)
               for k in ("preprocess", "quantize", "invoke", "dequantize", "decode")}
     span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
-    return {
+    # A cascade's: cutting a frame's crops, the worker quantizing and classifying them.
+    cascade = {k: float(np.mean([d["timings_us"][k] for d in docs]))
+               for k in ("crop", "classify") if all(k in d["timings_us"] for d in docs)}
+    return {**({"cascade_us": cascade} if cascade else {}),
         "frames": len(received),
         "fps": (len(received) - 1) / span if span > 0 else 0.0,
         "stages_us": {"resize": timing["preprocess"].mean(), "quantize": timing["quantize"].mean(),

@@ -52,6 +52,11 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{'':<17}{r['title']} offered {r['offered_fps']:.0f} "
                          f"frames/s together; spread of their results {r['spread']:.1%} "
                          f"(worst run {r['spread_max']:.1%})")
+        if r.get("cascade_us") and r.get("classifier_limit_us"):
+            crop_us = r["cascade_us"]["classify"] / r["crops"]
+            lines.append(f"{'':<17}in the cascade: the classifier {crop_us:.0f} us a crop (its "
+                         f"limit row {r['classifier_limit_us']:.0f}), cutting the crops "
+                         f"{r['cascade_us']['crop']:.0f} us a frame")
         if "cpu_us_per_result" in r:
             lines.append(f"{'':<17}CPU per result: " + ", ".join(
                 f"{k} {v:.0f} us" for k, v in r["cpu_us_per_result"].items()))

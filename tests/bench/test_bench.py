@@ -468,6 +468,13 @@ def test_the_cascade_row_is_measured_against_both_models_limits(
     assert 0 < row["ratio"] == row["fps"] / row["cascade_limit_fps"]
     assert any(t["target"].startswith("cascade (3 crops/frame)/the two models' limits")
                for t in quick_report["targets"])
+    # What the classifier costs inside the cascade, beside its own limit row.
+    assert row["cascade_us"]["classify"] > 0 and row["cascade_us"]["crop"] > 0
+    assert row["classifier_limit_us"] == cls["stages_us"]["invoke"]
+    per_crop = row["cascade_us"]["classify"] / 3
+    assert (f"in the cascade: the classifier {per_crop:.0f} us a crop (its limit row "
+            f"{cls['stages_us']['invoke']:.0f}), cutting the crops "
+            f"{row['cascade_us']['crop']:.0f} us a frame") in render(quick_report)
 
 
 def test_the_jpeg_rows_read_a_real_mjpeg_camera_decoded_reduced_and_whole() -> None:
