@@ -21,6 +21,7 @@ from edged.sources.decodeplace import (
     WINDOW,
     DecodeLoad,
     DecodePlace,
+    DecodeThread,
 )
 from edged.sources.mjpeg import HttpMjpegSource
 from edged.sources.resilient import ResilientSource
@@ -188,15 +189,20 @@ def _scene(i: int, size: tuple[int, int] = (480, 640)) -> bytes:
     return bytes(simplejpeg.encode_jpeg(rgb, quality=85, colorspace="RGB"))
 
 
+def _camera(server: MjpegServer, thread: DecodeThread
+            ) -> tuple[ResilientSource, HttpMjpegSource]:
+    """An HTTP camera reading `server`, its JPEGs decoded where `thread` says."""
+    driver = HttpMjpegSource(server.url, min_size=(224, 224), defer_decode=True,
+                             decode_thread=thread)
+    return ResilientSource(driver), driver
+
+
 def test_on_the_camera_thread_each_jpeg_is_decoded_as_it_arrives_over_real_http() -> None:
     """The frame comes decoded already: taking it decodes nothing more, and its capture
     time is when the JPEG arrived, before the decode (latencies keep counting it)."""
     server = MjpegServer(lambda i: _scene(i) if i < 5 else None, interval=0.01).start()
     try:
-        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
-                                              defer_decode=True, decode_thread="camera"))
-        driver = src.source
-        assert isinstance(driver, HttpMjpegSource)
+        src, driver = _camera(server, "camera")
         before = time.monotonic()
         frame = src.read()
         assert frame is not None and frame.pending is not None and frame.pixels.size == 0
@@ -221,10 +227,7 @@ def test_auto_follows_what_the_consumer_takes_over_real_http(take: int, expected
     server = MjpegServer(lambda i: ring[i % 4], interval=0.01).start()
     start = time.monotonic()
     try:
-        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
-                                              defer_decode=True, decode_thread="auto"))
-        driver = src.source
-        assert isinstance(driver, HttpMjpegSource)
+        src, driver = _camera(server, "auto")
         load = DecodeLoad()
         driver.place = DecodePlace("auto", driver.name, load=load,
                                    idle=lambda: (time.monotonic() - start) * 0.3)
@@ -244,15 +247,12 @@ def test_on_the_camera_thread_a_corrupt_jpeg_is_skipped_and_counted_as_before() 
     parts = [_scene(1), b"corrupt", _scene(2)]
     server = MjpegServer(lambda i: parts[i] if i < len(parts) else None).start()
     try:
-        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
-                                              defer_decode=True, decode_thread="camera"))
+        src, driver = _camera(server, "camera")
         first, second = src.read(), src.read()  # the corrupt part skipped on the way
         assert first is not None and second is not None and second.seq == first.seq + 1
         for frame in (first, second):
             ready = frame.ready()
             assert ready is not None and ready.pixels.shape == (240, 320, 3)
-        driver = src.source
-        assert isinstance(driver, HttpMjpegSource)
         assert driver.skipped == 1 and driver.place.decodes == 3  # two frames, one refused
         src.close()
     finally:
@@ -263,10 +263,7 @@ def test_the_stats_say_where_a_jpeg_camera_decodes_over_real_http() -> None:
     """None before the first JPEG; then the place auto chose, or the fixed one."""
     server = MjpegServer(lambda i: _scene(i) if i < 40 else None, interval=0.005).start()
     try:
-        src = ResilientSource(HttpMjpegSource(server.url, min_size=(224, 224),
-                                              defer_decode=True, decode_thread="auto"))
-        driver = src.source
-        assert isinstance(driver, HttpMjpegSource)
+        src, driver = _camera(server, "auto")
         assert driver.jpeg_decoding is None
         frame = src.read()
         assert frame is not None and driver.jpeg_decoding is None  # not decoded yet
