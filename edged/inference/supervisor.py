@@ -230,6 +230,8 @@ class Supervisor:
         """Queue the cascade's classifier on `crops` crop buffers from `first` (`mem.crops`;
         each one's raw outputs in `mem.crop_outputs`) behind what is in flight; the key
         to `wait` for its answer. Those buffers are the worker's until then."""
+        if -1 - first in self._in_flight:  # one never waited for (its frame failed):
+            self.wait(-1 - first)  # its answer must not pass for this one's
         self._send({"op": "classify", "crops": crops, "first": first}, "crops were")
         self._in_flight[-1 - first] = crops
         return -1 - first

@@ -5,6 +5,7 @@ own on that crop."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,23 @@ def test_a_classifier_that_cannot_load_fails_the_load_naming_its_file(tmp_path: 
                                   max_crops=1))
     with pytest.raises(ModelLoadError, match=r"birds\.tflite"):
         sup.start()
+
+
+def test_a_classify_never_waited_for_does_not_answer_for_the_next_on_its_half() -> None:
+    """A frame whose delivery failed after its crops were queued: the next classify on
+    those buffers gets its own answer, not the abandoned one's."""
+    sup = _supervisor()
+    sup.start()
+    try:
+        sup.mem.crops[0][:] = digit(3)
+        sup.classify(1)  # abandoned
+        time.sleep(0.5)  # its answer waits on the socket
+        sup.mem.crops[0][:] = digit(7)
+        key = sup.classify(1)
+        sup.wait(key)
+        assert int(np.argmax(sup.mem.crop_outputs[0][0])) == 7
+        sup.pixels(0)[:] = 0  # and no answer is left over to confuse the next frame's
+        sup.submit(0)
+        assert sup.wait(0).slot == 0
+    finally:
+        sup.stop()
