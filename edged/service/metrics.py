@@ -148,11 +148,14 @@ def render(device_id: str, figures: Mapping[str, Any], *, up: bool = True,
     cameras = figures.get("cameras")
     if isinstance(cameras, dict):
         _camera_lines(lines, common, cameras, family)
-    for key, text in (("worker_state", "Inference worker state (1 for the current one)."),
-                      ("source", "Frame source state (1 for the current one).")):
+    for key, name, text in (
+            ("worker_state", "edged_worker_state",
+             "Inference worker state (1 for the current one)."),
+            ("source", "edged_source_state", "Frame source state (1 for the current one)."),
+            ("jpeg_decoding", "edged_jpeg_decoding", "Where the JPEG cameras' frames are "
+             "decoded now: camera, pipeline or mixed (1 for the current one).")):
         state = figures.get(key)
         if isinstance(state, str):
-            name = "edged_worker_state" if key == "worker_state" else "edged_source_state"
             family(name, "gauge", text)
             lines.append(f"{name}{_labels((*common, ('state', state)))} 1")
     return "\n".join(lines) + "\n"
@@ -170,13 +173,16 @@ def _camera_lines(lines: list[str], common: tuple[tuple[str, str], ...],
             value = round(value / m.divisor, 9) if m.divisor != 1.0 else value
             lines.append(f"{m.name}{_labels((*common, ('camera', camera), *m.labels))} "
                          f"{_number(value)}")
-    for camera, figures in cameras.items():
-        state = figures.get("source") if isinstance(figures, dict) else None
-        if isinstance(state, str):
-            family("edged_camera_source_state", "gauge",
-                   "A camera's frame source state (1 for the current one).")
-            lines.append("edged_camera_source_state"
-                         f"{_labels((*common, ('camera', camera), ('state', state)))} 1")
+    for key, name, text in (
+            ("source", "edged_camera_source_state",
+             "A camera's frame source state (1 for the current one)."),
+            ("jpeg_decoding", "edged_camera_jpeg_decoding", "Where a JPEG camera's frames "
+             "are decoded now: camera or pipeline (1 for the current one).")):
+        for camera, figures in cameras.items():
+            state = figures.get(key) if isinstance(figures, dict) else None
+            if isinstance(state, str):
+                family(name, "gauge", text)
+                lines.append(f"{name}{_labels((*common, ('camera', camera), ('state', state)))} 1")
 
 
 def write_atomic(path: Path, text: str) -> None:

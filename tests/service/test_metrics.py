@@ -43,14 +43,21 @@ def test_each_camera_has_its_own_series() -> None:
     cameras = {"porch": {"frames": 50, "fps": 14.5, "latency_ms_p50": 20.0, "frames_dropped": 2,
                          "source_reopens": 0, "source": "running"},
                "drive": {"frames": 0, "fps": 0.0, "latency_ms_p50": 0.0, "frames_dropped": 0,
-                         "source_reopens": 7, "source": "reopening"}}
-    types, samples = parse_prom(render("cam", {**FIGURES, "cameras": cameras}))
+                         "source_reopens": 7, "source": "reopening",
+                         "jpeg_decoding": "camera"}}
+    types, samples = parse_prom(render("cam", {**FIGURES, "cameras": cameras,
+                                                "jpeg_decoding": "camera"}))
     assert types["edged_camera_frames_total"] == "counter"
     assert sample(samples, "edged_camera_fps", camera="porch") == 14.5
     assert sample(samples, "edged_camera_latency_seconds", camera="porch",
                   quantile="0.5") == pytest.approx(0.02)
     assert sample(samples, "edged_camera_source_reopens_total", camera="drive") == 7
     assert sample(samples, "edged_camera_source_state", camera="drive", state="reopening") == 1
+    # Where a JPEG camera's frames are decoded (source.jpeg_decode_thread = auto moves them).
+    assert sample(samples, "edged_camera_jpeg_decoding", camera="drive", state="camera") == 1
+    assert not [labels for name, labels in samples
+                if name == "edged_camera_jpeg_decoding" and ("camera", "porch") in labels]
+    assert sample(samples, "edged_jpeg_decoding", state="camera") == 1
     assert sample(samples, "edged_frames_total") == 120  # the device's, as before
 
 
