@@ -9,7 +9,9 @@ as its box. The digits classifier then reads the digit from the crop.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -51,31 +53,59 @@ def write_digit_frames(folder: Path, placements: list[tuple[int, tuple[int, int]
     return frames
 
 
+# The payload rounds a box to 0.01 px: a crop edge the box puts this close to a whole
+# pixel can be either pixel in the crop edged cut (centre and side each off by 0.005).
+ROUNDING = 0.02
+
+
+def crop_windows(box: list[float], padding: float, height: int, width: int
+                 ) -> set[tuple[int, int, int, int]]:
+    """The crops (left, top, right, bottom) a published `box` can stand for: the box
+    squared about its centre (the classifier's input is square), grown by `padding`,
+    rounded outwards, clipped; several where the payload's rounding leaves an edge on
+    either side of a whole pixel."""
+    x1, y1, x2, y2 = box
+    half = max(x2 - x1, y2 - y1) * (0.5 + padding)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+
+    def edges(v: float, outward: Callable[[float], int], low: int, high: int) -> set[int]:
+        return {min(high, max(low, outward(v + d))) for d in (-ROUNDING, 0.0, ROUNDING)}
+
+    return set(itertools.product(edges(cx - half, math.floor, 0, width),
+                                 edges(cy - half, math.floor, 0, height),
+                                 edges(cx + half, math.ceil, 0, width),
+                                 edges(cy + half, math.ceil, 0, height)))
+
+
 def reference_scores(frame: NDArray[np.uint8], box: list[float], padding: float
-                     ) -> NDArray[np.float64]:
-    """The classifier's ten class scores on the crop of `box`, worked out here without
-    edged: the box squared about its centre (the classifier's input is square), grown
-    by `padding`, rounded outwards, clipped; resized; quantized and dequantized with
-    the tensors' own parameters, by the real interpreter."""
+                     ) -> list[NDArray[np.float64]]:
+    """The classifier's ten class scores on each crop `box` can stand for
+    (`crop_windows`), worked out here without edged: resized, quantized and
+    dequantized with the tensors' own parameters, by the real interpreter."""
     from ai_edge_litert.interpreter import Interpreter
 
-    x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1)
-    half = side * (0.5 + padding)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    h, w = frame.shape[:2]
-    left, top = max(0, math.floor(cx - half)), max(0, math.floor(cy - half))
-    right, bottom = min(w, math.ceil(cx + half)), min(h, math.ceil(cy + half))
-    crop = frame[top:bottom, left:right]
     interpreter = Interpreter(model_path=str(CLASSIFIER))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     size = (int(inp["shape"][2]), int(inp["shape"][1]))
-    shrink = crop.shape[0] > size[1] or crop.shape[1] > size[0]
-    pixels = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     scale, zero = inp["quantization"]
-    q = np.clip(np.round(pixels / 255.0 / scale) + zero, -128, 127).astype(np.int8)
-    interpreter.set_tensor(inp["index"], q[None])
-    interpreter.invoke()
     o_scale, o_zero = out["quantization"]
-    return (interpreter.get_tensor(out["index"])[0].astype(np.float64) - o_zero) * o_scale
+    answers = []
+    for left, top, right, bottom in sorted(crop_windows(box, padding, *frame.shape[:2])):
+        crop = frame[top:bottom, left:right]
+        shrink = crop.shape[0] > size[1] or crop.shape[1] > size[0]
+        pixels = cv2.resize(crop, size,
+                            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        q = np.clip(np.round(pixels / 255.0 / scale) + zero, -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], q[None])
+        interpreter.invoke()
+        answers.append(
+            (interpreter.get_tensor(out["index"])[0].astype(np.float64) - o_zero) * o_scale)
+    return answers
+
+
+def off_reference(got: NDArray[np.float64], frame: NDArray[np.uint8], box: list[float],
+                  padding: float) -> float:
+    """How far published scores are from the classifier's own on the crop of `box`
+    (the nearest of the crops the rounded box can stand for)."""
+    return min(float(np.abs(got - e).max()) for e in reference_scores(frame, box, padding))

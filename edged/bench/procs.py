@@ -79,10 +79,7 @@ def summarize_run(received: list[tuple[float, bytes]]) -> dict[str, Any]:
     timing = {k: np.array([d["timings_us"].get(k, 0) for d in docs], dtype=np.float64)
               for k in ("preprocess", "quantize", "invoke", "dequantize", "decode")}
     span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
-    # A cascade's: cutting a frame's crops, the worker quantizing and classifying them.
-    cascade = {k: float(np.mean([d["timings_us"][k] for d in docs]))
-               for k in ("crop", "classify") if all(k in d["timings_us"] for d in docs)}
-    return {**({"cascade_us": cascade} if cascade else {}),
+    out: dict[str, Any] = {
         "frames": len(received),
         "fps": (len(received) - 1) / span if span > 0 else 0.0,
         "stages_us": {"resize": timing["preprocess"].mean(), "quantize": timing["quantize"].mean(),
@@ -92,3 +89,9 @@ def summarize_run(received: list[tuple[float, bytes]]) -> dict[str, Any]:
         "invoke_ms": {f"p{q}": float(np.percentile(timing["invoke"], q)) / 1000
                       for q in (50, 95, 99)},
     }
+    # A cascade's: cutting a frame's crops, the worker quantizing and classifying them.
+    cascade = {k: float(np.mean([d["timings_us"][k] for d in docs]))
+               for k in ("crop", "classify") if all(k in d["timings_us"] for d in docs)}
+    if cascade:
+        out["cascade_us"] = cascade
+    return out

@@ -46,6 +46,7 @@ Deliver = Callable[["Result"], Later | None]
 """Decode, encode and hand the result to the publisher, or return what is left of
 that (`Later`); runs on the pipeline thread."""
 
+
 def owned(array: NDArray[Any]) -> NDArray[Any]:
     """An output a held frame can keep: a dequantized one owns its memory; a float
     model's (passed through) is a view of the worker's slot, which the next frame's

@@ -17,7 +17,13 @@ import numpy as np
 import orjson
 from broker import Mosquitto, Subscriber
 from cameras_helpers import config_text
-from cascade_helpers import CLASSIFIER, CLASSIFIER_LABELS, reference_scores, write_digit_frames
+from cascade_helpers import (
+    CLASSIFIER,
+    CLASSIFIER_LABELS,
+    crop_windows,
+    off_reference,
+    write_digit_frames,
+)
 from daemon_helpers import DaemonProcess, base_config
 from fleet_helpers import check_device_discovery, render
 from reload_helpers import sighup, wait_until
@@ -57,6 +63,14 @@ def _wait(sub: Subscriber, daemon: DaemonProcess, n: int, after: float = 0.0) ->
     wait_until(lambda: len(_results(sub, after)) >= n, 30, f"{n} results", daemon.log_text)
 
 
+def _scores(classes: list[dict[str, Any]]) -> np.ndarray[Any, Any]:
+    """A detection's published class scores as the classifier's ten."""
+    got = np.zeros(10)
+    for c in classes:
+        got[c["label_id"]] = c["score"]
+    return got
+
+
 def _classified(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [d for d in result["decoded"]["detections"] if "classes" in d]
 
@@ -82,13 +96,9 @@ def test_each_detection_chosen_carries_the_classifiers_own_answer_on_its_crop(
         assert len(classes) == 10 and classes == sorted(classes, key=lambda c: -c["score"])
         assert {c["label"] for c in classes} == {str(n) for n in range(10)}
         frame_index = result["seq"] % len(frames)
-        expected = reference_scores(frames[frame_index], person[0]["box"], padding=0.1)
-        got = np.zeros(10)
-        for c in classes:
-            got[c["label_id"]] = c["score"]
-        # Equal to the payload's rounding (6 decimals); these frames' boxes, rounded to
-        # 0.01 px in the payload, give the crops edged cut (checked: no edge moves).
-        assert np.abs(got - expected).max() <= 1e-6, (frame_index, got, expected)
+        # Equal to the payload's rounding (6 decimals).
+        off = off_reference(_scores(classes), frames[frame_index], person[0]["box"], 0.1)
+        assert off <= 1e-6, (frame_index, classes)
         read += classes[0]["label"] == str(PLACEMENTS[frame_index][0])
     # The classifier reads most digits from the detector's crops (6 of the 10 here: the
     # box is the digit's lit extent, tighter than the 8x8 digits it learned from).
@@ -136,12 +146,16 @@ def _check_synthetic(results: list[dict[str, Any]], size: tuple[int, int]) -> No
         classified = _classified(result)
         assert len(classified) == 3, result["decoded"]
         for detection in classified:
-            expected = reference_scores(frame, detection["box"], padding=0.1)
-            got = np.zeros(10)
-            for c in detection["classes"]:
-                got[c["label_id"]] = c["score"]
-            assert np.abs(got - expected).max() <= 1e-6, (result["seq"], got, expected)
+            off = off_reference(_scores(detection["classes"]), frame, detection["box"], 0.1)
+            assert off <= 1e-6, (result["seq"], detection)
 
+
+
+def test_the_reference_takes_each_crop_a_box_rounded_in_the_payload_can_stand_for() -> None:
+    """The 96x96 pattern's frame 37 (and every 72nd): its crop's left edge is 38.995 from
+    the published box, a whole 39 from the one edged rounded it from."""
+    windows = crop_windows([42.16, 39.15, 64.75, 63.25], 0.1, 96, 96)
+    assert {w[0] for w in windows} == {38, 39} and {w[1:] for w in windows} == {(36, 68, 66)}
 
 def test_at_most_max_crops_detections_each_frame_highest_scoring_first(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
