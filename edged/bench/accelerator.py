@@ -7,6 +7,11 @@ does (MobileNetV2 takes ~2.6 ms on a USB Accelerator), so what the row shows
 is edged's own overhead around an accelerator. Its ratio is results/s times
 the mean invoke time (1 / invoke is the most an accelerator allows); the CPU
 per result is the daemon's and its worker's, all of which is edged's.
+
+Then the `floor` row: the same daemon beside a stand-in that answers at once, its
+camera at the most a source may offer (1000 frames/s). Nothing else holds a core
+and no invoke is waited for, so its CPU per result is what this design costs a
+result wherever it runs: the floor the daemon's CPU-per-result bar is read against.
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 STUB_SOURCE = ROOT / "tests" / "stub_delegate" / "stub_delegate.c"
 INVOKE_US = 2600  # a USB Accelerator's MobileNetV2 invoke
 OFFER = 1.25  # frames offered, times 1 / invoke: the source never sets the pace
+FLOOR_INVOKE_US = 1
+FLOOR_FPS = 1000.0  # the most [source] fps allows
 TITLE = "accelerator"
 NOTE = (f"accelerator: the daemon with a delegate that sleeps {INVOKE_US} us per invoke "
-        "(no CPU, as an Edge TPU); ratio = results/s x mean invoke time")
+        "(no CPU, as an Edge TPU); ratio = results/s x mean invoke time; floor: the same "
+        f"daemon beside a stand-in that answers at once, its camera at {FLOOR_FPS:.0f} "
+        "frames/s")
 
 
 def compiler() -> str | None:
@@ -60,28 +69,39 @@ def stand_in(library: Path, invoke_us: int = INVOKE_US) -> dict[str, Any]:
 
 def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads: int,
                      frames: int, runs: int) -> list[dict[str, Any]]:
+    """The accelerator row, then the floor row (the module's docstring)."""
+    h, w = size
+    out = []
     with tempfile.TemporaryDirectory(prefix="edged-bench-accel-") as tmp:
         library = build_stub_delegate(Path(tmp))
-        spec = DaemonSpec(str(model), threads, size, OFFER * 1e6 / INVOKE_US,
-                          **stand_in(library))
-        daemon = BenchDaemon(spec, broker[0], broker[1], f"{model.stem}-accelerator")
-        results = []
-        try:
-            daemon.measure(max(20, frames // 4), keep=False)  # warm-up
-            for _ in range(runs):
-                run = daemon.run(frames)[0]
-                cpu = run["cpu_us_per_result"]
-                run["cpu_us_per_result"] = {"daemon": cpu["daemon"], "worker": cpu["worker"],
-                                            "edged": cpu["daemon"] + cpu["worker"]}
-                results.append(run)
-        finally:
-            daemon.stop()
-    row = aggregate(results)
-    invoke_s = row["stages_us"]["invoke"] / 1e6
-    h, w = size
-    return [{"model": model.name, "source": f"{w}x{h}", "row": "accelerator", "title": TITLE,
-             **row, "ratio": row["fps"] * invoke_s, "offered_fps": spec.fps,
-             "invoke_us_configured": INVOKE_US}]
+        for row, title, invoke_us, fps in (
+                ("accelerator", TITLE, INVOKE_US, OFFER * 1e6 / INVOKE_US),
+                ("floor", "floor", FLOOR_INVOKE_US, FLOOR_FPS)):
+            spec = DaemonSpec(str(model), threads, size, fps, **stand_in(library, invoke_us))
+            measured = _measure(BenchDaemon(spec, broker[0], broker[1],
+                                            f"{model.stem}-{row}"), frames, runs)
+            out.append({"model": model.name, "source": f"{w}x{h}", "row": row,
+                        "title": title, **measured, "offered_fps": fps,
+                        "invoke_us_configured": invoke_us})
+    accel = out[0]
+    accel["ratio"] = accel["fps"] * accel["stages_us"]["invoke"] / 1e6
+    out[1]["ratio"] = None
+    return out
+
+
+def _measure(daemon: BenchDaemon, frames: int, runs: int) -> dict[str, Any]:
+    results = []
+    try:
+        daemon.measure(max(20, frames // 4), keep=False)  # warm-up
+        for _ in range(runs):
+            run = daemon.run(frames)[0]
+            cpu = run["cpu_us_per_result"]
+            run["cpu_us_per_result"] = {"daemon": cpu["daemon"], "worker": cpu["worker"],
+                                        "edged": cpu["daemon"] + cpu["worker"]}
+            results.append(run)
+    finally:
+        daemon.stop()
+    return aggregate(results)
 
 
 def accelerator_section(s: Settings, model: Path, size: tuple[int, int], broker: Any,

@@ -9,7 +9,8 @@ One run, one model, one runtime, one thread count, one input, four rows:
   dequantize -> encode, in one thread;
 * edged daemon: the real `edged run` with its worker, publishing to a private
   mosquitto on loopback, measured by a subscriber (results/s, latency);
-  also on a stand-in accelerator (`accelerator`), with 1-8 cameras
+  also on a stand-in accelerator (`accelerator`; then `floor`, beside a
+  stand-in that answers at once: what the design costs a result), with 1-8 cameras
   sharing the worker (`cameras`) and with a detector cascaded into the model
   (`cascade`).
 

@@ -84,6 +84,9 @@ def render(report: dict[str, Any]) -> str:
                          "queue: the MQTT path, not the model, set this row's pace")
         elif r["row"] in ("daemon", "accelerator") and r["fps"] > 0:
             lines.append(f"{'':<17}{_worker_time(r, limit)}")
+        elif r["row"] == "floor":
+            lines.append(f"{'':<17}no invoke waited for, no interpreter on the cores: the "
+                         "daemon's CPU per result above is this design's floor")
     lines += ["", "daemon: resize..dequantize are the daemon's own timings_us; 'publish' is "
               "receipt minus published_at (encode + MQTT + broker + subscriber); "
               "RSS = daemon + worker."]

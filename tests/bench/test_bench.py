@@ -57,7 +57,7 @@ def test_quick_json_has_every_row_for_both_frame_sizes(quick_report: dict[str, A
     rows = {(r["source"], r["row"]) for r in quick_report["rows"]}
     assert rows == {(src, row) for src in ("32x32", "640x480")
                     for row in ("limit", "naive", "inprocess", "daemon")} | {
-        ("32x32", "accelerator"), (CAMERAS, "limit"), (CAMERAS, "cameras"),
+        ("32x32", "accelerator"), ("32x32", "floor"), (CAMERAS, "limit"), (CAMERAS, "cameras"),
         (CASCADE, "limit"), (CASCADE, "cascade")}
     for r in quick_report["rows"]:
         assert r["model"] == ("detect_centroid_int8.tflite" if r["title"] == "limit, detector"
@@ -104,6 +104,17 @@ def test_accelerator_row_runs_the_daemon_on_the_stub_delegate_asleep_off_the_cpu
     assert cpu["worker"] < 1000
     assert any(t["target"].startswith("accelerator results/s x invoke time")
                for t in quick_report["targets"])
+
+
+def test_floor_row_is_the_daemon_beside_a_stand_in_that_answers_at_once(
+        quick_report: dict[str, Any]) -> None:
+    """What the design costs a result with nothing waited for and nothing else on the
+    cores (the daemon row's CPU-per-result bar is read against it)."""
+    (row,) = [r for r in quick_report["rows"] if r["row"] == "floor"]
+    assert row["stages_us"]["invoke"] < 1000 and row["offered_fps"] == 1000
+    assert row["ratio"] is None and row["cpu_us_per_result"]["daemon"] > 0
+    assert {"edged-capture", "edged-pipeline", "edged-mqtt"} <= set(
+        row["threads_us_per_result"])
 
 
 def test_quick_json_stage_columns_per_row(quick_report: dict[str, Any]) -> None:
