@@ -54,7 +54,8 @@ def write_digit_frames(folder: Path, placements: list[tuple[int, tuple[int, int]
 
 
 # The payload rounds a box to 0.01 px: a crop edge the box puts this close to a whole
-# pixel can be either pixel in the crop edged cut (centre and side each off by 0.005).
+# pixel can be either pixel in the crop edged cut (the centre off by up to 0.005, the
+# padded half side by up to 0.006).
 ROUNDING = 0.02
 
 
