@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
+from edged.bench.daemon import MAX_SOURCE_FPS, BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import aggregate
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ STUB_SOURCE = ROOT / "tests" / "stub_delegate" / "stub_delegate.c"
 INVOKE_US = 2600  # a USB Accelerator's MobileNetV2 invoke
 OFFER = 1.25  # frames offered, times 1 / invoke: the source never sets the pace
 FLOOR_INVOKE_US = 1
-FLOOR_FPS = 1000.0  # the most [source] fps allows
+FLOOR_FPS = MAX_SOURCE_FPS
 TITLE = "accelerator"
 NOTE = (f"accelerator: the daemon with a delegate that sleeps {INVOKE_US} us per invoke "
         "(no CPU, as an Edge TPU); ratio = results/s x mean invoke time; floor: the same "
@@ -92,7 +92,7 @@ def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads
 def _measure(daemon: BenchDaemon, frames: int, runs: int) -> dict[str, Any]:
     results = []
     try:
-        daemon.measure(max(20, frames // 4), keep=False)  # warm-up
+        daemon.warm_up(frames)
         for _ in range(runs):
             run = daemon.run(frames)[0]
             cpu = run["cpu_us_per_result"]

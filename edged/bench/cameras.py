@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from edged.bench.daemon import BenchDaemon, DaemonSpec
+from edged.bench.daemon import MAX_SOURCE_FPS, BenchDaemon, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 COUNTS = (1, 2, 4, 8)
 QUICK_COUNTS = (1, 2)
 OFFER = 1.25  # all cameras together, times the limit row's frames/s
-MAX_CAMERA_FPS = 1000.0  # the config's bound on source.fps
 MODEL_BOUND_FPS = 1000.0
 NOTE = ("cameras: N synthetic cameras sharing one worker, the interpreter on 1 thread; "
         "ratio = results/s of all cameras / the 1-thread limit; spread = (max - min) / mean "
@@ -62,12 +61,12 @@ def cameras_section(s: Settings, model: Path, size: tuple[int, int], broker: Any
         limit.run(max(20, s.frames // 4))  # warm-up
         limit_fps = limit.run(s.frames)["fps"]
         for n in counts:
-            offered[n] = fps = min(MAX_CAMERA_FPS, max(OFFER * limit_fps / n, 1.0))
+            offered[n] = fps = min(MAX_SOURCE_FPS, max(OFFER * limit_fps / n, 1.0))
             daemons[n] = BenchDaemon(DaemonSpec(str(model), 1, size, fps, s.runtime, s.delegate,
                                                 cameras=n, client_id=f"edged-bench-{n}"),
                                      broker[0], broker[1],
                                      f"{model.stem}-cameras{n}")
-            daemons[n].measure(max(20, s.frames // 4), keep=False)  # warm-up; paused after
+            daemons[n].warm_up(s.frames)  # paused after
         for _ in range(s.runs):
             runs.setdefault("limit", []).append(limit.run(s.frames))
             for n, daemon in daemons.items():

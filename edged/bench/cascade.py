@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.bench.daemon import BenchDaemon, DaemonSpec
+from edged.bench.daemon import MAX_SOURCE_FPS, BenchDaemon, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 
@@ -45,12 +45,12 @@ def cascade_section(s: Settings, classifier: Path, classifier_size: tuple[int, i
         for name, row in limits.items():
             row.run(max(20, s.frames // 4))  # warm-up
             fps[name] = row.run(s.frames)["fps"]
-        offered = min(1000.0, OFFER / (1 / fps["detector"] + CROPS / fps["classifier"]))
+        offered = min(MAX_SOURCE_FPS, OFFER / (1 / fps["detector"] + CROPS / fps["classifier"]))
         daemon = BenchDaemon(DaemonSpec(str(detector), 1, DETECTOR_SIZE, offered, s.runtime,
                                         s.delegate, cascade=str(classifier), crops=CROPS,
                                         client_id="edged-bench-cascade"),
                              broker[0], broker[1], f"{classifier.stem}-cascade")
-        daemon.measure(max(20, s.frames // 4), keep=False)  # warm-up; paused after
+        daemon.warm_up(s.frames)  # paused after
         for _ in range(s.runs):
             for name, row in limits.items():
                 runs[name].append(row.run(s.frames))

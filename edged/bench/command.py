@@ -48,7 +48,6 @@ ALL_ROWS = ("limit", "naive", "inprocess", "daemon", "accelerator", "cameras", "
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r != "jpeg")
 ROW_TITLES = {"limit": "limit", "naive": "naive", "inprocess": "edged in-process",
               "daemon": "edged daemon"}
-MAX_SOURCE_FPS = 1000.0  # the config's bound on source.fps
 RSS_SOURCE_FPS = 200.0  # the memory check: below what the MQTT path sustains here
 # The daemon's source offers this times one limit run's frame rate: enough above it
 # that a slow run does not cap the row (1.1 did once, fourth round); each frame
@@ -144,7 +143,7 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
                   broker: Any, *, model_size: bool) -> list[dict[str, Any]]:
     """All selected rows for one model and one frame size (`model_size`: the model's
     own input size), interleaved run by run."""
-    from edged.bench.daemon import BenchDaemon, DaemonSpec
+    from edged.bench.daemon import MAX_SOURCE_FPS, BenchDaemon, DaemonSpec
 
     procs: dict[str, RowProcess] = {}
     daemon: BenchDaemon | None = None
@@ -161,7 +160,7 @@ def measure_group(s: Settings, model: Path, size: tuple[int, int], label: str,
             daemon = BenchDaemon(DaemonSpec(str(model), s.threads, size, fps, s.runtime,
                                             s.delegate), broker[0], broker[1],
                                  f"{model.stem}-{label}")
-            daemon.measure(max(20, s.frames // 4), keep=False)  # warm-up
+            daemon.warm_up(s.frames)
         for _ in range(s.runs):
             for row, proc in procs.items():
                 runs.setdefault(row, []).append(proc.run(s.frames))

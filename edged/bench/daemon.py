@@ -40,6 +40,9 @@ from edged.mqtt.broker import find_mosquitto, start_private_mosquitto
 from edged.system.childproc import stop_process
 
 SETTLE_RESULTS = 10  # results after a resume that are not counted (warming up again)
+# The most a [source] may offer: the config's bound on source.fps (the bench writes
+# configs as a user does and does not import them; tests/bench pins the two equal).
+MAX_SOURCE_FPS = 1000.0
 _CAPTURED_AT = re.compile(rb'"captured_at":([-0-9.eE+]+)')
 
 
@@ -320,6 +323,10 @@ class BenchDaemon:
                                      - sum(switches.values())) / results},
             "peak_rss_kb": self.memory_kb()["VmHWM"]}
         return list(inbox.received)
+
+    def warm_up(self, frames: int) -> None:
+        """A quarter of a run's frames (at least 20), not kept; paused after."""
+        self.measure(max(20, frames // 4), keep=False)
 
     def run(self, results: int) -> tuple[dict[str, Any], list[tuple[float, bytes]]]:
         """One measured run: `summarize_run`'s figures with `last`'s, and what came."""

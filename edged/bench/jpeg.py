@@ -32,8 +32,8 @@ from typing import Any
 
 from edged.bench import accelerator
 from edged.bench.cameras import spread, spread_figures
-from edged.bench.command import MAX_SOURCE_FPS, OFFER, Settings, add_ceilings
-from edged.bench.daemon import BenchDaemon, BenchError, DaemonSpec
+from edged.bench.command import OFFER, Settings, add_ceilings
+from edged.bench.daemon import MAX_SOURCE_FPS, BenchDaemon, BenchError, DaemonSpec
 from edged.bench.procs import RowProcess, aggregate
 from edged.bench.rows import RowSpec
 from edged.system.childproc import stop_process
@@ -92,7 +92,7 @@ def jpeg_rows(s: Settings, model: Path, size: tuple[int, int], broker: Any
                            client_id=f"edged-bench-jpeg-{way}", source_uri=camera.url,
                            jpeg_decode=way),
                 broker[0], broker[1], f"{model.stem}-{w}x{h}-jpeg-{way}")
-            daemons[way].measure(max(20, s.frames // 4), keep=False)  # warm-up; paused after
+            daemons[way].warm_up(s.frames)  # paused after
         for _ in range(s.runs):
             runs["limit"].append(limit.run(s.frames))
             for way, daemon in daemons.items():
@@ -131,7 +131,7 @@ def accelerated_rows(s: Settings, model: Path, size: tuple[int, int], broker: An
                     cameras=n if n > 1 else 0, client_id=f"edged-bench-jpeg-accel{n}",
                     source_uri=camera.url), broker[0], broker[1],
                     f"{model.stem}-{w}x{h}-jpeg-accel{n}")
-                daemon.measure(max(20, s.frames // 4), keep=False)  # warm-up
+                daemon.warm_up(s.frames)
                 for _ in range(s.runs):
                     run, received = daemon.run(s.frames)
                     run["spread"] = spread(received, n) if n > 1 else 0.0

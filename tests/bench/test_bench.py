@@ -117,6 +117,14 @@ def test_floor_row_is_the_daemon_beside_a_stand_in_that_answers_at_once(
         row["threads_us_per_result"])
 
 
+def test_the_bench_offers_at_most_what_the_config_allows_a_source() -> None:
+    from edged.bench.daemon import MAX_SOURCE_FPS
+    from edged.config.frames import SourceConfig
+
+    (bound,) = [m.le for m in SourceConfig.model_fields["fps"].metadata if hasattr(m, "le")]
+    assert bound == MAX_SOURCE_FPS
+
+
 def test_quick_json_stage_columns_per_row(quick_report: dict[str, Any]) -> None:
     by_row = {r["row"]: r for r in quick_report["rows"] if r["source"] == "640x480"}
     assert set(by_row["limit"]["stages_us"]) == {"invoke"}
