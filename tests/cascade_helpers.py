@@ -69,13 +69,13 @@ def crop_windows(box: list[float], padding: float, height: int, width: int
     half = max(x2 - x1, y2 - y1) * (0.5 + padding)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
 
-    def edges(v: float, outward: Callable[[float], int], low: int, high: int) -> set[int]:
-        return {min(high, max(low, outward(v + d))) for d in (-ROUNDING, 0.0, ROUNDING)}
+    def edges(v: float, outward: Callable[[float], int], size: int) -> set[int]:
+        return {min(size, max(0, outward(v + d))) for d in (-ROUNDING, 0.0, ROUNDING)}
 
-    return set(itertools.product(edges(cx - half, math.floor, 0, width),
-                                 edges(cy - half, math.floor, 0, height),
-                                 edges(cx + half, math.ceil, 0, width),
-                                 edges(cy + half, math.ceil, 0, height)))
+    return set(itertools.product(edges(cx - half, math.floor, width),
+                                 edges(cy - half, math.floor, height),
+                                 edges(cx + half, math.ceil, width),
+                                 edges(cy + half, math.ceil, height)))
 
 
 def reference_scores(frame: NDArray[np.uint8], box: list[float], padding: float

@@ -150,12 +150,12 @@ def _check_synthetic(results: list[dict[str, Any]], size: tuple[int, int]) -> No
             assert off <= 1e-6, (result["seq"], detection)
 
 
-
 def test_the_reference_takes_each_crop_a_box_rounded_in_the_payload_can_stand_for() -> None:
     """The 96x96 pattern's frame 37 (and every 72nd): its crop's left edge is 38.995 from
     the published box, a whole 39 from the one edged rounded it from."""
     windows = crop_windows([42.16, 39.15, 64.75, 63.25], 0.1, 96, 96)
     assert {w[0] for w in windows} == {38, 39} and {w[1:] for w in windows} == {(36, 68, 66)}
+
 
 def test_at_most_max_crops_detections_each_frame_highest_scoring_first(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
