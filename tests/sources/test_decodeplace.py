@@ -219,12 +219,15 @@ def test_on_the_camera_thread_each_jpeg_is_decoded_as_it_arrives_over_real_http(
 
 @pytest.mark.parametrize(("take", "expected"), [(1, True), (3, False)])
 def test_auto_follows_what_the_consumer_takes_over_real_http(take: int, expected: bool) -> None:
-    """1080p at up to 100 frames/s, the pipeline busy decoding other cameras' frames,
+    """1080p at up to 50 frames/s, the pipeline busy decoding other cameras' frames,
     0.3 cores idle (made-up: the real ones run this test beside others): every frame
     taken moves the decodes to the camera's thread; one in three would leave too
-    many decoded for nothing for those idle cores."""
+    many decoded for nothing for those idle cores. At 50, not 100, frames/s: on a
+    loaded CI host a decode took 6-7 of the 10 ms between frames at 100, over the
+    share that keeps a camera's reader from falling behind (DECODE_TO_CAMERA), so
+    `auto` rightly kept the decodes in the pipeline."""
     ring = [_scene(i, (1080, 1920)) for i in range(4)]
-    server = MjpegServer(lambda i: ring[i % 4], interval=0.01).start()
+    server = MjpegServer(lambda i: ring[i % 4], interval=0.02).start()
     start = time.monotonic()
     try:
         src, driver = _camera(server, "auto")
@@ -236,7 +239,7 @@ def test_auto_follows_what_the_consumer_takes_over_real_http(take: int, expected
             assert frame is not None
             if i % take == 0:
                 assert frame.ready() is not None
-            load.add(0.008)  # another camera's frames decoded by the pipeline meanwhile
+            load.add(0.016)  # another camera's frames decoded by the pipeline meanwhile
         assert driver.place.on_camera is expected
         src.close()
     finally:
