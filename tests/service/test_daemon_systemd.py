@@ -202,10 +202,14 @@ def test_a_camera_that_drips_a_frame_is_declared_stalled_and_the_watchdog_keeps_
         camera.close()
 
 
+@pytest.mark.slow
 def test_watchdog_keeps_going_while_a_stalled_stream_is_retried(
         tmp_path: Path, mosquitto: Mosquitto, listener: NotifyListener) -> None:
     """A camera that goes silent is noticed (the read timeout) and reopened on
-    schedule: edged handles it, so systemd is not asked to restart it."""
+    schedule: edged handles it, so systemd is not asked to restart it. Slow (20 s,
+    the read timeout and the frames window waited out): the default run has the
+    dripping camera above under the watchdog, and the silent one reopened in
+    tests/sources/test_faults_camera.py."""
     flowing = threading.Event()
     flowing.set()
 
