@@ -16,9 +16,9 @@ Verdict (exit status 1 on failure, 0 on pass, 2 on a set-up problem):
   median in the last window, for the daemon and for the worker. A window spans
   one broker restart period, so each holds one outage, when the result queue
   fills and RSS rises by up to the queue's worth for a second or two; whether a
-  sample lands in that rise is chance (a CI run's last window caught it at
-  +2.3 MB over its first, which had not, medians +0.14 MB), so the median,
-  the RSS between outages, is compared. A leak stays: it raises the median.
+  sample lands in that rise is chance (RELIABILITY.md has a run where it made
+  the verdict), so the median, the RSS between outages, is compared. A leak
+  stays: it raises the median.
   Growth over `--rss-limit-mb` (default 2 MB) fails.
 * File descriptors: the same windows; any growth fails (a reconnect that
   leaks a socket shows up as one more fd per restart).

@@ -33,11 +33,9 @@ STUB_SOURCE = ROOT / "tests" / "stub_delegate" / "stub_delegate.c"
 INVOKE_US = 2600  # a USB Accelerator's MobileNetV2 invoke
 OFFER = 1.25  # frames offered, times 1 / invoke: the source never sets the pace
 FLOOR_INVOKE_US = 1
-FLOOR_FPS = MAX_SOURCE_FPS
-TITLE = "accelerator"
 NOTE = (f"accelerator: the daemon with a delegate that sleeps {INVOKE_US} us per invoke "
         "(no CPU, as an Edge TPU); ratio = results/s x mean invoke time; floor: the same "
-        f"daemon beside a stand-in that answers at once, its camera at {FLOOR_FPS:.0f} "
+        f"daemon beside a stand-in that answers at once, its camera at {MAX_SOURCE_FPS:.0f} "
         "frames/s")
 
 
@@ -74,9 +72,8 @@ def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads
     out = []
     with tempfile.TemporaryDirectory(prefix="edged-bench-accel-") as tmp:
         library = build_stub_delegate(Path(tmp))
-        for row, title, invoke_us, fps in (
-                ("accelerator", TITLE, INVOKE_US, OFFER * 1e6 / INVOKE_US),
-                ("floor", "floor", FLOOR_INVOKE_US, FLOOR_FPS)):
+        for row, invoke_us, fps in (("accelerator", INVOKE_US, OFFER * 1e6 / INVOKE_US),
+                                    ("floor", FLOOR_INVOKE_US, MAX_SOURCE_FPS)):
             spec = DaemonSpec(str(model), threads, size, fps, **stand_in(library, invoke_us))
             measured = _measure(BenchDaemon(spec, broker[0], broker[1],
                                             f"{model.stem}-{row}"), frames, runs)
@@ -84,7 +81,7 @@ def accelerator_rows(model: Path, size: tuple[int, int], broker: Any, *, threads
             ratio = (measured["fps"] * measured["stages_us"]["invoke"] / 1e6
                      if row == "accelerator" else None)
             out.append({"model": model.name, "source": f"{w}x{h}", "row": row,
-                        "title": title, **measured, "ratio": ratio, "offered_fps": fps,
+                        "title": row, **measured, "ratio": ratio, "offered_fps": fps,
                         "invoke_us_configured": invoke_us})
     return out
 
